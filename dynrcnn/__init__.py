@@ -1,0 +1,13 @@
+"""Dynamic R-CNN (ECCV 2020) on torchvision: the method, data, training, evaluation, report."""
+
+from dynrcnn.config import Config, DynamicConfig, ModelConfig, get_preset
+from dynrcnn.dynamic_head import DynamicRoIHeads, DynamicUpdate
+from dynrcnn.model import build_model, dynamic_head, fasterrcnn_r50_fpn, slim_fasterrcnn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "DynamicConfig", "ModelConfig", "get_preset",
+    "DynamicRoIHeads", "DynamicUpdate",
+    "build_model", "dynamic_head", "fasterrcnn_r50_fpn", "slim_fasterrcnn",
+]

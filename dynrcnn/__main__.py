@@ -1,0 +1,5 @@
+import sys
+
+from dynrcnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``report``.
+
+Each group of subcommands lives next to the code it drives (``cli_data``, ``cli_train``,
+``cli_report``) and registers itself here; this module only assembles the parser and turns
+:class:`~dynrcnn.errors.DynrcnnError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dynrcnn import __version__
+from dynrcnn.errors import DynrcnnError
+
+COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynrcnn",
+        description="Dynamic R-CNN reproducibility report: data, training, evaluation and the report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'dynrcnn COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"dynrcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except DynrcnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Dynamic R-CNN's second stage: Dynamic Label Assignment and Dynamic SmoothL1 on torchvision.
+
+:class:`DynamicRoIHeads` subclasses torchvision's ``RoIHeads`` and changes only training:
+
+* **DLA**: a proposal is foreground iff its best IoU with a ground-truth box is ``>= T_now``
+  (one threshold, no ignore band, no low-quality matches). Every iteration one IoU
+  statistic is recorded; every ``C`` iterations ``T_now = max(T_init, mean(record))``.
+* **DSL**: the box loss is SmoothL1 with ``beta_now``. Every iteration one error statistic
+  (the proposals' own regression targets on the centre, ``mean(|t_x|, |t_y|)``) is
+  recorded; every ``C`` iterations ``beta_now = min(beta_init, median(record))``, keeping
+  the previous beta when the median is below 1e-15.
+
+How the two statistics are computed follows one of two conventions (DESIGN.md sec. 2):
+
+``mmdet``
+    IoU: per image with ground truth, the K_I-th largest max-IoU over the RPN proposals
+    (ground-truth boxes not included), averaged over those images. Error: the
+    (K_beta x images)-th smallest error over the sampled positives (k capped at their number).
+``official``
+    IoU: the (K_I x n)-th largest max-IoU over all proposals of the n images with ground
+    truth, ground-truth boxes included. Error: the (K_beta x n)-th smallest error over all
+    those proposals.
+
+Images without ground truth contribute no statistic; a batch without sampled positives
+records no error statistic; NaN/inf statistics are skipped with one warning.
+
+State and speed. The threshold and beta are registered buffers; the per-iteration records
+(fixed-size tensors of length C with validity masks), the step and the update count are
+the module's *extra state*. Both travel in ``state_dict()`` and load with
+``torch.load(weights_only=True)``. The records are deliberately not buffers: DDP
+broadcasts buffers from rank 0 before every forward, which would overwrite each rank's own
+record. Statistics stay on the device; the only host synchronisation the head adds is at
+the C-iteration update, where under ``torch.distributed`` the records of all ranks are
+gathered first so every rank computes the same threshold and beta.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
+
+from dynrcnn.config import DynamicConfig
+
+BETA_EPS = 1e-15
+
+
+@dataclass
+class DynamicUpdate:
+    """One C-iteration update, as passed to ``update_callbacks``."""
+
+    iteration: int
+    iou_threshold: float
+    beta: float
+    num_iou_stats: int
+    num_beta_stats: int
+    num_nonfinite: int = 0
+
+
+def smooth_l1(diff: Tensor, beta: Tensor | float) -> Tensor:
+    """Element-wise SmoothL1 of ``diff``: ``0.5 x^2 / beta`` if ``|x| < beta`` else ``|x| - beta/2``.
+
+    Unlike ``F.smooth_l1_loss`` this accepts ``beta`` as a 0-d tensor, so a beta that
+    lives on the device needs no host synchronisation.
+    """
+    n = diff.abs()
+    return torch.where(n < beta, 0.5 * n * n / beta, n - 0.5 * beta)
+
+
+def kth_largest(values: Tensor, k: int) -> Tensor:
+    """The k-th largest entry of a 1-d tensor (``k`` capped at its length, >= 1)."""
+    k = min(k, values.numel())
+    return torch.topk(values, k, sorted=True).values[-1]
+
+
+def kth_smallest_masked(values: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``min(k, mask.sum())``-th smallest of ``values[mask]`` without a host sync.
+
+    Returns ``(statistic, valid)``; ``valid`` is False (a 0-d bool tensor) when the mask is
+    empty.
+    """
+    k = min(k, values.numel())
+    count = mask.sum()
+    inf = torch.full_like(values, math.inf)
+    smallest = torch.topk(torch.where(mask, values, inf), k, largest=False, sorted=True).values
+    idx = (count.clamp(max=k) - 1).clamp(min=0)
+    return smallest.gather(0, idx.reshape(1)).squeeze(0), count > 0
+
+
+def centre_error(regression_targets: Tensor) -> Tensor:
+    """``mean(|t_x|, |t_y|)`` of encoded regression targets ``[N, 4]``."""
+    return regression_targets[:, :2].abs().mean(dim=1)
+
+
+class DynamicRoIHeads(RoIHeads):
+    """torchvision ``RoIHeads`` with switchable DLA and DSL (Faster R-CNN box branch only).
+
+    With ``use_dla=False`` the foreground threshold is fixed at ``fg_iou_thresh`` (same
+    assignment as torchvision with ``fg_iou_thresh == bg_iou_thresh``); with
+    ``use_dsl=False`` the SmoothL1 beta is fixed at ``box_beta``. With both off and
+    ``box_beta=1/9`` the losses equal torchvision's stock ``RoIHeads``.
+
+    Observation hooks for callers (none cost anything unless used):
+
+    * ``update_callbacks``: callables receiving a :class:`DynamicUpdate` at each update;
+    * ``record_raw_stats = True``: ``last_stats`` holds this iteration's raw statistics
+      (device tensors: ``iou``, ``iou_valid``, ``error``, ``error_valid``);
+    * ``record_proposal_ious = True``: ``last_proposal_ious`` holds the max IoU of every
+      RPN proposal of this iteration's images with ground truth (detached).
+    """
+
+    def __init__(
+        self,
+        *args,
+        use_dla: bool = True,
+        use_dsl: bool = True,
+        dynamic: DynamicConfig | None = None,
+        box_beta: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if self.has_mask() or self.has_keypoint():
+            raise ValueError("DynamicRoIHeads supports the Faster R-CNN box branch only")
+        dynamic = dynamic or DynamicConfig()
+        dynamic.validate()
+        self.use_dla = bool(use_dla)
+        self.use_dsl = bool(use_dsl)
+        self.k_i = int(dynamic.k_i)
+        self.k_beta = int(dynamic.k_beta)
+        self.interval = int(dynamic.interval)
+        self.init_iou = float(dynamic.init_iou)
+        self.init_beta = float(dynamic.init_beta)
+        self.convention = dynamic.convention
+        self.fixed_iou = float(self.proposal_matcher.high_threshold)
+        self.fixed_beta = float(box_beta)
+        if self.proposal_matcher.low_threshold != self.proposal_matcher.high_threshold:
+            raise ValueError("DynamicRoIHeads uses one threshold: fg_iou_thresh must equal bg_iou_thresh")
+
+        start_iou = self.init_iou if self.use_dla else self.fixed_iou
+        start_beta = self.init_beta if self.use_dsl else self.fixed_beta
+        self.register_buffer("iou_threshold", torch.tensor(start_iou, dtype=torch.float32))
+        self.register_buffer("beta", torch.tensor(start_beta, dtype=torch.float32))
+        c = self.interval
+        self._iou_record = torch.zeros(c)
+        self._iou_valid = torch.zeros(c, dtype=torch.bool)
+        self._beta_record = torch.zeros(c)
+        self._beta_valid = torch.zeros(c, dtype=torch.bool)
+        self.step = 0
+        self.num_updates = 0
+
+        self.update_callbacks: list[Callable[[DynamicUpdate], None]] = []
+        self.record_raw_stats = False
+        self.record_proposal_ious = False
+        self.last_stats: dict[str, Tensor] | None = None
+        self.last_proposal_ious: Tensor | None = None
+        self._warned_nonfinite = False
+
+    @classmethod
+    def from_roi_heads(cls, heads: RoIHeads, *, use_dla: bool, use_dsl: bool,
+                       dynamic: DynamicConfig | None = None, box_beta: float = 1.0) -> "DynamicRoIHeads":
+        """Build from a stock ``RoIHeads``, sharing its RoI pooler, box head and predictor."""
+        sampler = heads.fg_bg_sampler
+        return cls(
+            heads.box_roi_pool, heads.box_head, heads.box_predictor,
+            heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
+            sampler.batch_size_per_image, sampler.positive_fraction, heads.box_coder.weights,
+            heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+            use_dla=use_dla, use_dsl=use_dsl, dynamic=dynamic, box_beta=box_beta,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def method(self) -> str:
+        return {(False, False): "baseline", (True, False): "dla", (False, True): "dsl",
+                (True, True): "dynamic"}[(self.use_dla, self.use_dsl)]
+
+    def _apply(self, fn, *args, **kwargs):
+        # keep the records (extra state, not buffers) on the module's device
+        super()._apply(fn, *args, **kwargs)
+        self._iou_record = fn(self._iou_record)
+        self._beta_record = fn(self._beta_record)
+        self._iou_valid = self._iou_valid.to(self._iou_record.device)
+        self._beta_valid = self._beta_valid.to(self._iou_record.device)
+        return self
+
+    def get_extra_state(self) -> dict:
+        return {
+            "step": self.step,
+            "num_updates": self.num_updates,
+            "interval": self.interval,
+            "iou_record": self._iou_record.detach().clone(),
+            "iou_valid": self._iou_valid.clone(),
+            "beta_record": self._beta_record.detach().clone(),
+            "beta_valid": self._beta_valid.clone(),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        if int(state["interval"]) != self.interval:
+            raise ValueError(
+                f"checkpoint was recorded with dynamic.interval={state['interval']}, "
+                f"this head has {self.interval}"
+            )
+        self.step = int(state["step"])
+        self.num_updates = int(state["num_updates"])
+        for name in ("iou_record", "iou_valid", "beta_record", "beta_valid"):
+            getattr(self, "_" + name).copy_(state[name])
+
+    def dynamic_state(self) -> dict:
+        """Current values as Python numbers (synchronises with the device: call at log time)."""
+        return {
+            "method": self.method,
+            "convention": self.convention,
+            "iteration": self.step,
+            "num_updates": self.num_updates,
+            "iou_threshold": float(self.iou_threshold),
+            "beta": float(self.beta),
+        }
+
+    # ------------------------------------------------------------------ training
+
+    def select_training_samples(self, proposals, targets):
+        """Assign with the current threshold, sample, encode, and record the statistics."""
+        self.check_targets(targets)
+        dtype = proposals[0].dtype
+        device = proposals[0].device
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        num_rpn = [p.shape[0] for p in proposals]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+
+        max_ious, matched_idxs, labels = [], [], []
+        for props, gts, gt_lab in zip(proposals, gt_boxes, gt_labels):
+            if gts.numel() == 0:
+                n = props.shape[0]
+                max_ious.append(None)
+                matched_idxs.append(torch.zeros(n, dtype=torch.int64, device=device))
+                labels.append(torch.zeros(n, dtype=torch.int64, device=device))
+                continue
+            vals, idx = box_ops.box_iou(gts, props).max(dim=0)
+            # torch.where, not masked assignment: no host synchronisation on CUDA
+            lab = torch.where(vals >= self.iou_threshold, gt_lab[idx].to(torch.int64), 0)
+            max_ious.append(vals)
+            matched_idxs.append(idx)
+            labels.append(lab)
+
+        with_gt = [i for i, v in enumerate(max_ious) if v is not None]
+        if self.use_dla or self.record_proposal_ious:
+            self._record_iou(max_ious, num_rpn, with_gt)
+
+        sampled_inds = self.subsample(labels)
+        all_proposals = proposals
+        all_matched = matched_idxs
+        matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
+        for i, inds in enumerate(sampled_inds):
+            sampled_props.append(proposals[i][inds])
+            sampled_labels.append(labels[i][inds])
+            sampled_matched.append(matched_idxs[i][inds])
+            gts = gt_boxes[i]
+            if gts.numel() == 0:
+                gts = torch.zeros((1, 4), dtype=dtype, device=device)
+            matched_gt_boxes.append(gts[sampled_matched[i]])
+        regression_targets = self.box_coder.encode(matched_gt_boxes, sampled_props)
+
+        if self.use_dsl:
+            labels_cat = torch.cat(sampled_labels)
+            positives = labels_cat > 0
+            if self.convention == "mmdet":
+                errors = centre_error(torch.cat(regression_targets))
+                stat, valid = kth_smallest_masked(errors, positives, self.k_beta * len(targets))
+            else:
+                stat, valid = self._official_error(all_proposals, all_matched, gt_boxes, with_gt)
+                valid = valid & positives.any()
+            self._store("beta", stat, valid)
+        return sampled_props, sampled_matched, sampled_labels, regression_targets
+
+    def _record_iou(self, max_ious, num_rpn, with_gt) -> None:
+        device = self.iou_threshold.device
+        if self.record_proposal_ious:
+            parts = [max_ious[i][: num_rpn[i]].detach() for i in with_gt]
+            self.last_proposal_ious = torch.cat(parts) if parts else torch.zeros(0, device=device)
+        if not self.use_dla:
+            return
+        if self.convention == "mmdet":
+            per_image = [kth_largest(max_ious[i][: num_rpn[i]], self.k_i) for i in with_gt if num_rpn[i] > 0]
+            if per_image:
+                self._store("iou", torch.stack(per_image).mean(), torch.ones((), dtype=torch.bool, device=device))
+                return
+        else:
+            if with_gt:
+                pool = torch.cat([max_ious[i] for i in with_gt])
+                self._store("iou", kth_largest(pool, self.k_i * len(with_gt)), torch.ones((), dtype=torch.bool, device=device))
+                return
+        self._store("iou", torch.zeros((), device=device), torch.zeros((), dtype=torch.bool, device=device))
+
+    def _official_error(self, proposals, matched_idxs, gt_boxes, with_gt):
+        device = self.beta.device
+        if not with_gt:
+            return torch.zeros((), device=device), torch.zeros((), dtype=torch.bool, device=device)
+        targets = self.box_coder.encode(
+            [gt_boxes[i][matched_idxs[i]] for i in with_gt], [proposals[i] for i in with_gt]
+        )
+        errors = centre_error(torch.cat(targets))
+        k = min(self.k_beta * len(with_gt), errors.numel())
+        return torch.topk(errors, k, largest=False, sorted=True).values[-1], torch.ones((), dtype=torch.bool, device=device)
+
+    def _store(self, which: str, stat: Tensor, valid: Tensor) -> None:
+        slot = self.step % self.interval
+        record = getattr(self, f"_{which}_record")
+        record[slot] = stat.detach().to(record.dtype)
+        getattr(self, f"_{which}_valid")[slot] = valid
+        if self.record_raw_stats:
+            if self.last_stats is None:
+                self.last_stats = {}
+            self.last_stats[which if which == "iou" else "error"] = stat.detach()
+            self.last_stats[("iou" if which == "iou" else "error") + "_valid"] = valid
+
+    def box_loss(self, class_logits, box_regression, labels, regression_targets):
+        """Cross-entropy + SmoothL1 (current beta) summed over positives / number of samples."""
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        classification_loss = F.cross_entropy(class_logits, labels)
+        pos = torch.where(labels > 0)[0]
+        n = class_logits.shape[0]
+        box_regression = box_regression.reshape(n, box_regression.size(-1) // 4, 4)
+        pred = box_regression[pos, labels[pos]]
+        if self.use_dsl:
+            box_loss = smooth_l1(pred - regression_targets[pos], self.beta.to(pred.dtype)).sum()
+        else:
+            box_loss = F.smooth_l1_loss(pred, regression_targets[pos], beta=self.fixed_beta, reduction="sum")
+        return classification_loss, box_loss / labels.numel()
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("targets are required in training mode")
+        for t in targets:
+            if not t["boxes"].is_floating_point():
+                raise TypeError(f"target boxes must be of float type, got {t['boxes'].dtype}")
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
+        if self.record_raw_stats:
+            self.last_stats = None
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
+        self.step += 1
+        if (self.use_dla or self.use_dsl) and self.step % self.interval == 0:
+            self.update()
+        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    # ------------------------------------------------------------------ update
+
+    def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        packed = torch.stack([self._iou_record, self._iou_valid.to(self._iou_record.dtype),
+                              self._beta_record, self._beta_valid.to(self._iou_record.dtype)])
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [torch.empty_like(packed) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, packed)
+            packed = torch.cat(parts, dim=1)
+        return packed[0], packed[1] > 0.5, packed[2], packed[3] > 0.5
+
+    def update(self) -> DynamicUpdate:
+        """Apply the C-iteration update from the records (all ranks) and clear them."""
+        iou_rec, iou_ok, beta_rec, beta_ok = self._gathered()
+        iou_vals = iou_rec[iou_ok]
+        beta_vals = beta_rec[beta_ok]
+        bad = int((~torch.isfinite(iou_vals)).sum()) + int((~torch.isfinite(beta_vals)).sum())
+        if bad and not self._warned_nonfinite:
+            warnings.warn(f"Dynamic R-CNN: skipped {bad} non-finite statistic(s) at iteration {self.step} "
+                          "(warned once)", RuntimeWarning, stacklevel=2)
+            self._warned_nonfinite = True
+        iou_vals = iou_vals[torch.isfinite(iou_vals)]
+        beta_vals = beta_vals[torch.isfinite(beta_vals)]
+        if self.use_dla and iou_vals.numel():
+            self.iou_threshold.fill_(max(self.init_iou, float(iou_vals.double().mean())))
+        if self.use_dsl and beta_vals.numel():
+            median = float(torch.quantile(beta_vals.double(), 0.5))
+            if median >= BETA_EPS:
+                self.beta.fill_(min(self.init_beta, median))
+        self._iou_valid.zero_()
+        self._beta_valid.zero_()
+        self.num_updates += 1
+        event = DynamicUpdate(self.step, float(self.iou_threshold), float(self.beta),
+                              int(iou_vals.numel()), int(beta_vals.numel()), bad)
+        for callback in self.update_callbacks:
+            callback(event)
+        return event
+

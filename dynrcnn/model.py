@@ -1,0 +1,134 @@
+"""Detector builders: the paper's Faster R-CNN R50-FPN baseline and a slim CPU variant.
+
+Both return a torchvision ``FasterRCNN`` whose ``roi_heads`` is a
+:class:`~dynrcnn.dynamic_head.DynamicRoIHeads`; the method (``baseline``, ``dla``, ``dsl``,
+``dynamic``) only switches DLA and DSL on or off, so the four methods share one
+architecture and differ in nothing else.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import misc as misc_nn_ops
+
+from dynrcnn.config import Config, DynamicConfig, ModelConfig, method_switches
+from dynrcnn.dynamic_head import DynamicRoIHeads
+
+
+def resnet_fpn(body: nn.Module, trainable_layers: int, out_channels: int) -> BackboneWithFPN:
+    """ResNet body + FPN on C2-C5 with a max-pool P6, as torchvision's ``resnet_fpn_backbone``
+    but with a settable FPN width (torchvision fixes it at 256)."""
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1", "bn1"][: trainable_layers + (trainable_layers == 5)]
+    for name, parameter in body.named_parameters():
+        if not any(name.startswith(layer) for layer in train):
+            parameter.requires_grad_(False)
+    stage2 = body.inplanes // 8
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+        in_channels_list=[stage2 * 2 ** (k - 1) for k in (1, 2, 3, 4)],
+        out_channels=out_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method: str,
+              dynamic: DynamicConfig | None) -> FasterRCNN:
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in model.anchor_sizes),
+        aspect_ratios=((0.5, 1.0, 2.0),) * len(model.anchor_sizes),
+    )
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    det = FasterRCNN(
+        backbone,
+        min_size=model.min_size,
+        max_size=model.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,
+        rpn_nms_thresh=model.rpn_nms_thresh,
+        rpn_batch_size_per_image=model.rpn_batch_size_per_image,
+        box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, model.representation_size),
+        box_predictor=FastRCNNPredictor(model.representation_size, num_classes),
+        box_batch_size_per_image=model.box_batch_size_per_image,
+        box_positive_fraction=model.box_positive_fraction,
+        box_fg_iou_thresh=model.fg_iou_thresh,
+        box_bg_iou_thresh=model.fg_iou_thresh,
+        box_score_thresh=model.box_score_thresh,
+        box_nms_thresh=model.box_nms_thresh,
+        box_detections_per_img=model.box_detections_per_img,
+    )
+    use_dla, use_dsl = method_switches(method)
+    det.roi_heads = DynamicRoIHeads.from_roi_heads(
+        det.roi_heads, use_dla=use_dla, use_dsl=use_dsl, dynamic=dynamic, box_beta=model.box_beta
+    )
+    return det
+
+
+def fasterrcnn_r50_fpn(num_classes: int, method: str = "dynamic", model: ModelConfig | None = None,
+                       dynamic: DynamicConfig | None = None, pretrained_backbone: bool | None = None) -> FasterRCNN:
+    """The paper's baseline architecture: ResNet-50-FPN, frozen BatchNorm, 2-fc 1024 box head,
+    RoIAlign 7x7 (torchvision's ``fasterrcnn_resnet50_fpn`` layout, not ``_v2``).
+
+    ``pretrained_backbone`` loads torchvision's ImageNet ResNet-50 weights (downloaded by
+    torchvision on first use); tests pass ``False``.
+    """
+    model = model or ModelConfig()
+    pretrained = model.pretrained_backbone if pretrained_backbone is None else pretrained_backbone
+    weights = ResNet50_Weights.IMAGENET1K_V1 if pretrained else None
+    trainable = model.trainable_backbone_layers if pretrained else 5
+    body = resnet50(weights=weights, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    backbone = resnet_fpn(body, trainable, model.fpn_channels)
+    return _detector(backbone, num_classes, model, method, dynamic)
+
+
+def slim_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfig | None = None,
+                    dynamic: DynamicConfig | None = None, pretrained_backbone: bool | None = None) -> FasterRCNN:
+    """A CPU-sized Faster R-CNN: ResNet-18 with trainable BatchNorm, a narrow FPN
+    (``fpn_channels``, 64 in the ``mini`` preset) and a small box head, for ~192 px images.
+
+    The RoI head, assignment, sampling and losses are exactly those of the full model.
+    BatchNorm is trainable because the miniature benchmark trains from scratch, where a
+    frozen identity BatchNorm would leave a deep network unnormalised.
+    """
+    model = model or ModelConfig(arch="slim_r18_fpn", min_size=192, max_size=192, fpn_channels=64,
+                                 representation_size=256, anchor_sizes=(8, 16, 32, 64, 128))
+    pretrained = model.pretrained_backbone if pretrained_backbone is None else pretrained_backbone
+    weights = ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
+    norm = misc_nn_ops.FrozenBatchNorm2d if pretrained else partial(nn.BatchNorm2d, momentum=0.03)
+    body = resnet18(weights=weights, norm_layer=norm)
+    trainable = model.trainable_backbone_layers if pretrained else 5
+    backbone = resnet_fpn(body, trainable, model.fpn_channels)
+    return _detector(backbone, num_classes, model, method, dynamic)
+
+
+BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn}
+
+
+def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
+    """Build the detector a :class:`~dynrcnn.config.Config` describes."""
+    cfg.validate()
+    return BUILDERS[cfg.model.arch](num_classes, cfg.method, cfg.model, cfg.dynamic)
+
+
+def dynamic_head(model: nn.Module) -> DynamicRoIHeads:
+    """The :class:`DynamicRoIHeads` of a detector, looking through DDP/compile wrappers."""
+    for attr in ("module", "_orig_mod"):
+        while hasattr(model, attr):
+            model = getattr(model, attr)
+    return model.roi_heads
+
+
+__all__ = ["fasterrcnn_r50_fpn", "slim_fasterrcnn", "build_model", "dynamic_head"]
