@@ -332,7 +332,8 @@ class DynamicRoIHeads(RoIHeads):
         box_regression = box_regression.reshape(n, box_regression.size(-1) // 4, 4)
         pred = box_regression[pos, labels[pos]]
         if self.use_dsl:
-            box_loss = smooth_l1(pred - regression_targets[pos], self.beta.to(pred.dtype)).sum()
+            # a copy: the update at the end of this forward changes self.beta in place before backward
+            box_loss = smooth_l1(pred - regression_targets[pos], self.beta.to(pred.dtype, copy=True)).sum()
         else:
             box_loss = F.smooth_l1_loss(pred, regression_targets[pos], beta=self.fixed_beta, reduction="sum")
         return classification_loss, box_loss / labels.numel()
