@@ -1,0 +1,137 @@
+"""``dynrcnn train``, ``dynrcnn eval`` and ``dynrcnn runs``."""
+
+from __future__ import annotations
+
+import argparse
+
+from dynrcnn.config import CONVENTIONS, METHODS, PRESET_HELP, PRESETS, apply_overrides, get_preset, valid_keys
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def _presets_text() -> str:
+    return "\n".join(f"  {name:22s} {PRESET_HELP.get(name, '')}" for name in PRESETS)
+
+
+TRAIN_EPILOG = f"""presets:
+{_presets_text()}
+
+examples:
+  dynrcnn train --preset mini --method dynamic --data-root data/mini --out runs/mini_dynamic
+  dynrcnn train --preset mini --method baseline --data-root data/mini --out runs/mini_baseline \\
+      --set max_iter=200 --set dynamic.interval=20
+  torchrun --nproc_per_node=8 -m dynrcnn train --preset coco_r50_fpn_1x --method dynamic \\
+      --data-root data/coco --out runs/coco_dynamic
+  dynrcnn train ... --out runs/x --resume      # continue an interrupted run exactly
+
+--set accepts any config field by its dotted name; valid keys:
+  {", ".join(valid_keys())}
+"""
+
+
+def cmd_train(args) -> int:
+    from dynrcnn.engine import train
+
+    cfg = get_preset(args.preset)
+    cfg.method = args.method
+    if args.data_root is not None:
+        cfg.data_root = args.data_root
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.convention is not None:
+        cfg.dynamic.convention = args.convention
+    apply_overrides(cfg, args.set or [])
+    if not cfg.data_root:
+        from dynrcnn.errors import ConfigError
+
+        raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
+    train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dynrcnn.evaluation import evaluate
+
+    evaluate(args.run_dir, checkpoint=args.checkpoint, data_root=args.data_root, device=args.device,
+             evaluator=args.evaluator, progress=not args.no_progress)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from dynrcnn.runs import find_runs, format_table, runs_table
+
+    table = runs_table(find_runs(args.dir))
+    if args.csv:
+        print(table.to_csv(index=False), end="")
+    else:
+        print(format_table(table))
+    return 0
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    device = _default_device()
+
+    p = subparsers.add_parser(
+        "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
+        description="Train Faster R-CNN with the chosen method and write a run directory (config.json, "
+                    "env.json, metrics.jsonl, dynamic.jsonl, checkpoints/, train_done.json, eval.json). "
+                    "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
+                    "over all of them).",
+        epilog=TRAIN_EPILOG, formatter_class=fmt)
+    p.add_argument("--preset", default="mini", choices=list(PRESETS),
+                   help="complete configuration to start from (default: mini; see the list below)")
+    p.add_argument("--method", default="dynamic", choices=METHODS,
+                   help="baseline (fixed IoU 0.5 and SmoothL1 beta), dla (dynamic label assignment only), "
+                        "dsl (dynamic SmoothL1 only) or dynamic (both; default)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="dataset folder with annotations/instances_{split}.json and {split}/ images "
+                        "(the mini benchmark or COCO)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (created)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR from checkpoints/last.pth (or the newest readable "
+                        "periodic checkpoint); the result equals an uninterrupted run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted name, e.g. --set max_iter=200 "
+                        "--set dynamic.interval=20 (repeatable; tuples as 1,2,3; bools true/false)")
+    p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
+    p.add_argument("--convention", default=None, choices=CONVENTIONS,
+                   help="how the dynamic statistics are computed: mmdet (default) or official "
+                        "(the authors' code); see DESIGN.md section 2")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "eval", help="COCO-evaluate a run's checkpoint (writes detections.json and eval.json)",
+        description="Run the run's detector over its validation split and compute COCO bbox AP, AP50, AP75, "
+                    "AP_S/M/L and AP at each IoU 0.50:0.05:0.95 (AP90 included), in percent.",
+        formatter_class=fmt)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'dynrcnn train'")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint to evaluate (default: RUN_DIR/checkpoints/last.pth)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="dataset folder (default: the one recorded in RUN_DIR/config.json)")
+    p.add_argument("--evaluator", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
+                   help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
+                        "pip install faster-coco-eval)")
+    p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser(
+        "runs", help="list the runs under a folder (method, preset, iterations, AP, AP90, time)",
+        description="Print one line per run directory found under DIR: method, preset, convention, seed, "
+                    "iterations, whether training finished, AP, AP50, AP75, AP90 (percent), wall time "
+                    "(minutes) and training images/s.",
+        formatter_class=fmt)
+    p.add_argument("dir", metavar="DIR", help="folder searched recursively for run directories")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
+    p.set_defaults(func=cmd_runs)

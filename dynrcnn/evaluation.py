@@ -1,0 +1,206 @@
+"""COCO bbox evaluation of a run: ``detections.json`` and ``eval.json``.
+
+``evaluate(run_dir)`` loads the run's ``config.json`` and a checkpoint (``last.pth`` by
+default), runs the detector over the validation split and scores it with pycocotools (or
+faster-coco-eval, when installed and asked for). ``eval.json`` holds AP, AP50, AP75,
+AP_S/M/L and AP at each IoU threshold 0.50:0.05:0.95, all in percent like the paper's
+tables, plus inference images/s.
+
+AP at one IoU threshold is read from ``COCOeval.eval["precision"]`` by *index*
+(``np.linspace(.5, .95, 10)[8]`` is 0.8999999999999999, so ``_summarize(iouThr=.9)``
+finds no threshold and returns -1): the mean of ``precision[t, :, :, area=all,
+maxDets=100]`` over the defined entries (> -1), times 100.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynrcnn.errors import CheckpointError, ConfigError, DynrcnnError
+
+EVALUATORS = ("pycocotools", "faster-coco-eval")
+IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+
+
+def _coco_classes(evaluator: str):
+    """``(COCO, COCOeval)`` classes of the requested evaluator."""
+    if evaluator == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if evaluator == "faster-coco-eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            raise ConfigError("evaluator 'faster-coco-eval' needs the faster-coco-eval package: "
+                              "pip install 'dynrcnn[fast]' (or faster-coco-eval), or use pycocotools") from None
+        return COCO, COCOeval_faster
+    raise ConfigError(f"unknown evaluator {evaluator!r}; choose one of {', '.join(EVALUATORS)}")
+
+
+def _load_gt(gt, COCO):
+    if isinstance(gt, (str, Path)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(gt))
+    if isinstance(gt, dict):
+        coco = COCO()
+        coco.dataset = json.loads(json.dumps(gt))
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+    return gt  # already a COCO object
+
+
+def ap_per_iou(precision: np.ndarray, area_index: int = 0, maxdet_index: int = -1) -> list[float]:
+    """AP (percent) at each IoU threshold from ``COCOeval.eval["precision"]``
+    (shape ``[T, R, K, A, M]``), selected by index; 0 where nothing is defined."""
+    out = []
+    for t in range(precision.shape[0]):
+        p = precision[t, :, :, area_index, maxdet_index]
+        p = p[p > -1]
+        out.append(float(p.mean() * 100) if p.size else 0.0)
+    return out
+
+
+def coco_metrics(gt, detections: list[dict], evaluator: str = "pycocotools", verbose: bool = False) -> dict:
+    """COCO bbox metrics of ``detections`` (results format, xywh) against ``gt`` (annotation
+    file path, dataset dict or COCO object). AP values in percent; undefined ones
+    (e.g. no small objects) are ``None``; no detections at all give AP 0."""
+    COCO, COCOeval = _coco_classes(evaluator)
+    coco_gt = _load_gt(gt, COCO)
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    if not detections:
+        res = {k: 0.0 for k in keys}
+        res.update({"AP_per_iou": [0.0] * 10, "iou_thresholds": IOU_THRESHOLDS, "AP90": 0.0, "num_detections": 0})
+        return res
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with sink:
+        coco_dt = coco_gt.loadRes([dict(d) for d in detections])
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(s) for s in ev.stats[:6]]
+    res = {k: (None if s < 0 else s * 100) for k, s in zip(keys, stats)}
+    maxdets = list(ev.params.maxDets)
+    m = maxdets.index(100) if 100 in maxdets else len(maxdets) - 1
+    thresholds = [float(t) for t in ev.params.iouThrs]
+    per_iou = ap_per_iou(np.asarray(ev.eval["precision"]), 0, m)
+    res["AP_per_iou"] = per_iou
+    res["iou_thresholds"] = [round(t, 2) for t in thresholds]
+    idx90 = int(np.argmin(np.abs(np.asarray(thresholds) - 0.9)))
+    res["AP90"] = per_iou[idx90]
+    if res["AP"] is None:
+        res["AP"] = 0.0
+    res["num_detections"] = len(detections)
+    return res
+
+
+def detections_to_coco(outputs: list[dict], image_ids: list[int], label_to_cat_id) -> list[dict]:
+    """torchvision detector outputs (xyxy, labels 1..K) -> COCO results (xywh, category ids)."""
+    results = []
+    for out, image_id in zip(outputs, image_ids):
+        boxes = out["boxes"].detach().float().cpu()
+        if boxes.numel() == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for box, label, score in zip(xywh, out["labels"].tolist(), out["scores"].float().cpu().tolist()):
+            results.append({"image_id": int(image_id), "category_id": int(label_to_cat_id[int(label)]),
+                            "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
+    return results
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_workers: int = 0,
+            amp: str = "none", progress: bool = False) -> tuple[list[dict], float]:
+    """Run ``model`` over ``dataset`` (eval loader); return COCO results and images/s."""
+    from dynrcnn.data import build_eval_loader
+
+    dev = torch.device(device)
+    model.eval().to(dev)
+    loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
+    use_amp = dev.type == "cuda" and amp != "none"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    results, n_images, busy = [], 0, 0.0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(dataset), desc="eval", dynamic_ncols=True)
+    for images, targets in loader:
+        t0 = time.perf_counter()
+        images = [im.to(dev, non_blocking=True) for im in images]
+        with torch.autocast(dev.type, dtype=dtype) if use_amp else contextlib.nullcontext():
+            outputs = model(images)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        busy += time.perf_counter() - t0
+        ids = [int(t["image_id"]) for t in targets]
+        results += detections_to_coco(outputs, ids, dataset.label_to_cat_id)
+        n_images += len(images)
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    return results, (n_images / busy if busy > 0 else 0.0)
+
+
+def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
+             device: str = "cpu", evaluator: str = "pycocotools", progress: bool = False) -> dict:
+    """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
+
+    Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict.
+    ``data_root`` overrides the dataset folder recorded in ``config.json``.
+    """
+    from dynrcnn.data import load_dataset
+    from dynrcnn.engine import check_compatible, config_from_dict, read_checkpoint
+    from dynrcnn.model import build_model
+
+    _coco_classes(evaluator)  # fail early with a clear message
+    run = Path(run_dir)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise DynrcnnError(f"{run} is not a run directory (no config.json)")
+    cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    if data_root is not None:
+        cfg.data_root = str(data_root)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pth"
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
+    ckpt = read_checkpoint(ckpt_path)
+    check_compatible(ckpt, cfg, ckpt_path)
+    dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
+    model = build_model(cfg, dataset.num_classes)
+    model.load_state_dict(ckpt["model"])
+    detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
+                              num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
+    (run / "detections.json").write_text(json.dumps(detections))
+    metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
+    metrics.update({
+        "images_per_sec": ips,
+        "evaluator": evaluator,
+        "checkpoint": str(ckpt_path),
+        "checkpoint_iteration": int(ckpt["iteration"]),
+        "num_images": len(dataset),
+        "split": cfg.val_split,
+        "device": str(device),
+    })
+    tmp = run / "eval.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(run / "eval.json")
+    if progress:
+        print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
+              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {run / 'eval.json'}")
+    return metrics
+
+
+__all__ = ["evaluate", "coco_metrics", "ap_per_iou", "detections_to_coco", "predict", "EVALUATORS",
+           "IOU_THRESHOLDS"]

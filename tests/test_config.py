@@ -1,0 +1,106 @@
+"""Presets, --set overrides and the linear learning-rate scaling rule."""
+
+import json
+
+import pytest
+
+from dynrcnn.config import (PRESET_HELP, PRESETS, Config, apply_overrides, get_preset, scaled_lr,
+                            valid_keys)
+from dynrcnn.engine import config_from_dict, lr_at, resolve_lr
+from dynrcnn.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves_and_validates(name):
+    cfg = get_preset(name)
+    cfg.validate()
+    assert cfg.preset == name
+    assert name in PRESET_HELP
+    resolve_lr(cfg)
+    assert cfg.lr == pytest.approx(scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch))
+    # JSON round trip (what config.json holds, with the engine's top-level extras)
+    d = json.loads(cfg.to_json())
+    d.update({"images_per_update": 1, "world_size": 1})
+    assert config_from_dict(d) == cfg
+    for m in ("baseline", "dla", "dsl", "dynamic"):
+        cfg.method = m
+        cfg.validate()
+
+
+def test_presets_are_fresh_copies():
+    a = get_preset("mini")
+    a.dynamic.k_i = 999
+    assert get_preset("mini").dynamic.k_i != 999
+
+
+def test_paper_recipe():
+    cfg = get_preset("coco_r50_fpn_1x")
+    assert (cfg.ims_per_batch, cfg.base_lr, cfg.max_iter, tuple(cfg.lr_steps)) == (16, 0.02, 90000, (60000, 80000))
+    assert (cfg.dynamic.k_i, cfg.dynamic.k_beta, cfg.dynamic.interval) == (75, 10, 100)
+    assert cfg.warmup_iters == 500 and cfg.warmup_factor == pytest.approx(1 / 3)
+
+
+def test_set_parsing_nested_tuples_bools():
+    cfg = get_preset("mini")
+    apply_overrides(cfg, ["max_iter=200", "dynamic.interval=20", "lr_steps=100,150", "log_stats=true",
+                          "model.rpn_nms_thresh=0.85", "dynamic.convention=official", "base_lr=1e-3",
+                          "eval_at_end=no", "model.anchor_sizes=(4,8,16,32,64)"])
+    assert cfg.max_iter == 200 and isinstance(cfg.max_iter, int)
+    assert cfg.dynamic.interval == 20
+    assert cfg.lr_steps == (100, 150)
+    assert cfg.log_stats is True and cfg.eval_at_end is False
+    assert cfg.model.rpn_nms_thresh == 0.85
+    assert cfg.dynamic.convention == "official"
+    assert cfg.base_lr == pytest.approx(1e-3)
+    assert cfg.model.anchor_sizes == (4, 8, 16, 32, 64)
+    cfg.validate()
+
+
+def test_unknown_key_refused_with_valid_list():
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(get_preset("mini"), ["dynamic.kk=3"])
+    msg = str(e.value)
+    assert "dynamic.kk" in msg and "dynamic.k_i" in msg and "max_iter" in msg
+
+
+@pytest.mark.parametrize("bad", ["max_iter", "log_stats=maybe", "max_iter=abc"])
+def test_bad_values_refused(bad):
+    with pytest.raises(ConfigError):
+        apply_overrides(get_preset("mini"), [bad])
+
+
+def test_bad_convention_refused_by_validate():
+    cfg = apply_overrides(get_preset("mini"), ["dynamic.convention=nope"])
+    with pytest.raises(ConfigError):
+        cfg.validate()
+
+
+def test_issue_field_names_exist():
+    keys = valid_keys()
+    for k in ("max_iter", "ims_per_batch", "base_lr", "lr_steps", "warmup_iters", "checkpoint_period",
+              "log_period", "log_stats", "eval_at_end", "dynamic.k_i", "dynamic.k_beta", "dynamic.interval",
+              "dynamic.init_iou", "dynamic.init_beta", "dynamic.convention"):
+        assert k in keys
+
+
+def test_linear_lr_scaling():
+    cfg = apply_overrides(get_preset("coco_r50_fpn_1x"), ["ims_per_batch=2"])
+    msg = resolve_lr(cfg)
+    assert cfg.lr == pytest.approx(0.0025)
+    assert "0.02" in msg and "0.0025" in msg and "16" in msg and "2 img/iter" in msg
+    assert scaled_lr(0.02, 8, 16) == pytest.approx(0.01)
+    one = get_preset("coco_r50_fpn_1x_1gpu")
+    resolve_lr(one)
+    assert one.lr == pytest.approx(0.0025)
+
+
+def test_lr_schedule_warmup_and_steps():
+    cfg = Config(base_lr=0.02, ims_per_batch=16, reference_ims_per_batch=16, warmup_iters=500,
+                 warmup_factor=1 / 3, lr_steps=(60000, 80000), lr_gamma=0.1)
+    resolve_lr(cfg)
+    assert lr_at(cfg, 0) == pytest.approx(0.02 / 3)
+    assert lr_at(cfg, 250) == pytest.approx(0.02 * (1 / 3 * 0.5 + 0.5))
+    assert lr_at(cfg, 500) == pytest.approx(0.02)
+    assert lr_at(cfg, 59999) == pytest.approx(0.02)
+    assert lr_at(cfg, 60000) == pytest.approx(0.002)
+    assert lr_at(cfg, 80000) == pytest.approx(0.0002)
