@@ -454,12 +454,6 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         elapsed_before = float(ckpt.get("elapsed_sec", 0.0))
-        rng = ckpt.get("rng", {})
-        per_rank_rng = rng.get("ranks")
-        if per_rank_rng is not None and len(per_rank_rng) == world:
-            set_rng_state(per_rank_rng[rank])
-        elif per_rank_rng:
-            set_rng_state(per_rank_rng[0])
 
     ddp_model = model
     if world > 1:
@@ -520,7 +514,11 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
     loader = build_train_loader(dataset, per_rank, cfg.seed, start_batch=start_iter,
                                 num_workers=cfg.num_workers, rank=rank, world_size=world,
                                 hflip_prob=cfg.hflip_prob)
-    data_iter = iter(loader)
+    data_iter = iter(loader)  # (draws from the global torch RNG: before restoring it)
+    if ckpt is not None:
+        per_rank_rng = ckpt.get("rng", {}).get("ranks")
+        if per_rank_rng:
+            set_rng_state(per_rank_rng[rank] if len(per_rank_rng) == world else per_rank_rng[0])
 
     end_iter = cfg.max_iter if stop_after is None else min(cfg.max_iter, stop_after)
     bar = None
