@@ -552,6 +552,12 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
 
     def checkpoint(iteration: int, periodic: bool) -> None:
         flush_stats()
+        if world > 1:
+            # DDP broadcasts rank 0's buffers (BatchNorm statistics) before each forward; do it
+            # now as well so that every rank holds (and rank 0 saves) the same model
+            with torch.no_grad():
+                for b in model.buffers():
+                    torch.distributed.broadcast(b, 0)
         rng_states = [get_rng_state()]
         if world > 1:
             gathered = [None] * world

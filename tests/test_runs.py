@@ -1,0 +1,75 @@
+"""Reading run directories and the `dynrcnn runs` table."""
+
+import json
+
+from dynrcnn.runs import find_runs, format_table, load_run, read_jsonl, runs_table
+
+
+def make_run(path, method, seed=0, ap=None, done=True):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"method": method, "preset": "mini", "seed": seed,
+                                                  "dynamic": {"convention": "mmdet"}}))
+    (path / "env.json").write_text(json.dumps({"device_name": "cpu"}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "loss": 1.0 / i}) + "\n"
+                                                for i in (10, 20)))
+    (path / "dynamic.jsonl").write_text(json.dumps({"iteration": 0, "iou_threshold": 0.4, "beta": 1.0}) + "\n"
+                                        + '{"iteration": 10, "iou_thr')  # torn last line
+    if done:
+        (path / "train_done.json").write_text(json.dumps({"iterations": 20, "wall_time_sec": 120.0,
+                                                          "images_per_sec": 8.0}))
+    if ap is not None:
+        (path / "eval.json").write_text(json.dumps({"AP": ap, "AP50": ap + 10, "AP75": ap, "AP90": ap - 10}))
+
+
+def test_read_jsonl_skips_torn_lines(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2}\n{"a": ')
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_load_find_and_table(tmp_path, capsys):
+    make_run(tmp_path / "a" / "dyn", "dynamic", ap=40.0)
+    make_run(tmp_path / "b" / "base", "baseline", seed=1, ap=38.5)
+    make_run(tmp_path / "c", "dla", done=False)
+    (tmp_path / "not_a_run").mkdir()
+    r = load_run(tmp_path / "a" / "dyn")
+    assert r.method == "dynamic" and r.preset == "mini" and r.seed == 0 and r.iterations == 20
+    assert list(r.metrics["iteration"]) == [10, 20] and len(r.dynamic) == 1 and r.stats is None
+    assert r.eval["AP"] == 40.0 and r.done["iterations"] == 20 and "dynamic" in r.label
+    runs = find_runs(tmp_path)
+    assert [x.method for x in runs] == ["dynamic", "baseline", "dla"]
+    table = runs_table(runs)
+    assert list(table["method"]) == ["dynamic", "baseline", "dla"]
+    assert list(table.columns[:7]) == ["run", "method", "preset", "convention", "seed", "iterations", "finished"]
+    assert table.loc[0, "AP90"] == 30.0 and table.loc[0, "wall_min"] == 2.0
+    assert table.loc[2, "iterations"] == 20 and not table.loc[2, "finished"]
+    text = format_table(table)
+    assert "baseline" in text and "38.50" in text
+    assert format_table(runs_table([])) == "(no runs)"
+
+    from dynrcnn import cli_train
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli_train.register(parser.add_subparsers())
+    args = parser.parse_args(["runs", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "dynamic" in out and "40.00" in out
+
+
+def test_cli_defaults_and_help():
+    import argparse
+
+    from dynrcnn import cli_train
+
+    parser = argparse.ArgumentParser()
+    cli_train.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--data-root", "/tmp/mini", "--out", "runs/x"])
+    assert args.method == "dynamic" and args.preset == "mini" and args.device in ("cpu", "cuda")
+    assert not args.resume and args.set == []
+    args = parser.parse_args(["eval", "runs/x"])
+    assert args.evaluator == "pycocotools" and args.checkpoint is None
+    for action in parser._subparsers._group_actions[0].choices["train"]._actions:
+        assert action.help, action.dest
