@@ -163,11 +163,12 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
 # --------------------------------------------------------------------------------------------
 
 def render_image(seed: int, split: str, index: int, image_size: int = 192,
-                 min_objects: int = 2, max_objects: int = 8) -> tuple[np.ndarray, list[dict]]:
+                 min_objects: int = 2, max_objects: int = 8, return_masks: bool = False):
     """Draw image ``index`` of ``split``: a uint8 ``[H, W, 3]`` array and its objects.
 
     Each object is ``{"category": name, "bbox": [x, y, w, h], "area": pixels}`` with the tight box
-    of the whole object's pixel mask. Pure function of its arguments.
+    of the whole object's pixel mask. Pure function of its arguments. With ``return_masks``, a
+    third item lists each object's full (also hidden) boolean pixel mask.
     """
     rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
     size = int(image_size)
@@ -178,6 +179,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
     owner = np.full((size, size), -1, dtype=np.int16)
     areas: list[int] = []
     objects: list[dict] = []
+    masks: list[np.ndarray] = []
     n_target = int(rng.integers(min_objects, max_objects + 1))
     # planned size band of each object (COCO small / medium / large); mostly large ones first,
     # so that small objects are not all rejected for hiding too much of a large one
@@ -252,12 +254,16 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
         areas.append(area)
         plan.pop(0)
         shrink = 1.0
+        if return_masks:
+            masks.append(mask)
         x0, x1 = int(xs.min()), int(xs.max()) + 1
         y0, y1 = int(ys.min()), int(ys.max()) + 1
         objects.append({"category": cls, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area})
 
     noise = rng.normal(0, rng.uniform(2, 8), size=img.shape)
     img = np.clip(img + noise, 0, 255).astype(np.uint8)
+    if return_masks:
+        return img, objects, masks
     return img, objects
 
 
