@@ -1,0 +1,37 @@
+"""``dynrcnn report``: run the notebooks of a profile with papermill and render the HTML report."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from dynrcnn.report import PROFILES
+
+    p = subparsers.add_parser(
+        "report",
+        help="run the report notebooks (papermill) and render build/report/index.html",
+        description=(
+            "Run the report pipeline: 01_data -> training runs (03_train, --jobs in parallel) -> "
+            "04_evaluate per run -> 02_method -> 05_results, then render every executed notebook to "
+            "HTML and write OUT/index.html. Complete runs are reused unless --force.\n\nProfiles:\n"
+            + "\n".join(f"  {k:6s} {v.description}" for k, v in PROFILES.items())
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profile", choices=sorted(PROFILES), default="mini", help="what to run (default mini)")
+    p.add_argument("--out", default=None, help="where executed notebooks and HTML go (default build/report)")
+    p.add_argument("--runs-root", default=None, help="run directories (default runs/<profile>)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: the profile's; required for coco)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu for smoke/mini, cuda if available for coco)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training runs in parallel, one process each (default 2 on CPU, 1 on GPU)")
+    p.add_argument("--force", action="store_true", help="retrain runs even when complete")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from dynrcnn.report import main_report
+
+    return main_report(args)

@@ -1,0 +1,390 @@
+"""Figures of the report, drawn from run directories (never from hard-coded numbers).
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (so it works
+under any backend, in threads and in batch), and every figure carries a caption naming the
+run(s) it came from: preset, method, seed, iterations and device. :func:`save_figure` writes
+a PNG; the notebooks display the written file.
+
+Runs are :class:`dynrcnn.runs.Run` objects (``dynrcnn.runs.load_run``/``find_runs``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+METHOD_COLORS = {"baseline": "tab:gray", "dla": "tab:blue", "dsl": "tab:green", "dynamic": "tab:red"}
+METHOD_LABELS = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL (Dynamic R-CNN)"}
+
+
+# --------------------------------------------------------------------------------------------
+# run descriptions
+
+
+def run_name(run) -> str:
+    """The run's directory name (the profile's run id, e.g. ``dynamic`` or ``baseline_nms085``)."""
+    return Path(run.path).name
+
+
+def run_iterations(run) -> int | None:
+    if run.done and run.done.get("iterations") is not None:
+        return int(run.done["iterations"])
+    if run.metrics is not None and len(run.metrics) and "iteration" in run.metrics:
+        return int(run.metrics["iteration"].max())
+    return run.config.get("max_iter")
+
+
+def run_device(run) -> str:
+    env = run.env or {}
+    dev = env.get("device") or "?"
+    name = env.get("device_name")
+    if name and str(dev).startswith("cuda"):
+        return f"{dev} ({name})"
+    return str(dev)
+
+
+def rpn_nms(run) -> float | None:
+    return (run.config.get("model") or {}).get("rpn_nms_thresh")
+
+
+def is_miniature(preset: str | None) -> bool:
+    """Whether a preset trains on the miniature benchmark (anything not ``coco_*``)."""
+    return not str(preset or "").startswith("coco")
+
+
+def scale_label(preset: str | None) -> str:
+    return "miniature benchmark (not COCO)" if is_miniature(preset) else "COCO"
+
+
+def caption(run) -> str:
+    """``run <name>: preset P, method M, seed S, N iterations, device D``."""
+    conv = (run.config.get("dynamic") or {}).get("convention")
+    extra = f", convention {conv}" if conv and run.config.get("method") != "baseline" else ""
+    return (f"run {run_name(run)}: preset {run.config.get('preset')}, method {run.config.get('method')}, "
+            f"seed {run.config.get('seed')}, {run_iterations(run)} iterations, device {run_device(run)}, "
+            f"RPN NMS {rpn_nms(run)}{extra} [{scale_label(run.config.get('preset'))}]")
+
+
+def runs_caption(runs) -> str:
+    """One caption for several runs: shared fields once, then the run ids."""
+    runs = list(runs)
+    if not runs:
+        return "no runs"
+    fields = {
+        "preset": [r.config.get("preset") for r in runs],
+        "seed": [r.config.get("seed") for r in runs],
+        "iterations": [run_iterations(r) for r in runs],
+        "device": [run_device(r) for r in runs],
+    }
+    parts = []
+    for k, vals in fields.items():
+        uniq = list(dict.fromkeys(vals))
+        parts.append(f"{k} {uniq[0]}" if len(uniq) == 1 else f"{k} " + "/".join(map(str, vals)))
+    names = ", ".join(f"{run_name(r)} ({r.config.get('method')})" for r in runs)
+    return f"runs {names}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.get('preset'))}]"
+
+
+def _finish(fig: Figure, title: str, cap: str) -> Figure:
+    fig.suptitle(title, fontsize=12)
+    # wrap long captions
+    words, lines, line = cap.split(" "), [], ""
+    for w in words:
+        if len(line) + len(w) > 130:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=7.5, color="0.25")
+    fig.tight_layout(rect=(0, 0.035 + 0.018 * len(lines), 1, 0.95))
+    return fig
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _color(run, i: int = 0):
+    m = run.config.get("method")
+    if m == "baseline" and rpn_nms(run) not in (None, 0.7):
+        return "black"
+    return METHOD_COLORS.get(m, f"C{i}")
+
+
+def _label(run) -> str:
+    m = run.config.get("method")
+    lab = METHOD_LABELS.get(m, m)
+    name = run_name(run)
+    return lab if name == m else f"{lab} [{name}]"
+
+
+# --------------------------------------------------------------------------------------------
+# the method
+
+
+def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
+    """SmoothL1 loss and its gradient for several beta (``dynrcnn.dynamic_head.smooth_l1``).
+
+    A smaller beta makes the loss L1-like sooner: the gradient of small errors is larger
+    (``x / beta``), which is what DSL exploits as proposals get better.
+    """
+    import torch
+
+    from dynrcnn.dynamic_head import smooth_l1
+
+    x = torch.linspace(-2.0, 2.0, 801, dtype=torch.float64, requires_grad=True)
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, beta in enumerate(betas):
+        y = smooth_l1(x, float(beta))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        xs = x.detach().numpy()
+        ax1.plot(xs, y.detach().numpy(), color=f"C{i}", label=f"beta = {beta:g}")
+        ax2.plot(xs, g.numpy(), color=f"C{i}", label=f"beta = {beta:g}")
+    ax1.set(xlabel="regression error x", ylabel="SmoothL1(x)", title="loss")
+    ax2.set(xlabel="regression error x", ylabel="d SmoothL1 / dx", title="gradient (autograd)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _finish(fig, "SmoothL1: smaller beta gives small errors a larger gradient",
+                   "computed with dynrcnn.dynamic_head.smooth_l1 and torch.autograd (no training run)")
+
+
+def threshold_at(run, iteration: int) -> tuple[float, float]:
+    """``(iou_threshold, beta)`` in effect during ``iteration`` (last update before it)."""
+    d = run.dynamic
+    if d is None or not len(d):
+        return float("nan"), float("nan")
+    rows = d[d["iteration"] < iteration]
+    row = rows.iloc[-1] if len(rows) else d.iloc[0]
+    return float(row["iou_threshold"]), float(row["beta"])
+
+
+def pick_iterations(available, n: int) -> list[int]:
+    """``n`` iterations spread evenly over ``available`` (first and last included)."""
+    available = sorted(set(int(a) for a in available))
+    if len(available) <= n:
+        return available
+    idx = np.unique(np.round(np.linspace(0, len(available) - 1, n)).astype(int))
+    return [available[i] for i in idx]
+
+
+def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
+    """Histogram of the proposals' max IoU with ground truth at several iterations of a run,
+    with the R-CNN foreground threshold in effect drawn on it (from ``proposal_ious.jsonl``
+    and ``dynamic.jsonl``)."""
+    records = {int(r["iteration"]): r for r in (run.proposal_ious or [])}
+    its = pick_iterations(records, n_panels)
+    if not its:
+        raise ValueError(f"run {run.path} has no proposal_ious.jsonl records (train with log_stats=true)")
+    fig = Figure(figsize=(3.2 * len(its), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(its), sharey=True))
+    for ax, it in zip(axes, its):
+        rec = records[it]
+        edges = np.asarray(rec["bin_edges"], dtype=float)
+        counts = np.asarray(rec["counts"], dtype=float)
+        frac = counts / max(counts.sum(), 1.0)
+        ax.bar(edges[:-1], frac, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.7,
+               edgecolor="white")
+        thr, _ = threshold_at(run, it)
+        above = frac[edges[:-1] >= thr - 1e-9].sum() if math.isfinite(thr) else float("nan")
+        ax.axvline(thr, color="tab:red", lw=2, label=f"threshold {thr:.3f}")
+        ax.axvline(0.5, color="0.3", lw=1, ls="--", label="fixed 0.5")
+        ax.set_yscale("log")
+        ax.set(title=f"iteration {it}", xlabel="max IoU of proposal with GT")
+        ax.text(0.98, 0.97, f"{100 * above:.1f}% >= thr", transform=ax.transAxes, ha="right", va="top",
+                fontsize=8)
+        ax.legend(fontsize=7, loc="center right")
+    axes[0].set_ylabel("fraction of proposals (log)")
+    return _finish(fig, "Proposal quality during training and the foreground threshold", caption(run))
+
+
+def stats_figure(run) -> Figure:
+    """Per-iteration statistics (``stats.jsonl``) and the threshold/beta they produce
+    (``dynamic.jsonl``), with the values recomputed from the statistics by
+    :func:`dynrcnn.report.recompute_updates` overlaid as a check."""
+    from dynrcnn.report import recompute_updates
+
+    stats = run.stats
+    if stats is None or not len(stats):
+        raise ValueError(f"run {run.path} has no stats.jsonl (train with log_stats=true)")
+    re = recompute_updates(run)
+    d = run.dynamic
+    last = run_iterations(run) or int(stats["iteration"].max())
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for ax, stat, key, name in ((ax1, "iou_stat", "iou_threshold", "IoU threshold"),
+                                (ax2, "error_stat", "beta", "beta")):
+        s = stats.dropna(subset=[stat]) if stat in stats else stats.iloc[0:0]
+        ax.plot(s["iteration"], s[stat], ".", ms=3, color="0.6", label=f"per-iteration {stat}")
+        its = list(d["iteration"]) + [last]
+        vals = list(d[key]) + [d[key].iloc[-1]]
+        ax.step(its, vals, where="post", color="tab:red", lw=2, label=f"{name} (logged by the head)")
+        if len(re):
+            ax.plot(re["iteration"], re[f"{key}_recomputed"], "x", color="black", ms=6,
+                    label=f"{name} recomputed from stats")
+        ax.set(xlabel="iteration", ylabel=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax1.set_title("T = max(T_init, mean of IoU statistics)")
+    ax2.set_title("beta = min(beta_init, median of error statistics)")
+    return _finish(fig, "How the statistics turn into threshold and beta", caption(run))
+
+
+# --------------------------------------------------------------------------------------------
+# results across runs
+
+
+def trend_figure(runs) -> Figure:
+    """IoU threshold and beta against iteration: dynamic methods vs the baseline's fixed values
+    (the paper's trend figure)."""
+    runs = list(runs)
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, run in enumerate(runs):
+        d = run.dynamic
+        if d is None or not len(d):
+            continue
+        last = run_iterations(run) or int(d["iteration"].max())
+        fixed = run.config.get("method") == "baseline"
+        for ax, key in ((ax1, "iou_threshold"), (ax2, "beta")):
+            its = list(d["iteration"]) + [last]
+            vals = list(d[key]) + [d[key].iloc[-1]]
+            ax.step(its, vals, where="post", color=_color(run, i), lw=1.5 if fixed else 2,
+                    ls="--" if fixed else "-", label=_label(run) + (" (fixed)" if fixed else ""))
+    ax1.set(xlabel="iteration", ylabel="R-CNN IoU threshold", title="label assignment threshold")
+    ax2.set(xlabel="iteration", ylabel="SmoothL1 beta", title="regression loss beta")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _finish(fig, "Dynamic threshold and beta during training", runs_caption(runs))
+
+
+def losses_figure(runs) -> Figure:
+    """Training losses against iteration (``metrics.jsonl``), one line per run."""
+    runs = list(runs)
+    keys = [k for k in LOSS_KEYS if any(r.metrics is not None and k in r.metrics for r in runs)]
+    keys = keys or ["loss"]
+    ncol = min(3, len(keys))
+    nrow = math.ceil(len(keys) / ncol)
+    fig = Figure(figsize=(4 * ncol, 3.2 * nrow))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    for ax, key in zip(axes, keys):
+        for i, run in enumerate(runs):
+            m = run.metrics
+            if m is None or key not in m:
+                continue
+            ax.plot(m["iteration"], m[key], color=_color(run, i), label=_label(run))
+        ax.set(title=key, xlabel="iteration")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs))
+
+
+def ap_vs_iou_figure(runs, baseline=None) -> Figure:
+    """AP at each IoU threshold 0.50:0.05:0.95 (``eval.json``), one line per run, and the
+    difference to ``baseline`` (a run; default the first run whose method is baseline)."""
+    runs = [r for r in runs if r.eval]
+    if baseline is None:
+        base = [r for r in runs if r.config.get("method") == "baseline"]
+        baseline = min(base, key=lambda r: (rpn_nms(r) != 0.7, run_name(r))) if base else None
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, run in enumerate(runs):
+        e = run.eval
+        x = np.asarray(e.get("iou_thresholds") or np.linspace(0.5, 0.95, 10), dtype=float)
+        y = np.asarray(e["AP_per_iou"], dtype=float)
+        ax1.plot(x, y, "o-", color=_color(run, i), label=_label(run), ms=4)
+        if baseline is not None and run is not baseline:
+            yb = np.asarray(baseline.eval["AP_per_iou"], dtype=float)
+            ax2.plot(x, y - yb, "o-", color=_color(run, i), label=_label(run), ms=4)
+    ax1.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP at each IoU threshold")
+    ax2.axhline(0, color="0.3", lw=1)
+    ax2.set(xlabel="IoU threshold", ylabel="AP - baseline AP (points)",
+            title=f"difference to {run_name(baseline) if baseline is not None else '(no baseline)'}")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _finish(fig, "Where the gain is: AP against IoU threshold", runs_caption(runs))
+
+
+def ap_per_iou_run_figure(run) -> Figure:
+    """AP at each IoU threshold of one run (bars)."""
+    e = run.eval
+    x = np.asarray(e.get("iou_thresholds") or np.linspace(0.5, 0.95, 10), dtype=float)
+    y = np.asarray(e["AP_per_iou"], dtype=float)
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    ax.bar([f"{t:.2f}" for t in x], y, color=_color(run))
+    for xi, yi in enumerate(y):
+        ax.text(xi, yi, f"{yi:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set(xlabel="IoU threshold", ylabel="AP (%)")
+    ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, f"AP at each IoU threshold: AP {e['AP']:.1f}, AP50 {e['AP50']:.1f}, "
+                        f"AP90 {e['AP90']:.1f}", caption(run))
+
+
+# --------------------------------------------------------------------------------------------
+# detections
+
+
+def detections_figure(run, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0) -> Figure:
+    """Ground truth (left) next to the run's detections with score >= ``score_thresh``
+    (right) on ``n`` validation images (``detections.json``, images read from the data root)."""
+    import json
+
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    data_root = Path(data_root or run.config.get("data_root"))
+    split = run.config.get("val_split", "val")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(data_root / "annotations" / f"instances_{split}.json"))
+    dets = json.loads((Path(run.path) / "detections.json").read_text())
+    by_image: dict[int, list] = {}
+    for d in dets:
+        by_image.setdefault(int(d["image_id"]), []).append(d)
+    ids = sorted(coco.getImgIds())
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    fig = Figure(figsize=(6, 3 * len(chosen)))
+    axes = np.atleast_2d(fig.subplots(len(chosen), 2))
+    for row, img_id in zip(axes, chosen):
+        info = coco.loadImgs(img_id)[0]
+        img = np.asarray(Image.open(data_root / split / info["file_name"]).convert("RGB"))
+        gts = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None))
+        det = [d for d in by_image.get(img_id, []) if d["score"] >= score_thresh]
+        for ax, items, title, color in ((row[0], gts, f"ground truth ({len(gts)})", "lime"),
+                                        (row[1], det, f"detections >= {score_thresh} ({len(det)})", "red")):
+            ax.imshow(img)
+            for a in items:
+                x, y, w, h = a["bbox"]
+                ax.add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, color=color, lw=1.2))
+                label = names.get(a["category_id"], a["category_id"])
+                if "score" in a:
+                    label = f"{label} {a['score']:.2f}"
+                ax.text(x, y, label, color="white", fontsize=5, va="bottom",
+                        bbox=dict(facecolor=color, alpha=0.6, pad=0.5, lw=0))
+            ax.set_title(f"image {img_id}: {title}", fontsize=8)
+            ax.axis("off")
+    return _finish(fig, "Detections next to ground truth (validation images)", caption(run))
+
+
+import matplotlib.patches  # noqa: E402,F401  (used in detections_figure)
