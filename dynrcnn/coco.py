@@ -385,11 +385,12 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
 
 
 def verify_dataset(root, splits=None, check_images: bool = True, progress: bool = False,
-                   out=sys.stdout) -> bool:
+                   out=None) -> bool:
     """Verify ``splits`` of a COCO-format folder (default: every ``annotations/instances_*.json``).
 
     Prints a summary and every problem found; returns True when there is none.
     """
+    out = sys.stdout if out is None else out
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist; check --root")
