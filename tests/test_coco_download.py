@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     handler = type("Handler", (_Handler,), {"files": {}, "drop_once": set(), "log": []})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
         yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
