@@ -414,6 +414,8 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
         torch.backends.cudnn.benchmark = False
 
     lr_message = resolve_lr(cfg)
+    if cfg.data_root:
+        cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())  # config.json works from any cwd
 
     # ---- resume or fresh start
     ckpt = None
@@ -478,7 +480,9 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
         resolved["images_per_update"] = cfg.ims_per_batch * cfg.dynamic.interval
         resolved["world_size"] = world
         write_json(out / "config.json", resolved)
-        write_json(out / "env.json", environment(dev, world))
+        env = environment(dev, world)
+        env["resumed_from_iteration"] = start_iter if ckpt is not None else None
+        write_json(out / "env.json", env)
         writers["metrics"] = JsonlWriter(out / "metrics.jsonl")
         writers["dynamic"] = JsonlWriter(out / "dynamic.jsonl")
         if cfg.log_stats:
@@ -679,9 +683,7 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
         if main:
             from dynrcnn.evaluation import evaluate
 
-            evaluate(out, device=str(dev), progress=progress)
-        if world > 1:
-            torch.distributed.barrier()
+            evaluate(out, device=str(dev), progress=progress)  # rank 0 only; the others finish
     if dist_info.initialized_here:
         torch.distributed.destroy_process_group()
     return TrainResult(out, model, iteration, finished)
