@@ -474,8 +474,9 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
                 (out / name).unlink(missing_ok=True)
             else:
                 truncate_jsonl(out / name, start_iter)
-        for stale in ("train_done.json", "eval.json", "detections.json"):
-            (out / stale).unlink(missing_ok=True)
+        if start_iter < cfg.max_iter:  # (resuming a finished run keeps its results)
+            for stale in ("train_done.json", "eval.json", "detections.json"):
+                (out / stale).unlink(missing_ok=True)
         resolved = cfg.to_dict()
         resolved["images_per_update"] = cfg.ims_per_batch * cfg.dynamic.interval
         resolved["world_size"] = world
@@ -671,7 +672,7 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
     if tb is not None:
         tb.close()
     wall = elapsed_before + time.perf_counter() - t_start
-    if main and finished:
+    if main and finished and not (iteration == start_iter and (out / "train_done.json").exists()):
         med = statistics.median(sec_per_iter_log) if sec_per_iter_log else None
         write_json(out / "train_done.json", {
             "iterations": iteration,
@@ -680,7 +681,7 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
             "images_per_sec": cfg.ims_per_batch / med if med else None,
         })
     if finished and cfg.eval_at_end:
-        if main:
+        if main and not (iteration == start_iter and (out / "eval.json").exists()):
             from dynrcnn.evaluation import evaluate
 
             evaluate(out, device=str(dev), progress=progress)  # rank 0 only; the others finish

@@ -162,3 +162,13 @@ def test_baseline_logs_fixed_values_once(tiny_root, tmp_path):
     dyn = read_jsonl(run / "dynamic.jsonl")
     assert dyn == [{"iteration": 0, "iou_threshold": 0.5, "beta": 1.0, "num_iou_stats": 0, "num_beta_stats": 0,
                     "fixed": True}]
+
+
+def test_resuming_a_finished_run_keeps_results(full_run, tiny_root, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(full_run.run_dir, out)
+    before = (out / "train_done.json").read_text()
+    result = train_model(tiny_cfg(tiny_root, "log_stats=true"), out, resume=True, progress=False)
+    assert result.finished and result.iteration == 8
+    assert (out / "train_done.json").read_text() == before
+    assert (out / "dynamic.jsonl").read_text() == (full_run.run_dir / "dynamic.jsonl").read_text()
