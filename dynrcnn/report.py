@@ -639,7 +639,9 @@ def readme_table(runs_root) -> str:
             f"{run_iterations(first)} iterations, device {run_device(first)}, "
             f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
     ab_md = _markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline"]])
-    cl_md = _markdown(cl[["claim", "source", "published", "ours", "verdict"]])
+    scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
+    cl_md = _markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
+        columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
     return head + "Ablation (AP in %, COCO-style metrics on the evaluated split):\n\n" + ab_md + \
         "\n\nClaims:\n\n" + cl_md + "\n"
 
@@ -681,10 +683,16 @@ def trend_sentence(runs) -> str:
     base = [x for x in runs if x.config.get("method") == "baseline" and x.dynamic is not None and len(x.dynamic)]
     fixed = (f" (the baseline keeps {float(base[0].dynamic['iou_threshold'].iloc[0]):.2f} and "
              f"{float(base[0].dynamic['beta'].iloc[0]):.3g})") if base else ""
-    direction = ("rose" if t1 > t0 + 1e-6 else "stayed") + (" and beta fell" if b1 < b0 - 1e-9 else " and beta stayed")
-    return (f"In run {run_name(r)} the IoU threshold {direction}: threshold {t0:.3f} -> {t1:.3f}, beta "
-            f"{b0:.3f} -> {b1:.3f} over {len(d) - 1} updates{fixed}; the paper's Fig. 4 shows the same "
-            f"directions on COCO.")
+    rose, fell = t1 > t0 + 1e-6, b1 < b0 - 1e-9
+    if rose and fell:
+        cmp = "the same directions as the paper's trend figure on COCO (threshold up, beta down)"
+    else:
+        cmp = ("unlike the paper's trend figure (threshold up, beta down), here the "
+               + " and ".join(x for x in ("threshold did not rise" if not rose else "",
+                                          "beta did not fall" if not fell else "") if x)
+               + " (too few iterations, or proposals not yet better than T_init)")
+    return (f"In run {run_name(r)} the IoU threshold went {t0:.3f} -> {t1:.3f} and beta {b0:.3f} -> {b1:.3f} "
+            f"over {len(d) - 1} updates{fixed}: {cmp}.")
 
 
 def ap_sentence(runs) -> str:

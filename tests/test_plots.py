@@ -1,0 +1,157 @@
+"""Figures from synthetic run directories (written here in the contract's run-directory format)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynrcnn import plots
+from dynrcnn.runs import load_run
+
+IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
+
+
+def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=None, sec_per_iter=0.5,
+              rpn_nms=0.7, iters=100, interval=10, log_stats=True, device="cpu", data_root="") -> Path:
+    """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic)."""
+    from dynrcnn.report import make_config
+
+    run = Path(root) / name
+    run.mkdir(parents=True)
+    cfg = make_config("mini" if preset == "mini" else preset, method, seed=seed, data_root=data_root,
+                      overrides=[f"max_iter={iters}", f"dynamic.interval={interval}", f"model.rpn_nms_thresh={rpn_nms}",
+                                 f"log_stats={'true' if log_stats else 'false'}", "log_period=10"])
+    cfg.preset = preset
+    cfg.lr = cfg.base_lr
+    d = cfg.to_dict()
+    d.update(images_per_update=cfg.ims_per_batch * interval, world_size=1)
+    (run / "config.json").write_text(json.dumps(d))
+    (run / "env.json").write_text(json.dumps({
+        "python": "3.11", "torch": "2.x", "torchvision": "0.x", "numpy": "1.x", "device": device,
+        "device_name": "test-cpu", "num_processes": 1, "torch_threads": 1, "git_commit": "abc",
+        "hostname": "h", "cpu_count": 2, "platform": "linux"}))
+    rng = np.random.default_rng(seed + len(name))
+    dla, dsl = method in ("dla", "dynamic"), method in ("dsl", "dynamic")
+    with open(run / "metrics.jsonl", "w") as f:
+        for it in range(10, iters + 1, 10):
+            f.write(json.dumps({"iteration": it, "lr": 0.02, "loss": 2.0 / (1 + it / 50), "loss_classifier": 0.5,
+                                "loss_box_reg": 0.4, "loss_objectness": 0.2, "loss_rpn_box_reg": 0.1,
+                                "iou_threshold": 0.4, "beta": 1.0, "sec_per_iter": sec_per_iter,
+                                "images_per_sec": 4 / sec_per_iter, "peak_memory_mb": 100.0,
+                                "elapsed_sec": it * sec_per_iter}) + "\n")
+    stats = []
+    for it in range(1, iters + 1):
+        stats.append({"iteration": it, "iou_stat": 0.3 + 0.4 * it / iters + 0.02 * rng.standard_normal(),
+                      "error_stat": 1.5 - 1.2 * it / iters + 0.05 * rng.standard_normal()})
+    thr, beta = (0.4, 1.0) if (dla or dsl) else (0.5, 1.0)
+    dyn = [{"iteration": 0, "iou_threshold": thr, "beta": beta, "num_iou_stats": 0, "num_beta_stats": 0}]
+    if not (dla or dsl):
+        dyn[0]["fixed"] = True
+    else:
+        for it in range(interval, iters + 1, interval):
+            win = [s for s in stats if it - interval < s["iteration"] <= it]
+            if dla:
+                thr = max(0.4, float(np.mean([s["iou_stat"] for s in win])))
+            if dsl:
+                beta = min(1.0, float(np.median([s["error_stat"] for s in win])))
+            dyn.append({"iteration": it, "iou_threshold": thr, "beta": beta, "num_iou_stats": len(win),
+                        "num_beta_stats": len(win)})
+    (run / "dynamic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dyn))
+    if log_stats:
+        (run / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stats))
+        edges = [float(e) for e in np.linspace(0, 1, 21)]
+        with open(run / "proposal_ious.jsonl", "w") as f:
+            for it in range(10, iters + 1, 10):
+                counts = rng.poisson(50 * np.exp(-np.linspace(0, 1, 20) * (6 - 3 * it / iters))).tolist()
+                f.write(json.dumps({"iteration": it, "bin_edges": edges, "counts": counts}) + "\n")
+    (run / "train_done.json").write_text(json.dumps({"iterations": iters, "wall_time_sec": iters * sec_per_iter,
+                                                      "sec_per_iter_median": sec_per_iter,
+                                                      "images_per_sec": 4 / sec_per_iter}))
+    per_iou = list(ap_per_iou) if ap_per_iou is not None else [ap + 25 - 5 * i for i in range(10)]
+    (run / "eval.json").write_text(json.dumps({
+        "AP": ap, "AP50": per_iou[0], "AP75": per_iou[5], "APs": ap - 10, "APm": ap, "APl": ap + 10,
+        "AP_per_iou": per_iou, "iou_thresholds": IOUS, "AP90": per_iou[8], "images_per_sec": 20.0,
+        "evaluator": "pycocotools", "checkpoint": "checkpoints/last.pth", "num_images": 10}))
+    return run
+
+
+@pytest.fixture()
+def two_runs(tmp_path):
+    b = write_run(tmp_path / "runs", "baseline", "baseline", ap=30.0)
+    d = write_run(tmp_path / "runs", "dynamic", "dynamic", ap=31.0)
+    return load_run(b), load_run(d)
+
+
+def _png(path: Path):
+    assert path.is_file() and path.stat().st_size > 5000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_caption_names_the_run(two_runs):
+    _, d = two_runs
+    cap = plots.caption(d)
+    for part in ("run dynamic", "preset mini", "method dynamic", "seed 0", "100 iterations", "device cpu",
+                 "miniature benchmark (not COCO)"):
+        assert part in cap
+    multi = plots.runs_caption(two_runs)
+    assert "baseline (baseline)" in multi and "dynamic (dynamic)" in multi and "iterations 100" in multi
+
+
+def test_result_figures_written(two_runs, tmp_path):
+    out = tmp_path / "figures"
+    for name, fig in (("trend", plots.trend_figure(two_runs)), ("losses", plots.losses_figure(two_runs)),
+                      ("ap_vs_iou", plots.ap_vs_iou_figure(two_runs)),
+                      ("ap_run", plots.ap_per_iou_run_figure(two_runs[1])),
+                      ("smooth_l1", plots.smooth_l1_figure()),
+                      ("proposal_iou", plots.proposal_iou_figure(two_runs[1], n_panels=3)),
+                      ("stats", plots.stats_figure(two_runs[1]))):
+        _png(plots.save_figure(fig, out / f"{name}.png"))
+        # every figure says where it came from
+        texts = [t.get_text() for t in fig.texts]
+        assert texts and texts[-1]
+
+
+def test_method_figures_need_stats(tmp_path):
+    run = load_run(write_run(tmp_path, "b", "baseline", log_stats=False))
+    with pytest.raises(ValueError, match="log_stats"):
+        plots.proposal_iou_figure(run)
+    with pytest.raises(ValueError, match="log_stats"):
+        plots.stats_figure(run)
+
+
+def test_threshold_at_and_pick_iterations(two_runs):
+    _, d = two_runs
+    thr0, beta0 = plots.threshold_at(d, 5)
+    assert (thr0, beta0) == (0.4, 1.0)
+    thr, _ = plots.threshold_at(d, 21)  # after the update logged at iteration 20
+    row = d.dynamic[d.dynamic.iteration == 20].iloc[0]
+    assert thr == pytest.approx(row.iou_threshold)
+    assert plots.pick_iterations(range(10, 101, 10), 4) == [10, 40, 70, 100]
+    assert plots.pick_iterations([5, 10], 4) == [5, 10]
+
+
+def test_detections_figure(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    images, anns = [], []
+    for i in range(2):
+        Image.new("RGB", (64, 48), (i * 80, 100, 50)).save(root / "val" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 48})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 20, 10], "area": 200,
+                     "iscrowd": 0})
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "box"}]}))
+    run = write_run(tmp_path / "runs", "dynamic", "dynamic", data_root=str(root))
+    (run / "detections.json").write_text(json.dumps([
+        {"image_id": 1, "category_id": 1, "bbox": [6, 5, 20, 11], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.1}]))
+    fig = plots.detections_figure(load_run(run), n=2, score_thresh=0.5)
+    _png(plots.save_figure(fig, tmp_path / "det.png"))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("detections >= 0.5 (1)" in t for t in titles) and any("ground truth (1)" in t for t in titles)
