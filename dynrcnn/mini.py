@@ -275,7 +275,7 @@ def _render_and_write(job: tuple) -> tuple[int, list[dict]]:
     seed, split, index, image_size, out_dir = job
     img, objects = render_image(seed, split, index, image_size)
     path = os.path.join(out_dir, split, _file_name(index))
-    Image.fromarray(img).save(path, format="PNG", compress_level=6, optimize=False)
+    Image.fromarray(img).save(path, format="PNG", compress_level=1, optimize=False)
     return index, objects
 
 
