@@ -142,7 +142,10 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         })
     columns = ["run", "method", "preset", "convention", "seed", "iterations", "finished", "AP", "AP50",
                "AP75", "AP90", "wall_min", "img_per_s"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    for c in ("AP", "AP50", "AP75", "AP90", "wall_min", "img_per_s"):
+        table[c] = pd.to_numeric(table[c], errors="coerce")
+    return table
 
 
 def format_table(table: pd.DataFrame) -> str:
