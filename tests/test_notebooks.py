@@ -1,0 +1,132 @@
+"""The notebooks: static checks, and the whole ``smoke`` profile executed once with papermill.
+
+The end-to-end test is marked ``slow`` but runs by default (``make test``): it is the CI check
+that every notebook runs top to bottom and that the report is assembled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import nbformat
+import pytest
+
+from dynrcnn import report
+
+SOURCES = sorted(report.NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def test_all_notebooks_present():
+    assert [p.stem for p in SOURCES] == list(report.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert len(code) < 15
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for c in code:
+        assert c.outputs == [] and c.execution_count is None, "notebooks are stored without outputs"
+    assert nb.cells[0].cell_type == "markdown"
+
+
+def test_failing_cell_names_notebook_and_cell(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise ValueError('boom in cell')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "broken.ipynb"
+    nbformat.write(nb, src)
+    out = tmp_path / "out" / "broken.ipynb"
+    out.parent.mkdir()
+    with pytest.raises(report.ReportError) as e:
+        report.execute_notebook(src, out, {"x": 2})
+    msg = str(e.value)
+    assert "broken.ipynb" in msg and "ValueError: boom in cell" in msg and re.search(r"cell \d+", msg)
+    assert out.is_file()  # the partial executed notebook is kept
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smoke")
+    result = report.run_pipeline("smoke", out=base / "report", runs_root=base / "runs", data_root=base / "data",
+                                 progress=False)
+    return result
+
+
+@pytest.mark.slow
+def test_smoke_every_notebook_executed(smoke):
+    names = {p.stem for p in smoke.executed}
+    runs = [s.name for s in report.get_profile("smoke").runs]
+    assert names == {"01_data", "02_method", "05_results", *(f"train_{r}" for r in runs),
+                     *(f"evaluate_{r}" for r in runs)}
+    for p in smoke.executed:
+        nb = nbformat.read(p, as_version=4)
+        assert nb.metadata["papermill"]["duration"] > 0
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert c.execution_count is not None
+                assert not [o for o in c.outputs if o.output_type == "error"], (p.name, c.source[:80])
+    assert set(smoke.durations) == names
+
+
+@pytest.mark.slow
+def test_smoke_index_links_every_page(smoke):
+    index = smoke.index.read_text()
+    for p in smoke.executed:
+        html = p.with_suffix(".html")
+        assert html.is_file() and html.stat().st_size > 10_000
+        assert f'href="{html.name}"' in index
+    assert index.count("data:image/png;base64,") >= 2  # key figures embedded
+    assert "miniature benchmark (not COCO)" in index and "verdict" in index
+
+
+@pytest.mark.slow
+def test_smoke_figures_written(smoke):
+    for name in ("trend", "losses", "ap_vs_iou", "smooth_l1", "proposal_iou", "stats_to_threshold",
+                 "data_samples", "detections_dynamic"):
+        path = smoke.figures_dir / f"{name}.png"
+        assert path.is_file() and path.stat().st_size > 5000, path
+
+
+@pytest.mark.slow
+def test_smoke_runs_and_tables(smoke):
+    runs = report.load_runs(smoke.runs_root)
+    assert sorted(r.config["method"] for r in runs) == ["baseline", "dynamic"]
+    for r in runs:
+        ev = json.loads((r.path / "eval.json").read_text())
+        for k in ("AP", "AP50", "AP75", "AP90"):
+            assert math.isfinite(ev[k]) and 0 <= ev[k] <= 100
+        assert len(ev["AP_per_iou"]) == 10 and ev["AP90"] == ev["AP_per_iou"][8]
+        assert (r.path / "train_done.json").is_file()
+    dyn = next(r for r in runs if r.config["method"] == "dynamic")
+    assert dyn.stats is not None and dyn.proposal_ious
+    claims = report.claims_table(runs)
+    assert len(claims) >= len(report.ref.CLAIM_KEYS) and claims["verdict"].map(bool).all()
+    assert (claims["scale"] == "miniature benchmark (not COCO)").all()
+    ab = report.ablation_table(runs)
+    assert list(ab["configuration"]) == ["baseline", "DLA + DSL"] and ab[["AP", "AP90"]].notna().all().all()
+    cost = report.compute_table(runs, smoke.durations)
+    assert cost["train notebook (min)"].notna().all()
+
+
+@pytest.mark.slow
+def test_smoke_reuses_complete_runs(smoke):
+    nb = nbformat.read(smoke.out / "train_dynamic.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "run_dir" in injected[0].source
+    # the same config again is reused, not retrained
+    run = report.load_runs(smoke.runs_root)
+    dyn = next(r for r in run if r.config["method"] == "dynamic")
+    p = report.get_profile("smoke")
+    spec = next(s for s in p.runs if s.method == "dynamic")
+    cfg = report.make_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
+                             overrides=p.run_overrides(spec))
+    assert report.train_action(dyn.path, cfg)[0] == "reuse"
