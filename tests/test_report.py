@@ -227,3 +227,19 @@ def test_cli_registers_report():
 
     args = build_parser().parse_args(["report", "--profile", "smoke", "--jobs", "1", "--force"])
     assert args.profile == "smoke" and args.jobs == 1 and args.force and callable(args.func)
+
+
+def test_update_readme_replaces_only_the_marked_block(mini_runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{report.README_BEGIN}\nold numbers 99.9\n{report.README_END}\n\n## Quick start\n")
+    assert report.update_readme(readme, mini_runs, tmp_path / "figures")
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# Title") and text.endswith("## Quick start\n")
+    assert "figures/trend.png" in text and "figures/ap_vs_iou.png" in text
+    assert report.readme_table(mini_runs) in text
+    assert report.update_readme(readme, mini_runs, tmp_path / "figures")  # idempotent: one block
+    assert readme.read_text().count(report.README_BEGIN) == 1
+    unmarked = tmp_path / "OTHER.md"
+    unmarked.write_text("no markers\n")
+    assert not report.update_readme(unmarked, mini_runs, tmp_path / "figures")
+    assert unmarked.read_text() == "no markers\n"
