@@ -16,6 +16,7 @@ numbers: at miniature scale a relative claim can only be checked for its *direct
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -89,6 +90,14 @@ class Profile:
     figures_dir: str | None = None  # relative to the repo; None: OUT/figures
     description: str = ""
     readme: bool = False  # write the results block of README.md from these runs
+    seed_runs: tuple[str, ...] = ("baseline", "dynamic")  # runs repeated by ``extra_seeds``
+
+    def with_seeds(self, extra_seeds=()) -> "Profile":
+        """This profile plus the ``seed_runs`` repeated with each extra seed (``<name>_seed<N>``):
+        the runs that let the report measure seed noise instead of assuming it."""
+        extra = tuple(RunSpec(f"{r.name}_seed{s}", r.method, int(s), r.overrides)
+                      for s in extra_seeds for r in self.runs if r.name in self.seed_runs and int(s) != r.seed)
+        return dataclasses.replace(self, runs=self.runs + extra) if extra else self
 
     def run_overrides(self, spec: RunSpec) -> list[str]:
         extra = ["log_stats=true"] if spec.method in self.stats_methods else []
@@ -842,9 +851,12 @@ def render_html(notebook: Path) -> Path:
 
 def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
                  device: str | None = None, jobs: int | None = None, force: bool = False,
-                 figures_dir=None, progress: bool = True, seed: int | None = None) -> PipelineResult:
-    """Run the whole report for ``profile`` (see the module docstring); returns where it went."""
+                 figures_dir=None, progress: bool = True, seed: int | None = None,
+                 extra_seeds=()) -> PipelineResult:
+    """Run the whole report for ``profile`` (see the module docstring); returns where it went.
+    ``extra_seeds`` repeats the profile's baseline and dynamic runs with those seeds."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
+    profile = profile.with_seeds(extra_seeds)
     t0 = time.perf_counter()
     out = Path(out or REPO / "build" / "report").resolve()
     runs_root = Path(runs_root or REPO / "runs" / profile.name).resolve()
@@ -1060,7 +1072,8 @@ def main_report(args) -> int:
     """``dynrcnn report`` (see :mod:`dynrcnn.cli_report`)."""
     try:
         result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
-                              device=args.device, jobs=args.jobs, force=args.force)
+                              device=args.device, jobs=args.jobs, force=args.force,
+                              extra_seeds=args.extra_seeds or ())
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -243,3 +243,15 @@ def test_update_readme_replaces_only_the_marked_block(mini_runs, tmp_path):
     unmarked.write_text("no markers\n")
     assert not report.update_readme(unmarked, mini_runs, tmp_path / "figures")
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_extra_seeds_repeat_baseline_and_dynamic(tmp_path):
+    prof = report.get_profile("mini").with_seeds([1, 2])
+    names = [r.name for r in prof.runs]
+    assert names[:5] == [r.name for r in report.get_profile("mini").runs]
+    assert names[5:] == ["baseline_seed1", "dynamic_seed1", "baseline_seed2", "dynamic_seed2"]
+    assert {r.seed for r in prof.runs[5:]} == {1, 2} and report.get_profile("mini").with_seeds([0]) == report.get_profile("mini")
+    steps = report.plan(prof, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "fig", False)
+    train = {s.output: s.params for s in steps if s.kind == "train"}
+    assert train["train_dynamic_seed2"]["seed"] == 2 and train["train_dynamic_seed2"]["method"] == "dynamic"
+    assert "log_stats=true" in train["train_dynamic_seed2"]["overrides"]
