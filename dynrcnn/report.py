@@ -776,6 +776,21 @@ class PipelineResult:
     wall_time_sec: float = 0.0
 
 
+def repo_path(p) -> Path:
+    """A notebook parameter's path: relative paths are relative to the repository root, so a
+    notebook means the same folders in Jupyter (whose working folder is ``notebooks/``), under
+    papermill from any folder, and in the pipeline (installed copies fall back to the cwd)."""
+    p = Path(str(p)).expanduser()
+    if p.is_absolute():
+        return p
+    return (REPO if (REPO / "notebooks").is_dir() else Path.cwd()) / p
+
+
+def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
+    """Where the train notebook puts a run when no ``run_dir`` is given (the pipeline's naming)."""
+    return repo_path(Path("runs") / profile / (method if int(seed) == 0 else f"{method}_seed{int(seed)}"))
+
+
 def _abs(p) -> str:
     return str(Path(p).expanduser().resolve())
 
@@ -1087,7 +1102,7 @@ def main_report(args) -> int:
 __all__ = [
     "Profile", "RunSpec", "PROFILES", "get_profile", "make_config", "reusable", "load_runs",
     "recompute_updates", "ablation_table", "claims_table", "compute_table", "environment_table",
-    "notebook_durations", "readme_table", "update_readme", "verdict_delta", "verdict_absolute", "verdict_overhead",
+    "notebook_durations", "readme_table", "update_readme", "repo_path", "default_run_dir", "verdict_delta", "verdict_absolute", "verdict_overhead",
     "noise_tolerance", "run_pipeline", "train_action", "config_table",
     "eval_table", "dataset_table", "ap_per_iou_table", "proposal_quality", "smooth_l1_gradient", "ReportError", "styled", "trend_sentence", "ap_sentence",
 ]

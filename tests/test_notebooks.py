@@ -130,3 +130,26 @@ def test_smoke_reuses_complete_runs(smoke):
     cfg = report.make_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
                              overrides=p.run_overrides(spec))
     assert report.train_action(dyn.path, cfg)[0] == "reuse"
+
+
+@pytest.mark.slow
+def test_train_notebook_runs_with_other_parameters(smoke, tmp_path, monkeypatch):
+    """``papermill notebooks/03_train.ipynb out.ipynb -p method dla ...`` from another folder."""
+    monkeypatch.chdir(tmp_path)
+    data_root = smoke.runs_root.parent / "data"
+    params = {"profile": "smoke", "preset": "mini_smoke", "method": "dla", "data_root": str(data_root),
+              "run_dir": str(tmp_path / "dla"), "num_threads": 1,
+              "overrides": ["max_iter=6", "dynamic.interval=3", "log_period=3", "checkpoint_period=6",
+                            "eval_at_end=false"]}
+    report.execute_notebook(report.NOTEBOOK_DIR / "03_train.ipynb", tmp_path / "out.ipynb", params)
+    cfg = json.loads((tmp_path / "dla" / "config.json").read_text())
+    assert cfg["method"] == "dla" and cfg["max_iter"] == 6
+    assert (tmp_path / "dla" / "train_done.json").is_file()
+
+
+def test_notebook_paths_are_relative_to_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.repo_path("data/mini") == report.REPO / "data" / "mini"
+    assert report.repo_path(tmp_path / "x") == tmp_path / "x"
+    assert report.default_run_dir("mini", "dla") == report.REPO / "runs" / "mini" / "dla"
+    assert report.default_run_dir("mini", "dynamic", 2) == report.REPO / "runs" / "mini" / "dynamic_seed2"
