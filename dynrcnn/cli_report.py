@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                    help="training runs in parallel, one process each (default 2 on CPU, 1 on GPU)")
     p.add_argument("--force", action="store_true", help="retrain runs even when complete")
     p.add_argument("--extra-seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="also train the baseline and dynamic runs with these seeds (runs named "
+                   help="also train the profile's seed runs (mini: the RPN-NMS-0.85 baseline and dynamic) with these seeds (runs named "
                         "<run>_seed<N>), so the verdicts use a measured seed-noise band instead of "
                         "an assumed one; each seed adds two runs")
     p.set_defaults(func=_run)

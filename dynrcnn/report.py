@@ -104,6 +104,8 @@ class Profile:
         return [*self.overrides, *extra, *spec.overrides]
 
 
+NMS_085 = "model.rpn_nms_thresh=0.85"  # the paper's RPN NMS for Dynamic R-CNN
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
@@ -119,20 +121,26 @@ PROFILES: dict[str, Profile] = {
     "mini": Profile(
         name="mini",
         preset="mini",
-        runs=(RunSpec("baseline", "baseline"), RunSpec("dla", "dla"), RunSpec("dsl", "dsl"),
-              RunSpec("dynamic", "dynamic"),
-              RunSpec("baseline_nms085", "baseline", overrides=("model.rpn_nms_thresh=0.85",))),
+        # As in the paper, Dynamic R-CNN (and its DLA/DSL ablations) runs at RPN NMS 0.85 and the
+        # reference baseline at 0.7; the baseline at 0.85 is the fair comparison that separates
+        # the RPN NMS change from the method.
+        runs=(RunSpec("baseline", "baseline"),
+              RunSpec("baseline_nms085", "baseline", overrides=(NMS_085,)),
+              RunSpec("dla", "dla", overrides=(NMS_085,)),
+              RunSpec("dsl", "dsl", overrides=(NMS_085,)),
+              RunSpec("dynamic", "dynamic", overrides=(NMS_085,))),
         data_root="data/mini",
         generate=(2000, 500, 192),
         figures_dir="figures",
         description="miniature benchmark (2000/500 generated images), slim R18-FPN, CPU",
         readme=True,
+        seed_runs=("baseline_nms085", "dynamic"),
     ),
     "coco": Profile(
         name="coco",
         preset="coco_r50_fpn_1x",
         runs=(RunSpec("baseline", "baseline"),
-              RunSpec("dynamic", "dynamic", overrides=("model.rpn_nms_thresh=0.85",))),
+              RunSpec("dynamic", "dynamic", overrides=(NMS_085,))),
         data_root=None,
         generate=None,
         figures_dir="figures/coco",
@@ -462,10 +470,10 @@ def verdict_overhead(ratio: float, tol: float, device_kind: str) -> str:
 
 def ablation_table(runs) -> pd.DataFrame:
     """Baseline / DLA / DSL / DLA+DSL (and the baseline at another RPN NMS when present):
-    AP, AP50, AP75, AP90 (mean over seeds), the AP gain over the baseline, the scale."""
+    AP, AP50, AP75, AP90 (mean over seeds), the gain over the baseline *at the same RPN NMS*
+    when there is one (else the reference baseline), so a row shows the method's own effect."""
     groups = _group(runs)
     base_key = _main_key(groups, "baseline")
-    base = {m: _mean(_values(groups[base_key], m)) for m in METRICS} if base_key else {}
     rows = []
     order = {m: i for i, m in enumerate(ABLATION_ORDER)}
     for key in sorted(groups, key=lambda k: (k[1] != DEFAULT_RPN_NMS and k[0] == "baseline",
@@ -481,12 +489,15 @@ def ablation_table(runs) -> pd.DataFrame:
                "RPN NMS": nms, "seeds": len(rs)}
         for m in METRICS:
             row[m] = _mean(_values(rs, m))
+        ref_key = ("baseline", nms) if ("baseline", nms) in groups else base_key
+        base = {m: _mean(_values(groups[ref_key], m)) for m in ("AP", "AP90")} if ref_key else {}
         for m in ("AP", "AP90"):
             row[f"Δ{m} vs baseline"] = row[m] - base[m] if base else float("nan")
+        row["Δ vs"] = f"baseline (RPN NMS {ref_key[1]:g})" if ref_key else "-"
         row["scale"] = scale_label(rs[0].config.get("preset"))
         rows.append(row)
     cols = ["configuration", "DLA", "DSL", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline",
-            "ΔAP90 vs baseline", "runs", "scale"]
+            "ΔAP90 vs baseline", "Δ vs", "runs", "scale"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -649,7 +660,7 @@ def readme_table(runs_root) -> str:
     head = (f"Runs under `{runs_root}`: preset {first.config.get('preset')}, "
             f"{run_iterations(first)} iterations, device {run_device(first)}, "
             f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
-    ab_md = _markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline"]])
+    ab_md = _markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline", "Δ vs"]])
     scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
     cl_md = _markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
         columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))

@@ -249,9 +249,22 @@ def test_extra_seeds_repeat_baseline_and_dynamic(tmp_path):
     prof = report.get_profile("mini").with_seeds([1, 2])
     names = [r.name for r in prof.runs]
     assert names[:5] == [r.name for r in report.get_profile("mini").runs]
-    assert names[5:] == ["baseline_seed1", "dynamic_seed1", "baseline_seed2", "dynamic_seed2"]
+    assert names[5:] == ["baseline_nms085_seed1", "dynamic_seed1", "baseline_nms085_seed2", "dynamic_seed2"]
     assert {r.seed for r in prof.runs[5:]} == {1, 2} and report.get_profile("mini").with_seeds([0]) == report.get_profile("mini")
     steps = report.plan(prof, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "fig", False)
     train = {s.output: s.params for s in steps if s.kind == "train"}
     assert train["train_dynamic_seed2"]["seed"] == 2 and train["train_dynamic_seed2"]["method"] == "dynamic"
     assert "log_stats=true" in train["train_dynamic_seed2"]["overrides"]
+    assert report.NMS_085 in train["train_dynamic_seed2"]["overrides"]
+    assert report.NMS_085 in train["train_baseline_nms085_seed1"]["overrides"]
+
+
+def test_ablation_delta_uses_the_baseline_at_the_same_rpn_nms(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "baseline", "baseline", ap=30.0)
+    write_run(root, "baseline_nms085", "baseline", ap=32.0, rpn_nms=0.85)
+    write_run(root, "dynamic", "dynamic", ap=33.0, rpn_nms=0.85)
+    ab = report.ablation_table(report.load_runs(root)).set_index("configuration")
+    dyn = ab.loc[[c for c in ab.index if c.startswith("DLA + DSL")][0]]
+    assert dyn["ΔAP vs baseline"] == pytest.approx(1.0) and dyn["Δ vs"] == "baseline (RPN NMS 0.85)"
+    assert ab.loc["baseline", "Δ vs"] == "baseline (RPN NMS 0.7)"
