@@ -743,8 +743,15 @@ def trend_sentence(runs) -> str:
                + " and ".join(x for x in ("threshold did not rise" if not rose else "",
                                           "beta did not fall" if not fell else "") if x)
                + " (too few iterations, or proposals not yet better than T_init)")
+    tmax = float(d["iou_threshold"].max())
+    below = ""
+    if base:
+        base_thr = float(base[0].dynamic["iou_threshold"].iloc[0])
+        if tmax < base_thr:
+            below = (f" The threshold never reached the baseline's fixed {base_thr:.2f} (maximum {tmax:.3f}), so "
+                     f"throughout this run DLA labelled more, lower-IoU proposals as foreground than the baseline did.")
     return (f"In run {run_name(r)} the IoU threshold went {t0:.3f} -> {t1:.3f} and beta {b0:.3f} -> {b1:.3f} "
-            f"over {len(d) - 1} updates{fixed}: {cmp}.")
+            f"over {len(d) - 1} updates{fixed}: {cmp}.{below}")
 
 
 def ap_sentence(runs) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import nbformat
@@ -268,3 +269,11 @@ def test_ablation_delta_uses_the_baseline_at_the_same_rpn_nms(tmp_path):
     dyn = ab.loc[[c for c in ab.index if c.startswith("DLA + DSL")][0]]
     assert dyn["ΔAP vs baseline"] == pytest.approx(1.0) and dyn["Δ vs"] == "baseline (RPN NMS 0.85)"
     assert ab.loc["baseline", "Δ vs"] == "baseline (RPN NMS 0.7)"
+
+
+def test_trend_sentence_says_when_the_threshold_stays_below_the_baseline(mini_runs):
+    lines = [{"iteration": i * 10, "iou_threshold": t, "beta": b, "num_iou_stats": 10, "num_beta_stats": 10}
+             for i, (t, b) in enumerate([(0.4, 1.0), (0.45, 0.9), (0.48, 0.8)])]
+    (mini_runs / "dynamic" / "dynamic.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = report.trend_sentence(report.load_runs(mini_runs))
+    assert "0.400 -> 0.480" in s and "never reached the baseline's fixed 0.50 (maximum 0.480)" in s
