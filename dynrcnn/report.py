@@ -538,13 +538,19 @@ def claims_table(runs) -> pd.DataFrame:
                        tolerance=tol_text, verdict=verdict_delta(ours, r.value, scale, tol, r.metric),
                        compared=compared)
         elif r.kind == "ratio":
-            a, b = _values(all_dyn, "sec_per_iter"), _values(all_base, "sec_per_iter")
+            # cost depends on the RPN NMS (it sets how many proposals survive), so time the
+            # dynamic runs against baselines at the same RPN NMS when there are any
+            same_nms = [x for x in runs if x.config.get("method") == "baseline"
+                        and rpn_nms(x) == (d_key or (0, 0))[1]]
+            timing_base = same_nms or all_base
+            a, b = _values(all_dyn, "sec_per_iter"), _values(timing_base, "sec_per_iter")
             ours = _mean(a) / _mean(b) if a and b else float("nan")
-            kind = _device_kind(all_dyn + all_base)
+            kind = _device_kind(all_dyn + timing_base)
             tol = OVERHEAD_TOLERANCE[kind]
             row.update(ours=ours, difference=ours - r.value, tolerance=f"x{1 + tol:.2f} ({kind} timing noise)",
                        verdict=verdict_overhead(ours, tol, kind),
-                       compared=compared.split(" (")[0] + " (median s/iter, training)")
+                       compared=f"{'+'.join(run_name(x) for x in all_dyn) or '-'} vs "
+                                f"{'+'.join(run_name(x) for x in timing_base) or '-'} (median s/iter, training)")
         else:
             rs = dyn_runs if r.method == "dynamic" else base_runs
             ours = _mean(_values(rs, r.metric))
@@ -648,16 +654,17 @@ def environment_table(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def readme_table(runs_root) -> str:
-    """The README's numbers, as markdown, generated from the runs under ``runs_root``:
-    the ablation table and the claims table with verdicts (scale in every row)."""
+def readme_table(runs_root, label: str | None = None) -> str:
+    """The README's numbers, as markdown, generated from the runs under ``runs_root``
+    (shown as ``label``, default the path): the ablation table and the claims table with
+    verdicts (scale in every row)."""
     runs = load_runs(runs_root)
     if not runs:
         return f"(no runs under {runs_root})"
     ab = ablation_table(runs)
     cl = claims_table(runs)
     first = runs[0]
-    head = (f"Runs under `{runs_root}`: preset {first.config.get('preset')}, "
+    head = (f"Runs under `{label or runs_root}`: preset {first.config.get('preset')}, "
             f"{run_iterations(first)} iterations, device {run_device(first)}, "
             f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
     ab_md = _markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline", "Δ vs"]])
@@ -666,6 +673,14 @@ def readme_table(runs_root) -> str:
         columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
     return head + "Ablation (AP in %, COCO-style metrics on the evaluated split):\n\n" + ab_md + \
         "\n\nClaims:\n\n" + cl_md + "\n"
+
+
+def _relative(path, base) -> str:
+    """``path`` relative to ``base`` when it lies below it (README links), else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 README_BEGIN, README_END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
@@ -679,16 +694,13 @@ def update_readme(readme, runs_root, figures_dir, command: str = "make report") 
     text = readme.read_text() if readme.is_file() else ""
     if README_BEGIN not in text or README_END not in text:
         return False
-    try:
-        fig = Path(figures_dir).resolve().relative_to(readme.parent.resolve()).as_posix()
-    except ValueError:
-        fig = Path(figures_dir).as_posix()
+    fig = _relative(figures_dir, readme.parent)
     block = (
         f"{README_BEGIN}\n"
         f"## Results (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
         f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
-        f"{readme_table(runs_root)}\n"
+        f"{readme_table(runs_root, _relative(runs_root, readme.parent))}\n"
         "The full report (every notebook, figure and table) is `build/report/index.html`.\n"
         f"{README_END}"
     )

@@ -237,7 +237,7 @@ def test_update_readme_replaces_only_the_marked_block(mini_runs, tmp_path):
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# Title") and text.endswith("## Quick start\n")
     assert "figures/trend.png" in text and "figures/ap_vs_iou.png" in text
-    assert report.readme_table(mini_runs) in text
+    assert report.readme_table(mini_runs, "runs") in text and "Runs under `runs`" in text
     assert report.update_readme(readme, mini_runs, tmp_path / "figures")  # idempotent: one block
     assert readme.read_text().count(report.README_BEGIN) == 1
     unmarked = tmp_path / "OTHER.md"
@@ -277,3 +277,13 @@ def test_trend_sentence_says_when_the_threshold_stays_below_the_baseline(mini_ru
     (mini_runs / "dynamic" / "dynamic.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     s = report.trend_sentence(report.load_runs(mini_runs))
     assert "0.400 -> 0.480" in s and "never reached the baseline's fixed 0.50 (maximum 0.480)" in s
+
+
+def test_overhead_compares_against_the_baseline_at_the_same_rpn_nms(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "baseline", "baseline", ap=30.0, sec_per_iter=0.80)  # trained under other load
+    write_run(root, "baseline_nms085", "baseline", ap=32.0, rpn_nms=0.85, sec_per_iter=0.50)
+    write_run(root, "dynamic", "dynamic", ap=33.0, rpn_nms=0.85, sec_per_iter=0.51)
+    claims = report.claims_table(report.load_runs(root))
+    row = claims[claims["claim"].str.startswith("No extra")].iloc[0]
+    assert row["ours"] == pytest.approx(0.51 / 0.50) and "baseline_nms085" in row["compared"]
