@@ -256,8 +256,6 @@ class DynamicRoIHeads(RoIHeads):
             self._record_iou(max_ious, num_rpn, with_gt)
 
         sampled_inds = self.subsample(labels)
-        all_proposals = proposals
-        all_matched = matched_idxs
         matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
         for i, inds in enumerate(sampled_inds):
             sampled_props.append(proposals[i][inds])
@@ -276,7 +274,7 @@ class DynamicRoIHeads(RoIHeads):
                 errors = centre_error(torch.cat(regression_targets))
                 stat, valid = kth_smallest_masked(errors, positives, self.k_beta * len(targets))
             else:
-                stat, valid = self._official_error(all_proposals, all_matched, gt_boxes, with_gt)
+                stat, valid = self._official_error(proposals, matched_idxs, gt_boxes, with_gt)
                 valid = valid & positives.any()
             self._store("beta", stat, valid)
         return sampled_props, sampled_matched, sampled_labels, regression_targets

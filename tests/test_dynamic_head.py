@@ -175,15 +175,16 @@ def test_images_without_ground_truth_contribute_nothing():
 
 
 def test_batch_without_positives_records_no_beta():
+    # every image with ground truth has positives (its GT boxes join the proposals), so a batch
+    # without positives is a batch without ground truth: nothing may be recorded for beta
     head = make_head(interval=1)
-    negatives_only = ([[50.0, 50.0, 60.0, 60.0], [40.0, 40.0, 45.0, 45.0]],)
-    proposals = [torch.tensor(negatives_only[0])]
-    # GT far away; GT box itself is appended as a proposal and is positive -> use an image whose
-    # GT is absent and another convention check: with no GT there are no positives at all
     head.record_raw_stats = True
-    head(features(1), proposals, [(64, 64)], [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}])
-    assert not bool(head.last_stats["error_valid"])
-    assert float(head.beta) == 1.0
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = head(features(1), [torch.tensor([[50.0, 50.0, 60.0, 60.0], [40.0, 40.0, 45.0, 45.0]])],
+                  [(64, 64)], [empty])[1]
+    assert not bool(head.last_stats["error_valid"]) and not bool(head.last_stats["iou_valid"])
+    assert float(head.beta) == 1.0 and float(head.iou_threshold) == pytest.approx(0.4)
+    assert float(losses["loss_box_reg"]) == 0.0 and torch.isfinite(losses["loss_classifier"])
 
 
 def test_fewer_proposals_than_k():
