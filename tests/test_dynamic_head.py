@@ -184,7 +184,7 @@ def test_batch_without_positives_records_no_beta():
                   [(64, 64)], [empty])[1]
     assert not bool(head.last_stats["error_valid"]) and not bool(head.last_stats["iou_valid"])
     assert float(head.beta) == 1.0 and float(head.iou_threshold) == pytest.approx(0.4)
-    assert float(losses["loss_box_reg"]) == 0.0 and torch.isfinite(losses["loss_classifier"])
+    assert losses["loss_box_reg"].detach().item() == 0.0 and torch.isfinite(losses["loss_classifier"].detach())
 
 
 def test_fewer_proposals_than_k():
