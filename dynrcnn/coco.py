@@ -61,25 +61,18 @@ def _gb(n: float) -> str:
 def md5sum(path, chunk: int = CHUNK, progress: bool = False) -> str:
     h = hashlib.md5()
     size = os.path.getsize(path)
-    bar = _bar(size, f"checking {Path(path).name}", progress)
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
+    with _bar(size, f"checking {Path(path).name}", progress) as bar, open(path, "rb") as f:
+        while b := f.read(chunk):
             h.update(b)
-            if bar is not None:
-                bar.update(len(b))
-    if bar is not None:
-        bar.close()
+            bar.update(len(b))
     return h.hexdigest()
 
 
 def _bar(total, desc, progress, initial=0):
-    if not progress:
-        return None
+    """A byte progress bar; with ``progress=False`` a disabled (no-op) one."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not progress)
 
 
 def _ensure_writable(folder: Path) -> None:
@@ -193,19 +186,10 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
         if total is None:
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
-        bar = _bar(total, part.name[: -len(".part")], progress, initial=have)
-        try:
-            with open(part, mode) as f:
-                while True:
-                    chunk = resp.read(CHUNK)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+        with _bar(total, part.name[: -len(".part")], progress, initial=have) as bar, open(part, mode) as f:
+            while chunk := resp.read(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
         length = resp.headers.get("Content-Length")
         if size is None and length and length.isdigit() and part.stat().st_size < have + int(length):
             raise http.client.IncompleteRead(b"", int(length))
@@ -250,22 +234,17 @@ def extract(archive, target, progress: bool = True) -> int:
     target = Path(target)
     infos = check_archive(archive, target)
     total = sum(i.file_size for i in infos)
-    bar = _bar(total, f"extracting {Path(archive).name}", progress)
     n = 0
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with _bar(total, f"extracting {Path(archive).name}", progress) as bar, zipfile.ZipFile(archive) as zf:
             for info in infos:
                 zf.extract(info, target)  # CRC-checked on read
                 if not info.is_dir():
                     n += 1
-                if bar is not None:
-                    bar.update(info.file_size)
+                bar.update(info.file_size)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"extracting {archive} into {target} failed: {e}; free space or fix permissions and "
                         "re-run the same command (the split is not marked as prepared)") from e
-    finally:
-        if bar is not None:
-            bar.close()
     return n
 
 
@@ -360,13 +339,9 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
     from dynrcnn.data import _entry, _list_files
 
     present = _list_files(image_dir)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(data["images"]), desc=f"verifying {split}", unit="img")
-    for i, im in enumerate(data["images"]):
-        if bar is not None:
-            bar.update(1)
+    from tqdm.auto import tqdm
+
+    for i, im in enumerate(tqdm(data["images"], desc=f"verifying {split}", unit="img", disable=not progress)):
         path = image_dir / im["file_name"]
         if im["file_name"] not in present and not path.is_file():
             problems.append(f"{ann}: {_entry('images', i, im)}: image file {path} is missing")
@@ -379,8 +354,6 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
         if len(problems) >= 20:
             problems.append("(stopping after 20 problems)")
             break
-    if bar is not None:
-        bar.close()
     return summary, problems
 
 

@@ -174,22 +174,14 @@ def _from_dict(cls, d: dict, prefix: str):
         raise ConfigError(f"unknown config keys {sorted(prefix + k for k in unknown)}")
     kwargs = {}
     for name, value in d.items():
-        f = known[name]
-        sub = _nested_type(cls, name)
-        if sub is not None:
-            kwargs[name] = _from_dict(sub, value, prefix + name + ".")
+        factory = known[name].default_factory  # nested configs are dataclass default factories
+        if dataclasses.is_dataclass(factory):
+            kwargs[name] = _from_dict(factory, value, prefix + name + ".")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)
-
-
-def _nested_type(cls, name):
-    default = {f.name: f for f in fields(cls)}[name].default_factory
-    if default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
-        return default
-    return None
 
 
 def scaled_lr(base_lr: float, ims_per_batch: int, reference_ims_per_batch: int) -> float:

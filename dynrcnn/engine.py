@@ -526,12 +526,10 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
             set_rng_state(per_rank_rng[rank] if len(per_rank_rng) == world else per_rank_rng[0])
 
     end_iter = cfg.max_iter if stop_after is None else min(cfg.max_iter, stop_after)
-    bar = None
-    if main and progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_iter, initial=start_iter, desc=f"{cfg.preset}/{cfg.method}",
-                   dynamic_ncols=True, smoothing=0.05)
+    bar = tqdm(total=cfg.max_iter, initial=start_iter, desc=f"{cfg.preset}/{cfg.method}",
+               dynamic_ncols=True, smoothing=0.05, disable=not (main and progress))
 
     loss_sums: dict[str, torch.Tensor] = {}
     pending_stats: list[tuple[int, torch.Tensor]] = []
@@ -646,17 +644,15 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
                     for k in ("loss", "lr", *LOSS_KEYS, "iou_threshold", "beta", "images_per_sec"):
                         if record.get(k) is not None:
                             tb.add_scalar(f"train/{k}", record[k], iteration)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
-                                    beta=f"{dyn['beta']:.3f}", ips=f"{cfg.ims_per_batch / sec:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
+                                beta=f"{dyn['beta']:.3f}", ips=f"{cfg.ims_per_batch / sec:.1f}", refresh=False)
             loss_sums = {}
             interval_iters = 0
             interval_start = time.perf_counter()
             if nan_check is not None:
                 raise FloatingPointError(f"training diverged: non-finite loss at iteration {nan_check} "
                                          f"(try a lower base_lr or amp=none)")
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if iteration % cfg.checkpoint_period == 0:
             checkpoint(iteration, periodic=True)
 
@@ -664,8 +660,7 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
     if iteration > start_iter and (iteration % cfg.checkpoint_period != 0):
         checkpoint(iteration, periodic=False)
     flush_stats()
-    if bar is not None:
-        bar.close()
+    bar.close()
     head.update_callbacks.remove(on_update)
     for w in writers.values():
         w.close()

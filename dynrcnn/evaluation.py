@@ -130,11 +130,9 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
     use_amp = dev.type == "cuda" and amp != "none"
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     results, n_images, busy = [], 0, 0.0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(dataset), desc="eval", dynamic_ncols=True)
+    bar = tqdm(total=len(dataset), desc="eval", dynamic_ncols=True, disable=not progress)
     for images, targets in loader:
         t0 = time.perf_counter()
         images = [im.to(dev, non_blocking=True) for im in images]
@@ -146,10 +144,8 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
         ids = [int(t["image_id"]) for t in targets]
         results += detections_to_coco(outputs, ids, dataset.label_to_cat_id)
         n_images += len(images)
-        if bar is not None:
-            bar.update(len(images))
-    if bar is not None:
-        bar.close()
+        bar.update(len(images))
+    bar.close()
     return results, (n_images / busy if busy > 0 else 0.0)
 
 

@@ -343,12 +343,10 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
     counts = {"train": n_train, "val": n_val}
     jobs = [(int(seed), split, i, int(image_size), str(out)) for split in SPLITS for i in range(counts[split])]
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc="drawing mini benchmark", unit="img")
+    from tqdm.auto import tqdm
+
     results: dict[str, list] = {s: [] for s in SPLITS}
-    try:
+    with tqdm(total=len(jobs), desc="drawing mini benchmark", unit="img", disable=not progress) as bar:
         if workers <= 1 or len(jobs) < 50:
             it = map(_render_and_write, jobs)
             pool = None
@@ -358,14 +356,10 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
             it = pool.imap(_render_and_write, jobs, chunksize=16)
         for job, res in zip(jobs, it):
             results[job[1]].append(res)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         if pool is not None:
             pool.close()
             pool.join()
-    finally:
-        if bar is not None:
-            bar.close()
     summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(CLASSES)}
     for split in SPLITS:
         coco = _coco_dict(split, int(seed), int(image_size), results[split])
