@@ -9,6 +9,7 @@ the two dynamic mechanisms are switched on; everything else about the head is in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -187,6 +188,70 @@ def _from_dict(cls, d: dict, prefix: str):
 def scaled_lr(base_lr: float, ims_per_batch: int, reference_ims_per_batch: int) -> float:
     """Linear scaling rule (Goyal et al.): lr proportional to images per iteration."""
     return base_lr * ims_per_batch / reference_ims_per_batch
+
+
+def resolved_lr(cfg: Config) -> float:
+    """The learning rate a run trains with: ``cfg.lr`` when set, else :func:`scaled_lr`."""
+    return cfg.lr if cfg.lr is not None else scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch)
+
+
+def resolve_lr(cfg: Config) -> tuple[Config, str]:
+    """A copy of ``cfg`` with ``lr`` filled by the linear scaling rule (``cfg`` is left alone),
+    and the sentence the engine prints at start."""
+    cfg = copy.deepcopy(cfg)
+    cfg.lr = scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch)
+    if cfg.ims_per_batch == cfg.reference_ims_per_batch:
+        return cfg, f"lr {cfg.lr:g} at {cfg.ims_per_batch} img/iter (the preset's reference)"
+    return cfg, (f"lr scaled from {cfg.base_lr:g} at {cfg.reference_ims_per_batch} img/iter "
+                 f"to {cfg.lr:g} at {cfg.ims_per_batch} img/iter (linear scaling rule)")
+
+
+#: COCO's IoU thresholds 0.50:0.05:0.95, the order of ``AP_per_iou`` in eval.json
+IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+
+#: top-level fields the engine adds to the recorded config (not Config fields)
+CONFIG_EXTRAS = ("images_per_update", "world_size")
+
+
+def config_record(cfg: Config, world_size: int) -> dict:
+    """What a run directory records of ``cfg``: its fields plus :data:`CONFIG_EXTRAS`."""
+    record = cfg.to_dict()
+    record["images_per_update"] = cfg.ims_per_batch * cfg.dynamic.interval
+    record["world_size"] = world_size
+    return record
+
+
+def config_from_dict(d: dict) -> Config:
+    """A :class:`Config` from a recorded config (:data:`CONFIG_EXTRAS` dropped)."""
+    return Config.from_dict({k: v for k, v in d.items() if k not in CONFIG_EXTRAS})
+
+
+def build_config(preset: str, method: str, seed: int | None = None, data_root=None, overrides=(),
+                 convention: str | None = None) -> Config:
+    """The resolved, validated config of a run: ``preset`` with ``method``, ``seed``,
+    ``data_root`` and ``convention`` (each when given) and the ``--set`` ``overrides`` applied
+    last. The one place a run's config is assembled (``dynrcnn train`` and the report)."""
+    cfg = get_preset(preset)
+    cfg.method = method
+    if seed is not None:
+        cfg.seed = int(seed)
+    if data_root is not None:
+        cfg.data_root = str(data_root)
+    if convention:
+        cfg.dynamic.convention = convention
+    apply_overrides(cfg, list(overrides or []))
+    cfg.validate()
+    return cfg
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,21 +1,21 @@
 """Training: the paper's recipe, exact resume, logs, checkpoints and distributed training.
 
 ``train(cfg, out_dir)`` trains the detector a :class:`~dynrcnn.config.Config` describes and
-writes a run directory (file names fixed, see the README's "Run directory" section):
-``config.json``, ``env.json``, ``metrics.jsonl``, ``dynamic.jsonl``, ``stats.jsonl`` and
-``proposal_ious.jsonl`` (with ``log_stats``), ``checkpoints/``, ``train_done.json`` and,
-with ``eval_at_end``, ``detections.json``/``eval.json``.
+writes a run directory (:mod:`dynrcnn.runs` owns its file names): the resolved config, the
+environment, the JSON-lines logs, checkpoints, the ``train_done`` record and, with
+``eval_at_end``, the evaluation. The caller's config is never modified (the engine trains a
+copy with the learning rate resolved).
 
-Exact resume. A checkpoint holds the model (the dynamic head's threshold, beta and
-statistics records included), the optimizer, the iteration (the learning rate is a pure
-function of it), the torch/CUDA/numpy/python RNG states, the data position (the train
-loader is a pure function of ``(seed, rank, world_size, batch index)`` and restarts at the
-checkpoint's iteration) and the preset/method/convention it belongs to. Everything is
-stored as tensors and plain Python values so that ``torch.load(weights_only=True)`` reads
-it. Checkpoints are written atomically (temporary file, then ``os.replace``); a resume
-falls back to the newest readable periodic checkpoint when ``last.pth`` is damaged. On
-resume the log files are cut back to the checkpoint's iteration, so a resumed run's logs
-equal an uninterrupted run's.
+The loop is :class:`Trainer`: ``setup`` (distributed, model, optimizer, resume), then one
+``step`` per iteration followed by the hooks (:class:`HookBase`: ``before_train``,
+``after_step``, ``after_train``, as in detectron2 and torchvision's references). The stock
+hooks log (:class:`LogHook`, :class:`DynamicLogHook`), show progress and checkpoint
+(:class:`CheckpointHook`); ``train_model(..., hooks=[...])`` adds more.
+
+Exact resume. A checkpoint (:mod:`dynrcnn.checkpoint`) holds everything the run's future
+depends on; the train loader is a pure function of ``(seed, rank, world_size, batch index)``
+and restarts at the checkpoint's iteration. On resume the logs are cut back to the
+checkpoint's iteration, so a resumed run's logs equal an uninterrupted run's.
 
 Distributed. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the process
 group is initialised (NCCL on CUDA, gloo on CPU), each rank reads its share of every
@@ -29,19 +29,15 @@ dynamic state is read at the same moments.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import platform
 import random
-import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +46,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynrcnn.config import Config, scaled_lr
+from dynrcnn import checkpoint, runs
+from dynrcnn.config import Config, resolve_lr, resolved_lr
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.model import build_model, dynamic_head
 
-CHECKPOINT_FORMAT = 1
-LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-LOG_FILES = ("metrics.jsonl", "dynamic.jsonl", "stats.jsonl", "proposal_ious.jsonl")
-CONFIG_EXTRAS = ("images_per_update", "world_size")
+# Moved to dynrcnn.checkpoint / dynrcnn.config; still importable from here for dynrcnn.convert
+# (being written alongside this refactor). Delete once convert imports them from their homes.
+from dynrcnn.checkpoint import CHECKPOINT_FORMAT, read_checkpoint  # noqa: E402,F401
+from dynrcnn.config import config_from_dict  # noqa: E402,F401
+from dynrcnn.pretrain import init_backbone, resolve_backbone
 
 
 # --------------------------------------------------------------------------------------
-# small helpers
+# schedule, seeds, environment
 
 
 def lr_at(cfg: Config, iteration: int) -> float:
@@ -69,27 +67,12 @@ def lr_at(cfg: Config, iteration: int) -> float:
     ``warmup_factor * lr`` over ``warmup_iters``, then multiplied by ``lr_gamma`` at each
     of ``lr_steps``. A pure function of the iteration, so a resumed run gets exactly the
     same schedule."""
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch)
     factor = 1.0
     if iteration < cfg.warmup_iters:
         alpha = iteration / cfg.warmup_iters
         factor = cfg.warmup_factor * (1 - alpha) + alpha
     decays = sum(1 for s in cfg.lr_steps if iteration >= s)
-    return lr * factor * cfg.lr_gamma ** decays
-
-
-def resolve_lr(cfg: Config) -> str:
-    """Fill ``cfg.lr`` by the linear scaling rule; return the sentence printed at start."""
-    cfg.lr = scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch)
-    if cfg.ims_per_batch == cfg.reference_ims_per_batch:
-        return f"lr {cfg.lr:g} at {cfg.ims_per_batch} img/iter (the preset's reference)"
-    return (f"lr scaled from {cfg.base_lr:g} at {cfg.reference_ims_per_batch} img/iter "
-            f"to {cfg.lr:g} at {cfg.ims_per_batch} img/iter (linear scaling rule)")
-
-
-def config_from_dict(d: dict) -> Config:
-    """A :class:`Config` from ``config.json`` (top-level extras such as ``world_size`` dropped)."""
-    return Config.from_dict({k: v for k, v in d.items() if k not in CONFIG_EXTRAS})
+    return resolved_lr(cfg) * factor * cfg.lr_gamma ** decays
 
 
 def seed_everything(seed: int) -> None:
@@ -145,19 +128,12 @@ def environment(device: torch.device, world_size: int) -> dict:
     else:
         name = platform.processor() or platform.machine() or "cpu"
     return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "device_name": name,
-        "num_processes": world_size,
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
-        "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "command": " ".join(sys.argv),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "numpy": np.__version__,
+        "device": str(device), "device_name": name, "num_processes": world_size,
+        "torch_threads": torch.get_num_threads(), "git_commit": _git_commit(),
+        "hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "command": " ".join(sys.argv),
     }
 
 
@@ -172,190 +148,168 @@ def _peak_memory_mb(device: torch.device) -> float:
         return float("nan")
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def truncate_jsonl(path: Path, iteration: int) -> None:
-    """Keep only the lines of a JSON-lines log whose ``iteration`` is <= ``iteration``
-    (dropping a torn last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if int(rec.get("iteration", 0)) <= iteration:
-            kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
-
-
-class JsonlWriter:
-    """Append-only JSON-lines file (flushed after every record); a no-op off rank 0."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._f = open(path, "a") if path is not None else None
-
-    def write(self, record: dict) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(record, default=_json_default) + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+def _to_device(images, targets, device):
+    non_blocking = device.type == "cuda"
+    images = [im.to(device, non_blocking=non_blocking) for im in images]
+    targets = [{k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
 
 
 # --------------------------------------------------------------------------------------
-# RNG state (as tensors / plain types so that weights_only loading works)
+# hooks
 
 
-def get_rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+class HookBase:
+    """A training hook: override any of the three; ``t`` is the :class:`Trainer`."""
+
+    def before_train(self, t: "Trainer") -> None:
+        pass
+
+    def after_step(self, t: "Trainer") -> None:
+        pass
+
+    def after_train(self, t: "Trainer") -> None:
+        pass
+
+    def flush(self, t: "Trainer") -> None:
+        """Write what is buffered (called before every checkpoint)."""
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+class DynamicLogHook(HookBase):
+    """``dynamic.jsonl``: the head's state at the start and every update (rank 0)."""
+
+    def before_train(self, t):
+        self.writer = t.writers.get("dynamic", runs.JsonlWriter(None))
+        t.head.update_callbacks.append(self.on_update)
+        if t.ckpt is None:
+            first = {"iteration": 0, "iou_threshold": float(t.head.iou_threshold), "beta": float(t.head.beta),
+                     "num_iou_stats": 0, "num_beta_stats": 0}
+            if not (t.head.use_dla or t.head.use_dsl):
+                first["fixed"] = True
+            self.writer.write(first)
+        self.tb = t.tb
+
+    def on_update(self, event) -> None:
+        self.writer.write({"iteration": event.iteration, "iou_threshold": event.iou_threshold,
+                           "beta": event.beta, "num_iou_stats": event.num_iou_stats,
+                           "num_beta_stats": event.num_beta_stats})
+        if self.tb is not None:
+            self.tb.add_scalar("dynamic/iou_threshold", event.iou_threshold, event.iteration)
+            self.tb.add_scalar("dynamic/beta", event.beta, event.iteration)
+
+    def after_train(self, t):
+        t.head.update_callbacks.remove(self.on_update)
+
+
+class StatsHook(HookBase):
+    """``stats.jsonl`` and ``proposal_ious.jsonl`` (``log_stats``, rank 0): the per-iteration
+    statistics stay on the device until they are flushed at a log or checkpoint."""
+
+    EDGES = torch.linspace(0, 1, 21)
+
+    def __init__(self):
+        self.pending_stats: list[tuple[int, torch.Tensor]] = []
+        self.pending_hist: list[tuple[int, torch.Tensor]] = []
+
+    def after_step(self, t):
+        with torch.no_grad():
+            s = t.head.last_stats or {}
+            zero = torch.zeros((), device=t.dev)
+            packed = torch.stack([s.get("iou", zero).float(), s.get("iou_valid", zero).float(),
+                                  s.get("error", zero).float(), s.get("error_valid", zero).float()])
+            self.pending_stats.append((t.iteration, packed))
+            if t.iteration % t.cfg.log_period == 0 and t.head.last_proposal_ious is not None:
+                hist = torch.histc(t.head.last_proposal_ious.float(), bins=20, min=0, max=1)
+                self.pending_hist.append((t.iteration, hist))
+
+    def flush(self, t):
+        for it, vals in self.pending_stats:
+            v = vals.tolist()
+            t.writers["stats"].write({"iteration": it, "iou_stat": v[0] if v[1] > 0.5 else None,
+                                      "error_stat": v[2] if v[3] > 0.5 else None})
+        for it, counts in self.pending_hist:
+            t.writers["proposal_ious"].write({"iteration": it, "bin_edges": self.EDGES.tolist(),
+                                              "counts": [int(c) for c in counts.tolist()]})
+        self.pending_stats.clear()
+        self.pending_hist.clear()
+
+    after_train = flush
+
+
+class LogHook(HookBase):
+    """``metrics.jsonl``, TensorBoard and the progress bar's numbers every ``log_period``
+    iterations: the losses are summed on the device and read only here."""
+
+    def before_train(self, t):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.start = time.perf_counter()
+
+    def after_step(self, t):
+        with torch.no_grad():
+            for k, v in t.loss_dict.items():
+                self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float()
+            loss = t.loss.detach().float()
+            self.sums["loss"] = self.sums["loss"] + loss if "loss" in self.sums else loss
+        self.count += 1
+        if t.iteration % t.cfg.log_period == 0 or t.iteration == t.end_iter:
+            self.log(t)
+
+    def log(self, t) -> None:
+        now = time.perf_counter()
+        means = {k: float(v) / self.count for k, v in self.sums.items()}  # host sync here only
+        sec = (now - self.start) / self.count
+        dyn = t.head.dynamic_state()
+        ips = t.cfg.ims_per_batch / sec if sec > 0 else None
+        record = {"iteration": t.iteration, "lr": t.lr, "loss": means["loss"],
+                  **{k: means.get(k) for k in runs.LOSS_KEYS},
+                  "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"], "sec_per_iter": sec,
+                  "images_per_sec": ips, "peak_memory_mb": _peak_memory_mb(t.dev),
+                  "elapsed_sec": t.elapsed(now)}
+        t.sec_per_iter.append(sec)
+        if t.main:
+            t.writers["metrics"].write(record)
+            t.flush()
+            if t.tb is not None:
+                for k in ("loss", "lr", *runs.LOSS_KEYS, "iou_threshold", "beta", "images_per_sec"):
+                    if record.get(k) is not None:
+                        t.tb.add_scalar(f"train/{k}", record[k], t.iteration)
+            t.bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{t.lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
+                              beta=f"{dyn['beta']:.3f}", ips=f"{t.cfg.ims_per_batch / sec:.1f}", refresh=False)
+        self.sums, self.count, self.start = {}, 0, time.perf_counter()
+        if not math.isfinite(means["loss"]):
+            raise FloatingPointError(f"training diverged: non-finite loss at iteration {t.iteration} "
+                                     f"(try a lower base_lr or amp=none)")
+
+
+class ProgressHook(HookBase):
+    def after_step(self, t):
+        t.bar.update(1)
+
+    def after_train(self, t):
+        t.bar.close()
+
+
+class CheckpointHook(HookBase):
+    """A periodic checkpoint every ``checkpoint_period`` iterations and a final one (``last.pth``)."""
+
+    def after_step(self, t):
+        if t.iteration % t.cfg.checkpoint_period == 0:
+            t.save_checkpoint(periodic=True)
+
+    def after_train(self, t):
+        if t.iteration > t.start_iter and t.iteration % t.cfg.checkpoint_period != 0:
+            t.save_checkpoint(periodic=False)
+
+
+def default_hooks(cfg: Config, main: bool) -> list[HookBase]:
+    stats = [StatsHook()] if cfg.log_stats and main else []
+    return [DynamicLogHook(), *stats, LogHook(), ProgressHook(), CheckpointHook()]
 
 
 # --------------------------------------------------------------------------------------
-# checkpoints
-
-
-def checkpoint_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}.pth"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(ckpt_dir: Path, state: dict, periodic: bool, keep: int) -> None:
-    """Write ``last.pth`` (and ``iter_XXXXXXX.pth`` when ``periodic``), keep the last ``keep``
-    periodic ones."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if periodic:
-        atomic_write_bytes(ckpt_dir / checkpoint_name(state["iteration"]), data)
-        periodic_files = sorted(_periodic_checkpoints(ckpt_dir))
-        for _, old in periodic_files[: max(0, len(periodic_files) - max(keep, 1))]:
-            old.unlink(missing_ok=True)
-    atomic_write_bytes(ckpt_dir / "last.pth", data)
-
-
-def _periodic_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for p in ckpt_dir.glob("iter_*.pth"):
-        m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
-        if m:
-            out.append((int(m.group(1)), p))
-    return out
-
-
-def read_checkpoint(path: Path | str) -> dict:
-    """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle error, ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "iteration" not in ckpt:
-        raise CheckpointError(f"{path} is not a dynrcnn checkpoint (no model/iteration)")
-    return ckpt
-
-
-def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, dict] | None:
-    """The newest readable checkpoint: ``last.pth``, else periodic ones newest first.
-
-    A damaged file is skipped with a warning naming it. Returns ``None`` when the folder
-    holds no checkpoint at all; raises :class:`CheckpointError` when all are damaged.
-    """
-    candidates = []
-    if (ckpt_dir / "last.pth").exists():
-        candidates.append(ckpt_dir / "last.pth")
-    candidates += [p for _, p in sorted(_periodic_checkpoints(ckpt_dir), reverse=True)]
-    if not candidates:
-        return None
-    errors = []
-    for path in candidates:
-        try:
-            return path, read_checkpoint(path)
-        except CheckpointError as e:
-            warnings.warn(f"{e}; trying an older checkpoint", RuntimeWarning, stacklevel=2)
-            print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
-            errors.append(str(e))
-    raise CheckpointError("no readable checkpoint in " + str(ckpt_dir) + ": " + "; ".join(errors))
-
-
-def check_compatible(ckpt: dict, cfg: Config, path: Path | str) -> None:
-    """Refuse a checkpoint of a different preset, method or convention (naming both)."""
-    mine = {"preset": cfg.preset, "method": cfg.method, "convention": cfg.dynamic.convention}
-    theirs = {k: ckpt.get(k) for k in mine}
-    diff = [k for k in mine if theirs[k] != mine[k]]
-    if diff:
-        what = ", ".join(f"{k} {theirs[k]!r} (checkpoint) vs {mine[k]!r} (this run)" for k in diff)
-        raise CheckpointError(
-            f"checkpoint {path} belongs to a different run: {what}. Use another --out, or the "
-            f"same --preset/--method/--convention as the checkpoint."
-        )
-    saved = ckpt.get("config", {}).get("dynamic", {}).get("interval")
-    if saved is not None and int(saved) != cfg.dynamic.interval:
-        raise CheckpointError(
-            f"checkpoint {path} was trained with dynamic.interval={saved}, this run has "
-            f"{cfg.dynamic.interval}; the dynamic statistics cannot be continued"
-        )
-
-
-# --------------------------------------------------------------------------------------
-# training
+# the trainer
 
 
 @dataclass
@@ -366,12 +320,218 @@ class TrainResult:
     finished: bool
 
 
-def _to_device(images, targets, device):
-    non_blocking = device.type == "cuda"
-    images = [im.to(device, non_blocking=non_blocking) for im in images]
-    targets = [{k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in t.items()}
-               for t in targets]
-    return images, targets
+class Trainer:
+    """One training run of ``cfg`` (a resolved copy) into ``out``; see the module docstring."""
+
+    def __init__(self, cfg: Config, out: Path, resume: bool, device: str, progress: bool,
+                 stop_after: int | None, hooks: list[HookBase] | None = None):
+        cfg.validate()
+        self.cfg, self.lr_message = resolve_lr(cfg)
+        self.cfg = resolve_backbone(self.cfg, device=device, progress=progress)  # pretrained:mini -> a file
+        if self.cfg.data_root:  # config.json works from any cwd
+            self.cfg.data_root = str(Path(self.cfg.data_root).expanduser().resolve())
+        self.out, self.resume, self.progress = Path(out), resume, progress
+        self.ckpt_dir = runs.checkpoint_dir(self.out)
+        self.dist = setup_distributed(device)
+        self.world, self.main = self.dist.world_size, self.dist.is_main
+        self.dev = self._device(device)
+        self.stop_after = stop_after
+        self.extra_hooks = list(hooks or [])
+        self.writers: dict[str, runs.JsonlWriter] = {}
+        self.tb = None
+        self.sec_per_iter: list[float] = []
+
+    def _device(self, device: str) -> torch.device:
+        if self.cfg.ims_per_batch % self.world:
+            raise ConfigError(f"ims_per_batch={self.cfg.ims_per_batch} is not divisible by the number of "
+                              f"processes ({self.world}); use --set ims_per_batch=<multiple of {self.world}>")
+        dev = torch.device(device)
+        if dev.type == "cuda" and self.world > 1:
+            dev = torch.device("cuda", self.dist.local_rank)
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.benchmark = False
+        return dev
+
+    # ---- setup
+
+    def find_checkpoint(self) -> dict | None:
+        """The checkpoint to resume from (``None``: fresh start); refuses to overwrite one."""
+        if not self.resume:
+            if runs.has_checkpoints(self.out):
+                raise CheckpointError(f"{self.out} already holds checkpoints: pass --resume to continue "
+                                      "that run, or choose another --out")
+            return None
+        found = checkpoint.find_resume_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None
+        if found is None:
+            if self.main:
+                print(f"--resume: no checkpoint in {self.ckpt_dir}, starting from scratch", file=sys.stderr)
+            return None
+        path, ckpt = found
+        checkpoint.check_compatible(ckpt, self.cfg, path)
+        if self.main:
+            print(f"resuming from {path} (iteration {ckpt['iteration']})")
+            if int(ckpt.get("world_size", self.world)) != self.world:
+                print(f"warning: checkpoint was written with {ckpt.get('world_size')} processes, resuming with "
+                      f"{self.world}: the data order after the resume point differs from an uninterrupted run",
+                      file=sys.stderr)
+        return ckpt
+
+    def build(self) -> None:
+        """Dataset, model, optimizer (and AMP scaler), restored from the checkpoint if any."""
+        from dynrcnn.data import load_dataset
+
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        self.dataset = load_dataset(cfg.data_root, cfg.train_split, train=True)
+        self.model = build_model(cfg, self.dataset.num_classes)
+        if self.ckpt is None:
+            init_backbone(self.model, cfg)  # pretrained backbone of a fresh run (RPN and head stay fresh)
+        self.model.to(self.dev)
+        self.head = dynamic_head(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=lr_at(cfg, self.start_iter), momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.use_amp = self.dev.type == "cuda" and cfg.amp != "none"
+        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and cfg.amp == "fp16" else None
+        self.elapsed_before = 0.0
+        if self.ckpt is not None:
+            self.elapsed_before = checkpoint.restore(self.ckpt, self.model, self.optimizer, self.scaler)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+                find_unused_parameters=False)
+        self.head.record_raw_stats = bool(cfg.log_stats)
+        self.head.record_proposal_ious = bool(cfg.log_stats)
+
+    def open_run_dir(self) -> None:
+        """Rank 0: the run directory, its records and loggers (and TensorBoard when installed)."""
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(exist_ok=True)
+        runs.prepare_logs(self.out, self.start_iter if self.ckpt is not None else None,
+                          finished=self.start_iter >= self.cfg.max_iter)
+        runs.write_config(self.out, self.cfg, self.world)
+        env = environment(self.dev, self.world)
+        env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
+        runs.write_env(self.out, env)
+        self.writers = runs.open_loggers(self.out, self.cfg.log_stats)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(runs.tensorboard_dir(self.out)), purge_step=self.start_iter or None)
+        except Exception:  # tensorboard is an optional extra
+            self.tb = None
+        print(self.lr_message)
+
+    def open_loader(self) -> None:
+        from dynrcnn.data import build_train_loader
+
+        loader = build_train_loader(self.dataset, self.cfg.ims_per_batch // self.world, self.cfg.seed,
+                                    start_batch=self.start_iter, num_workers=self.cfg.num_workers,
+                                    rank=self.dist.rank, world_size=self.world, hflip_prob=self.cfg.hflip_prob)
+        self.data_iter = iter(loader)  # (draws from the global torch RNG: before restoring it)
+        if self.ckpt is not None:
+            checkpoint.restore_rng(self.ckpt, self.dist.rank, self.world)
+
+    # ---- the loop
+
+    def step(self) -> None:
+        """One iteration: learning rate, forward, backward, optimizer step."""
+        self.lr = lr_at(self.cfg, self.iteration - 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        images, targets = _to_device(*next(self.data_iter), self.dev)
+        with torch.autocast(self.dev.type, dtype=self.amp_dtype) if self.use_amp else nullcontext():
+            self.loss_dict = self.ddp_model(images, targets)
+        self.loss = sum(self.loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(self.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.loss.backward()
+            self.optimizer.step()
+
+    def elapsed(self, now: float | None = None) -> float:
+        return self.elapsed_before + (now if now is not None else time.perf_counter()) - self.t_start
+
+    def flush(self) -> None:
+        for h in self.hooks:
+            h.flush(self)
+
+    def save_checkpoint(self, periodic: bool) -> None:
+        """Collective (every rank calls it); rank 0 writes."""
+        self.flush()
+        if self.world > 1:
+            # DDP broadcasts rank 0's buffers (BatchNorm statistics) before each forward; do it
+            # now as well so that every rank holds (and rank 0 saves) the same model
+            with torch.no_grad():
+                for b in self.model.buffers():
+                    torch.distributed.broadcast(b, 0)
+        rng_states = [checkpoint.get_rng_state()]
+        if self.world > 1:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if self.main:
+            state = checkpoint.make_state(self.cfg, self.iteration, self.model, self.optimizer, self.scaler,
+                                          rng_states, self.world, lr_at(self.cfg, self.iteration), self.elapsed())
+            checkpoint.save_checkpoint(self.ckpt_dir, state, periodic, self.cfg.keep_checkpoints)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        self.ckpt = self.find_checkpoint()
+        self.start_iter = self.iteration = int(self.ckpt["iteration"]) if self.ckpt is not None else 0
+        self.build()
+        self.open_run_dir()
+        self.hooks = default_hooks(self.cfg, self.main) + self.extra_hooks
+        self.open_loader()
+        self.end_iter = self.cfg.max_iter if self.stop_after is None else min(self.cfg.max_iter, self.stop_after)
+        self.bar = tqdm(total=self.cfg.max_iter, initial=self.start_iter, desc=f"{self.cfg.preset}/{self.cfg.method}",
+                        dynamic_ncols=True, smoothing=0.05, disable=not (self.main and self.progress))
+        self.t_start = time.perf_counter()
+        for h in self.hooks:
+            h.before_train(self)
+        self.ddp_model.train()
+        for self.iteration in range(self.start_iter + 1, self.end_iter + 1):  # 1-based: iterations done
+            self.step()
+            for h in self.hooks:
+                h.after_step(self)
+        for h in self.hooks:
+            h.after_train(self)
+        for w in self.writers.values():
+            w.close()
+        if self.tb is not None:
+            self.tb.close()
+        return self.finish()
+
+    def finish(self) -> TrainResult:
+        """``train_done.json`` and the evaluation of a finished run (kept when a finished run
+        is resumed without training further)."""
+        finished = self.iteration >= self.cfg.max_iter
+        untouched = self.iteration == self.start_iter
+        if self.main and finished and not (untouched and runs.is_finished(self.out)):
+            med = statistics.median(self.sec_per_iter) if self.sec_per_iter else None
+            runs.write_train_done(self.out, {
+                "iterations": self.iteration, "wall_time_sec": self.elapsed(),
+                "sec_per_iter_median": med, "images_per_sec": self.cfg.ims_per_batch / med if med else None,
+            })
+        if finished and self.cfg.eval_at_end and self.main and not (untouched and runs.is_evaluated(self.out)):
+            from dynrcnn.evaluation import evaluate
+
+            evaluate(self.out, device=str(self.dev), progress=self.progress)  # rank 0 only
+        if self.dist.initialized_here:
+            torch.distributed.destroy_process_group()
+        return TrainResult(self.out, self.model, self.iteration, finished)
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = "cpu",
@@ -386,305 +546,16 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = 
 
 
 def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = "cpu",
-                progress: bool = True, stop_after: int | None = None) -> TrainResult:
+                progress: bool = True, stop_after: int | None = None,
+                hooks: list[HookBase] | None = None) -> TrainResult:
     """:func:`train`, returning the trained (unwrapped) model as well.
 
     ``stop_after=N`` stops after iteration ``N`` as if the process had been stopped right
     after writing a checkpoint there (``last.pth`` is written; no ``train_done.json``, no
-    evaluation): the hook the resume tests use.
+    evaluation): the hook the resume tests use. ``hooks`` run after the stock ones.
     """
-    from dynrcnn.data import build_train_loader, load_dataset
-
-    cfg.validate()
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    dist_info = setup_distributed(device)
-    rank, world = dist_info.rank, dist_info.world_size
-    main = dist_info.is_main
-    if cfg.ims_per_batch % world:
-        raise ConfigError(f"ims_per_batch={cfg.ims_per_batch} is not divisible by the number of "
-                          f"processes ({world}); use --set ims_per_batch=<multiple of {world}>")
-    per_rank = cfg.ims_per_batch // world
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", dist_info.local_rank)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.benchmark = False
-
-    lr_message = resolve_lr(cfg)
-    if cfg.data_root:
-        cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())  # config.json works from any cwd
-
-    # ---- resume or fresh start
-    ckpt = None
-    if resume:
-        found = find_resume_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
-        if found is None:
-            if main:
-                print(f"--resume: no checkpoint in {ckpt_dir}, starting from scratch", file=sys.stderr)
-        else:
-            ckpt_path, ckpt = found
-            check_compatible(ckpt, cfg, ckpt_path)
-            if main:
-                print(f"resuming from {ckpt_path} (iteration {ckpt['iteration']})")
-    elif ckpt_dir.exists() and ((ckpt_dir / "last.pth").exists() or _periodic_checkpoints(ckpt_dir)):
-        raise CheckpointError(f"{out} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another --out")
-    start_iter = int(ckpt["iteration"]) if ckpt is not None else 0
-    if ckpt is not None and int(ckpt.get("world_size", world)) != world and main:
-        print(f"warning: checkpoint was written with {ckpt.get('world_size')} processes, resuming with "
-              f"{world}: the data order after the resume point differs from an uninterrupted run",
-              file=sys.stderr)
-
-    seed_everything(cfg.seed + rank)
-    dataset = load_dataset(cfg.data_root, cfg.train_split, train=True)
-    model = build_model(cfg, dataset.num_classes).to(dev)
-    head = dynamic_head(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr_at(cfg, start_iter), momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    use_amp = dev.type == "cuda" and cfg.amp != "none"
-    amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.amp == "fp16" else None
-
-    elapsed_before = 0.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        elapsed_before = float(ckpt.get("elapsed_sec", 0.0))
-
-    ddp_model = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False
-        )
-
-    # ---- run directory and logs (rank 0 only)
-    writers: dict[str, JsonlWriter] = {}
-    tb = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(exist_ok=True)
-        for name in LOG_FILES:
-            if ckpt is None:
-                (out / name).unlink(missing_ok=True)
-            else:
-                truncate_jsonl(out / name, start_iter)
-        if start_iter < cfg.max_iter:  # (resuming a finished run keeps its results)
-            for stale in ("train_done.json", "eval.json", "detections.json"):
-                (out / stale).unlink(missing_ok=True)
-        resolved = cfg.to_dict()
-        resolved["images_per_update"] = cfg.ims_per_batch * cfg.dynamic.interval
-        resolved["world_size"] = world
-        write_json(out / "config.json", resolved)
-        env = environment(dev, world)
-        env["resumed_from_iteration"] = start_iter if ckpt is not None else None
-        write_json(out / "env.json", env)
-        writers["metrics"] = JsonlWriter(out / "metrics.jsonl")
-        writers["dynamic"] = JsonlWriter(out / "dynamic.jsonl")
-        if cfg.log_stats:
-            writers["stats"] = JsonlWriter(out / "stats.jsonl")
-            writers["proposal_ious"] = JsonlWriter(out / "proposal_ious.jsonl")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_iter or None)
-        except Exception:  # tensorboard is an optional extra
-            tb = None
-        print(lr_message)
-    dyn_writer = writers.get("dynamic", JsonlWriter(None))
-
-    def on_update(event) -> None:
-        dyn_writer.write({"iteration": event.iteration, "iou_threshold": event.iou_threshold,
-                          "beta": event.beta, "num_iou_stats": event.num_iou_stats,
-                          "num_beta_stats": event.num_beta_stats})
-        if tb is not None:
-            tb.add_scalar("dynamic/iou_threshold", event.iou_threshold, event.iteration)
-            tb.add_scalar("dynamic/beta", event.beta, event.iteration)
-
-    head.update_callbacks.append(on_update)
-    if ckpt is None:
-        first = {"iteration": 0, "iou_threshold": float(head.iou_threshold), "beta": float(head.beta),
-                 "num_iou_stats": 0, "num_beta_stats": 0}
-        if not (head.use_dla or head.use_dsl):
-            first["fixed"] = True
-        dyn_writer.write(first)
-    head.record_raw_stats = bool(cfg.log_stats)
-    head.record_proposal_ious = bool(cfg.log_stats)
-
-    loader = build_train_loader(dataset, per_rank, cfg.seed, start_batch=start_iter,
-                                num_workers=cfg.num_workers, rank=rank, world_size=world,
-                                hflip_prob=cfg.hflip_prob)
-    data_iter = iter(loader)  # (draws from the global torch RNG: before restoring it)
-    if ckpt is not None:
-        per_rank_rng = ckpt.get("rng", {}).get("ranks")
-        if per_rank_rng:
-            set_rng_state(per_rank_rng[rank] if len(per_rank_rng) == world else per_rank_rng[0])
-
-    end_iter = cfg.max_iter if stop_after is None else min(cfg.max_iter, stop_after)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.max_iter, initial=start_iter, desc=f"{cfg.preset}/{cfg.method}",
-               dynamic_ncols=True, smoothing=0.05, disable=not (main and progress))
-
-    loss_sums: dict[str, torch.Tensor] = {}
-    pending_stats: list[tuple[int, torch.Tensor]] = []
-    pending_hist: list[tuple[int, torch.Tensor]] = []
-    interval_start = time.perf_counter()
-    interval_iters = 0
-    sec_per_iter_log: list[float] = []
-    t_start = time.perf_counter()
-    edges = torch.linspace(0, 1, 21)
-
-    def flush_stats() -> None:
-        if "stats" in writers:
-            for it, vals in pending_stats:
-                v = vals.tolist()
-                writers["stats"].write({"iteration": it,
-                                        "iou_stat": v[0] if v[1] > 0.5 else None,
-                                        "error_stat": v[2] if v[3] > 0.5 else None})
-            for it, counts in pending_hist:
-                writers["proposal_ious"].write({"iteration": it, "bin_edges": edges.tolist(),
-                                                "counts": [int(c) for c in counts.tolist()]})
-        pending_stats.clear()
-        pending_hist.clear()
-
-    def checkpoint(iteration: int, periodic: bool) -> None:
-        flush_stats()
-        if world > 1:
-            # DDP broadcasts rank 0's buffers (BatchNorm statistics) before each forward; do it
-            # now as well so that every rank holds (and rank 0 saves) the same model
-            with torch.no_grad():
-                for b in model.buffers():
-                    torch.distributed.broadcast(b, 0)
-        rng_states = [get_rng_state()]
-        if world > 1:
-            gathered = [None] * world
-            torch.distributed.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
-        if main:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "iteration": iteration,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {"iteration": iteration, "lr": lr_at(cfg, iteration)},
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": {"ranks": rng_states},
-                "data_position": iteration,
-                "world_size": world,
-                "preset": cfg.preset,
-                "method": cfg.method,
-                "convention": cfg.dynamic.convention,
-                "config": json.loads(json.dumps(cfg.to_dict())),
-                "elapsed_sec": elapsed_before + time.perf_counter() - t_start,
-            }
-            save_checkpoint(ckpt_dir, state, periodic, cfg.keep_checkpoints)
-        if world > 1:
-            torch.distributed.barrier()
-
-    ddp_model.train()
-    iteration = start_iter
-    nan_check = None
-    for iteration in range(start_iter + 1, end_iter + 1):  # 1-based: iterations completed
-        lr = lr_at(cfg, iteration - 1)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, targets = next(data_iter)
-        images, targets = _to_device(images, targets, dev)
-        with torch.autocast(dev.type, dtype=amp_dtype) if use_amp else nullcontext():
-            loss_dict = ddp_model(images, targets)
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            for k, v in loss_dict.items():
-                loss_sums[k] = loss_sums[k] + v.detach().float() if k in loss_sums else v.detach().float()
-            loss_sums["loss"] = loss_sums["loss"] + loss.detach().float() if "loss" in loss_sums else loss.detach().float()
-            if cfg.log_stats and main:
-                s = head.last_stats or {}
-                zero = torch.zeros((), device=dev)
-                packed = torch.stack([
-                    s.get("iou", zero).float(), s.get("iou_valid", zero).float(),
-                    s.get("error", zero).float(), s.get("error_valid", zero).float(),
-                ])
-                pending_stats.append((iteration, packed))
-                if iteration % cfg.log_period == 0 and head.last_proposal_ious is not None:
-                    pending_hist.append((iteration, torch.histc(head.last_proposal_ious.float(), bins=20, min=0, max=1)))
-        interval_iters += 1
-
-        if iteration % cfg.log_period == 0 or iteration == end_iter:
-            now = time.perf_counter()
-            means = {k: float(v) / interval_iters for k, v in loss_sums.items()}  # host sync here only
-            sec = (now - interval_start) / interval_iters
-            if not math.isfinite(means["loss"]):
-                nan_check = iteration
-            dyn = head.dynamic_state()
-            record = {"iteration": iteration, "lr": lr, "loss": means["loss"]}
-            record.update({k: means.get(k) for k in LOSS_KEYS})
-            record.update({"iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"],
-                           "sec_per_iter": sec, "images_per_sec": cfg.ims_per_batch / sec if sec > 0 else None,
-                           "peak_memory_mb": _peak_memory_mb(dev),
-                           "elapsed_sec": elapsed_before + now - t_start})
-            sec_per_iter_log.append(sec)
-            if main:
-                writers["metrics"].write(record)
-                flush_stats()
-                if tb is not None:
-                    for k in ("loss", "lr", *LOSS_KEYS, "iou_threshold", "beta", "images_per_sec"):
-                        if record.get(k) is not None:
-                            tb.add_scalar(f"train/{k}", record[k], iteration)
-                bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
-                                beta=f"{dyn['beta']:.3f}", ips=f"{cfg.ims_per_batch / sec:.1f}", refresh=False)
-            loss_sums = {}
-            interval_iters = 0
-            interval_start = time.perf_counter()
-            if nan_check is not None:
-                raise FloatingPointError(f"training diverged: non-finite loss at iteration {nan_check} "
-                                         f"(try a lower base_lr or amp=none)")
-        bar.update(1)
-        if iteration % cfg.checkpoint_period == 0:
-            checkpoint(iteration, periodic=True)
-
-    finished = iteration >= cfg.max_iter
-    if iteration > start_iter and (iteration % cfg.checkpoint_period != 0):
-        checkpoint(iteration, periodic=False)
-    flush_stats()
-    bar.close()
-    head.update_callbacks.remove(on_update)
-    for w in writers.values():
-        w.close()
-    if tb is not None:
-        tb.close()
-    wall = elapsed_before + time.perf_counter() - t_start
-    if main and finished and not (iteration == start_iter and (out / "train_done.json").exists()):
-        med = statistics.median(sec_per_iter_log) if sec_per_iter_log else None
-        write_json(out / "train_done.json", {
-            "iterations": iteration,
-            "wall_time_sec": wall,
-            "sec_per_iter_median": med,
-            "images_per_sec": cfg.ims_per_batch / med if med else None,
-        })
-    if finished and cfg.eval_at_end:
-        if main and not (iteration == start_iter and (out / "eval.json").exists()):
-            from dynrcnn.evaluation import evaluate
-
-            evaluate(out, device=str(dev), progress=progress)  # rank 0 only; the others finish
-    if dist_info.initialized_here:
-        torch.distributed.destroy_process_group()
-    return TrainResult(out, model, iteration, finished)
+    return Trainer(cfg, Path(out_dir), resume, device, progress, stop_after, hooks).run()
 
 
-__all__ = ["train", "train_model", "TrainResult", "lr_at", "resolve_lr", "read_checkpoint",
-           "find_resume_checkpoint", "save_checkpoint", "check_compatible", "config_from_dict",
-           "setup_distributed", "get_rng_state", "set_rng_state", "truncate_jsonl"]
+__all__ = ["train", "train_model", "TrainResult", "Trainer", "HookBase", "lr_at", "setup_distributed",
+           "DistInfo", "environment", "seed_everything"]

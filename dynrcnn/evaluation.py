@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynrcnn.errors import CheckpointError, ConfigError, DynrcnnError
+from dynrcnn import runs
+from dynrcnn.checkpoint import load_for_eval
+from dynrcnn.config import IOU_THRESHOLDS
+from dynrcnn.errors import CheckpointError, ConfigError
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
-IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 
 
 def _coco_classes(evaluator: str):
@@ -157,28 +159,23 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     ``data_root`` overrides the dataset folder recorded in ``config.json``.
     """
     from dynrcnn.data import load_dataset
-    from dynrcnn.engine import check_compatible, config_from_dict, read_checkpoint
     from dynrcnn.model import build_model
 
     _coco_classes(evaluator)  # fail early with a clear message
     run = Path(run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise DynrcnnError(f"{run} is not a run directory (no config.json)")
-    cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    cfg = runs.read_config(run)
     if data_root is not None:
         cfg.data_root = str(data_root)
-    ckpt_path = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pth"
+    ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
     if not ckpt_path.is_file():
         raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
-    ckpt = read_checkpoint(ckpt_path)
-    check_compatible(ckpt, cfg, ckpt_path)
+    ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
     model = build_model(cfg, dataset.num_classes)
     model.load_state_dict(ckpt["model"])
     detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
                               num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
-    (run / "detections.json").write_text(json.dumps(detections))
+    runs.write_detections(run, detections)
     metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
     metrics.update({
         "images_per_sec": ips,
@@ -189,12 +186,10 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         "split": cfg.val_split,
         "device": str(device),
     })
-    tmp = run / "eval.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(run / "eval.json")
+    path = runs.write_eval(run, metrics)
     if progress:
         print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
-              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {run / 'eval.json'}")
+              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
     return metrics
 
 

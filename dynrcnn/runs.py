@@ -1,4 +1,19 @@
-"""Reading run directories (what :mod:`dynrcnn.engine` and :mod:`dynrcnn.evaluation` write).
+"""The run directory: every file name, the atomic writers, the JSON-lines loggers, reading a
+run back (:class:`Run`) and the reuse rules. No other module spells a file name of a run.
+
+A run directory holds (see the README's "Run directory" section)::
+
+    config.json          resolved config (+ images_per_update, world_size)  engine
+    env.json             versions, device, command                           engine
+    metrics.jsonl        losses, lr, threshold/beta, speed every log_period  engine
+    dynamic.jsonl        every update of the IoU threshold and beta           engine
+    stats.jsonl          per-iteration statistics (log_stats=true)           engine
+    proposal_ious.jsonl  proposal IoU histograms (log_stats=true)            engine
+    checkpoints/         last.pth and iter_XXXXXXX.pth                       checkpoint
+    tensorboard/         optional TensorBoard events                          engine
+    train_done.json      written when training finished                       engine
+    detections.json      COCO results of the evaluated checkpoint            evaluation
+    eval.json            COCO metrics                                         evaluation
 
 ``load_run(dir)`` returns a :class:`Run` with the config, environment, logs as pandas
 DataFrames and the evaluation; ``find_runs(root)`` finds every run under a folder;
@@ -8,10 +23,193 @@ DataFrames and the evaluation; ``find_runs(root)`` finds every run under a folde
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from dynrcnn.errors import DynrcnnError
+
+CONFIG = "config.json"
+ENV = "env.json"
+METRICS = "metrics.jsonl"
+DYNAMIC = "dynamic.jsonl"
+STATS = "stats.jsonl"
+PROPOSAL_IOUS = "proposal_ious.jsonl"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.pth"
+TENSORBOARD = "tensorboard"
+TRAIN_DONE = "train_done.json"
+DETECTIONS = "detections.json"
+EVAL = "eval.json"
+
+LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
+RESULT_FILES = (TRAIN_DONE, EVAL, DETECTIONS)  # stale once a run trains further
+#: the loss columns of metrics.jsonl (torchvision's Faster R-CNN loss names)
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+_PERIODIC = re.compile(r"iter_(\d+)\.pth")
+
+
+# --------------------------------------------------------------------------------------
+# paths
+
+
+def checkpoint_dir(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir) -> Path:
+    """``RUN_DIR/checkpoints/last.pth`` (what ``evaluate`` and a resume read first)."""
+    return checkpoint_dir(run_dir) / LAST_CHECKPOINT
+
+
+def periodic_checkpoint(ckpt_dir, iteration: int) -> Path:
+    return Path(ckpt_dir) / f"iter_{iteration:07d}.pth"
+
+
+def periodic_checkpoints(ckpt_dir) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every ``iter_XXXXXXX.pth`` in ``ckpt_dir``, oldest first."""
+    out = []
+    for p in Path(ckpt_dir).glob("iter_*.pth"):
+        m = _PERIODIC.fullmatch(p.name)
+        if m:
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def has_checkpoints(run_dir) -> bool:
+    ckpt = checkpoint_dir(run_dir)
+    return ckpt.is_dir() and (last_checkpoint(run_dir).exists() or bool(periodic_checkpoints(ckpt)))
+
+
+def tensorboard_dir(run_dir) -> Path:
+    return Path(run_dir) / TENSORBOARD
+
+
+# --------------------------------------------------------------------------------------
+# writing (atomic: a reader sees the old or the new file, never half of one)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON, atomically (numpy scalars and paths converted)."""
+    text = json.dumps(obj, indent=indent, default=_json_default) + ("\n" if indent is not None else "")
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def write_config(run_dir, cfg, world_size: int) -> None:
+    """``config.json``: the resolved config plus the engine's extras (see ``config_record``)."""
+    from dynrcnn.config import config_record
+
+    write_json(Path(run_dir) / CONFIG, config_record(cfg, world_size))
+
+
+def write_env(run_dir, env: dict) -> None:
+    write_json(Path(run_dir) / ENV, env)
+
+
+def write_train_done(run_dir, done: dict) -> None:
+    write_json(Path(run_dir) / TRAIN_DONE, done)
+
+
+def write_detections(run_dir, detections: list[dict]) -> None:
+    write_json(Path(run_dir) / DETECTIONS, detections, indent=None)
+
+
+def write_eval(run_dir, metrics: dict) -> Path:
+    path = Path(run_dir) / EVAL
+    write_json(path, metrics)
+    return path
+
+
+def truncate_jsonl(path: Path, iteration: int) -> None:
+    """Keep only the lines of a JSON-lines log whose ``iteration`` is <= ``iteration``
+    (dropping a torn last line)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(rec.get("iteration", 0)) <= iteration:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())
+
+
+class JsonlWriter:
+    """Append-only JSON-lines file (flushed after every record); ``path=None`` is a no-op
+    (the writer of ranks other than 0)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._f = open(path, "a") if path is not None else None
+
+    def write(self, record: dict) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(record, default=_json_default) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def prepare_logs(run_dir, resume_iteration: int | None, finished: bool) -> None:
+    """Start the logs of a run: removed for a fresh run, cut back to ``resume_iteration`` on a
+    resume (so a resumed run's logs equal an uninterrupted run's). Results of an earlier
+    training (``train_done.json``, ``eval.json``, ``detections.json``) are removed unless the
+    run is already ``finished`` (resuming a finished run keeps them)."""
+    run_dir = Path(run_dir)
+    for name in LOG_FILES:
+        if resume_iteration is None:
+            (run_dir / name).unlink(missing_ok=True)
+        else:
+            truncate_jsonl(run_dir / name, resume_iteration)
+    if not finished:
+        for name in RESULT_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def open_loggers(run_dir, log_stats: bool) -> dict[str, JsonlWriter]:
+    """The JSON-lines loggers of a training run: ``metrics``, ``dynamic`` and, with
+    ``log_stats``, ``stats`` and ``proposal_ious``."""
+    run_dir = Path(run_dir)
+    names = {"metrics": METRICS, "dynamic": DYNAMIC}
+    if log_stats:
+        names.update(stats=STATS, proposal_ious=PROPOSAL_IOUS)
+    return {key: JsonlWriter(run_dir / name) for key, name in names.items()}
+
+
+# --------------------------------------------------------------------------------------
+# reading
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -31,13 +229,46 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or ``None`` when missing or unreadable."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+
+
+def read_config(run_dir):
+    """The :class:`~dynrcnn.config.Config` of a run (``config.json``, extras dropped)."""
+    from dynrcnn.config import config_from_dict
+
+    d = read_json(Path(run_dir) / CONFIG)
+    if d is None:
+        raise DynrcnnError(f"{run_dir} is not a run directory (no readable {CONFIG})")
+    return config_from_dict(d)
+
+
+def read_detections(run_dir) -> list[dict]:
+    return json.loads((Path(run_dir) / DETECTIONS).read_text())
+
+
+def is_run_dir(path) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def is_complete(run_dir) -> bool:
+    """Training finished and the run was evaluated."""
+    return (Path(run_dir) / TRAIN_DONE).is_file() and (Path(run_dir) / EVAL).is_file()
+
+
+def is_finished(run_dir) -> bool:
+    return (Path(run_dir) / TRAIN_DONE).exists()
+
+
+def is_evaluated(run_dir) -> bool:
+    return (Path(run_dir) / EVAL).exists()
 
 
 @dataclass
@@ -72,9 +303,10 @@ class Run:
 
     @property
     def iterations(self) -> int:
-        if self.done:
-            return int(self.done.get("iterations", 0))
-        if len(self.metrics):
+        """Iterations trained: from ``train_done.json``, else the last logged; 0 if none."""
+        if self.done and self.done.get("iterations") is not None:
+            return int(self.done["iterations"])
+        if self.metrics is not None and len(self.metrics) and "iteration" in self.metrics:
             return int(self.metrics["iteration"].max())
         return 0
 
@@ -92,30 +324,77 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (it must hold ``config.json``)."""
     path = Path(run_dir)
-    config = _read_json(path / "config.json")
+    config = read_json(path / CONFIG)
     if config is None:
-        from dynrcnn.errors import DynrcnnError
-
-        raise DynrcnnError(f"{path} is not a run directory (no readable config.json)")
-    stats = read_jsonl(path / "stats.jsonl")
+        raise DynrcnnError(f"{path} is not a run directory (no readable {CONFIG})")
+    stats = read_jsonl(path / STATS)
     return Run(
         path=path,
         config=config,
-        env=_read_json(path / "env.json") or {},
-        metrics=pd.DataFrame(read_jsonl(path / "metrics.jsonl")),
-        dynamic=pd.DataFrame(read_jsonl(path / "dynamic.jsonl")),
+        env=read_json(path / ENV) or {},
+        metrics=pd.DataFrame(read_jsonl(path / METRICS)),
+        dynamic=pd.DataFrame(read_jsonl(path / DYNAMIC)),
         stats=pd.DataFrame(stats) if stats else None,
-        proposal_ious=read_jsonl(path / "proposal_ious.jsonl"),
-        eval=_read_json(path / "eval.json"),
-        done=_read_json(path / "train_done.json"),
+        proposal_ious=read_jsonl(path / PROPOSAL_IOUS),
+        eval=read_json(path / EVAL),
+        done=read_json(path / TRAIN_DONE),
     )
 
 
 def find_runs(root: str | Path) -> list[Run]:
-    """Every run directory (a folder with ``config.json``) under ``root``, sorted by path."""
+    """Every run directory (a folder with ``config.json``) under ``root``, sorted by path
+    ([] when ``root`` is not a folder)."""
     root = Path(root)
-    dirs = sorted({p.parent for p in root.rglob("config.json")})
+    if not root.is_dir():
+        return []
+    dirs = sorted({p.parent for p in root.rglob(CONFIG)})
     return [load_run(d) for d in dirs]
+
+
+# --------------------------------------------------------------------------------------
+# describing a run (captions, tables)
+
+
+def run_name(run) -> str:
+    """The run's directory name (the profile's run id, e.g. ``dynamic`` or ``baseline_nms085``)."""
+    return Path(run.path).name
+
+
+def run_iterations(run) -> int | None:
+    """Iterations trained, or the configured ``max_iter`` when nothing was logged."""
+    return run.iterations or run.config.get("max_iter")
+
+
+def run_device(run) -> str:
+    env = run.env or {}
+    dev = env.get("device") or "?"
+    name = env.get("device_name")
+    if name and str(dev).startswith("cuda"):
+        return f"{dev} ({name})"
+    return str(dev)
+
+
+def rpn_nms(run) -> float | None:
+    return (run.config.get("model") or {}).get("rpn_nms_thresh")
+
+
+def is_miniature(preset: str | None) -> bool:
+    """Whether a preset trains on the miniature benchmark (anything not ``coco_*``)."""
+    return not str(preset or "").startswith("coco")
+
+
+def scale_label(preset: str | None) -> str:
+    return "miniature benchmark (not COCO)" if is_miniature(preset) else "COCO"
+
+
+def threshold_at(run, iteration: int) -> tuple[float, float]:
+    """``(iou_threshold, beta)`` in effect during ``iteration`` (last update before it)."""
+    d = run.dynamic
+    if d is None or not len(d):
+        return float("nan"), float("nan")
+    rows = d[d["iteration"] < iteration]
+    row = rows.iloc[-1] if len(rows) else d.iloc[0]
+    return float(row["iou_threshold"]), float(row["beta"])
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
@@ -126,17 +405,9 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         done = r.done or {}
         wall = done.get("wall_time_sec")
         rows.append({
-            "run": str(r.path),
-            "method": r.method,
-            "preset": r.preset,
-            "convention": r.convention,
-            "seed": r.seed,
-            "iterations": r.iterations,
-            "finished": r.finished,
-            "AP": ev.get("AP"),
-            "AP50": ev.get("AP50"),
-            "AP75": ev.get("AP75"),
-            "AP90": ev.get("AP90"),
+            "run": str(r.path), "method": r.method, "preset": r.preset, "convention": r.convention,
+            "seed": r.seed, "iterations": r.iterations, "finished": r.finished,
+            **{k: ev.get(k) for k in ("AP", "AP50", "AP75", "AP90")},
             "wall_min": None if wall is None else wall / 60.0,
             "img_per_s": done.get("images_per_sec"),
         })
@@ -155,4 +426,59 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-")
 
 
-__all__ = ["Run", "read_jsonl", "load_run", "find_runs", "runs_table", "format_table"]
+# --------------------------------------------------------------------------------------
+# reuse rules (what the train notebook and the report do with an existing run directory)
+
+_NOT_COMPARED = ("lr", "data_root", "num_workers")  # resolved by the engine / machine-specific
+
+
+def reusable(run_dir, cfg) -> tuple[bool, str]:
+    """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``.
+
+    The recorded config must equal ``cfg`` (``lr``, which the engine resolves, ``data_root``
+    and ``num_workers`` excepted); the second element says why or why not.
+    """
+    run_dir = Path(run_dir)
+    if not is_complete(run_dir):
+        return False, f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
+    recorded = read_json(run_dir / CONFIG) or {}
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    diffs = []
+    for key, value in wanted.items():
+        if key in _NOT_COMPARED:
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if recorded.get(key, {}).get(k) != v:
+                    diffs.append(f"{key}.{k}: {recorded.get(key, {}).get(k)!r} -> {v!r}")
+        elif recorded.get(key) != value:
+            diffs.append(f"{key}: {recorded.get(key)!r} -> {value!r}")
+    if diffs:
+        return False, f"{run_dir} was trained with another config ({'; '.join(diffs[:5])})"
+    return True, f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
+
+
+def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
+    """What the train notebook does with ``run_dir``: ``reuse`` a complete run of the same
+    config, ``resume`` an interrupted one (same config, ``checkpoints/last.pth`` present) or
+    ``train`` from scratch; the second element says why."""
+    run_dir = Path(run_dir)
+    if force:
+        return "train", f"force=True: training {run_dir} from scratch"
+    ok, why = reusable(run_dir, cfg)
+    if ok:
+        return "reuse", why
+    if last_checkpoint(run_dir).is_file() and is_run_dir(run_dir) and "another config" not in why:
+        return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
+    return "train", why + ": training from scratch"
+
+
+__all__ = [
+    "CONFIG", "ENV", "METRICS", "DYNAMIC", "STATS", "PROPOSAL_IOUS", "CHECKPOINTS", "LAST_CHECKPOINT",
+    "TENSORBOARD", "TRAIN_DONE", "DETECTIONS", "EVAL", "LOG_FILES", "RESULT_FILES", "LOSS_KEYS",
+    "Run", "read_jsonl", "read_json", "read_config", "load_run", "find_runs", "runs_table", "format_table",
+    "write_json", "write_config", "write_env", "write_train_done", "write_eval", "write_detections",
+    "atomic_write_bytes", "truncate_jsonl", "JsonlWriter", "prepare_logs", "open_loggers",
+    "reusable", "train_action", "run_name", "run_iterations", "run_device", "rpn_nms", "is_miniature",
+    "scale_label", "threshold_at",
+]

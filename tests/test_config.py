@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from dynrcnn.config import (PRESET_HELP, PRESETS, Config, apply_overrides, get_preset, scaled_lr,
-                            valid_keys)
-from dynrcnn.engine import config_from_dict, lr_at, resolve_lr
+from dynrcnn.config import (PRESET_HELP, PRESETS, Config, apply_overrides, build_config, config_from_dict,
+                            get_preset, resolve_lr, scaled_lr, valid_keys)
+from dynrcnn.engine import lr_at
 from dynrcnn.errors import ConfigError
 
 
@@ -16,8 +16,9 @@ def test_every_preset_resolves_and_validates(name):
     cfg.validate()
     assert cfg.preset == name
     assert name in PRESET_HELP
-    resolve_lr(cfg)
-    assert cfg.lr == pytest.approx(scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch))
+    resolved, _ = resolve_lr(cfg)
+    assert cfg.lr is None  # the caller's config is not modified
+    assert resolved.lr == pytest.approx(scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch))
     # JSON round trip (what config.json holds, with the engine's top-level extras)
     d = json.loads(cfg.to_json())
     d.update({"images_per_update": 1, "world_size": 1})
@@ -85,22 +86,31 @@ def test_issue_field_names_exist():
 
 def test_linear_lr_scaling():
     cfg = apply_overrides(get_preset("coco_r50_fpn_1x"), ["ims_per_batch=2"])
-    msg = resolve_lr(cfg)
+    cfg, msg = resolve_lr(cfg)
     assert cfg.lr == pytest.approx(0.0025)
     assert "0.02" in msg and "0.0025" in msg and "16" in msg and "2 img/iter" in msg
     assert scaled_lr(0.02, 8, 16) == pytest.approx(0.01)
     one = get_preset("coco_r50_fpn_1x_1gpu")
-    resolve_lr(one)
-    assert one.lr == pytest.approx(0.0025)
+    assert resolve_lr(one)[0].lr == pytest.approx(0.0025)
 
 
 def test_lr_schedule_warmup_and_steps():
     cfg = Config(base_lr=0.02, ims_per_batch=16, reference_ims_per_batch=16, warmup_iters=500,
                  warmup_factor=1 / 3, lr_steps=(60000, 80000), lr_gamma=0.1)
-    resolve_lr(cfg)
+    cfg, _ = resolve_lr(cfg)
     assert lr_at(cfg, 0) == pytest.approx(0.02 / 3)
     assert lr_at(cfg, 250) == pytest.approx(0.02 * (1 / 3 * 0.5 + 0.5))
     assert lr_at(cfg, 500) == pytest.approx(0.02)
     assert lr_at(cfg, 59999) == pytest.approx(0.02)
     assert lr_at(cfg, 60000) == pytest.approx(0.002)
     assert lr_at(cfg, 80000) == pytest.approx(0.0002)
+
+
+def test_build_config_is_the_one_assembly():
+    cfg = build_config("mini", "dla", seed=3, data_root="data/x", overrides=["max_iter=7", "dynamic.k_i=5"],
+                       convention="official")
+    assert (cfg.preset, cfg.method, cfg.seed, cfg.data_root, cfg.max_iter) == ("mini", "dla", 3, "data/x", 7)
+    assert (cfg.dynamic.k_i, cfg.dynamic.convention) == (5, "official")
+    assert build_config("mini", "baseline").seed == get_preset("mini").seed
+    with pytest.raises(ConfigError):
+        build_config("mini", "nope")

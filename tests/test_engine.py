@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dynrcnn.config import apply_overrides, get_preset
-from dynrcnn.engine import find_resume_checkpoint, read_checkpoint, train, train_model
+from dynrcnn.checkpoint import find_resume_checkpoint, read_checkpoint
+from dynrcnn.engine import train, train_model
 from dynrcnn.errors import CheckpointError
 from dynrcnn.model import dynamic_head
 from dynrcnn.runs import load_run, read_jsonl
