@@ -10,16 +10,23 @@
   recorded; every ``C`` iterations ``beta_now = min(beta_init, median(record))``, keeping
   the previous beta when the median is below 1e-15.
 
-How the two statistics are computed follows one of two conventions (DESIGN.md sec. 2):
+How the two statistics are computed follows one of two conventions (``docs/method.md``
+gives each rule with the reference file it comes from):
 
-``mmdet``
-    IoU: per image with ground truth, the K_I-th largest max-IoU over the RPN proposals
-    (ground-truth boxes not included), averaged over those images. Error: the
-    (K_beta x images)-th smallest error over the sampled positives (k capped at their number).
-``official``
-    IoU: the (K_I x n)-th largest max-IoU over all proposals of the n images with ground
-    truth, ground-truth boxes included. Error: the (K_beta x n)-th smallest error over all
-    those proposals.
+``mmdet`` (MMDetection 2.x ``DynamicRoIHead``)
+    Pool: per image, the RPN proposals plus the ground-truth boxes (MMDetection's sampler
+    appends them as proposals, each with IoU 1.0). IoU: per image with ground truth the
+    ``min(K_I, pool)``-th largest max-IoU, averaged over those images. Error: the
+    ``min(K_beta x images, positives)``-th smallest error over the *sampled positives*.
+    Update: ``beta = min(beta_init, numpy median)`` (mean of the two middle values for even C).
+``official`` (the authors' code)
+    Pool: the proposals of all images of the batch, ground-truth boxes appended. A proposal
+    records its IoU with its *matched* ground truth; a background proposal (max IoU below
+    ``T_now``, matcher index -1) is clamped to ground truth #0 of its image and records its IoU
+    with that box. IoU: the ``(K_I x n)``-th largest over the pool of the n images with ground
+    truth. Error: the ``min(K_beta x n, pool)``-th smallest error over *all* proposals,
+    background ones encoded toward ground truth #0. Update: ``beta = min(beta_init,
+    sorted(record)[len // 2])``, the upper middle value.
 
 Images without ground truth contribute no statistic; a batch without sampled positives
 records no error statistic; NaN/inf statistics are skipped with one warning.
@@ -50,6 +57,8 @@ from torchvision.ops import boxes as box_ops
 from dynrcnn.config import DynamicConfig
 
 BETA_EPS = 1e-15
+RECORDS = ("iou", "beta", "fg")  # per-iteration records: IoU statistic, error statistic, fg fraction
+STAT_NAMES = {"iou": "iou", "beta": "error", "fg": "fg_fraction"}  # their names in ``last_stats``
 
 
 @dataclass
@@ -62,6 +71,7 @@ class DynamicUpdate:
     num_iou_stats: int
     num_beta_stats: int
     num_nonfinite: int = 0
+    fg_fraction: float = math.nan  # mean share of RPN proposals at or above the threshold used
 
 
 def smooth_l1(diff: Tensor, beta: Tensor | float) -> Tensor:
@@ -148,10 +158,9 @@ class DynamicRoIHeads(RoIHeads):
         self.register_buffer("iou_threshold", torch.tensor(start_iou, dtype=torch.float32))
         self.register_buffer("beta", torch.tensor(start_beta, dtype=torch.float32))
         c = self.interval
-        self._iou_record = torch.zeros(c)
-        self._iou_valid = torch.zeros(c, dtype=torch.bool)
-        self._beta_record = torch.zeros(c)
-        self._beta_valid = torch.zeros(c, dtype=torch.bool)
+        for name in RECORDS:
+            setattr(self, f"_{name}_record", torch.zeros(c))
+            setattr(self, f"_{name}_valid", torch.zeros(c, dtype=torch.bool))
         self.step = 0
         self.num_updates = 0
 
@@ -185,22 +194,18 @@ class DynamicRoIHeads(RoIHeads):
     def _apply(self, fn, *args, **kwargs):
         # keep the records (extra state, not buffers) on the module's device
         super()._apply(fn, *args, **kwargs)
-        self._iou_record = fn(self._iou_record)
-        self._beta_record = fn(self._beta_record)
-        self._iou_valid = self._iou_valid.to(self._iou_record.device)
-        self._beta_valid = self._beta_valid.to(self._iou_record.device)
+        for name in RECORDS:
+            record = fn(getattr(self, f"_{name}_record"))
+            setattr(self, f"_{name}_record", record)
+            setattr(self, f"_{name}_valid", getattr(self, f"_{name}_valid").to(record.device))
         return self
 
     def get_extra_state(self) -> dict:
-        return {
-            "step": self.step,
-            "num_updates": self.num_updates,
-            "interval": self.interval,
-            "iou_record": self._iou_record.detach().clone(),
-            "iou_valid": self._iou_valid.clone(),
-            "beta_record": self._beta_record.detach().clone(),
-            "beta_valid": self._beta_valid.clone(),
-        }
+        state = {"step": self.step, "num_updates": self.num_updates, "interval": self.interval}
+        for name in RECORDS:
+            state[f"{name}_record"] = getattr(self, f"_{name}_record").detach().clone()
+            state[f"{name}_valid"] = getattr(self, f"_{name}_valid").clone()
+        return state
 
     def set_extra_state(self, state: dict) -> None:
         if int(state["interval"]) != self.interval:
@@ -210,8 +215,11 @@ class DynamicRoIHeads(RoIHeads):
             )
         self.step = int(state["step"])
         self.num_updates = int(state["num_updates"])
-        for name in ("iou_record", "iou_valid", "beta_record", "beta_valid"):
-            getattr(self, "_" + name).copy_(state[name])
+        for name in RECORDS:
+            for part in ("record", "valid"):
+                key = f"{name}_{part}"
+                if key in state:  # checkpoints written before the proposal-quality record lack "fg"
+                    getattr(self, f"_{key}").copy_(state[key])
 
     def dynamic_state(self) -> dict:
         """Current values as Python numbers (synchronises with the device: call at log time)."""
@@ -234,26 +242,33 @@ class DynamicRoIHeads(RoIHeads):
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
         gt_labels = [t["labels"] for t in targets]
         num_rpn = [p.shape[0] for p in proposals]
-        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        proposals = self.add_gt_proposals(proposals, gt_boxes)  # appended after the RPN proposals
 
-        max_ious, matched_idxs, labels = [], [], []
+        max_ious, matched_ious, matched_idxs, labels = [], [], [], []
         for props, gts, gt_lab in zip(proposals, gt_boxes, gt_labels):
             if gts.numel() == 0:
                 n = props.shape[0]
                 max_ious.append(None)
+                matched_ious.append(None)
                 matched_idxs.append(torch.zeros(n, dtype=torch.int64, device=device))
                 labels.append(torch.zeros(n, dtype=torch.int64, device=device))
                 continue
-            vals, idx = box_ops.box_iou(gts, props).max(dim=0)
+            iou = box_ops.box_iou(gts, props)
+            vals, idx = iou.max(dim=0)
             # torch.where, not masked assignment: no host synchronisation on CUDA
-            lab = torch.where(vals >= self.iou_threshold, gt_lab[idx].to(torch.int64), 0)
+            fg = vals >= self.iou_threshold
+            lab = torch.where(fg, gt_lab[idx].to(torch.int64), 0)
+            # a background proposal is matched to ground truth #0 (the official convention's
+            # clamp of the matcher's -1); its regression target is never used by the loss
+            idx = torch.where(fg, idx, 0)
             max_ious.append(vals)
+            matched_ious.append(torch.where(fg, vals, iou[0]))
             matched_idxs.append(idx)
             labels.append(lab)
 
         with_gt = [i for i, v in enumerate(max_ious) if v is not None]
         if self.use_dla or self.record_proposal_ious:
-            self._record_iou(max_ious, num_rpn, with_gt)
+            self._record_iou(max_ious, matched_ious, num_rpn, with_gt)
 
         sampled_inds = self.subsample(labels)
         matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
@@ -279,29 +294,39 @@ class DynamicRoIHeads(RoIHeads):
             self._store("beta", stat, valid)
         return sampled_props, sampled_matched, sampled_labels, regression_targets
 
-    def _record_iou(self, max_ious, num_rpn, with_gt) -> None:
+    def _record_iou(self, max_ious, matched_ious, num_rpn, with_gt) -> None:
         device = self.iou_threshold.device
         if self.record_proposal_ious:
             parts = [max_ious[i][: num_rpn[i]].detach() for i in with_gt]
             self.last_proposal_ious = torch.cat(parts) if parts else torch.zeros(0, device=device)
         if not self.use_dla:
             return
-        if self.convention == "mmdet":
-            per_image = [kth_largest(max_ious[i][: num_rpn[i]], self.k_i) for i in with_gt if num_rpn[i] > 0]
-            if per_image:
-                self._store("iou", torch.stack(per_image).mean(), torch.ones((), dtype=torch.bool, device=device))
-                return
-        else:
-            if with_gt:
-                pool = torch.cat([max_ious[i] for i in with_gt])
-                self._store("iou", kth_largest(pool, self.k_i * len(with_gt)), torch.ones((), dtype=torch.bool, device=device))
-                return
-        self._store("iou", torch.zeros((), device=device), torch.zeros((), dtype=torch.bool, device=device))
+        yes = torch.ones((), dtype=torch.bool, device=device)
+        if with_gt:
+            # proposal quality: the share of RPN proposals (ground truth not counted) that are
+            # foreground at the current threshold, averaged over the images with ground truth
+            rpn = [max_ious[i][: num_rpn[i]] for i in with_gt if num_rpn[i] > 0]
+            if rpn:
+                frac = torch.stack([(v >= self.iou_threshold).float().mean() for v in rpn]).mean()
+                self._store("fg", frac, yes)
+            if self.convention == "mmdet":
+                # ground-truth boxes are part of each image's pool, each with IoU 1.0
+                per_image = [kth_largest(max_ious[i], self.k_i) for i in with_gt]
+                self._store("iou", torch.stack(per_image).mean(), yes)
+            else:
+                pool = torch.cat([matched_ious[i] for i in with_gt])
+                self._store("iou", kth_largest(pool, self.k_i * len(with_gt)), yes)
+            return
+        no = torch.zeros((), dtype=torch.bool, device=device)
+        self._store("iou", torch.zeros((), device=device), no)
+        self._store("fg", torch.zeros((), device=device), no)
 
     def _official_error(self, proposals, matched_idxs, gt_boxes, with_gt):
         device = self.beta.device
         if not with_gt:
             return torch.zeros((), device=device), torch.zeros((), dtype=torch.bool, device=device)
+        # every proposal (ground truth included) encoded toward its matched ground truth;
+        # background proposals toward ground truth #0
         targets = self.box_coder.encode(
             [gt_boxes[i][matched_idxs[i]] for i in with_gt], [proposals[i] for i in with_gt]
         )
@@ -317,8 +342,8 @@ class DynamicRoIHeads(RoIHeads):
         if self.record_raw_stats:
             if self.last_stats is None:
                 self.last_stats = {}
-            self.last_stats[which if which == "iou" else "error"] = stat.detach()
-            self.last_stats[("iou" if which == "iou" else "error") + "_valid"] = valid
+            self.last_stats[STAT_NAMES[which]] = stat.detach()
+            self.last_stats[STAT_NAMES[which] + "_valid"] = valid
 
     def box_loss(self, class_logits, box_regression, labels, regression_targets):
         """Cross-entropy + SmoothL1 (current beta) summed over positives / number of samples."""
@@ -359,21 +384,32 @@ class DynamicRoIHeads(RoIHeads):
 
     # ------------------------------------------------------------------ update
 
-    def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        packed = torch.stack([self._iou_record, self._iou_valid.to(self._iou_record.dtype),
-                              self._beta_record, self._beta_valid.to(self._iou_record.dtype)])
+    def _gathered(self) -> dict[str, Tensor]:
+        """The valid entries of each record, pooled over all ranks (one all_gather)."""
+        first = self._iou_record
+        packed = torch.stack([t for name in RECORDS for t in
+                              (getattr(self, f"_{name}_record"), getattr(self, f"_{name}_valid").to(first.dtype))])
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts = [torch.empty_like(packed) for _ in range(dist.get_world_size())]
             dist.all_gather(parts, packed)
             packed = torch.cat(parts, dim=1)
-        return packed[0], packed[1] > 0.5, packed[2], packed[3] > 0.5
+        return {name: packed[2 * i][packed[2 * i + 1] > 0.5] for i, name in enumerate(RECORDS)}
+
+    def median(self, values: Tensor) -> float:
+        """The median of the error record as this convention's reference computes it.
+
+        ``mmdet``: numpy's median (the mean of the two middle values for an even count);
+        ``official``: ``sorted(values)[len // 2]``, the upper middle value.
+        """
+        if self.convention == "official":
+            return float(torch.sort(values.double()).values[values.numel() // 2])
+        return float(torch.quantile(values.double(), 0.5))
 
     def update(self) -> DynamicUpdate:
         """Apply the C-iteration update from the records (all ranks) and clear them."""
-        iou_rec, iou_ok, beta_rec, beta_ok = self._gathered()
-        iou_vals = iou_rec[iou_ok]
-        beta_vals = beta_rec[beta_ok]
+        values = self._gathered()
+        iou_vals, beta_vals = values["iou"], values["beta"]
         bad = int((~torch.isfinite(iou_vals)).sum()) + int((~torch.isfinite(beta_vals)).sum())
         if bad and not self._warned_nonfinite:
             warnings.warn(f"Dynamic R-CNN: skipped {bad} non-finite statistic(s) at iteration {self.step} "
@@ -384,15 +420,16 @@ class DynamicRoIHeads(RoIHeads):
         if self.use_dla and iou_vals.numel():
             self.iou_threshold.fill_(max(self.init_iou, float(iou_vals.double().mean())))
         if self.use_dsl and beta_vals.numel():
-            median = float(torch.quantile(beta_vals.double(), 0.5))
-            if median >= BETA_EPS:
+            median = self.median(beta_vals)
+            if median >= BETA_EPS:  # our guard against beta -> 0 (both conventions)
                 self.beta.fill_(min(self.init_beta, median))
-        self._iou_valid.zero_()
-        self._beta_valid.zero_()
+        for name in RECORDS:
+            getattr(self, f"_{name}_valid").zero_()
         self.num_updates += 1
+        fg = values["fg"]
         event = DynamicUpdate(self.step, float(self.iou_threshold), float(self.beta),
-                              int(iou_vals.numel()), int(beta_vals.numel()), bad)
+                              int(iou_vals.numel()), int(beta_vals.numel()), bad,
+                              float(fg.double().mean()) if fg.numel() else math.nan)
         for callback in self.update_callbacks:
             callback(event)
         return event
-

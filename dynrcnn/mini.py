@@ -38,9 +38,9 @@ from dynrcnn.errors import DataError
 CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 1, "val": 2}
-FORMAT_VERSION = 1
-SIZE_MIX = (0.4, 0.4, 0.2)  # how often an object is drawn small, medium, large (COCO ranges)
-MAX_OCCLUDED = 0.6  # an object may lose at most this fraction of its pixels to later objects
+FORMAT_VERSION = 2
+SIZE_MIX = (0.25, 0.45, 0.3)  # how often an object is drawn small, medium, large (COCO ranges)
+MAX_OCCLUDED = 0.4  # an object may lose at most this fraction of its pixels to later objects
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
-    for _ in range(int(rng.integers(3, 12))):
+    for _ in range(int(rng.integers(1, 7))):
         col = tuple(int(v) for v in rng.integers(0, 256, size=3))
         width = int(rng.integers(1, 4))
         if rng.random() < 0.7:
@@ -163,7 +163,7 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
 # --------------------------------------------------------------------------------------------
 
 def render_image(seed: int, split: str, index: int, image_size: int = 192,
-                 min_objects: int = 2, max_objects: int = 8, return_masks: bool = False):
+                 min_objects: int = 2, max_objects: int = 6, return_masks: bool = False):
     """Draw image ``index`` of ``split``: a uint8 ``[H, W, 3]`` array and its objects.
 
     Each object is ``{"category": name, "bbox": [x, y, w, h], "area": pixels}`` with the tight box

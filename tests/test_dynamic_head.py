@@ -101,8 +101,9 @@ def test_smooth_l1_matches_definition_and_torch():
 
 def test_mmdet_statistics_by_hand():
     stats = recorded(make_head(convention="mmdet"))
-    # IoU: image 1 RPN IoUs .9 .8 .7 .6 .5 .04 -> 3rd largest .7; image 2: 1.0 .45 .3 -> .3
-    assert stats["iou"] == pytest.approx((0.7 + 0.3) / 2, abs=1e-6)
+    # IoU, GT boxes in each image's pool as 1.0: image 1: 1 (GT) .9 .8 .7 .6 .5 .04 -> 3rd largest
+    # .8; image 2: 1 (GT) 1 (h=10) .45 .3 -> .45
+    assert stats["iou"] == pytest.approx((0.8 + 0.45) / 2, abs=1e-6)
     # Error over sampled positives (IoU >= 0.4, GT boxes included, error 0):
     # image 1: h=9..5 and its GT; image 2: h=10 (0), h=4.5, and its GT -> zeros 0,0,0 then err(9)...
     # k = K_beta x images = 6 -> 0, 0, 0, err(9), err(8), err(7)
@@ -119,7 +120,7 @@ def test_official_statistics_by_hand():
     assert stats["error"] == pytest.approx(err(8), rel=1e-5)
 
 
-@pytest.mark.parametrize("convention,iou,beta", [("mmdet", 0.5, err(7)), ("official", 0.7, err(8))])
+@pytest.mark.parametrize("convention,iou,beta", [("mmdet", 0.625, err(7)), ("official", 0.7, err(8))])
 def test_update_rule_after_c_iterations(convention, iou, beta):
     head = make_head(convention=convention, interval=2)
     events = []
@@ -166,8 +167,8 @@ def test_images_without_ground_truth_contribute_nothing():
     head = make_head(interval=1)
     head.record_raw_stats = True
     step(head, with_gt=(True, False))
-    # only image 1 counts: its 3rd largest RPN IoU is .7 (not averaged with a 0)
-    assert float(head.iou_threshold) == pytest.approx(0.7, abs=1e-6)
+    # only image 1 counts: its 3rd largest IoU (GT included) is .8 (not averaged with a 0)
+    assert float(head.iou_threshold) == pytest.approx(0.8, abs=1e-6)
     before = (float(head.iou_threshold), float(head.beta))
     step(head, with_gt=(False, False))  # nothing recorded: keep previous values
     assert (float(head.iou_threshold), float(head.beta)) == before
@@ -190,7 +191,7 @@ def test_batch_without_positives_records_no_beta():
 def test_fewer_proposals_than_k():
     head = make_head(k_i=100, k_beta=100, interval=1)
     stats = recorded(head)
-    # K capped at the pool: smallest RPN IoU per image: .04 and .3
+    # K capped at the pool (RPN proposals + GT): smallest IoU per image: .04 and .3
     assert stats["iou"] == pytest.approx((0.04 + 0.3) / 2, abs=1e-6)
     assert math.isfinite(stats["error"])
 
@@ -330,3 +331,110 @@ def test_slim_model_training_moves_threshold_and_beta():
     assert float(model.roi_heads.iou_threshold) > 0.4
     assert float(model.roi_heads.beta) < 1.0
     assert all(math.isfinite(e.iou_threshold) and math.isfinite(e.beta) for e in events)
+
+
+# ---------------------------------------------------------------------------------------------
+# One test per row of the conventions table (docs/method.md). Two ground truths in image A, so
+# that "max IoU" and "IoU with ground truth #0" differ:
+#   GT0 = [0,0,10,10], GT1 = [20,0,30,10]
+#   p1 = [0,0,10,9]   IoU .9 with GT0                 (foreground at T = 0.4)
+#   p2 = [20,0,30,6]  IoU .6 with GT1, 0 with GT0     (foreground)
+#   p3 = [20,0,30,3]  IoU .3 with GT1, 0 with GT0     (background: official records IoU(GT0) = 0)
+#   p4 = [0,0,10,2]   IoU .2 with GT0                 (background)
+# Centre errors mean(|t_x|, |t_y|) with weights (10, 10, 5, 5): a box sharing a GT's x-range and
+# top edge with height h has err(h) = |10 (5 - h/2) / h| / 2; p3 encoded toward GT0 has
+# t_x = 10 (5 - 25) / 10 = -20 and t_y = 10 (5 - 1.5) / 3, so (20 + 35/3) / 2.
+GTS_A = [[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]]
+PROPS_A = [[0.0, 0.0, 10.0, 9.0], [20.0, 0.0, 30.0, 6.0], [20.0, 0.0, 30.0, 3.0], [0.0, 0.0, 10.0, 2.0]]
+ERR_P3_TO_GT0 = (20 + 35 / 3) / 2
+
+
+def two_gt_stats(convention, k_i=4, k_beta=5, images=1):
+    """Raw statistics of one iteration on ``images`` copies of image A (plus image B if 2)."""
+    head = make_head(convention=convention, k_i=k_i, k_beta=k_beta, interval=100)
+    head.record_raw_stats = True
+    proposals = [torch.tensor(PROPS_A)]
+    targets = [{"boxes": torch.tensor(GTS_A), "labels": torch.tensor([1, 2])}]
+    if images == 2:  # image B: one GT [0,0,10,10], proposals of IoU 1.0, .5, .1
+        proposals.append(torch.tensor([box(10), box(5), box(1)]))
+        targets.append({"boxes": torch.tensor([box(10)]), "labels": torch.tensor([1])})
+    head(features(images), proposals, [(64, 64)] * images, targets)
+    return {k: float(v) for k, v in head.last_stats.items()}
+
+
+def test_row_pool_mmdet_includes_ground_truth_as_iou_one():
+    # pool of image A: GT0 1, GT1 1, .9, .6, .3, .2 -> 4th largest .6
+    # (without the GT boxes it would be the smallest of .9 .6 .3 .2 = .2)
+    assert two_gt_stats("mmdet", k_i=4)["iou"] == pytest.approx(0.6, abs=1e-6)
+
+
+def test_row_iou_official_clamps_background_to_ground_truth_zero():
+    # recorded IoUs: GT0 1, GT1 1, p1 .9, p2 .6, p3 IoU(GT0) = 0, p4 .2 -> 5th largest .2
+    # (the max IoU would give .3; mmdet's pool gives .3)
+    assert two_gt_stats("official", k_i=5)["iou"] == pytest.approx(0.2, abs=1e-6)
+    assert two_gt_stats("mmdet", k_i=5)["iou"] == pytest.approx(0.3, abs=1e-6)
+
+
+def test_row_iou_statistic_per_image_mean_vs_batch_order_statistic():
+    # K_I = 2. mmdet: image A pool 1 1 .9 .6 .3 .2 -> 1.0; image B pool 1 (GT) 1 .5 .1 -> 1.0;
+    # mean 1.0. K_I = 3: A -> .9, B -> .5, mean .7.
+    assert two_gt_stats("mmdet", k_i=3, images=2)["iou"] == pytest.approx(0.7, abs=1e-6)
+    # official, K_I x 2 = 6th largest over the batch: 1 1 1 1 .9 .6 (.5 .2 .1 0) -> .6
+    assert two_gt_stats("official", k_i=3, images=2)["iou"] == pytest.approx(0.6, abs=1e-6)
+
+
+def test_row_error_mmdet_sampled_positives_official_all_proposals_toward_gt0():
+    # mmdet: positives GT0 0, GT1 0, p1 err(9), p2 err(6); k = min(5 x 1, 4) = 4th -> err(6)
+    assert two_gt_stats("mmdet", k_beta=5)["error"] == pytest.approx(err(6), rel=1e-5)
+    # official: all six: 0, 0, err(9), err(6), p4 err(2) = 10, p3 toward GT0 = 15.83 -> 5th = 10,
+    # 6th = 15.83 (matching p3 to GT1 instead would give err(3) = 5.83 as 5th)
+    assert two_gt_stats("official", k_beta=5)["error"] == pytest.approx(err(2), rel=1e-5)
+    assert two_gt_stats("official", k_beta=6)["error"] == pytest.approx(ERR_P3_TO_GT0, rel=1e-5)
+
+
+@pytest.mark.parametrize("convention,expected", [("mmdet", 0.5), ("official", 0.6)])
+def test_row_median_numpy_vs_upper_middle(convention, expected):
+    head = make_head(convention=convention, interval=4)
+    values = torch.tensor([0.2, 0.8, 0.4, 0.6])  # sorted .2 .4 .6 .8: numpy .5, sorted[4 // 2] = .6
+    assert head.median(values) == pytest.approx(expected)
+    head._beta_record[:] = values
+    head._beta_valid[:] = True
+    head.update()
+    assert float(head.beta) == pytest.approx(expected)
+    assert make_head(convention=convention).median(torch.tensor([0.3, 0.1, 0.2])) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("convention", ["mmdet", "official"])
+def test_row_beta_guard_applies_to_both_conventions(convention):
+    head = make_head(convention=convention, interval=2)
+    head.beta.fill_(0.37)
+    head._beta_record[:] = torch.tensor([0.0, 0.0])
+    head._beta_valid[:] = True
+    head.update()
+    assert float(head.beta) == pytest.approx(0.37)
+
+
+def test_row_proposals_kept_after_rpn_nms_follow_the_reference():
+    for name in ("coco_r50_fpn_1x", "coco_r50_fpn_1x_1gpu", "coco_r50_fpn_2x"):
+        cfg = get_preset(name)
+        assert cfg.model.rpn_post_nms_top_n_train == 1000 and cfg.model.rpn_post_nms_top_n_test == 1000
+        assert cfg.model.rpn_pre_nms_top_n_train == 2000 and cfg.model.rpn_pre_nms_top_n_test == 1000
+
+
+@pytest.mark.parametrize("convention", ["mmdet", "official"])
+def test_row_images_without_ground_truth_are_left_out(convention):
+    head = make_head(convention=convention, k_i=2, k_beta=1, interval=100)
+    head.record_raw_stats = True
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
+    one_gt = {"boxes": torch.tensor([box(10)]), "labels": torch.tensor([1])}
+    head(features(2), [torch.tensor([box(10), box(5), box(1)]), torch.tensor([box(9)])], [(64, 64)] * 2,
+         [one_gt, empty])
+    # only the first image counts: pool 1 (GT) 1 .5 .1 -> 2nd largest 1.0 (an empty image would
+    # add a 0 to the mmdet mean or 2 x K_I to the official rank)
+    assert float(head.last_stats["iou"]) == pytest.approx(1.0)
+
+
+def test_fg_fraction_is_share_of_rpn_proposals_at_the_threshold():
+    stats = two_gt_stats("mmdet")
+    # RPN proposals of image A (GT not counted): .9 .6 .3 .2 -> 2 of 4 at T = 0.4
+    assert stats["fg_fraction"] == pytest.approx(0.5)

@@ -1,0 +1,133 @@
+"""Bootstrap intervals on AP differences: exact AP against pycocotools, a hand-computed
+bootstrap distribution, and the verdict rule."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from dynrcnn.evaluation import coco_metrics
+from dynrcnn.stats import bootstrap_delta, image_matches, verdict, weighted_ap
+
+
+def make_gt(images):
+    """``images``: list of lists of (category, [x, y, w, h])."""
+    anns, imgs = [], []
+    for i, objs in enumerate(images, start=1):
+        imgs.append({"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"})
+        for cat, b in objs:
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": list(b),
+                         "area": b[2] * b[3], "iscrowd": 0})
+    coco = COCO()
+    coco.dataset = {"images": imgs, "annotations": anns,
+                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def random_case(seed, n_images=12):
+    rng = np.random.default_rng(seed)
+    images, dets = [], []
+    for i in range(n_images):
+        objs = []
+        for _ in range(rng.integers(0, 4)):
+            x, y = rng.uniform(0, 60, 2)
+            w, h = rng.uniform(8, 40, 2)
+            objs.append((int(rng.integers(1, 3)), [float(x), float(y), float(w), float(h)]))
+        images.append(objs)
+        for cat, (x, y, w, h) in objs:
+            if rng.random() < 0.85:  # a detection with some localisation error
+                jit = rng.normal(0, 2.5, 4)
+                dets.append({"image_id": i + 1, "category_id": cat if rng.random() < 0.9 else 3 - cat,
+                             "bbox": [x + jit[0], y + jit[1], max(2.0, w + jit[2]), max(2.0, h + jit[3])],
+                             "score": float(rng.uniform(0.05, 1))})
+        for _ in range(rng.integers(0, 3)):  # false positives
+            dets.append({"image_id": i + 1, "category_id": int(rng.integers(1, 3)),
+                         "bbox": [float(v) for v in rng.uniform(0, 60, 2)] + [10.0, 10.0],
+                         "score": float(rng.uniform(0.05, 1))})
+    return images, dets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unit_weights_equal_pycocotools(seed):
+    images, dets = random_case(seed)
+    gt = make_gt(images)
+    ours = weighted_ap(image_matches(gt, dets), np.ones(len(images)))[0]
+    ref = coco_metrics(gt, dets)["AP_per_iou"]
+    assert ours == pytest.approx(ref, abs=1e-9)
+
+
+def test_integer_weights_equal_duplicated_images():
+    images, dets = random_case(5, n_images=6)
+    weights = np.array([2, 0, 1, 3, 1, 0])
+    dup_images, dup_dets = [], []
+    for i, w in enumerate(weights):
+        for _ in range(w):
+            dup_images.append(images[i])
+            new_id = len(dup_images)
+            dup_dets += [dict(d, image_id=new_id) for d in dets if d["image_id"] == i + 1]
+    ref = coco_metrics(make_gt(dup_images), dup_dets)["AP_per_iou"]
+    ours = weighted_ap(image_matches(make_gt(images), dets), weights[None, :])[0]
+    assert ours == pytest.approx(ref, abs=1e-9)
+
+
+def test_bootstrap_distribution_by_hand():
+    # Two images, one object each. Run A finds only image 1's object; run B finds both.
+    # A resample draws the images with multiplicities (2,0) p=1/4, (1,1) p=1/2, (0,2) p=1/4.
+    # A's AP: 100 on (2,0); recall .5 on (1,1): precision 1 at the 51 recall points <= .5 of
+    # 101 -> 5100/101; 0 on (0,2). B's AP is 100 everywhere. So B - A is 0, 100 - 5100/101 =
+    # 49.50..., 100 with probabilities 1/4, 1/2, 1/4, and the point estimate is 49.50...
+    gt = make_gt([[(1, [10, 10, 30, 30])], [(1, [50, 50, 30, 30])]])
+    det1 = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9}
+    det2 = {"image_id": 2, "category_id": 1, "bbox": [50, 50, 30, 30], "score": 0.8}
+    a = {0: image_matches(gt, [det1])}
+    b = {0: image_matches(gt, [det1, det2])}
+    d = bootstrap_delta(a, b, n_boot=4000, seed=3)
+    mid = 100 - 5100 / 101
+    est, low, high = d.metrics["AP50"]
+    assert est == pytest.approx(mid)
+    assert (low, high) == (pytest.approx(0.0), pytest.approx(100.0))
+    assert d.per_iou == pytest.approx([mid] * 10)
+    # the replicate distribution itself: recompute it with the same draws
+    rng = np.random.default_rng(3)
+    w = rng.multinomial(2, [0.5, 0.5], size=4000)
+    share = {k: np.mean(w[:, 0] == k) for k in (0, 1, 2)}
+    assert share[1] == pytest.approx(0.5, abs=0.03) and share[0] == pytest.approx(0.25, abs=0.03)
+
+
+def test_seed_level_is_resampled_and_paired():
+    # identical runs on both sides: every replicate difference is exactly 0
+    images, dets = random_case(7)
+    gt = make_gt(images)
+    m = image_matches(gt, dets)
+    d = bootstrap_delta({0: m, 1: m}, {0: m, 1: m}, n_boot=200)
+    assert d.paired_seeds and d.metrics["AP"] == (0.0, 0.0, 0.0)
+    # B = A with one perfect seed and one useless seed; A perfect on both: B - A in {0, -50, -100}
+    perfect = [{"image_id": i + 1, "category_id": c, "bbox": b, "score": 0.9}
+               for i, objs in enumerate(images) for c, b in objs]
+    good, none = image_matches(gt, perfect), image_matches(gt, [])
+    d = bootstrap_delta({0: good, 1: good}, {0: good, 1: none}, n_boot=2000, seed=1)
+    est, low, high = d.metrics["AP"]
+    assert est == pytest.approx(-50.0) and low == pytest.approx(-100.0) and high == pytest.approx(0.0)
+
+
+def test_runs_on_other_images_are_refused():
+    m1 = image_matches(make_gt([[(1, [0, 0, 10, 10])]]), [])
+    m2 = image_matches(make_gt([[(1, [0, 0, 10, 10])], []]), [])
+    with pytest.raises(ValueError, match="same images"):
+        bootstrap_delta({0: m1}, {0: m2}, n_boot=10)
+
+
+@pytest.mark.parametrize("low,high,sign,status", [
+    (0.2, 1.5, 1, "reproduced"),
+    (-1.5, -0.2, 1, "contradicted"),
+    (-0.2, 1.5, 1, "inconclusive"),
+    (0.0, 1.5, 1, "inconclusive"),
+    (-1.5, -0.2, -1, "reproduced"),
+    (0.2, 1.5, -1, "contradicted"),
+])
+def test_verdict_rule(low, high, sign, status):
+    assert verdict(low, high, sign) == status
