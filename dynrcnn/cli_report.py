@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from dynrcnn.report import PROFILES
+    from dynrcnn.report.profiles import PROFILES
 
     p = subparsers.add_parser(
         "report",
@@ -36,6 +36,6 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from dynrcnn.report import main_report
+    from dynrcnn.report.pipeline import main_report
 
     return main_report(args)

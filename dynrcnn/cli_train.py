@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dynrcnn.config import CONVENTIONS, METHODS, PRESET_HELP, PRESETS, apply_overrides, get_preset, valid_keys
-
-
-def _default_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
+from dynrcnn import runs
+from dynrcnn.config import CONVENTIONS, METHODS, PRESET_HELP, PRESETS, build_config, default_device, valid_keys
 
 
 def _presets_text() -> str:
@@ -39,15 +31,8 @@ examples:
 def cmd_train(args) -> int:
     from dynrcnn.engine import train
 
-    cfg = get_preset(args.preset)
-    cfg.method = args.method
-    if args.data_root is not None:
-        cfg.data_root = args.data_root
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.convention is not None:
-        cfg.dynamic.convention = args.convention
-    apply_overrides(cfg, args.set or [])
+    cfg = build_config(args.preset, args.method, seed=args.seed, data_root=args.data_root,
+                       overrides=args.set or [], convention=args.convention)
     if not cfg.data_root:
         from dynrcnn.errors import ConfigError
 
@@ -65,24 +50,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from dynrcnn.runs import find_runs, format_table, runs_table
-
-    table = runs_table(find_runs(args.dir))
+    table = runs.runs_table(runs.find_runs(args.dir))
     if args.csv:
         print(table.to_csv(index=False), end="")
     else:
-        print(format_table(table))
+        print(runs.format_table(table))
     return 0
 
 
 def register(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    device = _default_device()
+    device = default_device()
+    last = f"{runs.CHECKPOINTS}/{runs.LAST_CHECKPOINT}"
 
     p = subparsers.add_parser(
         "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
-        description="Train Faster R-CNN with the chosen method and write a run directory (config.json, "
-                    "env.json, metrics.jsonl, dynamic.jsonl, checkpoints/, train_done.json, eval.json). "
+        description="Train Faster R-CNN with the chosen method and write a run directory ("
+                    f"{runs.CONFIG}, {runs.ENV}, {runs.METRICS}, {runs.DYNAMIC}, {runs.CHECKPOINTS}/, "
+                    f"{runs.TRAIN_DONE}, {runs.EVAL}). "
                     "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
                     "over all of them).",
         epilog=TRAIN_EPILOG, formatter_class=fmt)
@@ -96,7 +81,7 @@ def register(subparsers) -> None:
                         "(the mini benchmark or COCO)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (created)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in RUN_DIR from checkpoints/last.pth (or the newest readable "
+                   help=f"continue the run in RUN_DIR from {last} (or the newest readable "
                         "periodic checkpoint); the result equals an uninterrupted run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. --set max_iter=200 "
@@ -110,15 +95,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
-        "eval", help="COCO-evaluate a run's checkpoint (writes detections.json and eval.json)",
+        "eval", help=f"COCO-evaluate a run's checkpoint (writes {runs.DETECTIONS} and {runs.EVAL})",
         description="Run the run's detector over its validation split and compute COCO bbox AP, AP50, AP75, "
                     "AP_S/M/L and AP at each IoU 0.50:0.05:0.95 (AP90 included), in percent.",
         formatter_class=fmt)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'dynrcnn train'")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="checkpoint to evaluate (default: RUN_DIR/checkpoints/last.pth)")
+                   help=f"checkpoint to evaluate (default: RUN_DIR/{last})")
     p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="dataset folder (default: the one recorded in RUN_DIR/config.json)")
+                   help=f"dataset folder (default: the one recorded in RUN_DIR/{runs.CONFIG})")
     p.add_argument("--evaluator", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
                    help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
                         "pip install faster-coco-eval)")

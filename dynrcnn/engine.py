@@ -29,7 +29,6 @@ dynamic state is read at the same moments.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import random
@@ -49,12 +48,8 @@ from torch import nn
 from dynrcnn import checkpoint, runs
 from dynrcnn.config import Config, resolve_lr, resolved_lr
 from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.hooks import HookBase, default_hooks
 from dynrcnn.model import build_model, dynamic_head
-
-# Moved to dynrcnn.checkpoint / dynrcnn.config; still importable from here for dynrcnn.convert
-# (being written alongside this refactor). Delete once convert imports them from their homes.
-from dynrcnn.checkpoint import CHECKPOINT_FORMAT, read_checkpoint  # noqa: E402,F401
-from dynrcnn.config import config_from_dict  # noqa: E402,F401
 from dynrcnn.pretrain import init_backbone, resolve_backbone
 
 
@@ -137,175 +132,12 @@ def environment(device: torch.device, world_size: int) -> dict:
     }
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    except (ImportError, OSError):
-        return float("nan")
-
-
 def _to_device(images, targets, device):
     non_blocking = device.type == "cuda"
     images = [im.to(device, non_blocking=non_blocking) for im in images]
     targets = [{k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in t.items()}
                for t in targets]
     return images, targets
-
-
-# --------------------------------------------------------------------------------------
-# hooks
-
-
-class HookBase:
-    """A training hook: override any of the three; ``t`` is the :class:`Trainer`."""
-
-    def before_train(self, t: "Trainer") -> None:
-        pass
-
-    def after_step(self, t: "Trainer") -> None:
-        pass
-
-    def after_train(self, t: "Trainer") -> None:
-        pass
-
-    def flush(self, t: "Trainer") -> None:
-        """Write what is buffered (called before every checkpoint)."""
-
-
-class DynamicLogHook(HookBase):
-    """``dynamic.jsonl``: the head's state at the start and every update (rank 0)."""
-
-    def before_train(self, t):
-        self.writer = t.writers.get("dynamic", runs.JsonlWriter(None))
-        t.head.update_callbacks.append(self.on_update)
-        if t.ckpt is None:
-            first = {"iteration": 0, "iou_threshold": float(t.head.iou_threshold), "beta": float(t.head.beta),
-                     "num_iou_stats": 0, "num_beta_stats": 0}
-            if not (t.head.use_dla or t.head.use_dsl):
-                first["fixed"] = True
-            self.writer.write(first)
-        self.tb = t.tb
-
-    def on_update(self, event) -> None:
-        self.writer.write({"iteration": event.iteration, "iou_threshold": event.iou_threshold,
-                           "beta": event.beta, "num_iou_stats": event.num_iou_stats,
-                           "num_beta_stats": event.num_beta_stats})
-        if self.tb is not None:
-            self.tb.add_scalar("dynamic/iou_threshold", event.iou_threshold, event.iteration)
-            self.tb.add_scalar("dynamic/beta", event.beta, event.iteration)
-
-    def after_train(self, t):
-        t.head.update_callbacks.remove(self.on_update)
-
-
-class StatsHook(HookBase):
-    """``stats.jsonl`` and ``proposal_ious.jsonl`` (``log_stats``, rank 0): the per-iteration
-    statistics stay on the device until they are flushed at a log or checkpoint."""
-
-    EDGES = torch.linspace(0, 1, 21)
-
-    def __init__(self):
-        self.pending_stats: list[tuple[int, torch.Tensor]] = []
-        self.pending_hist: list[tuple[int, torch.Tensor]] = []
-
-    def after_step(self, t):
-        with torch.no_grad():
-            s = t.head.last_stats or {}
-            zero = torch.zeros((), device=t.dev)
-            packed = torch.stack([s.get("iou", zero).float(), s.get("iou_valid", zero).float(),
-                                  s.get("error", zero).float(), s.get("error_valid", zero).float()])
-            self.pending_stats.append((t.iteration, packed))
-            if t.iteration % t.cfg.log_period == 0 and t.head.last_proposal_ious is not None:
-                hist = torch.histc(t.head.last_proposal_ious.float(), bins=20, min=0, max=1)
-                self.pending_hist.append((t.iteration, hist))
-
-    def flush(self, t):
-        for it, vals in self.pending_stats:
-            v = vals.tolist()
-            t.writers["stats"].write({"iteration": it, "iou_stat": v[0] if v[1] > 0.5 else None,
-                                      "error_stat": v[2] if v[3] > 0.5 else None})
-        for it, counts in self.pending_hist:
-            t.writers["proposal_ious"].write({"iteration": it, "bin_edges": self.EDGES.tolist(),
-                                              "counts": [int(c) for c in counts.tolist()]})
-        self.pending_stats.clear()
-        self.pending_hist.clear()
-
-    after_train = flush
-
-
-class LogHook(HookBase):
-    """``metrics.jsonl``, TensorBoard and the progress bar's numbers every ``log_period``
-    iterations: the losses are summed on the device and read only here."""
-
-    def before_train(self, t):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.start = time.perf_counter()
-
-    def after_step(self, t):
-        with torch.no_grad():
-            for k, v in t.loss_dict.items():
-                self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float()
-            loss = t.loss.detach().float()
-            self.sums["loss"] = self.sums["loss"] + loss if "loss" in self.sums else loss
-        self.count += 1
-        if t.iteration % t.cfg.log_period == 0 or t.iteration == t.end_iter:
-            self.log(t)
-
-    def log(self, t) -> None:
-        now = time.perf_counter()
-        means = {k: float(v) / self.count for k, v in self.sums.items()}  # host sync here only
-        sec = (now - self.start) / self.count
-        dyn = t.head.dynamic_state()
-        ips = t.cfg.ims_per_batch / sec if sec > 0 else None
-        record = {"iteration": t.iteration, "lr": t.lr, "loss": means["loss"],
-                  **{k: means.get(k) for k in runs.LOSS_KEYS},
-                  "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"], "sec_per_iter": sec,
-                  "images_per_sec": ips, "peak_memory_mb": _peak_memory_mb(t.dev),
-                  "elapsed_sec": t.elapsed(now)}
-        t.sec_per_iter.append(sec)
-        if t.main:
-            t.writers["metrics"].write(record)
-            t.flush()
-            if t.tb is not None:
-                for k in ("loss", "lr", *runs.LOSS_KEYS, "iou_threshold", "beta", "images_per_sec"):
-                    if record.get(k) is not None:
-                        t.tb.add_scalar(f"train/{k}", record[k], t.iteration)
-            t.bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{t.lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
-                              beta=f"{dyn['beta']:.3f}", ips=f"{t.cfg.ims_per_batch / sec:.1f}", refresh=False)
-        self.sums, self.count, self.start = {}, 0, time.perf_counter()
-        if not math.isfinite(means["loss"]):
-            raise FloatingPointError(f"training diverged: non-finite loss at iteration {t.iteration} "
-                                     f"(try a lower base_lr or amp=none)")
-
-
-class ProgressHook(HookBase):
-    def after_step(self, t):
-        t.bar.update(1)
-
-    def after_train(self, t):
-        t.bar.close()
-
-
-class CheckpointHook(HookBase):
-    """A periodic checkpoint every ``checkpoint_period`` iterations and a final one (``last.pth``)."""
-
-    def after_step(self, t):
-        if t.iteration % t.cfg.checkpoint_period == 0:
-            t.save_checkpoint(periodic=True)
-
-    def after_train(self, t):
-        if t.iteration > t.start_iter and t.iteration % t.cfg.checkpoint_period != 0:
-            t.save_checkpoint(periodic=False)
-
-
-def default_hooks(cfg: Config, main: bool) -> list[HookBase]:
-    stats = [StatsHook()] if cfg.log_stats and main else []
-    return [DynamicLogHook(), *stats, LogHook(), ProgressHook(), CheckpointHook()]
 
 
 # --------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ under any backend, in threads and in batch), and every figure carries a caption 
 run(s) it came from: preset, method, seed, iterations and device. :func:`save_figure` writes
 a PNG; the notebooks display the written file.
 
-Runs are :class:`dynrcnn.runs.Run` objects (``dynrcnn.runs.load_run``/``find_runs``).
+Runs are :class:`dynrcnn.runs.Run` objects (``dynrcnn.runs.load_run``/``find_runs``). This
+module draws only: numbers that need analysis (e.g. recomputed dynamic updates) are passed in
+by the caller (the notebooks, from :mod:`dynrcnn.report`).
 """
 
 from __future__ import annotations
@@ -16,51 +18,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg", force=False)
+import matplotlib.patches  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+from dynrcnn import runs as rundir  # noqa: E402
+from dynrcnn.config import IOU_THRESHOLDS  # noqa: E402
+from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
+from dynrcnn.runs import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
+
+LOSS_KEYS = ("loss", *rundir.LOSS_KEYS)
 METHOD_COLORS = {"baseline": "tab:gray", "dla": "tab:blue", "dsl": "tab:green", "dynamic": "tab:red"}
 METHOD_LABELS = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL (Dynamic R-CNN)"}
 
 
 # --------------------------------------------------------------------------------------------
 # run descriptions
-
-
-def run_name(run) -> str:
-    """The run's directory name (the profile's run id, e.g. ``dynamic`` or ``baseline_nms085``)."""
-    return Path(run.path).name
-
-
-def run_iterations(run) -> int | None:
-    if run.done and run.done.get("iterations") is not None:
-        return int(run.done["iterations"])
-    if run.metrics is not None and len(run.metrics) and "iteration" in run.metrics:
-        return int(run.metrics["iteration"].max())
-    return run.config.get("max_iter")
-
-
-def run_device(run) -> str:
-    env = run.env or {}
-    dev = env.get("device") or "?"
-    name = env.get("device_name")
-    if name and str(dev).startswith("cuda"):
-        return f"{dev} ({name})"
-    return str(dev)
-
-
-def rpn_nms(run) -> float | None:
-    return (run.config.get("model") or {}).get("rpn_nms_thresh")
-
-
-def is_miniature(preset: str | None) -> bool:
-    """Whether a preset trains on the miniature benchmark (anything not ``coco_*``)."""
-    return not str(preset or "").startswith("coco")
-
-
-def scale_label(preset: str | None) -> str:
-    return "miniature benchmark (not COCO)" if is_miniature(preset) else "COCO"
 
 
 def caption(run) -> str:
@@ -117,7 +90,7 @@ def save_figure(fig: Figure, path) -> Path:
 
 def _color(run, i: int = 0):
     m = run.config.get("method")
-    if m == "baseline" and rpn_nms(run) not in (None, 0.7):
+    if m == "baseline" and rpn_nms(run) not in (None, BASELINE_RPN_NMS):
         return "black"
     return METHOD_COLORS.get(m, f"C{i}")
 
@@ -161,16 +134,6 @@ def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
                    "computed with dynrcnn.dynamic_head.smooth_l1 and torch.autograd (no training run)")
 
 
-def threshold_at(run, iteration: int) -> tuple[float, float]:
-    """``(iou_threshold, beta)`` in effect during ``iteration`` (last update before it)."""
-    d = run.dynamic
-    if d is None or not len(d):
-        return float("nan"), float("nan")
-    rows = d[d["iteration"] < iteration]
-    row = rows.iloc[-1] if len(rows) else d.iloc[0]
-    return float(row["iou_threshold"]), float(row["beta"])
-
-
 def pick_iterations(available, n: int) -> list[int]:
     """``n`` iterations spread evenly over ``available`` (first and last included)."""
     available = sorted(set(int(a) for a in available))
@@ -187,7 +150,7 @@ def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
     records = {int(r["iteration"]): r for r in (run.proposal_ious or [])}
     its = pick_iterations(records, n_panels)
     if not its:
-        raise ValueError(f"run {run.path} has no proposal_ious.jsonl records (train with log_stats=true)")
+        raise ValueError(f"run {run.path} has no {rundir.PROPOSAL_IOUS} records (train with log_stats=true)")
     fig = Figure(figsize=(3.2 * len(its), 3.6))
     axes = np.atleast_1d(fig.subplots(1, len(its), sharey=True))
     for ax, it in zip(axes, its):
@@ -210,16 +173,14 @@ def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
     return _finish(fig, "Proposal quality during training and the foreground threshold", caption(run))
 
 
-def stats_figure(run) -> Figure:
+def stats_figure(run, recomputed=None) -> Figure:
     """Per-iteration statistics (``stats.jsonl``) and the threshold/beta they produce
-    (``dynamic.jsonl``), with the values recomputed from the statistics by
-    :func:`dynrcnn.report.recompute_updates` overlaid as a check."""
-    from dynrcnn.report import recompute_updates
-
+    (``dynamic.jsonl``), with ``recomputed`` (the updates recomputed from the statistics,
+    :func:`dynrcnn.report.recompute_updates`) overlaid as a check when given."""
     stats = run.stats
     if stats is None or not len(stats):
-        raise ValueError(f"run {run.path} has no stats.jsonl (train with log_stats=true)")
-    re = recompute_updates(run)
+        raise ValueError(f"run {run.path} has no {rundir.STATS} (train with log_stats=true)")
+    re = recomputed if recomputed is not None else []
     d = run.dynamic
     last = run_iterations(run) or int(stats["iteration"].max())
     fig = Figure(figsize=(11, 4))
@@ -300,12 +261,12 @@ def ap_vs_iou_figure(runs, baseline=None) -> Figure:
     runs = [r for r in runs if r.eval]
     if baseline is None:
         base = [r for r in runs if r.config.get("method") == "baseline"]
-        baseline = min(base, key=lambda r: (rpn_nms(r) != 0.7, run_name(r))) if base else None
+        baseline = min(base, key=lambda r: (rpn_nms(r) != BASELINE_RPN_NMS, run_name(r))) if base else None
     fig = Figure(figsize=(11, 4))
     ax1, ax2 = fig.subplots(1, 2)
     for i, run in enumerate(runs):
         e = run.eval
-        x = np.asarray(e.get("iou_thresholds") or np.linspace(0.5, 0.95, 10), dtype=float)
+        x = np.asarray(e.get("iou_thresholds") or IOU_THRESHOLDS, dtype=float)
         y = np.asarray(e["AP_per_iou"], dtype=float)
         ax1.plot(x, y, "o-", color=_color(run, i), label=_label(run), ms=4)
         if baseline is not None and run is not baseline:
@@ -324,7 +285,7 @@ def ap_vs_iou_figure(runs, baseline=None) -> Figure:
 def ap_per_iou_run_figure(run) -> Figure:
     """AP at each IoU threshold of one run (bars)."""
     e = run.eval
-    x = np.asarray(e.get("iou_thresholds") or np.linspace(0.5, 0.95, 10), dtype=float)
+    x = np.asarray(e.get("iou_thresholds") or IOU_THRESHOLDS, dtype=float)
     y = np.asarray(e["AP_per_iou"], dtype=float)
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
@@ -344,19 +305,19 @@ def ap_per_iou_run_figure(run) -> Figure:
 def detections_figure(run, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0) -> Figure:
     """Ground truth (left) next to the run's detections with score >= ``score_thresh``
     (right) on ``n`` validation images (``detections.json``, images read from the data root)."""
-    import json
+    import contextlib
+    import io
 
     from PIL import Image
     from pycocotools.coco import COCO
 
+    from dynrcnn.data import annotation_file
+
     data_root = Path(data_root or run.config.get("data_root"))
     split = run.config.get("val_split", "val")
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(data_root / "annotations" / f"instances_{split}.json"))
-    dets = json.loads((Path(run.path) / "detections.json").read_text())
+        coco = COCO(str(annotation_file(data_root, split)))
+    dets = rundir.read_detections(run.path)
     by_image: dict[int, list] = {}
     for d in dets:
         by_image.setdefault(int(d["image_id"]), []).append(d)
@@ -386,5 +347,3 @@ def detections_figure(run, data_root=None, n: int = 4, score_thresh: float = 0.5
             ax.axis("off")
     return _finish(fig, "Detections next to ground truth (validation images)", caption(run))
 
-
-import matplotlib.patches  # noqa: E402,F401  (used in detections_figure)

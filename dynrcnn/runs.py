@@ -472,13 +472,3 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
         return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
     return "train", why + ": training from scratch"
 
-
-__all__ = [
-    "CONFIG", "ENV", "METRICS", "DYNAMIC", "STATS", "PROPOSAL_IOUS", "CHECKPOINTS", "LAST_CHECKPOINT",
-    "TENSORBOARD", "TRAIN_DONE", "DETECTIONS", "EVAL", "LOG_FILES", "RESULT_FILES", "LOSS_KEYS",
-    "Run", "read_jsonl", "read_json", "read_config", "load_run", "find_runs", "runs_table", "format_table",
-    "write_json", "write_config", "write_env", "write_train_done", "write_eval", "write_detections",
-    "atomic_write_bytes", "truncate_jsonl", "JsonlWriter", "prepare_logs", "open_loggers",
-    "reusable", "train_action", "run_name", "run_iterations", "run_device", "rpn_nms", "is_miniature",
-    "scale_label", "threshold_at",
-]

@@ -13,7 +13,9 @@ import re
 import nbformat
 import pytest
 
-from dynrcnn import report
+from dynrcnn import reference, report
+from dynrcnn.config import build_config
+from dynrcnn.runs import find_runs, train_action
 
 SOURCES = sorted(report.NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -98,7 +100,7 @@ def test_smoke_figures_written(smoke):
 
 @pytest.mark.slow
 def test_smoke_runs_and_tables(smoke):
-    runs = report.load_runs(smoke.runs_root)
+    runs = find_runs(smoke.runs_root)
     assert sorted(r.config["method"] for r in runs) == ["baseline", "dynamic"]
     for r in runs:
         ev = json.loads((r.path / "eval.json").read_text())
@@ -109,7 +111,7 @@ def test_smoke_runs_and_tables(smoke):
     dyn = next(r for r in runs if r.config["method"] == "dynamic")
     assert dyn.stats is not None and dyn.proposal_ious
     claims = report.claims_table(runs)
-    assert len(claims) >= len(report.ref.CLAIM_KEYS) and claims["verdict"].map(bool).all()
+    assert len(claims) >= len(reference.CLAIM_KEYS) and claims["verdict"].map(bool).all()
     assert (claims["scale"] == "miniature benchmark (not COCO)").all()
     ab = report.ablation_table(runs)
     assert list(ab["configuration"]) == ["baseline", "DLA + DSL"] and ab[["AP", "AP90"]].notna().all().all()
@@ -123,13 +125,13 @@ def test_smoke_reuses_complete_runs(smoke):
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "run_dir" in injected[0].source
     # the same config again is reused, not retrained
-    run = report.load_runs(smoke.runs_root)
+    run = find_runs(smoke.runs_root)
     dyn = next(r for r in run if r.config["method"] == "dynamic")
     p = report.get_profile("smoke")
     spec = next(s for s in p.runs if s.method == "dynamic")
-    cfg = report.make_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
+    cfg = build_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
                              overrides=p.run_overrides(spec))
-    assert report.train_action(dyn.path, cfg)[0] == "reuse"
+    assert train_action(dyn.path, cfg)[0] == "reuse"
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dynrcnn import plots
-from dynrcnn.runs import load_run
+from dynrcnn.report import recompute_updates
+from dynrcnn.runs import load_run, threshold_at
 
 IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
 
@@ -17,7 +18,7 @@ IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
 def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=None, sec_per_iter=0.5,
               rpn_nms=0.7, iters=100, interval=10, log_stats=True, device="cpu", data_root="") -> Path:
     """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic)."""
-    from dynrcnn.report import make_config
+    from dynrcnn.config import build_config as make_config
 
     run = Path(root) / name
     run.mkdir(parents=True)
@@ -107,7 +108,7 @@ def test_result_figures_written(two_runs, tmp_path):
                       ("ap_run", plots.ap_per_iou_run_figure(two_runs[1])),
                       ("smooth_l1", plots.smooth_l1_figure()),
                       ("proposal_iou", plots.proposal_iou_figure(two_runs[1], n_panels=3)),
-                      ("stats", plots.stats_figure(two_runs[1]))):
+                      ("stats", plots.stats_figure(two_runs[1], recompute_updates(two_runs[1])))):
         _png(plots.save_figure(fig, out / f"{name}.png"))
         # every figure says where it came from
         texts = [t.get_text() for t in fig.texts]
@@ -124,9 +125,9 @@ def test_method_figures_need_stats(tmp_path):
 
 def test_threshold_at_and_pick_iterations(two_runs):
     _, d = two_runs
-    thr0, beta0 = plots.threshold_at(d, 5)
+    thr0, beta0 = threshold_at(d, 5)
     assert (thr0, beta0) == (0.4, 1.0)
-    thr, _ = plots.threshold_at(d, 21)  # after the update logged at iteration 20
+    thr, _ = threshold_at(d, 21)  # after the update logged at iteration 20
     row = d.dynamic[d.dynamic.iteration == 20].iloc[0]
     assert thr == pytest.approx(row.iou_threshold)
     assert plots.pick_iterations(range(10, 101, 10), 4) == [10, 40, 70, 100]

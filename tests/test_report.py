@@ -11,35 +11,45 @@ import pytest
 
 from dynrcnn import reference, report
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.runs import load_run
+from dynrcnn.config import build_config
+from dynrcnn.runs import find_runs, load_run, train_action
 from tests.test_plots import write_run  # synthetic run directories
 
 
 # ------------------------------------------------------------------ verdicts on hand-made numbers
 
 def test_verdict_delta_miniature():
-    assert report.verdict_delta(3.0, 1.9, "miniature", 1.0).startswith("direction reproduced at miniature scale")
-    assert "magnitude not comparable to COCO" in report.verdict_delta(3.0, 1.9, "miniature", 1.0)
+    assert report.verdict_delta(3.0, 1.9, "miniature", 1.0).sentence.startswith("direction reproduced at miniature scale")
+    assert "magnitude not comparable to COCO" in report.verdict_delta(3.0, 1.9, "miniature", 1.0).sentence
     neg = report.verdict_delta(-2.5, 1.9, "miniature", 1.0)
-    assert neg.startswith("not reproduced") and "-2.5" in neg
-    assert report.verdict_delta(0.4, 1.9, "miniature", 1.0).startswith("inconclusive")
-    assert report.verdict_delta(-0.4, 1.9, "miniature", 1.0).startswith("inconclusive")
-    assert report.verdict_delta(float("nan"), 1.9, "miniature", 1.0).startswith("not measured")
+    assert neg.status == "contradicted" and neg.sentence.startswith("not reproduced") and "-2.5" in neg.sentence
+    assert report.verdict_delta(0.4, 1.9, "miniature", 1.0).sentence.startswith("inconclusive")
+    assert report.verdict_delta(-0.4, 1.9, "miniature", 1.0).sentence.startswith("inconclusive")
+    assert report.verdict_delta(float("nan"), 1.9, "miniature", 1.0).sentence.startswith("not measured")
 
 
 def test_verdict_delta_coco():
-    assert report.verdict_delta(1.8, 1.9, "COCO", 0.3).startswith("reproduced")
-    assert report.verdict_delta(1.0, 1.9, "COCO", 0.3).startswith("partly reproduced")
-    assert report.verdict_delta(-0.5, 1.9, "COCO", 0.3).startswith("not reproduced")
+    assert report.verdict_delta(1.8, 1.9, "COCO", 0.3).sentence.startswith("reproduced")
+    assert report.verdict_delta(1.0, 1.9, "COCO", 0.3).sentence.startswith("partly reproduced")
+    assert report.verdict_delta(-0.5, 1.9, "COCO", 0.3).sentence.startswith("not reproduced")
 
 
 def test_verdict_absolute_and_overhead():
-    assert report.verdict_absolute(38.7, 38.9, "COCO").startswith("reproduced within ±0.3")
-    assert report.verdict_absolute(37.9, 38.9, "COCO").startswith("not reproduced: -1.0")
-    assert report.verdict_absolute(60.0, 38.9, "miniature").startswith("not testable")
-    assert report.verdict_overhead(1.04, 0.05, "gpu").startswith("reproduced on GPU")
+    assert report.verdict_absolute(38.7, 38.9, "COCO").sentence.startswith("reproduced within ±0.3")
+    assert report.verdict_absolute(37.9, 38.9, "COCO").sentence.startswith("not reproduced: -1.0")
+    assert report.verdict_absolute(60.0, 38.9, "miniature").sentence.startswith("not testable")
+    assert report.verdict_overhead(1.04, 0.05, "gpu").sentence.startswith("reproduced on GPU")
     bad = report.verdict_overhead(1.30, 0.10, "cpu")
-    assert bad.startswith("not reproduced") and "+30.0%" in bad
+    assert bad.status == "contradicted" and bad.sentence.startswith("not reproduced") and "+30.0%" in bad.sentence
+
+
+def test_verdict_statuses():
+    assert report.verdict_delta(3.0, 1.9, "miniature", 1.0).status == "reproduced"
+    assert report.verdict_delta(0.4, 1.9, "miniature", 1.0).status == "inconclusive"
+    assert report.verdict_delta(float("nan"), 1.9, "miniature", 1.0).status == "not-testable"
+    assert report.verdict_absolute(60.0, 38.9, "miniature").status == "not-testable"
+    assert report.verdict_absolute(38.7, 38.9, "COCO").status == "reproduced"
+    assert set(report.STATUSES) == {"reproduced", "contradicted", "inconclusive", "not-testable"}
 
 
 def test_noise_tolerance():
@@ -66,7 +76,7 @@ def mini_runs(tmp_path):
 
 
 def test_ablation_table(mini_runs):
-    ab = report.ablation_table(report.load_runs(mini_runs))
+    ab = report.ablation_table(find_runs(mini_runs))
     assert list(ab["configuration"]) == ["baseline", "DLA only", "DSL only", "DLA + DSL", "baseline (RPN NMS 0.85)"]
     for col in ("AP", "AP50", "AP75", "AP90", "ΔAP vs baseline", "scale"):
         assert col in ab
@@ -79,7 +89,7 @@ def test_ablation_table(mini_runs):
 
 
 def test_claims_table_miniature(mini_runs):
-    cl = report.claims_table(report.load_runs(mini_runs))
+    cl = report.claims_table(find_runs(mini_runs))
     assert list(cl.columns) == ["claim", "source", "published", "ours", "difference", "tolerance", "verdict",
                                 "scale", "compared"]
     assert cl["verdict"].map(bool).all() and cl["tolerance"].map(bool).all()
@@ -105,7 +115,7 @@ def test_claims_negative_result_reported(tmp_path):
     write_run(root, "baseline", "baseline", ap=33.0, ap_per_iou=[50, 48, 45, 42, 38, 33, 27, 20, 12, 2])
     write_run(root, "dynamic", "dynamic", ap=30.0, ap_per_iou=[47, 45, 42, 39, 35, 30, 24, 17, 9, 1],
               sec_per_iter=0.8)
-    cl = report.claims_table(report.load_runs(root)).set_index("claim")
+    cl = report.claims_table(find_runs(root)).set_index("claim")
     ap = cl.loc[reference.get("paper_delta_ap").description]
     assert ap["ours"] == pytest.approx(-3.0) and ap["verdict"].startswith("not reproduced at miniature scale")
     ap90 = cl.loc[reference.get("paper_delta_ap90").description]
@@ -117,7 +127,7 @@ def test_claims_coco_scale(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "baseline", "baseline", preset="coco_r50_fpn_1x", ap=37.3)
     write_run(root, "dynamic", "dynamic", preset="coco_r50_fpn_1x", ap=38.8, rpn_nms=0.85, device="cuda:0")
-    runs = report.load_runs(root)
+    runs = find_runs(root)
     assert report.profile_scale(runs) == "COCO"
     cl = report.claims_table(runs).set_index("claim")
     assert cl.loc[reference.get("official_r50_1x").description, "verdict"].startswith("reproduced within")
@@ -129,13 +139,13 @@ def test_claims_coco_scale(tmp_path):
 
 def test_missing_runs_are_not_measured(tmp_path):
     write_run(tmp_path / "runs", "baseline", "baseline")
-    cl = report.claims_table(report.load_runs(tmp_path / "runs"))
+    cl = report.claims_table(find_runs(tmp_path / "runs"))
     assert cl.iloc[0]["verdict"].startswith("not measured")
     assert report.claims_table([]).shape[0] == len(reference.CLAIM_KEYS)
 
 
 def test_compute_environment_and_readme(mini_runs, tmp_path):
-    runs = report.load_runs(mini_runs)
+    runs = find_runs(mini_runs)
     nb = nbformat.v4.new_notebook()
     nb.metadata["papermill"] = {"duration": 120.0}
     nbformat.write(nb, tmp_path / "train_dynamic.ipynb")
@@ -154,7 +164,7 @@ def test_compute_environment_and_readme(mini_runs, tmp_path):
 
 
 def test_ap_per_iou_table_and_eval_table(mini_runs):
-    runs = report.load_runs(mini_runs)
+    runs = find_runs(mini_runs)
     t = report.ap_per_iou_table(runs).set_index("run")
     assert list(t.columns)[8] == "AP@0.90" and t.loc["dynamic", "AP@0.90"] == 16
     e = report.eval_table(runs)
@@ -170,7 +180,7 @@ def test_recompute_updates_matches_logged(mini_runs):
 
 
 def test_sentences(mini_runs):
-    runs = report.load_runs(mini_runs)
+    runs = find_runs(mini_runs)
     assert "same directions as the paper" in report.trend_sentence(runs)
     s = report.ap_sentence(runs)
     assert "+6.0 at 0.90" in s and "miniature" in s
@@ -189,7 +199,7 @@ def test_profiles():
     assert "log_stats=true" not in smoke.run_overrides(smoke.runs[0])
     for p in (smoke, mini):  # every profile's overrides are valid config keys
         for s in p.runs:
-            report.make_config(p.preset, s.method, overrides=p.run_overrides(s))
+            build_config(p.preset, s.method, overrides=p.run_overrides(s))
     with pytest.raises(DynrcnnError):
         report.get_profile("nope")
     with pytest.raises(DynrcnnError, match="data-root"):
@@ -213,14 +223,14 @@ def _notebook_params(stem):
 
 def test_train_action(mini_runs):
     run_dir = mini_runs / "dynamic"
-    cfg = report.make_config("mini", "dynamic", overrides=["max_iter=100", "dynamic.interval=10",
+    cfg = build_config("mini", "dynamic", overrides=["max_iter=100", "dynamic.interval=10",
                                                            "log_stats=true", "log_period=10"])
-    assert report.train_action(run_dir, cfg)[0] == "reuse"
-    assert report.train_action(run_dir, cfg, force=True)[0] == "train"
-    other = report.make_config("mini", "dynamic", overrides=["max_iter=200"])
-    action, why = report.train_action(run_dir, other)
+    assert train_action(run_dir, cfg)[0] == "reuse"
+    assert train_action(run_dir, cfg, force=True)[0] == "train"
+    other = build_config("mini", "dynamic", overrides=["max_iter=200"])
+    action, why = train_action(run_dir, other)
     assert action == "train" and "another config" in why
-    assert report.train_action(mini_runs / "missing", cfg)[0] == "train"
+    assert train_action(mini_runs / "missing", cfg)[0] == "train"
 
 
 def test_cli_registers_report():
@@ -265,7 +275,7 @@ def test_ablation_delta_uses_the_baseline_at_the_same_rpn_nms(tmp_path):
     write_run(root, "baseline", "baseline", ap=30.0)
     write_run(root, "baseline_nms085", "baseline", ap=32.0, rpn_nms=0.85)
     write_run(root, "dynamic", "dynamic", ap=33.0, rpn_nms=0.85)
-    ab = report.ablation_table(report.load_runs(root)).set_index("configuration")
+    ab = report.ablation_table(find_runs(root)).set_index("configuration")
     dyn = ab.loc[[c for c in ab.index if c.startswith("DLA + DSL")][0]]
     assert dyn["ΔAP vs baseline"] == pytest.approx(1.0) and dyn["Δ vs"] == "baseline (RPN NMS 0.85)"
     assert ab.loc["baseline", "Δ vs"] == "baseline (RPN NMS 0.7)"
@@ -275,7 +285,7 @@ def test_trend_sentence_says_when_the_threshold_stays_below_the_baseline(mini_ru
     lines = [{"iteration": i * 10, "iou_threshold": t, "beta": b, "num_iou_stats": 10, "num_beta_stats": 10}
              for i, (t, b) in enumerate([(0.4, 1.0), (0.45, 0.9), (0.48, 0.8)])]
     (mini_runs / "dynamic" / "dynamic.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    s = report.trend_sentence(report.load_runs(mini_runs))
+    s = report.trend_sentence(find_runs(mini_runs))
     assert "0.400 -> 0.480" in s and "never reached the baseline's fixed 0.50 (maximum 0.480)" in s
 
 
@@ -284,6 +294,6 @@ def test_overhead_compares_against_the_baseline_at_the_same_rpn_nms(tmp_path):
     write_run(root, "baseline", "baseline", ap=30.0, sec_per_iter=0.80)  # trained under other load
     write_run(root, "baseline_nms085", "baseline", ap=32.0, rpn_nms=0.85, sec_per_iter=0.50)
     write_run(root, "dynamic", "dynamic", ap=33.0, rpn_nms=0.85, sec_per_iter=0.51)
-    claims = report.claims_table(report.load_runs(root))
+    claims = report.claims_table(find_runs(root))
     row = claims[claims["claim"].str.startswith("No extra")].iloc[0]
     assert row["ours"] == pytest.approx(0.51 / 0.50) and "baseline_nms085" in row["compared"]

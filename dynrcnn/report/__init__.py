@@ -1,0 +1,36 @@
+"""The executable report: profiles, analysis, claims, text, the papermill pipeline, the index.
+
+``dynrcnn report --profile smoke|mini|coco`` runs the notebooks in ``notebooks/`` with
+papermill (:mod:`.pipeline`) and writes ``index.html`` (:mod:`.index`). All numbers are read
+from run directories (:mod:`dynrcnn.runs`); the published numbers come from
+:mod:`dynrcnn.reference` with their source. Miniature-benchmark results are labelled as such
+and never compared with COCO numbers as if they were COCO numbers: at miniature scale a
+relative claim can only be checked for its *direction*.
+
+Submodules, in the order data flows: :mod:`.profiles` (which runs) -> :mod:`.analysis`
+(numbers from runs) -> :mod:`.claims` (claims as data: status + sentence) -> :mod:`.tables`
+and :mod:`.text` (what the notebooks and README show) -> :mod:`.index` -> :mod:`.pipeline`.
+This package re-exports the surface the notebooks use.
+"""
+
+from dynrcnn.report.analysis import (ablation_table, profile_scale, proposal_quality, recompute_updates,
+                                     smooth_l1_gradient)
+from dynrcnn.report.claims import (MINI_NOISE, STATUSES, Claim, claims, claims_table, noise_tolerance,
+                                   verdict_absolute, verdict_delta, verdict_overhead)
+from dynrcnn.report.pipeline import ReportError, execute_notebook, main_report, plan, run_pipeline
+from dynrcnn.report.profiles import (NMS_085, NOTEBOOK_DIR, NOTEBOOKS, PROFILES, REPO, Profile, RunSpec,
+                                     default_run_dir, get_profile, repo_path)
+from dynrcnn.report.tables import (ap_per_iou_table, compute_table, config_table, dataset_table,
+                                   environment_table, eval_table, notebook_durations, styled)
+from dynrcnn.report.text import README_BEGIN, README_END, ap_sentence, readme_table, trend_sentence, update_readme
+
+__all__ = [
+    "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "default_run_dir",
+    "recompute_updates", "proposal_quality", "smooth_l1_gradient", "ablation_table", "profile_scale",
+    "Claim", "STATUSES", "claims", "claims_table", "noise_tolerance", "verdict_delta", "verdict_absolute",
+    "verdict_overhead", "MINI_NOISE",
+    "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "compute_table", "environment_table",
+    "notebook_durations", "styled",
+    "readme_table", "update_readme", "README_BEGIN", "README_END", "trend_sentence", "ap_sentence",
+    "run_pipeline", "plan", "execute_notebook", "main_report", "ReportError",
+]

@@ -1,0 +1,215 @@
+"""Numbers derived from run directories: grouping runs, means over seeds, the ablation,
+AP differences per IoU threshold, and the checks of the method on a run's logs (dynamic
+updates recomputed from the logged statistics, proposal quality, SmoothL1 gradients).
+
+Every function reads :class:`dynrcnn.runs.Run` objects and returns numbers or DataFrames;
+nothing here decides a verdict (:mod:`.claims`) or writes text (:mod:`.text`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from dynrcnn.config import IOU_THRESHOLDS, method_switches
+from dynrcnn.reference import BASELINE_RPN_NMS
+from dynrcnn.runs import is_miniature, rpn_nms, run_name, scale_label, threshold_at
+
+METRICS = ("AP", "AP50", "AP75", "AP90")
+ABLATION_ORDER = ("baseline", "dla", "dsl", "dynamic")
+ABLATION_NAMES = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL"}
+
+
+# --------------------------------------------------------------------------------------------
+# groups of runs and their values
+
+
+def group_runs(runs) -> dict[tuple[str, float], list]:
+    """Runs with an eval.json grouped by (method, RPN NMS threshold)."""
+    groups: dict[tuple[str, float], list] = {}
+    for r in runs:
+        if not r.eval:
+            continue
+        groups.setdefault((r.config.get("method"), rpn_nms(r)), []).append(r)
+    return groups
+
+
+def main_key(groups, method: str):
+    """The (method, nms) group that stands for ``method``: RPN NMS 0.7 (the reference
+    baselines' value) when present, else the first."""
+    keys = sorted((k for k in groups if k[0] == method), key=lambda k: (k[1] != BASELINE_RPN_NMS, k[1]))
+    return keys[0] if keys else None
+
+
+def values(runs, metric: str) -> list[float]:
+    """The finite values of ``metric`` (an eval.json key, or ``sec_per_iter``) over ``runs``."""
+    out = []
+    for r in runs:
+        if metric == "sec_per_iter":
+            v = (r.done or {}).get("sec_per_iter_median")
+        else:
+            v = (r.eval or {}).get(metric)
+        if v is not None and math.isfinite(float(v)):
+            out.append(float(v))
+    return out
+
+
+def mean(vals) -> float:
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def names(runs) -> str:
+    """``a+b`` of the runs' names, ``-`` when there are none."""
+    return "+".join(run_name(r) for r in runs) or "-"
+
+
+def profile_scale(runs) -> str:
+    presets = {r.config.get("preset") for r in runs}
+    return "COCO" if presets and not any(is_miniature(p) for p in presets) else "miniature"
+
+
+def device_kind(runs) -> str:
+    devs = {str((r.env or {}).get("device", "cpu")) for r in runs}
+    return "gpu" if devs and all(d.startswith("cuda") for d in devs) else "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# the ablation and AP per IoU
+
+
+def _ablation_row(groups, key, base_key) -> dict:
+    method, nms = key
+    rs = groups[key]
+    use_dla, use_dsl = method_switches(method) if method in ABLATION_ORDER else (False, False)
+    name = ABLATION_NAMES.get(method, method)
+    if nms != BASELINE_RPN_NMS:
+        name += f" (RPN NMS {nms:g})"
+    row = {"configuration": name, "runs": ", ".join(run_name(r) for r in rs),
+           "DLA": "yes" if use_dla else "", "DSL": "yes" if use_dsl else "", "RPN NMS": nms, "seeds": len(rs)}
+    for m in METRICS:
+        row[m] = mean(values(rs, m))
+    ref_key = ("baseline", nms) if ("baseline", nms) in groups else base_key
+    base = {m: mean(values(groups[ref_key], m)) for m in ("AP", "AP90")} if ref_key else {}
+    for m in ("AP", "AP90"):
+        row[f"Δ{m} vs baseline"] = row[m] - base[m] if base else float("nan")
+    row["Δ vs"] = f"baseline (RPN NMS {ref_key[1]:g})" if ref_key else "-"
+    row["scale"] = scale_label(rs[0].config.get("preset"))
+    return row
+
+
+def ablation_table(runs) -> pd.DataFrame:
+    """Baseline / DLA / DSL / DLA+DSL (and the baseline at another RPN NMS when present):
+    AP, AP50, AP75, AP90 (mean over seeds), the gain over the baseline *at the same RPN NMS*
+    when there is one (else the reference baseline), so a row shows the method's own effect."""
+    groups = group_runs(runs)
+    base_key = main_key(groups, "baseline")
+    order = {m: i for i, m in enumerate(ABLATION_ORDER)}
+    keys = sorted(groups, key=lambda k: (k[1] != BASELINE_RPN_NMS and k[0] == "baseline", order.get(k[0], 9), k[1]))
+    rows = [_ablation_row(groups, key, base_key) for key in keys]
+    cols = ["configuration", "DLA", "DSL", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline",
+            "ΔAP90 vs baseline", "Δ vs", "runs", "scale"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def iou_thresholds(run) -> list[float]:
+    """The IoU thresholds of a run's ``AP_per_iou`` (recorded in eval.json, else COCO's)."""
+    return list((run.eval or {}).get("iou_thresholds") or IOU_THRESHOLDS)
+
+
+def ap_gain_per_iou(runs):
+    """``(thresholds, dynamic - baseline AP at each, scale label)`` of the main baseline and
+    dynamic groups (means over seeds), or ``None`` when either is missing."""
+    groups = group_runs(runs)
+    b, d = main_key(groups, "baseline"), main_key(groups, "dynamic")
+    if not b or not d:
+        return None
+    base = np.mean([r.eval["AP_per_iou"] for r in groups[b]], axis=0)
+    dyn = np.mean([r.eval["AP_per_iou"] for r in groups[d]], axis=0)
+    return np.asarray(IOU_THRESHOLDS), dyn - base, scale_label(groups[d][0].config.get("preset"))
+
+
+# --------------------------------------------------------------------------------------------
+# the method, checked on one run's logs
+
+
+def _finite(series) -> np.ndarray:
+    if series is None:
+        return np.array([])
+    v = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    return v[np.isfinite(v)]
+
+
+def recompute_updates(run) -> pd.DataFrame:
+    """Recompute every dynamic update of ``run`` from its per-iteration statistics.
+
+    ``T = max(T_init, mean(IoU statistics))`` and ``beta = min(beta_init, median(error
+    statistics))`` (previous beta kept when the median is below 1e-15) over the statistics of
+    the iterations since the previous update, next to what the head logged in
+    ``dynamic.jsonl``. Requires ``stats.jsonl`` (``log_stats=true``).
+    """
+    d, stats = run.dynamic, run.stats
+    cols = ["iteration", "n_iou", "n_beta", "iou_threshold_logged", "iou_threshold_recomputed",
+            "beta_logged", "beta_recomputed"]
+    if d is None or stats is None or not len(d) or not len(stats):
+        return pd.DataFrame(columns=cols)
+    dyn = run.config.get("dynamic", {})
+    use_dla, use_dsl = method_switches(run.config.get("method"))
+    t_init, b_init = float(dyn.get("init_iou", 0.4)), float(dyn.get("init_beta", 1.0))
+    d = d.sort_values("iteration")
+    thr, beta = float(d.iloc[0]["iou_threshold"]), float(d.iloc[0]["beta"])
+    prev, rows = int(d.iloc[0]["iteration"]), []
+    for _, row in d.iloc[1:].iterrows():
+        it = int(row["iteration"])
+        win = stats[(stats["iteration"] > prev) & (stats["iteration"] <= it)]
+        ious = _finite(win.get("iou_stat"))
+        errs = _finite(win.get("error_stat"))
+        if use_dla and len(ious):
+            thr = max(t_init, float(np.mean(ious)))
+        if use_dsl and len(errs):
+            med = float(np.median(errs))
+            if med >= 1e-15:
+                beta = min(b_init, med)
+        rows.append({"iteration": it, "n_iou": len(ious), "n_beta": len(errs),
+                     "iou_threshold_logged": float(row["iou_threshold"]), "iou_threshold_recomputed": thr,
+                     "beta_logged": float(row["beta"]), "beta_recomputed": beta})
+        prev = it
+    return pd.DataFrame(rows, columns=cols)
+
+
+def proposal_quality(run, thresholds=(0.5, 0.7, 0.9)) -> pd.DataFrame:
+    """From ``proposal_ious.jsonl``: per logged iteration, the threshold in effect and the
+    fraction of proposals whose max IoU reaches it (and fixed levels)."""
+    rows = []
+    for rec in run.proposal_ious or []:
+        edges = np.asarray(rec["bin_edges"], dtype=float)
+        counts = np.asarray(rec["counts"], dtype=float)
+        total = max(counts.sum(), 1.0)
+        it = int(rec["iteration"])
+        thr, beta = threshold_at(run, it)
+        row = {"iteration": it, "proposals": int(counts.sum()), "threshold": thr, "beta": beta,
+               "≥ threshold": counts[edges[:-1] >= thr - 1e-9].sum() / total}
+        for t in thresholds:
+            row[f"≥ {t}"] = counts[edges[:-1] >= t - 1e-9].sum() / total
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def smooth_l1_gradient(x: float, betas) -> dict[float, float]:
+    """d SmoothL1(x; beta) / dx for each beta (``dynrcnn.dynamic_head.smooth_l1``, autograd)."""
+    import torch
+
+    from dynrcnn.dynamic_head import smooth_l1
+
+    out = {}
+    for b in betas:
+        t = torch.tensor(float(x), dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(smooth_l1(t, float(b)), t)
+        out[float(b)] = float(g)
+    return out
+
+
+__all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "group_runs", "main_key", "values", "mean", "names",
+           "profile_scale", "device_kind", "ablation_table", "iou_thresholds", "ap_gain_per_iou",
+           "recompute_updates", "proposal_quality", "smooth_l1_gradient"]

@@ -1,0 +1,248 @@
+"""The papermill pipeline behind ``dynrcnn report --profile smoke|mini|coco``.
+
+It runs the notebooks in ``notebooks/`` in order: ``01_data`` -> one ``03_train`` per run of
+the profile (up to ``--jobs`` in parallel, one thread each) -> one ``04_evaluate`` per run ->
+``02_method`` -> ``05_results``; then renders every executed notebook to HTML, writes
+``index.html`` (:mod:`.index`) and, for profiles that say so, README's results block
+(:mod:`.text`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynrcnn.errors import DynrcnnError
+from dynrcnn.report.index import write_index
+from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile
+from dynrcnn.report.tables import notebook_durations
+from dynrcnn.report.text import update_readme
+
+STEP_KINDS = ("data", "train", "evaluate", "method", "results")
+
+
+class ReportError(DynrcnnError):
+    """A notebook of the pipeline failed (message names the notebook and the cell)."""
+
+
+@dataclass
+class Step:
+    kind: str  # one of STEP_KINDS
+    notebook: str  # source notebook stem
+    output: str  # executed notebook stem in OUT
+    params: dict
+    title: str
+
+
+@dataclass
+class PipelineResult:
+    out: Path
+    index: Path
+    executed: list[Path] = field(default_factory=list)
+    html: list[Path] = field(default_factory=list)
+    figures_dir: Path | None = None
+    runs_root: Path | None = None
+    durations: dict[str, float] = field(default_factory=dict)
+    wall_time_sec: float = 0.0
+
+
+def _abs(p) -> str:
+    return str(Path(p).expanduser().resolve())
+
+
+def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, force: bool,
+         seed: int | None = None) -> list[Step]:
+    """The pipeline's steps, in order, with every notebook's parameters."""
+    gen = profile.generate
+    figs = _abs(figures_dir)
+    steps = [Step("data", "01_data", "01_data", {
+        "profile": profile.name, "data_root": _abs(data_root), "generate": gen is not None,
+        "n_train": gen[0] if gen else 0, "n_val": gen[1] if gen else 0, "image_size": gen[2] if gen else 0,
+        "seed": 0, "figures_dir": figs,
+        "train_split": "train" if gen else "train2017", "val_split": "val" if gen else "val2017",
+    }, "data")]
+    for spec in profile.runs:
+        steps.append(Step("train", "03_train", f"train_{spec.name}", {
+            "profile": profile.name, "preset": profile.preset, "method": spec.method,
+            "seed": spec.seed if seed is None else seed, "data_root": _abs(data_root),
+            "run_dir": _abs(Path(runs_root) / spec.name), "device": device,
+            "overrides": profile.run_overrides(spec), "convention": "", "force": bool(force), "num_threads": 1,
+        }, f"train {spec.name}"))
+    for spec in profile.runs:
+        steps.append(Step("evaluate", "04_evaluate", f"evaluate_{spec.name}", {
+            "run_dir": _abs(Path(runs_root) / spec.name), "data_root": _abs(data_root), "device": device,
+            "force": False, "figures_dir": figs, "n_images": 3,
+        }, f"evaluate {spec.name}"))
+    dyn = [s for s in profile.runs if s.method == "dynamic"]
+    steps.append(Step("method", "02_method", "02_method", {
+        "run_dir": _abs(Path(runs_root) / (dyn[0].name if dyn else profile.runs[-1].name)), "figures_dir": figs,
+    }, "method"))
+    steps.append(Step("results", "05_results", "05_results", {
+        "profile": profile.name, "runs_root": _abs(runs_root), "report_dir": _abs(out), "figures_dir": figs,
+    }, "results"))
+    return steps
+
+
+def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path:
+    """Run one notebook with papermill; on a failing cell raise :class:`ReportError` naming the
+    notebook and the cell (the partial executed notebook is kept at ``output``)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        pm.execute_notebook(str(source), str(output), parameters=params, kernel_name="python3",
+                            progress_bar=False, log_output=False, cwd=str(cwd or output.parent))
+    except PapermillExecutionError as e:
+        first = str(e.evalue).splitlines()[0] if e.evalue else ""
+        raise ReportError(
+            f"notebook {source.name} failed in cell {e.cell_index} of the executed notebook "
+            f"(execution count {e.exec_count}): {e.ename}: {first}\n"
+            f"  partial executed notebook kept at {output}\n"
+            f"  failing cell source:\n    " + "\n    ".join(str(e.source).splitlines()[:12])
+        ) from None
+    return output
+
+
+def render_html(notebook: Path) -> Path:
+    """Render an executed notebook to ``<same name>.html`` next to it (images embedded)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    out = notebook.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+@contextmanager
+def _notebook_env(threads: int):
+    """Thread counts, a headless matplotlib and this checkout on the kernels' path; restored after."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "PYTHONPATH")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["MPLBACKEND"] = "Agg"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _resolve_data_root(profile: Profile, data_root) -> Path:
+    if data_root is None:
+        if profile.data_root is None:
+            raise DynrcnnError(f"profile {profile.name!r} needs --data-root (a COCO 2017 folder with "
+                               "annotations/instances_{train2017,val2017}.json and the image folders)")
+        data_root = REPO / profile.data_root
+    data_root = Path(data_root).resolve()
+    if profile.generate is None and not (data_root / "annotations").is_dir():
+        raise DynrcnnError(f"{data_root} has no annotations/ folder: not a COCO-format dataset")
+    return data_root
+
+
+def _run_parallel(run_step, group: list[Step], jobs: int, bar, executed: list[Path]) -> None:
+    """Run ``group`` ``jobs`` at a time; the first failure cancels what has not started."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_step, s) for s in group]
+        error = None
+        for f in futures:
+            try:
+                executed.append(f.result())
+            except ReportError as e:
+                error = error or e
+                for g in futures:
+                    g.cancel()
+            bar.update(1)
+        if error is not None:
+            raise error
+
+
+def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path]) -> None:
+    def run_step(step: Step) -> Path:
+        output = out / f"{step.output}.ipynb"
+        return execute_notebook(NOTEBOOK_DIR / f"{step.notebook}.ipynb", output, step.params, cwd=out)
+
+    for kind in STEP_KINDS:
+        group = [s for s in steps if s.kind == kind]
+        if kind == "train" and jobs > 1 and len(group) > 1:
+            bar.set_postfix_str(f"training {len(group)} runs, {jobs} at a time")
+            _run_parallel(run_step, group, jobs, bar, executed)
+            continue
+        for s in group:
+            bar.set_postfix_str(s.title)
+            executed.append(run_step(s))
+            bar.update(1)
+
+
+def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
+                 device: str | None = None, jobs: int | None = None, force: bool = False,
+                 figures_dir=None, progress: bool = True, seed: int | None = None,
+                 extra_seeds=()) -> PipelineResult:
+    """Run the whole report for ``profile`` (see the module docstring); returns where it went.
+    ``extra_seeds`` repeats the profile's baseline and dynamic runs with those seeds."""
+    from tqdm.auto import tqdm
+
+    profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
+    t0 = time.perf_counter()
+    out = Path(out or REPO / "build" / "report").resolve()
+    runs_root = Path(runs_root or REPO / "runs" / profile.name).resolve()
+    data_root = _resolve_data_root(profile, data_root)
+    if figures_dir is None:
+        figures_dir = REPO / profile.figures_dir if profile.figures_dir else out / "figures"
+    figures_dir = Path(figures_dir).resolve()
+    device = device or profile.default_device
+    jobs = max(1, int(jobs if jobs is not None else (2 if device == "cpu" else 1)))
+    for p in (out, runs_root, figures_dir):
+        p.mkdir(parents=True, exist_ok=True)
+    steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
+    for s in steps:
+        if s.kind == "train":
+            s.params["num_threads"] = threads
+    result = PipelineResult(out=out, index=out / "index.html", figures_dir=figures_dir, runs_root=runs_root)
+    bar = tqdm(total=len(steps) + 1, desc=f"report[{profile.name}]", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with _notebook_env(threads):
+            _run_steps(steps, out, jobs, bar, result.executed)
+            bar.set_postfix_str("rendering HTML")
+            result.html = [render_html(nb) for nb in result.executed]
+            result.durations = notebook_durations(out)
+            result.wall_time_sec = time.perf_counter() - t0
+            write_index(result, profile, steps)
+            if profile.readme:
+                command = f"dynrcnn report --profile {profile.name}" + (
+                    f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
+                update_readme(REPO / "README.md", runs_root, figures_dir, command)
+            bar.update(1)
+    finally:
+        bar.close()
+    return result
+
+
+def main_report(args) -> int:
+    """``dynrcnn report`` (see :mod:`dynrcnn.cli_report`)."""
+    try:
+        result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
+                              device=args.device, jobs=args.jobs, force=args.force,
+                              extra_seeds=args.extra_seeds or ())
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {result.index}  ({result.wall_time_sec / 60:.1f} min)")
+    print(f"figures: {result.figures_dir}")
+    return 0
+
+
+__all__ = ["ReportError", "Step", "PipelineResult", "plan", "execute_notebook", "render_html", "run_pipeline",
+           "main_report", "STEP_KINDS"]

@@ -1,0 +1,144 @@
+"""What ``dynrcnn report --profile NAME`` runs, and where the report's paths point.
+
+A :class:`Profile` names a preset, the runs to train (:class:`RunSpec`: directory name,
+method, seed, ``--set`` overrides), the dataset and where figures go. Run configs are
+assembled by :func:`dynrcnn.config.build_config`; this module only says *which* runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynrcnn.config import default_device
+from dynrcnn.errors import DynrcnnError
+from dynrcnn.reference import DYNAMIC_RPN_NMS
+
+REPO = Path(__file__).resolve().parent.parent.parent
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results")
+
+
+def seed_run_name(name: str, seed: int) -> str:
+    """The directory name of run ``name`` repeated with another seed (``<name>_seed<N>``)."""
+    return name if int(seed) == 0 else f"{name}_seed{int(seed)}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a profile: its directory name, method, seed and ``--set`` overrides."""
+
+    name: str
+    method: str
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What ``dynrcnn report --profile NAME`` runs.
+
+    ``generate`` (train images, val images, image size) means the miniature benchmark is
+    generated into the data root when it is missing; ``None`` means the data root must hold a
+    COCO-format dataset. ``overrides`` apply to every run, ``stats_methods`` get
+    ``log_stats=true`` (needed by the method notebook).
+    """
+
+    name: str
+    preset: str
+    runs: tuple[RunSpec, ...]
+    data_root: str | None
+    generate: tuple[int, int, int] | None
+    overrides: tuple[str, ...] = ()
+    stats_methods: tuple[str, ...] = ("dynamic",)
+    figures_dir: str | None = None  # relative to the repo; None: OUT/figures
+    description: str = ""
+    readme: bool = False  # write the results block of README.md from these runs
+    seed_runs: tuple[str, ...] = ("baseline", "dynamic")  # runs repeated by ``extra_seeds``
+
+    def with_seeds(self, extra_seeds=()) -> "Profile":
+        """This profile plus the ``seed_runs`` repeated with each extra seed (``<name>_seed<N>``):
+        the runs that let the report measure seed noise instead of assuming it."""
+        extra = tuple(RunSpec(seed_run_name(r.name, s), r.method, int(s), r.overrides)
+                      for s in extra_seeds for r in self.runs if r.name in self.seed_runs and int(s) != r.seed)
+        return dataclasses.replace(self, runs=self.runs + extra) if extra else self
+
+    def run_overrides(self, spec: RunSpec) -> list[str]:
+        extra = ["log_stats=true"] if spec.method in self.stats_methods else []
+        return [*self.overrides, *extra, *spec.overrides]
+
+    @property
+    def default_device(self) -> str:
+        """CPU for the generated benchmarks, a GPU when there is one for COCO."""
+        return "cpu" if self.generate is not None else default_device()
+
+
+NMS_085 = f"model.rpn_nms_thresh={DYNAMIC_RPN_NMS}"  # the paper's RPN NMS for Dynamic R-CNN
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        preset="mini_smoke",
+        runs=(RunSpec("baseline", "baseline"), RunSpec("dynamic", "dynamic")),
+        data_root="build/data/mini_smoke",
+        generate=(48, 24, 192),
+        overrides=("max_iter=30", "lr_steps=25", "warmup_iters=5", "checkpoint_period=30",
+                   "log_period=5", "dynamic.interval=5", "eval_batch_size=8"),
+        figures_dir=None,
+        description="pipeline check: 48/24 generated images, 30 iterations per run; numbers meaningless",
+    ),
+    "mini": Profile(
+        name="mini",
+        preset="mini",
+        # As in the paper, Dynamic R-CNN (and its DLA/DSL ablations) runs at RPN NMS 0.85 and the
+        # reference baseline at 0.7; the baseline at 0.85 is the fair comparison that separates
+        # the RPN NMS change from the method.
+        runs=(RunSpec("baseline", "baseline"),
+              RunSpec("baseline_nms085", "baseline", overrides=(NMS_085,)),
+              RunSpec("dla", "dla", overrides=(NMS_085,)),
+              RunSpec("dsl", "dsl", overrides=(NMS_085,)),
+              RunSpec("dynamic", "dynamic", overrides=(NMS_085,))),
+        data_root="data/mini",
+        generate=(2000, 500, 192),
+        figures_dir="figures",
+        description="miniature benchmark (2000/500 generated images), slim R18-FPN, CPU",
+        readme=True,
+        seed_runs=("baseline_nms085", "dynamic"),
+    ),
+    "coco": Profile(
+        name="coco",
+        preset="coco_r50_fpn_1x",
+        runs=(RunSpec("baseline", "baseline"),
+              RunSpec("dynamic", "dynamic", overrides=(NMS_085,))),
+        data_root=None,
+        generate=None,
+        figures_dir="figures/coco",
+        description="COCO 2017, R50-FPN 1x (paper recipe; Dynamic R-CNN with RPN NMS 0.85 as published)",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise DynrcnnError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def repo_path(p) -> Path:
+    """A notebook parameter's path: relative paths are relative to the repository root, so a
+    notebook means the same folders in Jupyter (whose working folder is ``notebooks/``), under
+    papermill from any folder, and in the pipeline (installed copies fall back to the cwd)."""
+    p = Path(str(p)).expanduser()
+    if p.is_absolute():
+        return p
+    return (REPO if NOTEBOOK_DIR.is_dir() else Path.cwd()) / p
+
+
+def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
+    """Where the train notebook puts a run when no ``run_dir`` is given (the pipeline's naming)."""
+    return repo_path(Path("runs") / profile / seed_run_name(method, seed))
+
+
+__all__ = ["REPO", "NOTEBOOK_DIR", "NOTEBOOKS", "RunSpec", "Profile", "PROFILES", "NMS_085", "get_profile",
+           "repo_path", "default_run_dir", "seed_run_name"]

@@ -1,0 +1,142 @@
+"""Words of the report: README's generated results block (markdown tables) and the
+interpretation sentences the notebooks and the index page print."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dynrcnn.report.analysis import METRICS, ablation_table, ap_gain_per_iou, profile_scale
+from dynrcnn.report.claims import claims_table
+from dynrcnn.runs import find_runs, run_device, run_iterations, run_name, scale_label
+
+README_BEGIN, README_END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+
+
+# --------------------------------------------------------------------------------------------
+# markdown
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:.2f}"
+    return str(v).replace("|", "\\|")
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """A DataFrame as a markdown table (floats to 2 decimals, NaN and None as '-')."""
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(v) for v in row.tolist()) + " |")
+    return "\n".join(lines)
+
+
+def readme_table(runs_root, label: str | None = None) -> str:
+    """The README's numbers, as markdown, generated from the runs under ``runs_root``
+    (shown as ``label``, default the path): the ablation table and the claims table with
+    verdicts (scale in every row)."""
+    runs = find_runs(runs_root)
+    if not runs:
+        return f"(no runs under {runs_root})"
+    ab = ablation_table(runs)
+    cl = claims_table(runs)
+    first = runs[0]
+    head = (f"Runs under `{label or runs_root}`: preset {first.config.get('preset')}, "
+            f"{run_iterations(first)} iterations, device {run_device(first)}, "
+            f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
+    ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline", "Δ vs"]])
+    scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
+    cl_md = markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
+        columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
+    return head + "Ablation (AP in %, COCO-style metrics on the evaluated split):\n\n" + ab_md + \
+        "\n\nClaims:\n\n" + cl_md + "\n"
+
+
+def _relative(path, base) -> str:
+    """``path`` relative to ``base`` when it lies below it (README links), else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def update_readme(readme, runs_root, figures_dir, command: str = "make report") -> bool:
+    """Replace README's block between the RESULTS markers with the key figures and
+    :func:`readme_table` of ``runs_root``, so README's numbers always come from the runs.
+    Returns False (and changes nothing) when the file has no markers."""
+    readme = Path(readme)
+    text = readme.read_text() if readme.is_file() else ""
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    fig = _relative(figures_dir, readme.parent)
+    block = (
+        f"{README_BEGIN}\n"
+        f"## Results (written by `{command}`; do not edit by hand)\n\n"
+        f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
+        f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
+        f"{readme_table(runs_root, _relative(runs_root, readme.parent))}\n"
+        "The full report (every notebook, figure and table) is `build/report/index.html`.\n"
+        f"{README_END}"
+    )
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + block + tail)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# interpretation sentences (used by the notebooks and the index page)
+
+
+def _with_dynamic_log(runs, method: str) -> list:
+    return [r for r in runs if r.config.get("method") == method and r.dynamic is not None and len(r.dynamic)]
+
+
+def _trend_comparison(rose: bool, fell: bool) -> str:
+    if rose and fell:
+        return "the same directions as the paper's trend figure on COCO (threshold up, beta down)"
+    return ("unlike the paper's trend figure (threshold up, beta down), here the "
+            + " and ".join(x for x in ("threshold did not rise" if not rose else "",
+                                       "beta did not fall" if not fell else "") if x)
+            + " (too few iterations, or proposals not yet better than T_init)")
+
+
+def trend_sentence(runs) -> str:
+    dyn = _with_dynamic_log(runs, "dynamic")
+    if not dyn:
+        return "No dynamic run: no trend to describe."
+    r = dyn[0]
+    d = r.dynamic
+    t0, t1 = float(d["iou_threshold"].iloc[0]), float(d["iou_threshold"].iloc[-1])
+    b0, b1 = float(d["beta"].iloc[0]), float(d["beta"].iloc[-1])
+    base = _with_dynamic_log(runs, "baseline")
+    fixed = (f" (the baseline keeps {float(base[0].dynamic['iou_threshold'].iloc[0]):.2f} and "
+             f"{float(base[0].dynamic['beta'].iloc[0]):.3g})") if base else ""
+    cmp = _trend_comparison(t1 > t0 + 1e-6, b1 < b0 - 1e-9)
+    tmax = float(d["iou_threshold"].max())
+    below = ""
+    if base:
+        base_thr = float(base[0].dynamic["iou_threshold"].iloc[0])
+        if tmax < base_thr:
+            below = (f" The threshold never reached the baseline's fixed {base_thr:.2f} (maximum {tmax:.3f}), so "
+                     f"throughout this run DLA labelled more, lower-IoU proposals as foreground than the baseline did.")
+    return (f"In run {run_name(r)} the IoU threshold went {t0:.3f} -> {t1:.3f} and beta {b0:.3f} -> {b1:.3f} "
+            f"over {len(d) - 1} updates{fixed}: {cmp}.{below}")
+
+
+def ap_sentence(runs) -> str:
+    gain = ap_gain_per_iou(runs)
+    if gain is None:
+        return "Baseline or dynamic evaluation missing: no comparison."
+    ious, diff, scale = gain
+    i = int(diff.argmax())
+    return (f"Dynamic minus baseline AP: {diff[0]:+.1f} at IoU 0.50, {diff[5]:+.1f} at 0.75, {diff[8]:+.1f} at "
+            f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
+
+
+__all__ = ["README_BEGIN", "README_END", "markdown", "readme_table", "update_readme", "trend_sentence",
+           "ap_sentence"]
