@@ -1,4 +1,4 @@
-"""``dynrcnn train``, ``dynrcnn eval`` and ``dynrcnn runs``."""
+"""``dynrcnn train``, ``dynrcnn pretrain``, ``dynrcnn eval`` and ``dynrcnn runs``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,22 @@ def cmd_train(args) -> int:
         from dynrcnn.errors import ConfigError
 
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
+    from dynrcnn.pretrain import resolve_backbone
+
+    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:mini -> a file
     train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    import torch
+
+    from dynrcnn.pretrain import ensure_pretrained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path, sha = ensure_pretrained(args.root, device=args.device, progress=not args.no_progress)
+    print(f"backbone weights: {path}\nsha256: {sha}")
     return 0
 
 
@@ -90,9 +105,25 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's, 0)")
     p.add_argument("--convention", default=None, choices=CONVENTIONS,
                    help="how the dynamic statistics are computed: mmdet (default) or official "
-                        "(the authors' code); see DESIGN.md section 2")
+                        "(the authors' code); see docs/method.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
     p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "pretrain", help="build the backbone weights the mini preset starts from (once; reused after)",
+        description="Train the mini_pretrain baseline on a benchmark drawn with its own data seed (never the "
+                    "evaluation images) and keep its backbone (ResNet body + FPN) as "
+                    "ROOT/backbone-<recipe hash>.pth with a JSON record of its SHA-256 and recipe. Runs of the "
+                    "mini preset (model.backbone_weights=pretrained:mini) start from it; 'dynrcnn train' builds it "
+                    "automatically when it is missing. Existing weights of the same recipe are checked and reused.",
+        formatter_class=fmt)
+    p.add_argument("--root", default="data/pretrained", metavar="DIR",
+                   help="folder for the weights, the pretraining data and its run (default: %(default)s)")
+    p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for the pretraining run (default: PyTorch's choice, all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
 
     p = subparsers.add_parser(
         "eval", help=f"COCO-evaluate a run's checkpoint (writes {runs.DETECTIONS} and {runs.EVAL})",

@@ -50,7 +50,7 @@ from dynrcnn.config import Config, resolve_lr, resolved_lr
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.hooks import HookBase, default_hooks
 from dynrcnn.model import build_model, dynamic_head
-from dynrcnn.pretrain import init_backbone, resolve_backbone
+from dynrcnn.weights import init_backbone
 
 
 # --------------------------------------------------------------------------------------
@@ -159,7 +159,6 @@ class Trainer:
                  stop_after: int | None, hooks: list[HookBase] | None = None):
         cfg.validate()
         self.cfg, self.lr_message = resolve_lr(cfg)
-        self.cfg = resolve_backbone(self.cfg, device=device, progress=progress)  # pretrained:mini -> a file
         if self.cfg.data_root:  # config.json works from any cwd
             self.cfg.data_root = str(Path(self.cfg.data_root).expanduser().resolve())
         self.out, self.resume, self.progress = Path(out), resume, progress

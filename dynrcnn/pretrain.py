@@ -23,21 +23,21 @@ run used, so two machines that rebuild slightly different weights never mix them
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from dynrcnn.config import Config, get_preset
-from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.config import PRETRAINED_AUTO, Config, get_preset
+from dynrcnn.engine import train_model
+from dynrcnn.errors import CheckpointError
+from dynrcnn.mini import FORMAT_VERSION, generate_mini
+from dynrcnn.weights import extract_backbone, file_sha256
 
-AUTO = "pretrained:mini"  # the value of model.backbone_weights that asks for this module's weights
 PRETRAIN_PRESET = "mini_pretrain"
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 by default)
 DEFAULT_ROOT = Path("data") / "pretrained"
-BACKBONE_PREFIX = "backbone."
 
 
 def pretrain_config(data_root: str | Path) -> Config:
@@ -49,8 +49,6 @@ def pretrain_config(data_root: str | Path) -> Config:
 
 def data_recipe(cfg: Config) -> dict:
     """The generated data the pretraining run reads (what ``dynrcnn data mini`` is asked for)."""
-    from dynrcnn.mini import FORMAT_VERSION
-
     return {"seed": PRETRAIN_DATA_SEED, "n_train": 2000, "n_val": 100,
             "image_size": cfg.model.min_size, "format_version": FORMAT_VERSION}
 
@@ -68,55 +66,9 @@ def recipe_hash(rec: dict) -> str:
     return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weights_path(root: str | Path = DEFAULT_ROOT) -> Path:
     """Where the weights of the current recipe live under ``root``."""
     return Path(root) / f"backbone-{recipe_hash(recipe(pretrain_config('')))}.pth"
-
-
-def load_backbone_state(path: str | Path, sha256: str = "") -> dict:
-    """Read a backbone state dict (``weights_only``), checking its SHA-256 when one is given."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"backbone weights {path} not found; rebuild them with "
-                              f"'dynrcnn pretrain' or set model.backbone_weights={AUTO}")
-    if sha256 and file_sha256(path) != sha256:
-        raise CheckpointError(f"backbone weights {path} do not match their recorded SHA-256 "
-                              f"({sha256[:12]}...): the file changed; delete it and run 'dynrcnn pretrain'")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"backbone weights {path} are unreadable ({type(e).__name__}); "
-                              "delete the file and run 'dynrcnn pretrain'") from None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"backbone weights {path} hold no state dict")
-    return state
-
-
-def init_backbone(model: torch.nn.Module, cfg: Config) -> None:
-    """Load ``cfg.model.backbone_weights`` into the detector's backbone (RPN and head untouched)."""
-    if not cfg.model.backbone_weights:
-        return
-    if cfg.model.backbone_weights == AUTO:
-        raise ConfigError(f"model.backbone_weights={AUTO} must be resolved first (resolve_backbone)")
-    state = load_backbone_state(cfg.model.backbone_weights, cfg.model.backbone_sha256)
-    try:
-        model.backbone.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ConfigError(f"{cfg.model.backbone_weights} does not fit model.arch={cfg.model.arch} with "
-                          f"fpn_channels={cfg.model.fpn_channels}: {str(e).splitlines()[0]}") from None
-
-
-def extract_backbone(model_state: dict) -> dict:
-    """The backbone entries of a detector's state dict, without their ``backbone.`` prefix."""
-    return {k[len(BACKBONE_PREFIX):]: v.clone() for k, v in model_state.items() if k.startswith(BACKBONE_PREFIX)}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -141,9 +93,6 @@ def ensure_pretrained(root: str | Path = DEFAULT_ROOT, device: str = "cpu", prog
         if file_sha256(path) == sha:
             return path, sha
         raise CheckpointError(f"{path} does not match the SHA-256 in {record}: delete both and rerun")
-
-    from dynrcnn.engine import train_model
-    from dynrcnn.mini import generate_mini
 
     cfg0 = pretrain_config("")
     data = data_recipe(cfg0)
@@ -170,7 +119,7 @@ def ensure_pretrained(root: str | Path = DEFAULT_ROOT, device: str = "cpu", prog
 def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str = "cpu",
                      progress: bool = True) -> Config:
     """A copy of ``cfg`` whose ``backbone_weights=pretrained:mini`` names a concrete, checksummed file."""
-    if cfg.model.backbone_weights != AUTO:
+    if cfg.model.backbone_weights != PRETRAINED_AUTO:
         return cfg
     path, sha = ensure_pretrained(root, device=device, progress=progress)
     model = dataclasses.replace(cfg.model, backbone_weights=str(Path(path).resolve()), backbone_sha256=sha)
