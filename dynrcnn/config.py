@@ -18,6 +18,7 @@ from dynrcnn.errors import ConfigError
 
 METHODS = ("baseline", "dla", "dsl", "dynamic")
 CONVENTIONS = ("mmdet", "official")
+PRETRAINED_AUTO = "pretrained:mini"  # model.backbone_weights value: the project's pretrained backbone
 
 
 def method_switches(method: str) -> tuple[bool, bool]:
@@ -75,9 +76,20 @@ class ModelConfig:
     fpn_channels: int = 256
     representation_size: int = 1024
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    # anchors and RoI pooling of the framework whose weights are loaded (DESIGN.md sec. 3;
+    # docs/published_weights.md): torchvision rounds its base anchors and infers each level's
+    # stride from the padded image, pools unaligned with 2x2 samples per bin (as the authors'
+    # maskrcnn-benchmark); MMDetection 2.x keeps fractional anchors at fixed strides 4..64 and
+    # pools with aligned=True, sampling_ratio=0 (adaptive)
+    anchor_style: str = "torchvision"  # or "mmdet"
+    roi_align_aligned: bool = False
+    roi_sampling_ratio: int = 2
     rpn_nms_thresh: float = 0.7
     rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
+    # proposals kept per image after RPN NMS (MMDetection 2.x: 1000 at train and test time; the
+    # authors' code keeps 1000 x images per GPU ranked over the batch, which torchvision's
+    # per-image RPN does not do: both conventions keep 1000 per image, see docs/method.md)
+    rpn_post_nms_top_n_train: int = 1000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_batch_size_per_image: int = 256
@@ -88,6 +100,8 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    backbone_weights: str = ""  # backbone (+FPN) state dict to start from (``dynrcnn pretrain``)
+    backbone_sha256: str = ""  # its expected SHA-256; a mismatch refuses to train
 
     def validate(self) -> None:
         if self.arch not in ("r50_fpn", "slim_r18_fpn"):
@@ -96,6 +110,10 @@ class ModelConfig:
             raise ConfigError(f"model.rpn_nms_thresh must be in (0, 1], got {self.rpn_nms_thresh}")
         if self.box_beta <= 0:
             raise ConfigError(f"model.box_beta must be > 0, got {self.box_beta}")
+        if self.anchor_style not in ("torchvision", "mmdet"):
+            raise ConfigError(f"model.anchor_style must be 'torchvision' or 'mmdet', got {self.anchor_style!r}")
+        if self.roi_sampling_ratio < 0:
+            raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0: adaptive), got {self.roi_sampling_ratio}")
 
 
 @dataclass

@@ -38,8 +38,10 @@ from dynrcnn.errors import DataError
 CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 1, "val": 2}
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SIZE_MIX = (0.25, 0.45, 0.3)  # how often an object is drawn small, medium, large (COCO ranges)
+BACKGROUND_CONTRAST = 0.4  # backgrounds keep this fraction of their contrast around their mean
+MIN_CONTRAST = 180  # summed |RGB difference| an object keeps from what lies beneath (if it can)
 MAX_OCCLUDED = 0.4  # an object may lose at most this fraction of its pixels to later objects
 
 
@@ -144,9 +146,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(0, 4))):
         col = tuple(int(v) for v in rng.integers(0, 256, size=3))
-        width = int(rng.integers(1, 4))
+        width = int(rng.integers(1, 3))
         if rng.random() < 0.7:
             pts = [tuple(float(v) for v in rng.uniform(-10, size + 10, size=2)) for _ in range(2)]
             draw.line(pts, fill=col, width=width)
@@ -172,7 +174,10 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
     """
     rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
     size = int(image_size)
-    canvas = Image.fromarray(np.clip(_background(rng, size), 0, 255).astype(np.uint8))
+    background = _background(rng, size)
+    mean = background.mean(axis=(0, 1), keepdims=True)
+    background = mean + BACKGROUND_CONTRAST * (background - mean)  # subdued, so objects stand out
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
     _clutter(ImageDraw.Draw(canvas), rng, size)
     img = np.asarray(canvas, dtype=np.float32).copy()
 
@@ -235,8 +240,8 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
         # colour with enough contrast against what lies underneath
         under = img[mask].mean(axis=0)
         colour = rng.uniform(0, 255, size=3)
-        for _ in range(4):
-            if np.abs(colour - under).sum() > 120:
+        for _ in range(8):
+            if np.abs(colour - under).sum() > MIN_CONTRAST:
                 break
             colour = rng.uniform(0, 255, size=3)
         style = rng.random()
@@ -246,7 +251,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
             t = (xs - xs.min()) / max(1, xs.max() - xs.min())
             fill = colour[None, :] + (colour2 - colour)[None, :] * t[:, None]
         elif style < 0.45:  # speckle texture
-            fill = colour[None, :] + rng.normal(0, 18, size=(xs.size, 1))
+            fill = colour[None, :] + rng.normal(0, 10, size=(xs.size, 1))
         else:
             fill = np.broadcast_to(colour, (xs.size, 3))
         img[ys, xs] = fill
@@ -260,7 +265,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
         y0, y1 = int(ys.min()), int(ys.max()) + 1
         objects.append({"category": cls, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area})
 
-    noise = rng.normal(0, rng.uniform(2, 8), size=img.shape)
+    noise = rng.normal(0, rng.uniform(1, 4), size=img.shape)
     img = np.clip(img + noise, 0, 255).astype(np.uint8)
     if return_masks:
         return img, objects, masks
