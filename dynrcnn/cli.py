@@ -1,4 +1,4 @@
-"""The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``report``.
+"""The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``report``, ``convert``, ``export``.
 
 Each group of subcommands lives next to the code it drives (``cli_data``, ``cli_train``,
 ``cli_report``) and registers itself here; this module only assembles the parser and turns
@@ -14,7 +14,7 @@ import sys
 from dynrcnn import __version__
 from dynrcnn.errors import DynrcnnError
 
-COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_report")
+COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_report", "dynrcnn.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.detection import FasterRCNN
@@ -41,13 +42,65 @@ def resnet_fpn(body: nn.Module, trainable_layers: int, out_channels: int) -> Bac
     )
 
 
+class MMDetAnchorGenerator(AnchorGenerator):
+    """MMDetection 2.x's anchors: the same sizes, ratios and order per location as torchvision's
+    (ratios outer, scales inner, location-major), but fractional base anchors (torchvision
+    rounds them to whole pixels) and level k's anchors at multiples of its nominal stride
+    4 * 2**k (torchvision divides the padded image side by the feature side, which gives 61
+    instead of 64 on P6 when the padded side / 32 is odd, e.g. 800 px)."""
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(torch.as_tensor(aspect_ratios, dtype=dtype, device=device))
+        ws = (scales[None, :] / h_ratios[:, None]).view(-1)
+        hs = (scales[None, :] * h_ratios[:, None]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+    def forward(self, image_list, feature_maps):
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        device = feature_maps[0].device
+        strides = [[torch.tensor(4 * 2 ** k, dtype=torch.int64, device=device)] * 2 for k in range(len(grid_sizes))]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        levels = self.grid_anchors(grid_sizes, strides)
+        return [torch.cat(levels) for _ in image_list.image_sizes]
+
+
+class RoIAlignPooler(MultiScaleRoIAlign):
+    """torchvision's multi-level RoIAlign (same level mapping) with a settable ``aligned``
+    (MMDetection 2.x / Detectron2 half-pixel offset); unaligned it is torchvision's own code."""
+
+    def __init__(self, featmap_names, output_size, sampling_ratio, aligned=False):
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned = bool(aligned)
+
+    def forward(self, x, boxes, image_shapes):
+        if not self.aligned:
+            return super().forward(x, boxes, image_shapes)
+        from torchvision.ops import roi_align
+        from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+
+        feats = [x[k] for k in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        levels = self.map_levels(boxes)
+        out = feats[0].new_zeros((len(rois), feats[0].shape[1]) + self.output_size)
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.where(levels == level)[0]
+            out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio,
+                                 aligned=True).to(out.dtype)
+        return out
+
+
 def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method: str,
               dynamic: DynamicConfig | None) -> FasterRCNN:
-    anchors = AnchorGenerator(
+    anchors = (MMDetAnchorGenerator if model.anchor_style == "mmdet" else AnchorGenerator)(
         sizes=tuple((s,) for s in model.anchor_sizes),
         aspect_ratios=((0.5, 1.0, 2.0),) * len(model.anchor_sizes),
     )
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    roi_pool = RoIAlignPooler(["0", "1", "2", "3"], output_size=7, sampling_ratio=model.roi_sampling_ratio,
+                              aligned=model.roi_align_aligned)
     det = FasterRCNN(
         backbone,
         min_size=model.min_size,
@@ -118,7 +171,8 @@ BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn}
 
 
 def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
-    """Build the detector a :class:`~dynrcnn.config.Config` describes."""
+    """Build the detector a :class:`~dynrcnn.config.Config` describes (random initialisation;
+    the engine loads ``model.backbone_weights`` for a fresh run, see :mod:`dynrcnn.pretrain`)."""
     cfg.validate()
     return BUILDERS[cfg.model.arch](num_classes, cfg.method, cfg.model, cfg.dynamic)
 

@@ -1,0 +1,441 @@
+"""Published weights in, our weights out: ``dynrcnn convert`` and ``dynrcnn export``.
+
+``convert`` reads an MMDetection 2.x Faster R-CNN or Dynamic R-CNN R50-FPN checkpoint (the
+two are the same network; ``DynamicRoIHead`` has no parameters of its own) and writes a normal
+run directory, so that ``dynrcnn eval`` evaluates it like a trained run:
+
+- ``config.json``: our R50-FPN with the published model's test settings (RPN NMS 0.7 for Faster
+  R-CNN, 0.85 for Dynamic R-CNN; 1000 proposals; score 0.05, NMS 0.5, 100 detections) and
+  MMDetection's anchors (fractional, fixed strides) and RoIAlign (aligned, adaptive sampling);
+- ``checkpoints/last.pth``: ``{"model": state_dict, "iteration": ...}`` as ``dynrcnn train``
+  writes it (loads with ``strict=True`` and ``torch.load(weights_only=True)``);
+- ``provenance.json``: source file name, SHA-256, mapping version, MMDetection's meta.
+
+What the mapping does (checked against MMDetection 2.x's source, see docs/published_weights.md):
+key renames only, except the box predictor: MMDetection puts the background class *last* in
+``fc_cls`` (torchvision: first) and has no background rows in ``fc_reg`` (class-specific
+regression, 4 x 80 rows; torchvision: 4 x 81, the background's 4 rows unused and set to 0).
+Box deltas are (dx, dy, dw, dh) in both, with target_stds (0.1, 0.1, 0.2, 0.2) = torchvision's
+weights (10, 10, 5, 5) for the R-CNN and (1, 1, 1, 1) for the RPN; anchors per location are
+ratios (0.5, 1, 2) x one scale in both; RGB input normalised with the same ImageNet mean/std
+(MMDetection's 0-255 values are torchvision's 0-1 values x 255). Anything else (another
+architecture, a missing or extra key, a wrong shape, an unreadable file) is refused with a
+one-line :class:`~dynrcnn.errors.CheckpointError` naming the first offending key.
+
+``export`` writes a run's weights as a plain state dict for
+``torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+num_classes=N)`` (``strict=True``): the dynamic head's ``iou_threshold``, ``beta`` and extra
+state are dropped and the BatchNorm ``num_batches_tracked`` counters that torchvision's
+untrained builder expects are added.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from dynrcnn.errors import CheckpointError, ConfigError
+
+#: bump when the key mapping or the tensor transforms change (recorded in provenance.json)
+MAPPING_VERSION = 1
+
+#: ResNet-50 blocks per stage
+R50_BLOCKS = (3, 4, 6, 3)
+
+#: the published models this converter knows: test settings from MMDetection's configs
+#: (configs/_base_/models/faster_rcnn_r50_fpn.py, configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py)
+PUBLISHED = {
+    "faster_rcnn": {
+        "method": "baseline", "rpn_nms_thresh": 0.7, "published_ap": 37.4,
+        "label": "Faster R-CNN R50-FPN 1x (MMDetection model zoo)",
+        "url": "https://download.openmmlab.com/mmdetection/v2.0/faster_rcnn/faster_rcnn_r50_fpn_1x_coco/"
+               "faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth",
+    },
+    "dynamic_rcnn": {
+        "method": "dynamic", "rpn_nms_thresh": 0.85, "published_ap": 38.9,
+        "label": "Dynamic R-CNN R50-FPN 1x (MMDetection model zoo)",
+        "url": "https://download.openmmlab.com/mmdetection/v2.0/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x/"
+               "dynamic_rcnn_r50_fpn_1x-62a3f276.pth",
+    },
+}
+
+#: keys of our model that are not weights of the network (the dynamic head's state)
+DYNAMIC_HEAD_KEYS = ("roi_heads.iou_threshold", "roi_heads.beta", "roi_heads._extra_state")
+
+
+def mmdet_name(ours: str) -> str | None:
+    """The MMDetection 2.x key of one of our R50-FPN keys (``None`` for the dynamic head's state)."""
+    if ours in DYNAMIC_HEAD_KEYS:
+        return None
+    rules = (
+        (r"backbone\.body\.(.*)", r"backbone.\1"),
+        (r"backbone\.fpn\.inner_blocks\.(\d)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
+        (r"backbone\.fpn\.layer_blocks\.(\d)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
+        (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
+        (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
+        (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
+        (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.0.\1"),
+        (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.1.\1"),
+        (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"roi_head.bbox_head.fc_cls.\1"),
+        (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"roi_head.bbox_head.fc_reg.\1"),
+    )
+    for pattern, repl in rules:
+        if re.fullmatch(pattern, ours):
+            return re.sub(pattern, repl, ours)
+    raise CheckpointError(f"no MMDetection name for our key {ours!r} (mapping version {MAPPING_VERSION})")
+
+
+def _hint(key: str) -> str:
+    if key.startswith("roi_head.mask_head"):
+        return " (a Mask R-CNN checkpoint)"
+    if re.match(r"roi_head\.bbox_head\.\d", key):
+        return " (a Cascade R-CNN checkpoint)"
+    if re.match(r"backbone\.layer3\.(6|[1-9]\d)\.", key):
+        return " (a deeper ResNet than R50)"
+    if key.startswith("bbox_head."):
+        return " (a one-stage detector, or an MMDetection 1.x checkpoint: upgrade it with MMDetection's " \
+               "tools/model_converters/upgrade_model_version.py)"
+    return ""
+
+
+def _checkpoint_api():
+    """``(CHECKPOINT_FORMAT, read_checkpoint, config_from_dict)`` wherever this version keeps them."""
+    try:
+        from dynrcnn.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
+    except ImportError:  # older layout: everything in engine
+        from dynrcnn.engine import CHECKPOINT_FORMAT, read_checkpoint
+    try:
+        from dynrcnn.config import config_from_dict
+    except ImportError:
+        from dynrcnn.engine import config_from_dict
+    return CHECKPOINT_FORMAT, read_checkpoint, config_from_dict
+
+
+def read_source(path: str | Path) -> tuple[dict, dict, str]:
+    """``(state_dict, meta, sha256)`` of an MMDetection checkpoint (``{'state_dict', 'meta'}``
+    or a bare state dict), read with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    digest = sha.hexdigest()
+    m = re.search(r"-([0-9a-f]{8})\.pth$", path.name)
+    if m and not digest.startswith(m.group(1)):  # MMDetection names published files by their SHA-256 prefix
+        raise CheckpointError(f"{path.name}: SHA-256 {digest[:8]}... does not match the {m.group(1)} in its "
+                              f"name: the download is damaged or incomplete, download it again")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled objects
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (truncated or damaged?): "
+                              f"{type(e).__name__}: {msg}"[:400]) from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        state, meta = ckpt["state_dict"], ckpt.get("meta") or {}
+    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        state, meta = ckpt, {}
+    else:
+        raise CheckpointError(f"{path.name} holds neither {{'state_dict': ...}} nor a bare state dict")
+    return state, (meta if isinstance(meta, dict) else {}), digest
+
+
+def convert_mmdet_state(source: dict, target: dict, num_classes: int) -> dict:
+    """Our state dict from an MMDetection 2.x Faster R-CNN R50-FPN ``source`` state dict.
+
+    ``target`` is the state dict of the model to fill (its keys, order and shapes are the
+    specification; the dynamic head's state is taken from it). Refuses, naming the first
+    offending key: an unexpected key (in the source's order), a missing key (in our order),
+    a non-tensor or a wrong shape.
+    """
+    import torch
+
+    names = {ours: mmdet_name(ours) for ours in target}
+    expected = {mm: ours for ours, mm in names.items() if mm is not None}
+    optional = {mm.rsplit(".", 1)[0] + ".num_batches_tracked" for mm in expected if mm.endswith(".running_mean")}
+    what = f"an MMDetection 2.x Faster R-CNN / Dynamic R-CNN R50-FPN with {num_classes - 1} classes"
+    for key in source:
+        if key not in expected and key not in optional:
+            raise CheckpointError(f"unexpected key {key!r}{_hint(key)}: not {what}")
+    for mm in expected:
+        if mm not in source:
+            raise CheckpointError(f"missing key {mm!r}: not {what}")
+    out = {}
+    for ours, mm in names.items():
+        if mm is None:
+            out[ours] = target[ours]
+            continue
+        value = source[mm]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"key {mm!r} holds a {type(value).__name__}, not a tensor")
+        shape = tuple(target[ours].shape)
+        if mm.startswith("roi_head.bbox_head.fc_reg"):
+            shape = (shape[0] - 4,) + shape[1:]  # no background rows
+        if tuple(value.shape) != shape:
+            raise CheckpointError(f"key {mm!r} has shape {tuple(value.shape)}, {what} has {shape}"
+                                  + (" (pass --num-classes)" if "fc_cls" in mm or "fc_reg" in mm else ""))
+        value = value.detach().to(dtype=target[ours].dtype).clone()
+        if mm.startswith("roi_head.bbox_head.fc_cls"):  # background last -> first
+            value = torch.cat([value[-1:], value[:-1]])
+        elif mm.startswith("roi_head.bbox_head.fc_reg"):  # class-specific deltas, none for background
+            value = torch.cat([value.new_zeros((4,) + value.shape[1:]), value])
+        out[ours] = value
+    return out
+
+
+def _guess_model(src: Path, meta: dict, model: str) -> str:
+    if model != "auto":
+        if model not in PUBLISHED:
+            raise ConfigError(f"--model must be auto, {' or '.join(PUBLISHED)}, got {model!r}")
+        return model
+    text = str(meta.get("config", ""))
+    if "DynamicRoIHead" in text:
+        return "dynamic_rcnn"
+    if "StandardRoIHead" in text:
+        return "faster_rcnn"
+    name = src.name.lower()
+    for key in PUBLISHED:
+        if name.startswith(key):
+            return key
+    raise ConfigError(f"cannot tell whether {src.name} is Faster R-CNN or Dynamic R-CNN (no config in its meta); "
+                      f"pass --model faster_rcnn or --model dynamic_rcnn")
+
+
+def converted_config(model: str, data_root: str = ""):
+    """The run config of a converted published model: the COCO R50-FPN 1x preset with the
+    published model's test settings, MMDetection's anchors and RoIAlign, no backbone download."""
+    from dynrcnn.config import get_preset
+
+    spec = PUBLISHED[model]
+    cfg = get_preset("coco_r50_fpn_1x")
+    cfg.preset = f"mmdet_{model}_r50_fpn_1x"
+    cfg.method = spec["method"]
+    cfg.data_root = data_root
+    m = cfg.model
+    m.pretrained_backbone = False
+    m.anchor_style, m.roi_align_aligned, m.roi_sampling_ratio = "mmdet", True, 0
+    m.min_size, m.max_size = 800, 1333
+    m.rpn_nms_thresh = spec["rpn_nms_thresh"]
+    m.rpn_pre_nms_top_n_test, m.rpn_post_nms_top_n_test = 1000, 1000
+    m.box_score_thresh, m.box_nms_thresh, m.box_detections_per_img = 0.05, 0.5, 100
+    cfg.validate()
+    return cfg
+
+
+def _json_safe(meta: dict) -> dict:
+    keep = {}
+    for k in ("mmdet_version", "epoch", "iter", "time", "CLASSES"):
+        if k in meta:
+            v = meta[k]
+            keep[k] = list(v) if isinstance(v, (tuple, list)) else (v if isinstance(v, (int, float, str)) else str(v))
+    return keep
+
+
+def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str = "auto",
+            data_root: str | None = None, force: bool = False) -> Path:
+    """Convert the MMDetection checkpoint ``src`` into the run directory ``out`` (see module doc)."""
+    import torch
+
+    from dynrcnn.model import build_model
+
+    CHECKPOINT_FORMAT = _checkpoint_api()[0]
+
+    src, out = Path(src), Path(out)
+    if num_classes < 2:
+        raise ConfigError(f"--num-classes counts the background too (81 for COCO), got {num_classes}")
+    ckpt_path = out / "checkpoints" / "last.pth"
+    if ckpt_path.exists() and not force:
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --force to overwrite it")
+    state, meta, digest = read_source(src)
+    kind = _guess_model(src, meta, model)
+    cfg = converted_config(kind, str(Path(data_root).expanduser().resolve()) if data_root else "")
+    target = build_model(cfg, num_classes).state_dict()
+    ours = convert_mmdet_state(state, target, num_classes)
+    iteration = int(meta.get("iter", 0) or 0)
+    record = {
+        "format": CHECKPOINT_FORMAT, "iteration": iteration, "model": ours,
+        "preset": cfg.preset, "method": cfg.method, "convention": cfg.dynamic.convention,
+        "config": json.loads(json.dumps(cfg.to_dict())), "converted_from": src.name,
+    }
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_path.with_suffix(".tmp")
+    torch.save(record, tmp)
+    tmp.replace(ckpt_path)
+    (out / "config.json").write_text(cfg.to_json() + "\n")
+    provenance = {
+        "source_file": src.name, "source_path": str(src.resolve()), "sha256": digest,
+        "source_format": "mmdet2", "model": kind, "label": PUBLISHED[kind]["label"],
+        "published_url": PUBLISHED[kind]["url"], "published_ap": PUBLISHED[kind]["published_ap"],
+        "mapping_version": MAPPING_VERSION, "num_classes": num_classes, "mmdet_meta": _json_safe(meta),
+        "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    for stale in ("eval.json", "detections.json"):
+        (out / stale).unlink(missing_ok=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# export to plain torchvision
+
+
+def export_torchvision(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> list[str]:
+    """Write the run's weights as a state dict for torchvision's ``fasterrcnn_resnet50_fpn``
+    (checked by loading it with ``strict=True`` before writing). Returns notes on the run's
+    settings that torchvision's builder does not reproduce by default."""
+    import torch
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from dynrcnn.config import ModelConfig
+
+    _, read_checkpoint, config_from_dict = _checkpoint_api()
+
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise CheckpointError(f"{run} is not a run directory (no config.json)")
+    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    m, default = cfg.model, ModelConfig()
+    if (m.arch, m.fpn_channels, m.representation_size, tuple(m.anchor_sizes)) != (
+            "r50_fpn", 256, 1024, tuple(default.anchor_sizes)):
+        raise ConfigError(f"{run}: only the R50-FPN model (fpn_channels 256, 1024-d head, anchors 32-512) has a "
+                          f"torchvision counterpart; this run is {m.arch} with fpn_channels {m.fpn_channels}")
+    path = Path(checkpoint) if checkpoint else run / "checkpoints" / "last.pth"
+    state = read_checkpoint(path)["model"]
+    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+    wanted = tv.state_dict()
+    exported = {}
+    for key, ref in wanted.items():
+        if key in state:
+            exported[key] = state[key].detach().clone()
+        elif key.endswith(".num_batches_tracked"):  # torchvision's untrained builder uses BatchNorm2d
+            exported[key] = torch.zeros_like(ref)
+        else:
+            raise CheckpointError(f"{path}: missing key {key!r} that torchvision's fasterrcnn_resnet50_fpn needs")
+    for key in state:
+        if key not in wanted and key not in DYNAMIC_HEAD_KEYS:
+            raise CheckpointError(f"{path}: key {key!r} has no place in torchvision's fasterrcnn_resnet50_fpn")
+    try:
+        tv.load_state_dict(exported, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"torchvision refuses the exported weights: {str(e).splitlines()[0]}") from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(exported, tmp)
+    tmp.replace(out)
+    notes = []
+    builder = {"rpn_nms_thresh": 0.7, "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+               "box_score_thresh": 0.05, "box_nms_thresh": 0.5, "box_detections_per_img": 100,
+               "min_size": 800, "max_size": 1333}
+    kwargs = {k: getattr(m, k) for k, v in builder.items() if getattr(m, k) != v}
+    if kwargs:
+        notes.append("this run was evaluated with " + ", ".join(f"{k}={v}" for k, v in kwargs.items())
+                     + ": pass the same keyword arguments to fasterrcnn_resnet50_fpn")
+    if m.anchor_style != "torchvision" or m.roi_align_aligned or m.roi_sampling_ratio != 2:
+        notes.append(f"this run uses anchor_style={m.anchor_style}, RoIAlign aligned={m.roi_align_aligned} "
+                     f"sampling_ratio={m.roi_sampling_ratio}, which torchvision's builder cannot set: its detections "
+                     f"will differ slightly (see docs/published_weights.md)")
+    notes.append("torchvision builds BatchNorm2d (not frozen) without pretrained weights: call model.eval() for "
+                 "inference")
+    return notes
+
+
+# --------------------------------------------------------------------------------------
+# the report's published-weights rows
+
+
+def published_weights_rows(run_dirs) -> list[dict]:
+    """One row per converted run directory that has been evaluated: the published model, its
+    source file and SHA-256, the published AP and our AP, AP50, AP75, AP_S/M/L, AP90 and AP at
+    every IoU 0.50:0.05:0.95 (``AP_per_iou``), and ``delta_ap`` (ours - published).
+    Run directories without ``provenance.json`` or ``eval.json`` are skipped."""
+    rows = []
+    for run in map(Path, run_dirs):
+        try:
+            prov = json.loads((run / "provenance.json").read_text())
+            ev = json.loads((run / "eval.json").read_text())
+        except (OSError, ValueError):
+            continue
+        row = {"run": str(run), "model": prov.get("model"), "label": prov.get("label"),
+               "source_file": prov.get("source_file"), "sha256": prov.get("sha256"),
+               "mapping_version": prov.get("mapping_version"), "published_ap": prov.get("published_ap"),
+               "split": ev.get("split"), "num_images": ev.get("num_images")}
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP90", "AP_per_iou", "iou_thresholds"):
+            row[k] = ev.get(k)
+        pub = prov.get("published_ap")
+        row["delta_ap"] = None if pub is None or ev.get("AP") is None else ev["AP"] - pub
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def cmd_convert(args) -> int:
+    if args.source_format != "mmdet":  # pragma: no cover (argparse choices)
+        raise ConfigError("only --from mmdet is supported")
+    out = convert(args.src, args.out, num_classes=args.num_classes, model=args.model,
+                  data_root=args.data_root, force=args.force)
+    prov = json.loads((out / "provenance.json").read_text())
+    print(f"{prov['label']}: {prov['source_file']} (sha256 {prov['sha256'][:12]}...) -> {out}; "
+          f"evaluate with: dynrcnn eval {out}" + ("" if args.data_root else " --data-root data/coco"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    notes = export_torchvision(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {args.out}: torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, "
+          f"weights_backbone=None, num_classes=N).load_state_dict(torch.load(...), strict=True)")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def register(subparsers) -> None:
+    import argparse
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "convert", help="convert a published MMDetection 2.x Faster/Dynamic R-CNN R50-FPN checkpoint into a run",
+        description="Map an MMDetection 2.x Faster R-CNN or Dynamic R-CNN R50-FPN checkpoint onto our model and "
+                    "write a run directory (config.json with the published test settings, checkpoints/last.pth, "
+                    "provenance.json) that 'dynrcnn eval' evaluates. See docs/published_weights.md.",
+        epilog="example:\n  dynrcnn convert dynamic_rcnn_r50_fpn_1x-62a3f276.pth --from mmdet "
+               "--out runs/published/dynamic_rcnn\n  dynrcnn eval runs/published/dynamic_rcnn --data-root data/coco",
+        formatter_class=fmt)
+    p.add_argument("src", metavar="SRC", help="the downloaded .pth file")
+    p.add_argument("--from", dest="source_format", default="mmdet", choices=("mmdet",),
+                   help="source framework (only mmdet: MMDetection 2.x)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--num-classes", type=int, default=81, help="classes including background (default 81: COCO)")
+    p.add_argument("--model", default="auto", choices=("auto",) + tuple(PUBLISHED),
+                   help="which published model (sets the RPN NMS of its test config); auto reads the "
+                        "checkpoint's meta config, else the file name")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="COCO folder to record in config.json")
+    p.add_argument("--force", action="store_true", help="overwrite an existing converted checkpoint")
+    p.set_defaults(func=cmd_convert)
+
+    p = subparsers.add_parser(
+        "export", help="write a run's weights as a plain torchvision fasterrcnn_resnet50_fpn state dict",
+        description="Write RUN_DIR's checkpoint as a state dict that torchvision's "
+                    "fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=N) loads with "
+                    "strict=True (R50-FPN runs only).",
+        formatter_class=fmt)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (trained or converted)")
+    p.add_argument("--to", default="torchvision", choices=("torchvision",), help="target (torchvision)")
+    p.add_argument("--out", required=True, metavar="FILE", help="state dict file to write (.pth)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="checkpoint to export (default: RUN_DIR/checkpoints/last.pth)")
+    p.set_defaults(func=cmd_export)
+
+
+__all__ = ["convert", "convert_mmdet_state", "converted_config", "export_torchvision", "mmdet_name",
+           "published_weights_rows", "read_source", "MAPPING_VERSION", "PUBLISHED"]
