@@ -60,7 +60,7 @@ def cmd_eval(args) -> int:
     from dynrcnn.evaluation import evaluate
 
     evaluate(args.run_dir, checkpoint=args.checkpoint, data_root=args.data_root, device=args.device,
-             evaluator=args.evaluator, progress=not args.no_progress)
+             evaluator=args.evaluator, progress=not args.no_progress, name=args.name)
     return 0
 
 
@@ -135,6 +135,10 @@ def register(subparsers) -> None:
                    help=f"checkpoint to evaluate (default: RUN_DIR/{last})")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help=f"dataset folder (default: the one recorded in RUN_DIR/{runs.CONFIG})")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help=f"store the results as {runs.eval_file('RUN_DIR', 'NAME').name} and "
+                        f"{runs.detections_file('RUN_DIR', 'NAME').name} (default: {runs.EVAL} on the run's own "
+                        "data; on another --data-root, that folder's name: the run's own results are never replaced)")
     p.add_argument("--evaluator", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
                    help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
                         "pip install faster-coco-eval)")

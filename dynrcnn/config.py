@@ -228,7 +228,7 @@ def resolve_lr(cfg: Config) -> tuple[Config, str]:
 IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
 
 #: top-level fields the engine adds to the recorded config (not Config fields)
-CONFIG_EXTRAS = ("images_per_update", "world_size")
+CONFIG_EXTRAS = ("images_per_update", "world_size", "data")  # "data": runs.DATA_RECORD
 
 
 def config_record(cfg: Config, world_size: int) -> dict:

@@ -246,7 +246,7 @@ class Trainer:
         self.ckpt_dir.mkdir(exist_ok=True)
         runs.prepare_logs(self.out, self.start_iter if self.ckpt is not None else None,
                           finished=self.start_iter >= self.cfg.max_iter)
-        runs.write_config(self.out, self.cfg, self.world)
+        runs.write_config(self.out, self.cfg, self.world, data=runs.data_record(self.dataset))
         env = environment(self.dev, self.world)
         env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
         runs.write_env(self.out, env)

@@ -26,7 +26,7 @@ import torch
 from dynrcnn import runs
 from dynrcnn.checkpoint import load_for_eval
 from dynrcnn.config import IOU_THRESHOLDS
-from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.errors import CheckpointError, ConfigError, DataError
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
 
@@ -151,12 +151,25 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
     return results, (n_images / busy if busy > 0 else 0.0)
 
 
+def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
+    """Refuse data whose number of classes differs from the checkpoint's classifier."""
+    shapes = [tuple(v.shape) for k, v in state.items() if k.endswith("cls_score.weight")]
+    if shapes and shapes[0][0] != dataset.num_classes:
+        raise DataError(f"the checkpoint predicts {shapes[0][0] - 1} classes but {dataset.annotation_file} has "
+                        f"{dataset.num_classes - 1} ({ckpt_path}); evaluate on data with the run's categories")
+
+
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
-             device: str = "cpu", evaluator: str = "pycocotools", progress: bool = False) -> dict:
+             device: str = "cpu", evaluator: str = "pycocotools", progress: bool = False,
+             name: str | None = None) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 
     Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict.
-    ``data_root`` overrides the dataset folder recorded in ``config.json``.
+    ``data_root`` overrides the dataset folder recorded in ``config.json``: when it is another
+    folder, the results go to ``eval-<name>.json`` and ``detections-<name>.json`` (``name``: the
+    folder's name, see :func:`runs.eval_tag`) and the run's own ``eval.json`` is left alone.
+    ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
+    annotation file's SHA-256.
     """
     from dynrcnn.data import load_dataset
     from dynrcnn.model import build_model
@@ -164,6 +177,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     _coco_classes(evaluator)  # fail early with a clear message
     run = Path(run_dir)
     cfg = runs.read_config(run)
+    tag = runs.sanitise_tag(name) if name is not None else runs.eval_tag(run, data_root)
     if data_root is not None:
         cfg.data_root = str(data_root)
     ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
@@ -171,11 +185,15 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
+    data = runs.data_record(dataset)
+    if name is None:
+        runs.check_eval_target(run, tag, data)
     model = build_model(cfg, dataset.num_classes)
+    _check_num_classes(ckpt["model"], dataset, ckpt_path)
     model.load_state_dict(ckpt["model"])
     detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
                               num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
-    runs.write_detections(run, detections)
+    runs.write_detections(run, detections, tag)
     metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
     metrics.update({
         "images_per_sec": ips,
@@ -183,10 +201,10 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         "checkpoint": str(ckpt_path),
         "checkpoint_iteration": int(ckpt["iteration"]),
         "num_images": len(dataset),
-        "split": cfg.val_split,
+        **data,  # data_root, split, annotation_sha256
         "device": str(device),
     })
-    path = runs.write_eval(run, metrics)
+    path = runs.write_eval(run, metrics, tag)
     if progress:
         print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
               f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")

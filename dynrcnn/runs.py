@@ -13,7 +13,13 @@ A run directory holds (see the README's "Run directory" section)::
     tensorboard/         optional TensorBoard events                          engine
     train_done.json      written when training finished                       engine
     detections.json      COCO results of the evaluated checkpoint            evaluation
-    eval.json            COCO metrics                                         evaluation
+    eval.json            COCO metrics (+ data_root, split, annotation_sha256) evaluation
+    eval-<name>.json     the same on another dataset (``eval --data-root``)  evaluation
+    detections-<name>.json                                                    evaluation
+
+An evaluation on data other than the run's own (``config.json``'s ``data_root``) never replaces
+``eval.json``: it is tagged with the data folder's name (:func:`eval_tag`), and every eval file
+records what it was evaluated on (:func:`data_record`).
 
 ``load_run(dir)`` returns a :class:`Run` with the config, environment, logs as pandas
 DataFrames and the evaluation; ``find_runs(root)`` finds every run under a folder;
@@ -44,6 +50,8 @@ TENSORBOARD = "tensorboard"
 TRAIN_DONE = "train_done.json"
 DETECTIONS = "detections.json"
 EVAL = "eval.json"
+#: the key of config.json that records the training data (:func:`data_record`)
+DATA_RECORD = "data"
 
 LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
 RESULT_FILES = (TRAIN_DONE, EVAL, DETECTIONS)  # stale once a run trains further
@@ -88,6 +96,55 @@ def tensorboard_dir(run_dir) -> Path:
     return Path(run_dir) / TENSORBOARD
 
 
+def _tagged(name: str, tag: str | None) -> str:
+    """``eval.json`` -> ``eval-<tag>.json`` (``tag=None``: the name itself)."""
+    if tag is None:
+        return name
+    stem, ext = os.path.splitext(name)
+    return f"{stem}-{tag}{ext}"
+
+
+def eval_file(run_dir, name: str | None = None) -> Path:
+    """``RUN_DIR/eval.json`` (the run's own data) or ``RUN_DIR/eval-<name>.json`` (other data)."""
+    return Path(run_dir) / _tagged(EVAL, name)
+
+
+def detections_file(run_dir, name: str | None = None) -> Path:
+    """``RUN_DIR/detections.json`` or ``RUN_DIR/detections-<name>.json`` (see :func:`eval_file`)."""
+    return Path(run_dir) / _tagged(DETECTIONS, name)
+
+
+def sanitise_tag(text: str) -> str:
+    """A file-name-safe tag: letters, digits, ``.``, ``_``, ``-`` (others become ``_``)."""
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._-")
+    return tag or "data"
+
+
+def same_path(a, b) -> bool:
+    """Whether two paths name the same place (``~`` expanded, resolved)."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def eval_tag(run_dir, data_root) -> str | None:
+    """``None`` when ``data_root`` is the run's own data (``config.json``), else the data
+    folder's name, sanitised: the tag of ``eval-<name>.json``."""
+    if data_root is None:
+        return None
+    own = (read_json(Path(run_dir) / CONFIG) or {}).get("data_root")
+    if own and same_path(own, data_root):
+        return None
+    return sanitise_tag(Path(data_root).expanduser().resolve().name)
+
+
+def data_record(dataset) -> dict:
+    """What a run records of the data it read (a :class:`~dynrcnn.data.CocoDetection`):
+    ``data_root`` (resolved), ``split`` and the SHA-256 of the annotation file."""
+    from dynrcnn.weights import file_sha256
+
+    return {"data_root": str(Path(dataset.root).expanduser().resolve()), "split": dataset.split,
+            "annotation_sha256": file_sha256(dataset.annotation_file)}
+
+
 # --------------------------------------------------------------------------------------
 # writing (atomic: a reader sees the old or the new file, never half of one)
 
@@ -121,11 +178,15 @@ def write_json(path: Path, obj, indent: int | None = 2) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
-def write_config(run_dir, cfg, world_size: int) -> None:
-    """``config.json``: the resolved config plus the engine's extras (see ``config_record``)."""
+def write_config(run_dir, cfg, world_size: int, data: dict | None = None) -> None:
+    """``config.json``: the resolved config plus the engine's extras (see ``config_record``);
+    ``data``: where the training data came from (:func:`data_record` of the train split)."""
     from dynrcnn.config import config_record
 
-    write_json(Path(run_dir) / CONFIG, config_record(cfg, world_size))
+    record = config_record(cfg, world_size)
+    if data is not None:
+        record[DATA_RECORD] = data
+    write_json(Path(run_dir) / CONFIG, record)
 
 
 def write_env(run_dir, env: dict) -> None:
@@ -136,14 +197,28 @@ def write_train_done(run_dir, done: dict) -> None:
     write_json(Path(run_dir) / TRAIN_DONE, done)
 
 
-def write_detections(run_dir, detections: list[dict]) -> None:
-    write_json(Path(run_dir) / DETECTIONS, detections, indent=None)
+def write_detections(run_dir, detections: list[dict], name: str | None = None) -> Path:
+    path = detections_file(run_dir, name)
+    write_json(path, detections, indent=None)
+    return path
 
 
-def write_eval(run_dir, metrics: dict) -> Path:
-    path = Path(run_dir) / EVAL
+def write_eval(run_dir, metrics: dict, name: str | None = None) -> Path:
+    path = eval_file(run_dir, name)
     write_json(path, metrics)
     return path
+
+
+def check_eval_target(run_dir, name: str | None, data: dict) -> None:
+    """Refuse to replace ``eval-<name>.json`` that holds results on other data (two data
+    folders with the same name)."""
+    if name is None:
+        return
+    path = eval_file(run_dir, name)
+    held = (read_json(path) or {}).get("data_root")
+    if held and not same_path(held, data["data_root"]):
+        raise DynrcnnError(f"{path.name} already holds results on {held}, not {data['data_root']} ({path}); "
+                           "pass --name to store this evaluation under another name")
 
 
 def truncate_jsonl(path: Path, iteration: int) -> None:
@@ -250,8 +325,8 @@ def read_config(run_dir):
     return config_from_dict(d)
 
 
-def read_detections(run_dir) -> list[dict]:
-    return json.loads((Path(run_dir) / DETECTIONS).read_text())
+def read_detections(run_dir, name: str | None = None) -> list[dict]:
+    return json.loads(detections_file(run_dir, name).read_text())
 
 
 def is_run_dir(path) -> bool:
@@ -313,6 +388,21 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.done is not None
+
+    def eval_on(self, name: str | None) -> dict | None:
+        """The evaluation tagged ``name`` (``eval-<name>.json``; ``None``: the run's own
+        ``eval.json``), or ``None`` when there is none."""
+        return self.eval if name is None else read_json(eval_file(self.path, name))
+
+    def detections_path(self, name: str | None = None) -> Path:
+        """Path of the detections that go with :meth:`eval_on` ``(name)``."""
+        return detections_file(self.path, name)
+
+    @property
+    def eval_names(self) -> list[str]:
+        """Tags of the evaluations on other data (``eval-<name>.json``), sorted."""
+        prefix, suffix = _tagged(EVAL, "|").split("|")
+        return sorted(p.name[len(prefix):-len(suffix)] for p in Path(self.path).glob(f"{prefix}*{suffix}"))
 
     @property
     def label(self) -> str:
