@@ -86,14 +86,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         "verify", help="check a COCO-format dataset folder",
         description="Check a COCO-format folder (COCO 2017 or the miniature benchmark): annotation JSON "
                     "well formed with the required keys, boxes of 4 numbers with non-negative size, "
-                    "known category and image ids, every image file present and readable. Prints a "
+                    "known category and image ids, every image file present, decodable and of the width "
+                    "and height its annotation gives. Prints a "
                     "summary per split; exits with status 1 when a problem is found.")
     p.add_argument("--root", required=True, help="dataset folder holding annotations/instances_<split>.json "
                    "and <split>/ image folders")
     p.add_argument("--splits", nargs="+", default=None,
                    help="splits to check (default: every annotations/instances_<split>.json found)")
     p.add_argument("--skip-images", action="store_true",
-                   help="only check that image files exist, do not open them (faster on COCO)")
+                   help="only check that image files exist, do not decode them or check their size "
+                        "(faster on COCO)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
     return data

@@ -318,7 +318,10 @@ def prepare_coco(root, base_url: str = DEFAULT_BASE_URL, splits=DEFAULT_SPLITS, 
 # --------------------------------------------------------------------------------------------
 
 def verify_split(root, split: str, check_images: bool = True, progress: bool = False) -> tuple[dict, list[str]]:
-    """Check one split; returns ``(summary, problems)`` where ``problems`` is a list of messages."""
+    """Check one split; returns ``(summary, problems)`` where ``problems`` is a list of messages.
+
+    Every image listed must exist; with ``check_images`` it must also decode completely and have
+    the width and height its annotation entry gives."""
     from PIL import Image
 
     from dynrcnn.data import annotation_file, load_annotations
@@ -336,7 +339,7 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
     image_dir = root / split
     if not image_dir.is_dir():
         return summary, [f"image folder {image_dir} (for {ann}) does not exist; download or generate the images"]
-    from dynrcnn.data import _entry, _list_files
+    from dynrcnn.data import _entry, _list_files, image_size_problem
 
     present = _list_files(image_dir)
     from tqdm.auto import tqdm
@@ -348,9 +351,13 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
         elif check_images:
             try:
                 with Image.open(path) as f:
-                    f.verify()
+                    size = f.size
+                    f.load()  # decodes every pixel (verify() reads the header only)
+                problem = image_size_problem(path, size, im["width"], im["height"])
             except Exception as e:  # PIL raises many types for broken files
-                problems.append(f"{ann}: {_entry('images', i, im)}: image file {path} is not readable ({e})")
+                problem = f"image file {path} is not readable ({e})"
+            if problem:
+                problems.append(f"{ann}: {_entry('images', i, im)}: {problem}")
         if len(problems) >= 20:
             problems.append("(stopping after 20 problems)")
             break

@@ -148,6 +148,15 @@ def check_images_exist(data: dict, ann_path, image_dir, limit: int | None = None
                             f"which is missing from {image_dir}; restore the file or remove the entry")
 
 
+def image_size_problem(path, size, width, height) -> str | None:
+    """Why an image of ``size`` (PIL's ``(w, h)``) does not match its annotated ``width`` x
+    ``height`` (boxes are scaled by those numbers), or ``None`` when it matches."""
+    if tuple(size) == (round(float(width)), round(float(height))):
+        return None
+    return (f"image file {path} is {size[0]}x{size[1]} px but its annotation says "
+            f"{round(float(width))}x{round(float(height))}")
+
+
 def _list_files(folder: Path) -> set[str]:
     try:
         with os.scandir(folder) as it:
@@ -262,10 +271,15 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_dir / r["file_name"]
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                problem = image_size_problem(path, im.size, r["width"], r["height"])
+                rgb = im.convert("RGB")
         except (OSError, ValueError) as e:
             raise DataError(f"{self.annotation_file}: image id {r['image_id']!r} ({path}) cannot be read: {e}; "
                             "restore the file (re-download or regenerate the dataset)") from e
+        if problem:
+            raise DataError(f"{self.annotation_file}: image id {r['image_id']!r}: {problem}; restore the image "
+                            "or correct its width/height entry ('dynrcnn data verify' lists every such image)")
+        return rgb
 
     def __getitem__(self, key):
         if isinstance(key, (tuple, list)):

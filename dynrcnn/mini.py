@@ -319,6 +319,38 @@ def _coco_dict(split: str, seed: int, image_size: int, results: list[tuple[int, 
     }
 
 
+def _foreign_files(out: Path) -> list[str]:
+    """Files under ``out`` that ``generate_mini`` did not write (anything but its annotation
+    files and the images they list), as paths relative to ``out``."""
+    ours = set()
+    for split in SPLITS:
+        ann = Path("annotations") / f"instances_{split}.json"
+        try:
+            data = json.loads((out / ann).read_text())
+            if "dynrcnn data mini" in str(data["info"]["url"]):
+                ours |= {ann.as_posix()} | {f"{split}/{im['file_name']}" for im in data["images"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    files = (p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    return sorted(f for f in files if f not in ours)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out`` (replacing an earlier benchmark there): a
+    reader sees the old benchmark or the new one, never a mixture."""
+    import shutil
+
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
                   image_size: int = 192, workers: int | None = None, progress: bool = True) -> dict:
     """Generate the miniature benchmark under ``out``; returns a summary dict.
@@ -326,55 +358,75 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
     Writes ``out/annotations/instances_{train,val}.json`` and ``out/{train,val}/NNNNNN.png``.
     ``workers``: processes used for drawing (default: the number of CPU cores; 0 or 1 draws in
     this process). Same arguments give byte-identical files.
+
+    The benchmark is drawn into a fresh temporary folder next to ``out`` and published when
+    complete (an interrupted run leaves ``out`` as it was). ``out`` must be missing, empty or an
+    earlier benchmark written by this function: a folder holding any other file is refused.
     """
+    import shutil
+    import tempfile
+
     out = Path(out)
     if n_train < 0 or n_val < 0:
         raise DataError(f"--train and --val must be >= 0 (got {n_train} and {n_val})")
     if image_size < 32:
         raise DataError(f"--image-size must be at least 32 px (got {image_size})")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder; choose another --out")
+    foreign = _foreign_files(out) if out.is_dir() else []
+    if foreign:
+        raise DataError(f"{out} holds files that 'dynrcnn data mini' did not write ({foreign[0]}, "
+                        f"{len(foreign)} in all); choose an empty or new --out")
     try:
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
-            (out / split).mkdir(exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
         raise DataError(f"cannot write the miniature benchmark to {out}: {e}; "
                         "choose another --out or fix the folder's permissions") from e
-    if workers is None:
-        workers = os.cpu_count() or 1
-    workers = max(0, int(workers))
-    counts = {"train": n_train, "val": n_val}
-    jobs = [(int(seed), split, i, int(image_size), str(out)) for split in SPLITS for i in range(counts[split])]
-    t0 = time.perf_counter()
-    from tqdm.auto import tqdm
+    try:
+        (tmp / "annotations").mkdir()
+        for split in SPLITS:
+            (tmp / split).mkdir()
+        if workers is None:
+            workers = os.cpu_count() or 1
+        workers = max(0, int(workers))
+        counts = {"train": n_train, "val": n_val}
+        jobs = [(int(seed), split, i, int(image_size), str(tmp)) for split in SPLITS for i in range(counts[split])]
+        t0 = time.perf_counter()
+        from tqdm.auto import tqdm
 
-    results: dict[str, list] = {s: [] for s in SPLITS}
-    with tqdm(total=len(jobs), desc="drawing mini benchmark", unit="img", disable=not progress) as bar:
-        if workers <= 1 or len(jobs) < 50:
-            it = map(_render_and_write, jobs)
-            pool = None
-        else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            pool = mp.get_context(method).Pool(workers)
-            it = pool.imap(_render_and_write, jobs, chunksize=16)
-        for job, res in zip(jobs, it):
-            results[job[1]].append(res)
-            bar.update(1)
-        if pool is not None:
-            pool.close()
-            pool.join()
-    summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(CLASSES)}
-    for split in SPLITS:
-        coco = _coco_dict(split, int(seed), int(image_size), results[split])
-        _dump_json(coco, out / "annotations" / f"instances_{split}.json")
-        summary[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
-    # remove images left over from an earlier, larger run into the same folder
-    for split in SPLITS:
-        keep = {_file_name(i) for i in range(counts[split])}
-        for p in (out / split).glob("*.png"):
-            if p.name not in keep:
-                p.unlink()
+        results: dict[str, list] = {s: [] for s in SPLITS}
+        with tqdm(total=len(jobs), desc="drawing mini benchmark", unit="img", disable=not progress) as bar:
+            if workers <= 1 or len(jobs) < 50:
+                it = map(_render_and_write, jobs)
+                pool = None
+            else:
+                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+                pool = mp.get_context(method).Pool(workers)
+                it = pool.imap(_render_and_write, jobs, chunksize=16)
+            for job, res in zip(jobs, it):
+                results[job[1]].append(res)
+                bar.update(1)
+            if pool is not None:
+                pool.close()
+                pool.join()
+        summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(CLASSES)}
+        for split in SPLITS:
+            coco = _coco_dict(split, int(seed), int(image_size), results[split])
+            _dump_json(coco, tmp / "annotations" / f"instances_{split}.json")
+            summary[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> what mkdir would have given
+        _publish(tmp, out)
+    except OSError as e:
+        raise DataError(f"cannot write the miniature benchmark to {out}: {e}; "
+                        "choose another --out or fix the folder's permissions (nothing was changed)") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -76,3 +76,68 @@ def test_eval_on_other_data_never_replaces_the_runs_own(done_run, data_root, tmp
     with pytest.raises(DynrcnnError, match="already holds results on .*--name"):
         evaluate(run, data_root=twin)
     assert json.loads(tagged.read_text())["data_root"] == str(other.resolve())
+
+
+# ---- data mini: fresh temporary folder, atomic publish, foreign files refused
+
+
+def test_mini_refuses_a_folder_with_foreign_files(tmp_path):
+    from dynrcnn.errors import DataError
+    from dynrcnn.mini import generate_mini
+
+    out = tmp_path / "data"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "holiday.png").write_bytes(b"not ours")
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(DataError, match=r"did not write \(notes.txt, 2 in all\)"):
+        generate_mini(out, n_train=2, n_val=1, image_size=64, workers=0, progress=False)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    # an earlier benchmark is replaced (the earlier test_mini test covers a smaller one)
+    fresh = tmp_path / "fresh"
+    generate_mini(fresh, n_train=2, n_val=1, image_size=64, workers=0, progress=False)
+    generate_mini(fresh, seed=5, n_train=2, n_val=1, image_size=64, workers=0, progress=False)
+    assert json.loads((fresh / "annotations" / "instances_val.json").read_text())["info"]["seed"] == 5
+
+
+def test_mini_interrupted_leaves_the_target_as_it_was(tmp_path, monkeypatch):
+    from dynrcnn import mini
+
+    out = tmp_path / "data"
+    mini.generate_mini(out, n_train=3, n_val=2, image_size=64, workers=0, progress=False)
+    before = snapshot(out)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mini, "_coco_dict", boom)  # stops after every image was drawn
+    with pytest.raises(KeyboardInterrupt):
+        mini.generate_mini(out, seed=9, n_train=3, n_val=2, image_size=64, workers=0, progress=False)
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left
+
+
+# ---- image sizes: verify decodes every image and checks its size; loading checks it too
+
+
+def test_image_size_checked_by_verify_and_at_load_time(tmp_path, capsys):
+    from PIL import Image
+
+    from dynrcnn.coco import verify_dataset
+    from dynrcnn.data import load_dataset
+    from dynrcnn.errors import DataError
+    from dynrcnn.mini import generate_mini
+
+    root = tmp_path / "d"
+    generate_mini(root, n_train=2, n_val=2, image_size=64, workers=0, progress=False)
+    assert verify_dataset(root, progress=False)
+    Image.new("RGB", (80, 64)).save(root / "val" / "000001.png")  # other size than annotated
+    (root / "train" / "000000.png").write_bytes((root / "train" / "000000.png").read_bytes()[:200])  # truncated
+    capsys.readouterr()
+    assert not verify_dataset(root, progress=False)
+    out = capsys.readouterr().out
+    assert "images[1] (id 2): image file" in out and "is 80x64 px but its annotation says 64x64" in out
+    assert "images[0] (id 1): image file" in out and "not readable" in out
+    ds = load_dataset(root, "val", train=False)
+    with pytest.raises(DataError, match=r"image id 2: .* is 80x64 px but its annotation says 64x64"):
+        ds[1]
