@@ -25,10 +25,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'dynrcnn COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"dynrcnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. An error raised in a data-loader worker arrives with
+    PyTorch's worker banner and traceback in its message: its last line is the original."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and any("Original Traceback" in line for line in lines):
+        last = lines[-1]
+        name = type(e).__module__ + "." + type(e).__name__ + ": "
+        return last[len(name):] if last.startswith(name) else last
+    return " ".join(line.strip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DynrcnnError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

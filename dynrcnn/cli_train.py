@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from dynrcnn import runs
-from dynrcnn.config import CONVENTIONS, METHODS, PRESET_HELP, PRESETS, build_config, default_device, valid_keys
+from dynrcnn.config import (CONVENTIONS, METHODS, PRESET_HELP, PRESETS, build_config, check_device, default_device,
+                            valid_keys)
 
 
 def _presets_text() -> str:
@@ -37,10 +38,13 @@ def cmd_train(args) -> int:
         from dynrcnn.errors import ConfigError
 
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
+    check_device(args.device)  # refusals first, before any pretraining
+    runs.check_out_dir(args.out, args.resume, args.overwrite)
     from dynrcnn.pretrain import resolve_backbone
 
     cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:mini -> a file
-    train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress,
+          overwrite=args.overwrite)
     return 0
 
 
@@ -97,7 +101,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (created)")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in RUN_DIR from {last} (or the newest readable "
-                        "periodic checkpoint); the result equals an uninterrupted run")
+                        "periodic checkpoint); the result equals an uninterrupted run. Settings and data "
+                        f"must be the recorded ones (only {', '.join(runs.MAY_CHANGE_ON_RESUME)} may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="RUN_DIR holds a run: delete its files and train again from scratch (without this "
+                        "flag a folder holding any run file is refused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. --set max_iter=200 "
                         "--set dynamic.interval=20 (repeatable; tuples as 1,2,3; bools true/false)")

@@ -28,6 +28,7 @@ import stat
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -262,6 +263,10 @@ def prepare_coco(root, base_url: str = DEFAULT_BASE_URL, splits=DEFAULT_SPLITS, 
     """
     manifest = COCO2017_MANIFEST if manifest is None else manifest
     root = Path(root)
+    url = urllib.parse.urlsplit(str(base_url))
+    if url.scheme not in ("http", "https", "file") or (url.scheme != "file" and not url.netloc):
+        raise DataError(f"--base-url {base_url!r} is not an http(s):// or file:// address; pass the mirror's "
+                        f"address, e.g. {DEFAULT_BASE_URL}")
     unknown = [s for s in splits if s not in manifest]
     if unknown:
         raise DataError(f"unknown split(s) {unknown}; choose from {sorted(manifest)}")

@@ -162,8 +162,15 @@ class Config:
         self.dynamic.validate()
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be one of none, bf16, fp16, got {self.amp!r}")
-        if self.max_iter < 1 or self.ims_per_batch < 1:
-            raise ConfigError("max_iter and ims_per_batch must be >= 1")
+        for name in ("max_iter", "ims_per_batch", "reference_ims_per_batch", "checkpoint_period", "log_period",
+                     "keep_checkpoints", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (--set {name}=...)")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0 (0: load data in the training process), got "
+                              f"{self.num_workers} (--set num_workers=...)")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0 or none (scaled from base_lr), got {self.lr} (--set lr=...)")
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ConfigError(f"lr_steps must be increasing, got {list(self.lr_steps)}")
 
@@ -214,9 +221,11 @@ def resolved_lr(cfg: Config) -> float:
 
 
 def resolve_lr(cfg: Config) -> tuple[Config, str]:
-    """A copy of ``cfg`` with ``lr`` filled by the linear scaling rule (``cfg`` is left alone),
+    """A copy of ``cfg`` with ``lr`` filled by the linear scaling rule unless it was set (``cfg`` is left alone),
     and the sentence the engine prints at start."""
     cfg = copy.deepcopy(cfg)
+    if cfg.lr is not None:  # set explicitly (--set lr=...): used as given
+        return cfg, f"lr {cfg.lr:g} at {cfg.ims_per_batch} img/iter (set explicitly, not scaled)"
     cfg.lr = scaled_lr(cfg.base_lr, cfg.ims_per_batch, cfg.reference_ims_per_batch)
     if cfg.ims_per_batch == cfg.reference_ims_per_batch:
         return cfg, f"lr {cfg.lr:g} at {cfg.ims_per_batch} img/iter (the preset's reference)"
@@ -270,6 +279,23 @@ def default_device() -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:  # pragma: no cover
         return "cpu"
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it; :class:`ConfigError` (one line) otherwise."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r} (--device); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {device}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
+    return device
 
 
 # --------------------------------------------------------------------------------------
@@ -424,7 +450,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in keys:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+            import difflib
+
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+            close = close or [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r} (--set {item}); {hint}valid keys: {', '.join(keys)}")
         target = cfg
         *parents, leaf = key.split(".")
         for p in parents:

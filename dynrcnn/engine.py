@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from dynrcnn import checkpoint, runs
-from dynrcnn.config import Config, resolve_lr, resolved_lr
-from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
+from dynrcnn.errors import ConfigError
 from dynrcnn.hooks import HookBase, default_hooks
 from dynrcnn.model import build_model, dynamic_head
 from dynrcnn.weights import init_backbone
@@ -156,12 +156,13 @@ class Trainer:
     """One training run of ``cfg`` (a resolved copy) into ``out``; see the module docstring."""
 
     def __init__(self, cfg: Config, out: Path, resume: bool, device: str, progress: bool,
-                 stop_after: int | None, hooks: list[HookBase] | None = None):
+                 stop_after: int | None, hooks: list[HookBase] | None = None, overwrite: bool = False):
         cfg.validate()
         self.cfg, self.lr_message = resolve_lr(cfg)
         if self.cfg.data_root:  # config.json works from any cwd
             self.cfg.data_root = str(Path(self.cfg.data_root).expanduser().resolve())
-        self.out, self.resume, self.progress = Path(out), resume, progress
+        self.out, self.resume, self.progress, self.overwrite = Path(out), resume, progress, overwrite
+        runs.check_out_dir(self.out, resume, overwrite)  # before anything starts (every rank)
         self.ckpt_dir = runs.checkpoint_dir(self.out)
         self.dist = setup_distributed(device)
         self.world, self.main = self.dist.world_size, self.dist.is_main
@@ -176,7 +177,7 @@ class Trainer:
         if self.cfg.ims_per_batch % self.world:
             raise ConfigError(f"ims_per_batch={self.cfg.ims_per_batch} is not divisible by the number of "
                               f"processes ({self.world}); use --set ims_per_batch=<multiple of {self.world}>")
-        dev = torch.device(device)
+        dev = torch.device(check_device(device))
         if dev.type == "cuda" and self.world > 1:
             dev = torch.device("cuda", self.dist.local_rank)
         if dev.type == "cuda":
@@ -188,11 +189,9 @@ class Trainer:
     # ---- setup
 
     def find_checkpoint(self) -> dict | None:
-        """The checkpoint to resume from (``None``: fresh start); refuses to overwrite one."""
+        """The checkpoint to resume from (``None``: fresh start; ``runs.check_out_dir`` has
+        refused to start afresh over a run)."""
         if not self.resume:
-            if runs.has_checkpoints(self.out):
-                raise CheckpointError(f"{self.out} already holds checkpoints: pass --resume to continue "
-                                      "that run, or choose another --out")
             return None
         found = checkpoint.find_resume_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None
         if found is None:
@@ -216,6 +215,9 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
         self.dataset = load_dataset(cfg.data_root, cfg.train_split, train=True)
+        self.data = runs.data_record(self.dataset)
+        if self.ckpt is not None:
+            runs.check_resume(self.out, cfg, self.data)  # the run's record stays true
         self.model = build_model(cfg, self.dataset.num_classes)
         if self.ckpt is None:
             init_backbone(self.model, cfg)  # pretrained backbone of a fresh run (RPN and head stay fresh)
@@ -246,9 +248,12 @@ class Trainer:
         self.ckpt_dir.mkdir(exist_ok=True)
         runs.prepare_logs(self.out, self.start_iter if self.ckpt is not None else None,
                           finished=self.start_iter >= self.cfg.max_iter)
-        runs.write_config(self.out, self.cfg, self.world, data=runs.data_record(self.dataset))
+        if self.ckpt is None or not runs.is_run_dir(self.out):  # a resume keeps the recorded config
+            runs.write_config(self.out, self.cfg, self.world, data=self.data)
         env = environment(self.dev, self.world)
         env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
+        if self.ckpt is not None:  # what may differ from config.json (runs.MAY_CHANGE_ON_RESUME)
+            env["resumed_with"] = {k: getattr(self.cfg, k) for k in runs.MAY_CHANGE_ON_RESUME}
         runs.write_env(self.out, env)
         self.writers = runs.open_loggers(self.out, self.cfg.log_stats)
         try:
@@ -318,6 +323,18 @@ class Trainer:
             torch.distributed.barrier()
 
     def run(self) -> TrainResult:
+        lock = runs.RunLock(self.out) if self.main else None
+        if lock is not None:
+            lock.acquire()  # a second writer of the same run directory is refused
+        try:
+            if self.main and self.overwrite:
+                runs.clear_run(self.out)
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         self.ckpt = self.find_checkpoint()
@@ -366,26 +383,29 @@ class Trainer:
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = "cpu",
-          progress: bool = True) -> Path:
+          progress: bool = True, overwrite: bool = False) -> Path:
     """Train ``cfg`` into the run directory ``out_dir`` (created); return its path.
 
     ``resume=True`` continues from ``out_dir/checkpoints/last.pth`` (or the newest readable
-    periodic checkpoint). With ``cfg.eval_at_end`` the final model is evaluated on
-    ``cfg.val_split`` (``eval.json``). Under ``torchrun`` this runs distributed.
+    periodic checkpoint) and refuses settings or data other than the recorded ones
+    (``runs.check_resume``). A folder holding a run is refused unless ``resume`` or
+    ``overwrite`` (which deletes that run's files first). With ``cfg.eval_at_end`` the final
+    model is evaluated on ``cfg.val_split`` (``eval.json``). Under ``torchrun`` this runs
+    distributed.
     """
-    return train_model(cfg, out_dir, resume=resume, device=device, progress=progress).run_dir
+    return train_model(cfg, out_dir, resume=resume, device=device, progress=progress, overwrite=overwrite).run_dir
 
 
 def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = "cpu",
                 progress: bool = True, stop_after: int | None = None,
-                hooks: list[HookBase] | None = None) -> TrainResult:
+                hooks: list[HookBase] | None = None, overwrite: bool = False) -> TrainResult:
     """:func:`train`, returning the trained (unwrapped) model as well.
 
     ``stop_after=N`` stops after iteration ``N`` as if the process had been stopped right
     after writing a checkpoint there (``last.pth`` is written; no ``train_done.json``, no
     evaluation): the hook the resume tests use. ``hooks`` run after the stock ones.
     """
-    return Trainer(cfg, Path(out_dir), resume, device, progress, stop_after, hooks).run()
+    return Trainer(cfg, Path(out_dir), resume, device, progress, stop_after, hooks, overwrite).run()
 
 
 __all__ = ["train", "train_model", "TrainResult", "Trainer", "HookBase", "lr_at", "setup_distributed",

@@ -25,7 +25,7 @@ import torch
 
 from dynrcnn import runs
 from dynrcnn.checkpoint import load_for_eval
-from dynrcnn.config import IOU_THRESHOLDS
+from dynrcnn.config import IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
@@ -175,6 +175,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     from dynrcnn.model import build_model
 
     _coco_classes(evaluator)  # fail early with a clear message
+    check_device(device)
     run = Path(run_dir)
     cfg = runs.read_config(run)
     tag = runs.sanitise_tag(name) if name is not None else runs.eval_tag(run, data_root)
@@ -191,24 +192,25 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     model = build_model(cfg, dataset.num_classes)
     _check_num_classes(ckpt["model"], dataset, ckpt_path)
     model.load_state_dict(ckpt["model"])
-    detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
-                              num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
-    runs.write_detections(run, detections, tag)
-    metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
-    metrics.update({
-        "images_per_sec": ips,
-        "evaluator": evaluator,
-        "checkpoint": str(ckpt_path),
-        "checkpoint_iteration": int(ckpt["iteration"]),
-        "num_images": len(dataset),
-        **data,  # data_root, split, annotation_sha256
-        "device": str(device),
-    })
-    path = runs.write_eval(run, metrics, tag)
-    if progress:
-        print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
-              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
-    return metrics
+    with runs.RunLock(run):  # not while another process trains or evaluates this run
+        detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
+                                  num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
+        runs.write_detections(run, detections, tag)
+        metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
+        metrics.update({
+            "images_per_sec": ips,
+            "evaluator": evaluator,
+            "checkpoint": str(ckpt_path),
+            "checkpoint_iteration": int(ckpt["iteration"]),
+            "num_images": len(dataset),
+            **data,  # data_root, split, annotation_sha256
+            "device": str(device),
+        })
+        path = runs.write_eval(run, metrics, tag)
+        if progress:
+            print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
+                  f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
+        return metrics
 
 
 __all__ = ["evaluate", "coco_metrics", "ap_per_iou", "detections_to_coco", "predict", "EVALUATORS",

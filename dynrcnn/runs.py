@@ -162,14 +162,22 @@ def _json_default(o):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old or the new file."""
+    """Write ``data`` to ``path`` so that a reader sees either the old or the new file; a
+    failed write leaves no temporary file behind (and :class:`DynrcnnError` says why)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DynrcnnError(f"cannot write {path.name} ({path}): {e.strerror or e}; "
+                               "free disk space or fix the folder's permissions, then resume") from e
+        raise
 
 
 def write_json(path: Path, obj, indent: int | None = 2) -> None:
@@ -433,12 +441,21 @@ def load_run(run_dir: str | Path) -> Run:
 
 def find_runs(root: str | Path) -> list[Run]:
     """Every run directory (a folder with ``config.json``) under ``root``, sorted by path
-    ([] when ``root`` is not a folder)."""
+    ([] when ``root`` is not a folder); one whose ``config.json`` is unreadable is skipped
+    with a warning."""
     root = Path(root)
     if not root.is_dir():
         return []
     dirs = sorted({p.parent for p in root.rglob(CONFIG)})
-    return [load_run(d) for d in dirs]
+    found = []
+    for d in dirs:
+        try:
+            found.append(load_run(d))
+        except DynrcnnError as e:  # one torn config.json must not hide the other runs
+            import sys
+
+            print(f"warning: skipped {d}: {e}", file=sys.stderr)
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -517,9 +534,171 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# reuse rules (what the train notebook and the report do with an existing run directory)
+# overwrite rules and the lock: no silent overwrite, no concurrent writers
+
+LOCK = "dynrcnn.lock"
+#: settings that may change when a run is resumed (they do not change what is trained); every
+#: other setting, and the training data (``config.json``'s ``data``), must stay as recorded
+MAY_CHANGE_ON_RESUME = ("num_workers", "log_period", "checkpoint_period", "keep_checkpoints", "log_stats",
+                        "eval_at_end", "eval_batch_size", "tf32")
+_TAGGED = re.compile(r"(eval|detections)-.+\.json")
+
+
+def artefacts(run_dir) -> list[str]:
+    """Names of the run artefacts in ``run_dir`` (every file this module names, tagged
+    evaluations included; the lock excepted), sorted."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    known = {CONFIG, ENV, TRAIN_DONE, DETECTIONS, EVAL, CHECKPOINTS, TENSORBOARD, *LOG_FILES}
+    return sorted(p.name for p in run_dir.iterdir() if p.name in known or _TAGGED.fullmatch(p.name))
+
+
+def clear_run(run_dir) -> None:
+    """Remove the run artefacts of ``run_dir`` (other files are left alone)."""
+    import shutil
+
+    for name in artefacts(run_dir):
+        path = Path(run_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_out_dir(run_dir, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, a fresh start (without ``overwrite``) into a folder
+    holding any run artefact, and a resume of a finished run that has no checkpoint left (a
+    resume of a run that stopped before its first checkpoint starts it again)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DynrcnnError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    if resume and overwrite:
+        raise DynrcnnError("--resume continues a run and --overwrite deletes it; pass one of them")
+    held = artefacts(run_dir)
+    if overwrite or not held:
+        return
+    if not resume:
+        raise DynrcnnError(f"{run_dir} already holds a run ({', '.join(held[:4])}); pass --resume to continue it, "
+                           "--overwrite to delete it and train again, or choose another --out")
+    if not has_checkpoints(run_dir) and (is_finished(run_dir) or is_evaluated(run_dir)):
+        raise DynrcnnError(f"{run_dir} holds a finished run ({', '.join(held[:4])}) but no checkpoint to resume "
+                           f"from ({CHECKPOINTS}/ is empty); pass --overwrite to train it again from scratch")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """``RUN_DIR/dynrcnn.lock`` (holder's pid and host) for as long as one process writes the run.
+
+    A second writer is refused with the holder's pid; a lock whose process is gone (same host)
+    is stale and taken over. Re-entrant within a process (training evaluates under its own lock).
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.owned = False
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "RunLock":
+        import socket
+
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return self  # this process holds it already
+                same_host = holder.get("host") == me["host"]
+                if same_host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]):
+                    raise DynrcnnError(f"{self.path.parent} is being written by process {holder['pid']} "
+                                       f"({self.path}); wait for it to finish or stop it") from None
+                if holder and not same_host:
+                    raise DynrcnnError(f"{self.path.parent} is locked by process {holder.get('pid')} on "
+                                       f"{holder.get('host')} ({self.path}); delete the lock file if that "
+                                       "process no longer runs") from None
+                import sys
+
+                print(f"removing the stale lock {self.path} (process {holder.get('pid')} is gone)", file=sys.stderr)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.owned = True
+            return self
+        raise DynrcnnError(f"could not take the lock {self.path}; another process took it; try again")
+
+    def release(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------
+# the immutable training record and the reuse rules
 
 _NOT_COMPARED = ("lr", "data_root", "num_workers")  # resolved by the engine / machine-specific
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_diff(recorded: dict, cfg, ignore=(), missing_differs: bool = True) -> list[str]:
+    """``key: recorded -> wanted`` for every setting of ``cfg`` that differs from the
+    ``recorded`` config (dotted keys; ``ignore``: top-level or dotted keys not compared; a key
+    the record lacks counts as a difference only with ``missing_differs``)."""
+    rec, wanted = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict())))
+    diffs = []
+    for key, value in wanted.items():
+        if key in ignore or key.split(".")[0] in ignore or (key not in rec and not missing_differs):
+            continue
+        if rec.get(key) != value:
+            diffs.append(f"{key}: {rec.get(key)!r} -> {value!r}")
+    return diffs
+
+
+def check_resume(run_dir, cfg, data: dict) -> None:
+    """Refuse to resume ``run_dir`` with settings or data other than those it recorded (the
+    run's record stays true); :data:`MAY_CHANGE_ON_RESUME` may differ."""
+    recorded = read_json(Path(run_dir) / CONFIG)
+    if recorded is None:
+        return
+    diffs = config_diff(recorded, cfg, ignore=MAY_CHANGE_ON_RESUME + ("data_root",), missing_differs=False)
+    held = recorded.get(DATA_RECORD) or {"data_root": recorded.get("data_root")}
+    if held.get("data_root") and not same_path(held["data_root"], data["data_root"]):
+        diffs.append(f"data_root: {held['data_root']!r} -> {data['data_root']!r}")
+    if held.get("annotation_sha256") not in (None, data["annotation_sha256"]):
+        diffs.append(f"{DATA_RECORD}.annotation_sha256: the training annotation file changed since the run started")
+    if diffs:
+        raise DynrcnnError(f"--resume would change what {run_dir} was trained with ({'; '.join(diffs)}); resume "
+                           f"with the settings in {Path(run_dir) / CONFIG}, or train into a new --out "
+                           f"(only {', '.join(MAY_CHANGE_ON_RESUME)} may change)")
 
 
 def reusable(run_dir, cfg) -> tuple[bool, str]:
@@ -531,18 +710,7 @@ def reusable(run_dir, cfg) -> tuple[bool, str]:
     run_dir = Path(run_dir)
     if not is_complete(run_dir):
         return False, f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
-    recorded = read_json(run_dir / CONFIG) or {}
-    wanted = json.loads(json.dumps(cfg.to_dict()))
-    diffs = []
-    for key, value in wanted.items():
-        if key in _NOT_COMPARED:
-            continue
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if recorded.get(key, {}).get(k) != v:
-                    diffs.append(f"{key}.{k}: {recorded.get(key, {}).get(k)!r} -> {v!r}")
-        elif recorded.get(key) != value:
-            diffs.append(f"{key}: {recorded.get(key)!r} -> {value!r}")
+    diffs = config_diff(read_json(run_dir / CONFIG) or {}, cfg, ignore=_NOT_COMPARED)
     if diffs:
         return False, f"{run_dir} was trained with another config ({'; '.join(diffs[:5])})"
     return True, f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"

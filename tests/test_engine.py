@@ -9,7 +9,7 @@ import torch
 from dynrcnn.config import apply_overrides, get_preset
 from dynrcnn.checkpoint import find_resume_checkpoint, read_checkpoint
 from dynrcnn.engine import train, train_model
-from dynrcnn.errors import CheckpointError
+from dynrcnn.errors import CheckpointError, DynrcnnError
 from dynrcnn.model import dynamic_head
 from dynrcnn.runs import load_run, read_jsonl
 
@@ -146,7 +146,7 @@ def test_refuses_checkpoint_of_other_method(full_run, tiny_root, tmp_path):
     with pytest.raises(CheckpointError, match="convention 'mmdet'.*'official'"):
         train(tiny_cfg(tiny_root, "dynamic.convention=official"), out, resume=True, progress=False)
     # a fresh start over an existing run is refused too
-    with pytest.raises(CheckpointError, match="--resume"):
+    with pytest.raises(DynrcnnError, match="--resume"):
         train(tiny_cfg(tiny_root), out, progress=False)
 
 

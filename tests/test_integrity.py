@@ -141,3 +141,212 @@ def test_image_size_checked_by_verify_and_at_load_time(tmp_path, capsys):
     ds = load_dataset(root, "val", train=False)
     with pytest.raises(DataError, match=r"image id 2: .* is 80x64 px but its annotation says 64x64"):
         ds[1]
+
+
+# ---- the immutable training record, --set, overwrite refusals, the lock
+
+
+def test_set_lr_is_honoured_and_unknown_keys_get_the_closest_name():
+    from dynrcnn.config import build_config, resolve_lr
+    from dynrcnn.errors import ConfigError
+
+    cfg = build_config("mini_smoke", "dynamic", overrides=["lr=0.05", "ims_per_batch=2"])
+    resolved, message = resolve_lr(cfg)
+    assert resolved.lr == 0.05 and "set explicitly" in message  # not silently rescaled to 0.01
+    with pytest.raises(ConfigError, match="did you mean 'dynamic.interval'"):
+        build_config("mini_smoke", "dynamic", overrides=["dynamic.intervall=5"])
+    with pytest.raises(ConfigError, match="did you mean 'model.rpn_nms_thresh'"):
+        build_config("mini_smoke", "dynamic", overrides=["rpn_nms_thresh=0.85"])
+
+
+def test_resume_refuses_changed_settings_and_keeps_the_record(done_run, data_root, tmp_path):
+    from dynrcnn.engine import train_model
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(data_root, "max_iter=8", "eval_at_end=false")
+    train_model(cfg, out, progress=False, stop_after=4)
+    record = (out / runs.CONFIG).read_bytes()
+    with pytest.raises(DynrcnnError, match=r"--resume would change .*\(seed: 0 -> 3; lr: 0.01 -> 0.05\)"):
+        train(tiny_cfg(data_root, "max_iter=8", "eval_at_end=false", "seed=3", "lr=0.05"), out, resume=True,
+              progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(data_root, other)
+    (other / "annotations" / "instances_train.json").write_text(
+        (other / "annotations" / "instances_train.json").read_text().replace('"seed":0', '"seed":7'))
+    with pytest.raises(DynrcnnError, match=r"data_root: .*; data.annotation_sha256: the training annotation"):
+        train(tiny_cfg(other, "max_iter=8", "eval_at_end=false"), out, resume=True, progress=False)
+    assert (out / runs.CONFIG).read_bytes() == record
+    # settings that do not change what is trained may change; config.json keeps the record
+    train(tiny_cfg(data_root, "max_iter=8", "eval_at_end=false", "log_period=4", "keep_checkpoints=1"), out,
+          resume=True, progress=False)
+    assert (out / runs.CONFIG).read_bytes() == record
+    env = json.loads((out / runs.ENV).read_text())
+    assert env["resumed_from_iteration"] == 4 and env["resumed_with"]["log_period"] == 4
+
+
+def test_no_silent_overwrite_of_any_run_artefact(done_run, data_root, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(done_run, out)
+    shutil.rmtree(out / runs.CHECKPOINTS)  # a finished run whose checkpoints were deleted to save space
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    cfg = tiny_cfg(data_root, "max_iter=4")
+    with pytest.raises(DynrcnnError, match=r"already holds a run \(config.json, .*--overwrite"):
+        train(cfg, out, progress=False)
+    with pytest.raises(DynrcnnError, match="no checkpoint to resume from"):
+        train(cfg, out, resume=True, progress=False)
+    assert snapshot(out) == before
+    train(cfg, out, progress=False, overwrite=True)  # explicit: the run is replaced, other files kept
+    assert (out / "notes.txt").read_text() == "mine" and runs.has_checkpoints(out)
+    assert not (out / runs.LOCK).exists()
+
+
+def test_lock_refuses_a_second_writer_and_takes_over_a_stale_one(done_run, data_root, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    shutil.copytree(done_run, out)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / runs.LOCK).write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        with pytest.raises(DynrcnnError, match=f"being written by process {live.pid}"):
+            train(tiny_cfg(data_root, "max_iter=4", "eval_at_end=true"), out, resume=True, progress=False)
+        with pytest.raises(DynrcnnError, match=f"being written by process {live.pid}"):
+            evaluate(out)
+    finally:
+        live.kill()
+        live.wait()
+    # the holder is gone: the lock is stale and taken over (then released)
+    with runs.RunLock(out) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with runs.RunLock(out):  # re-entrant in the same process (training evaluates under its lock)
+            pass
+        assert lock.path.exists()
+    assert not (out / runs.LOCK).exists()
+
+
+def test_report_force_retrains_over_an_existing_run(done_run, data_root, tmp_path):
+    """What the train notebook does under `dynrcnn report --force` (the notebook passes overwrite=force)."""
+    import nbformat
+
+    from dynrcnn.report.profiles import NOTEBOOK_DIR
+
+    out = tmp_path / "run"
+    shutil.copytree(done_run, out)
+    cfg = tiny_cfg(data_root, "max_iter=4", "eval_at_end=true")
+    action, why = runs.train_action(out, cfg, force=True)
+    assert action == "train"
+    train(cfg, out, resume=(action == "resume"), progress=False, overwrite=True)
+    assert runs.is_complete(out)
+    source = "".join(c.source for c in nbformat.read(NOTEBOOK_DIR / "03_train.ipynb", as_version=4).cells)
+    assert "overwrite=force" in source
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "last.pth"
+    target.mkdir()  # the final rename fails
+    with pytest.raises(DynrcnnError, match=r"cannot write last.pth"):
+        runs.atomic_write_bytes(target, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+
+
+def test_runs_listing_survives_a_torn_config(done_run, tmp_path, capsys):
+    from dynrcnn.cli import main
+
+    shutil.copytree(done_run, tmp_path / "good")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / runs.CONFIG).write_text('{"method": "dyn')
+    assert main(["runs", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "good" in captured.out and "skipped" in captured.err and "torn" in captured.err
+
+
+# ---- every bad input: exit code 2, one line `error: ...`, no file changed
+
+
+def _other_classes(root, tmp):
+    """A copy of ``root`` whose annotations have one category less."""
+    other = tmp / "fewer_classes"
+    shutil.copytree(root, other)
+    for split in ("train", "val"):
+        path = other / "annotations" / f"instances_{split}.json"
+        d = json.loads(path.read_text())
+        drop = d["categories"][-1]["id"]
+        d["categories"] = d["categories"][:-1]
+        d["annotations"] = [a for a in d["annotations"] if a["category_id"] != drop]
+        path.write_text(json.dumps(d))
+    return other
+
+
+def _broken_image(root, tmp):
+    """A copy of ``root`` with a truncated training image (found by a data-loader worker)."""
+    other = tmp / "broken"
+    shutil.copytree(root, other)
+    for p in (other / "train").glob("*.png"):
+        p.write_bytes(p.read_bytes()[:100])
+    return other
+
+
+TRAIN = ["train", "--preset", "mini_smoke", "--no-progress", "--set", "max_iter=4", "--set", "ims_per_batch=2",
+         "--set", "model.min_size=64", "--set", "model.max_size=64", "--set", "num_workers=0",
+         "--set", "eval_at_end=false", "--set", "checkpoint_period=4", "--set", "log_period=2",
+         "--set", "dynamic.interval=2", "--set", "warmup_iters=2", "--set", "lr_steps=3"]
+
+BAD_INPUTS = {
+    # id: (argv built from (data_root, run, tmp), what the error line says)
+    "checkpoint_period=0": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", t / "new", "--set",
+                                                     "checkpoint_period=0"], "checkpoint_period must be >= 1"),
+    "log_period=0": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", t / "new", "--set", "log_period=0"],
+                     "log_period must be >= 1"),
+    "num_workers=-1": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", t / "new", "--set", "num_workers=-1"],
+                       "num_workers must be >= 0"),
+    "unknown --set key": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", t / "new", "--set", "seeed=1"],
+                          "did you mean 'seed'"),
+    "--device without a GPU": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", t / "new", "--device", "cuda"],
+                               "no usable CUDA GPU"),
+    "--out is a file": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", r / runs.CONFIG], "is a file"),
+    "fresh start over a run": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", r], "already holds a run"),
+    "--resume with other settings": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", r, "--resume",
+                                                              "--seed", "5"], "would change what"),
+    "--resume and --overwrite": (lambda d, r, t: TRAIN + ["--data-root", d, "--out", r, "--resume", "--overwrite"],
+                                 "pass one of them"),
+    "eval on data with other classes": (lambda d, r, t: ["eval", r, "--no-progress", "--data-root",
+                                                         _other_classes(d, t)], "the checkpoint predicts"),
+    "eval name clash": (lambda d, r, t: ["eval", r, "--no-progress", "--data-root", t / "x" / "mini"],
+                        "already holds results on"),
+    "bad --base-url": (lambda d, r, t: ["data", "coco", "--root", t / "coco", "--base-url", "images.example.org",
+                                        "--quiet"], "is not an http(s)://"),
+    "data mini over foreign files": (lambda d, r, t: ["data", "mini", "--out", r, "--quiet"],
+                                     "did not write"),
+    "data-loader worker error": (lambda d, r, t: TRAIN + ["--data-root", _broken_image(d, t), "--out", t / "new",
+                                                          "--set", "num_workers=1"], "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_error_line_and_changes_nothing(case, done_run, data_root, tmp_path, capsys):
+    import torch
+
+    from dynrcnn.cli import main
+
+    if case == "--device without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = tmp_path / "run"
+    shutil.copytree(done_run, run)
+    (run / "eval-mini.json").write_text(json.dumps({"data_root": "/elsewhere/mini"}))  # for the name clash
+    (tmp_path / "x").mkdir()
+    shutil.copytree(data_root, tmp_path / "x" / "mini")
+    make_argv, says = BAD_INPUTS[case]
+    argv = [str(a) for a in make_argv(str(data_root), run, tmp_path)]
+    before = {"run": snapshot(run), "data": snapshot(data_root)}
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], err
+    assert "Traceback" not in err
+    assert {"run": snapshot(run), "data": snapshot(data_root)} == before
+    assert not (tmp_path / "new" / runs.CONFIG).exists() or case == "data-loader worker error"
