@@ -20,14 +20,19 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--profile", choices=sorted(PROFILES), default="mini", help="what to run (default mini)")
-    p.add_argument("--out", default=None, help="where executed notebooks and HTML go (default build/report)")
-    p.add_argument("--runs-root", default=None, help="run directories (default runs/<profile>)")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="folder for every default output below (build/report, runs/, figures/, generated data, "
+                        "README.md's results block when DIR/README.md has its markers); default: this checkout "
+                        "when run from inside it, else the current directory")
+    p.add_argument("--out", default=None, help="where executed notebooks and HTML go (default ROOT/build/report)")
+    p.add_argument("--runs-root", default=None, help="run directories (default ROOT/runs/<profile>)")
     p.add_argument("--data-root", default=None,
                    help="dataset folder (default: the profile's; required for coco)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu for smoke/mini, cuda if available for coco)")
     p.add_argument("--jobs", type=int, default=None,
                    help="training runs in parallel, one process each (default 2 on CPU, 1 on GPU)")
-    p.add_argument("--force", action="store_true", help="retrain runs even when complete")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every run from scratch, replacing complete ones (their files are deleted first)")
     p.add_argument("--extra-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="also train the profile's seed runs (mini: the RPN-NMS-0.85 baseline and dynamic) with these seeds (runs named "
                         "<run>_seed<N>), so the verdicts use a measured seed-noise band instead of "

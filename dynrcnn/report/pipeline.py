@@ -138,12 +138,22 @@ def _notebook_env(threads: int):
                 os.environ[k] = v
 
 
-def _resolve_data_root(profile: Profile, data_root) -> Path:
+def report_root(root=None) -> Path:
+    """Where the report's default outputs go (``build/report``, ``runs/``, ``figures/``, the
+    generated data, README's results block): ``root`` when given, else this checkout when the
+    working directory is inside it, else the working directory."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    return REPO if cwd == REPO or REPO in cwd.parents else cwd
+
+
+def _resolve_data_root(profile: Profile, data_root, root: Path = REPO) -> Path:
     if data_root is None:
         if profile.data_root is None:
             raise DynrcnnError(f"profile {profile.name!r} needs --data-root (a COCO 2017 folder with "
                                "annotations/instances_{train2017,val2017}.json and the image folders)")
-        data_root = REPO / profile.data_root
+        data_root = root / profile.data_root
     data_root = Path(data_root).resolve()
     if profile.generate is None and not (data_root / "annotations").is_dir():
         raise DynrcnnError(f"{data_root} has no annotations/ folder: not a COCO-format dataset")
@@ -187,18 +197,20 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
 def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
                  device: str | None = None, jobs: int | None = None, force: bool = False,
                  figures_dir=None, progress: bool = True, seed: int | None = None,
-                 extra_seeds=()) -> PipelineResult:
+                 extra_seeds=(), root=None) -> PipelineResult:
     """Run the whole report for ``profile`` (see the module docstring); returns where it went.
-    ``extra_seeds`` repeats the profile's baseline and dynamic runs with those seeds."""
+    ``extra_seeds`` repeats the profile's baseline and dynamic runs with those seeds. Outputs
+    not given explicitly go under ``root`` (:func:`report_root`)."""
     from tqdm.auto import tqdm
 
     profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
     t0 = time.perf_counter()
-    out = Path(out or REPO / "build" / "report").resolve()
-    runs_root = Path(runs_root or REPO / "runs" / profile.name).resolve()
-    data_root = _resolve_data_root(profile, data_root)
+    root = report_root(root)
+    out = Path(out or root / "build" / "report").resolve()
+    runs_root = Path(runs_root or root / "runs" / profile.name).resolve()
+    data_root = _resolve_data_root(profile, data_root, root)
     if figures_dir is None:
-        figures_dir = REPO / profile.figures_dir if profile.figures_dir else out / "figures"
+        figures_dir = root / profile.figures_dir if profile.figures_dir else out / "figures"
     figures_dir = Path(figures_dir).resolve()
     device = device or profile.default_device
     jobs = max(1, int(jobs if jobs is not None else (2 if device == "cpu" else 1)))
@@ -223,7 +235,7 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
             if profile.readme:
                 command = f"dynrcnn report --profile {profile.name}" + (
                     f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
-                update_readme(REPO / "README.md", runs_root, figures_dir, command)
+                update_readme(root / "README.md", runs_root, figures_dir, command)  # only with its markers
             bar.update(1)
     finally:
         bar.close()
@@ -235,7 +247,7 @@ def main_report(args) -> int:
     try:
         result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
                               device=args.device, jobs=args.jobs, force=args.force,
-                              extra_seeds=args.extra_seeds or ())
+                              extra_seeds=args.extra_seeds or (), root=args.root)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
