@@ -112,6 +112,8 @@ class ModelConfig:
             raise ConfigError(f"model.box_beta must be > 0, got {self.box_beta}")
         if self.anchor_style not in ("torchvision", "mmdet"):
             raise ConfigError(f"model.anchor_style must be 'torchvision' or 'mmdet', got {self.anchor_style!r}")
+        if not 0 <= self.trainable_backbone_layers <= 5:
+            raise ConfigError(f"model.trainable_backbone_layers must be in 0..5, got {self.trainable_backbone_layers}")
         if self.roi_sampling_ratio < 0:
             raise ConfigError(f"model.roi_sampling_ratio must be >= 0 (0: adaptive), got {self.roi_sampling_ratio}")
 
@@ -268,7 +270,16 @@ def build_config(preset: str, method: str, seed: int | None = None, data_root=No
         cfg.dynamic.convention = convention
     apply_overrides(cfg, list(overrides or []))
     cfg.validate()
+    _check_overrides_apply(cfg, overrides or [])
     return cfg
+
+
+def _check_overrides_apply(cfg: Config, overrides) -> None:
+    """Refuse a ``--set`` the run would ignore (every override is honoured or refused)."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if "model.trainable_backbone_layers" in keys and not cfg.model.pretrained_backbone:
+        raise ConfigError("model.trainable_backbone_layers applies only with model.pretrained_backbone=true (a "
+                          "backbone without ImageNet weights trains every layer); drop that --set")
 
 
 def default_device() -> str:

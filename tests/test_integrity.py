@@ -157,6 +157,10 @@ def test_set_lr_is_honoured_and_unknown_keys_get_the_closest_name():
         build_config("mini_smoke", "dynamic", overrides=["dynamic.intervall=5"])
     with pytest.raises(ConfigError, match="did you mean 'model.rpn_nms_thresh'"):
         build_config("mini_smoke", "dynamic", overrides=["rpn_nms_thresh=0.85"])
+    # a setting the run would ignore is refused, not dropped
+    with pytest.raises(ConfigError, match="applies only with model.pretrained_backbone=true"):
+        build_config("mini_smoke", "dynamic", overrides=["model.trainable_backbone_layers=3"])
+    assert build_config("coco_r50_fpn_1x", "dynamic", overrides=["model.trainable_backbone_layers=2"])
 
 
 def test_resume_refuses_changed_settings_and_keeps_the_record(done_run, data_root, tmp_path):
