@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from dynrcnn import runs
-from dynrcnn.config import (CONVENTIONS, METHODS, PRESET_HELP, PRESETS, build_config, check_device, default_device,
-                            valid_keys)
+from dynrcnn.config import (CONVENTIONS, METHODS, PRESET_HELP, PRESETS, PRETRAIN_DATA, build_config, check_device,
+                            default_device, valid_keys)
 
 
 def _presets_text() -> str:
@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
     runs.check_out_dir(args.out, args.resume, args.overwrite)
     from dynrcnn.pretrain import resolve_backbone
 
-    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:mini -> a file
+    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:<preset> -> a file
     train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress,
           overwrite=args.overwrite)
     return 0
@@ -55,7 +55,7 @@ def cmd_pretrain(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path, sha = ensure_pretrained(args.root, device=args.device, progress=not args.no_progress)
+    path, sha = ensure_pretrained(args.preset, args.root, device=args.device, progress=not args.no_progress)
     print(f"backbone weights: {path}\nsha256: {sha}")
     return 0
 
@@ -122,9 +122,11 @@ def register(subparsers) -> None:
         description="Train the mini_pretrain baseline on a benchmark drawn with its own data seed (never the "
                     "evaluation images) and keep its backbone (ResNet body + FPN) as "
                     "ROOT/backbone-<recipe hash>.pth with a JSON record of its SHA-256 and recipe. Runs of the "
-                    "mini preset (model.backbone_weights=pretrained:mini) start from it; 'dynrcnn train' builds it "
+                    "mini preset (model.backbone_weights=pretrained:mini_pretrain) start from it; 'dynrcnn train' builds it "
                     "automatically when it is missing. Existing weights of the same recipe are checked and reused.",
         formatter_class=fmt)
+    p.add_argument("--preset", default="mini_pretrain", choices=sorted(PRETRAIN_DATA),
+                   help="pretraining preset (default: %(default)s; mini_pretrain_smoke is a seconds-long version for tests)")
     p.add_argument("--root", default="data/pretrained", metavar="DIR",
                    help="folder for the weights, the pretraining data and its run (default: %(default)s)")
     p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")

@@ -109,6 +109,16 @@ def centre_error(regression_targets: Tensor) -> Tensor:
     return regression_targets[:, :2].abs().mean(dim=1)
 
 
+def convention_median(values, convention: str) -> float:
+    """The median at the beta update: ``mmdet`` takes numpy's (the mean of the two middle
+    values for an even count), ``official`` ``sorted(values)[len // 2]`` (the upper middle)."""
+    ordered = sorted(float(v) for v in values)
+    n = len(ordered)
+    if convention == "official":
+        return ordered[n // 2]
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
 class DynamicRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` with switchable DLA and DSL (Faster R-CNN box branch only).
 
@@ -397,14 +407,8 @@ class DynamicRoIHeads(RoIHeads):
         return {name: packed[2 * i][packed[2 * i + 1] > 0.5] for i, name in enumerate(RECORDS)}
 
     def median(self, values: Tensor) -> float:
-        """The median of the error record as this convention's reference computes it.
-
-        ``mmdet``: numpy's median (the mean of the two middle values for an even count);
-        ``official``: ``sorted(values)[len // 2]``, the upper middle value.
-        """
-        if self.convention == "official":
-            return float(torch.sort(values.double()).values[values.numel() // 2])
-        return float(torch.quantile(values.double(), 0.5))
+        """The median of the error record as this convention's reference computes it."""
+        return convention_median(values.detach().double().cpu().tolist(), self.convention)
 
     def update(self) -> DynamicUpdate:
         """Apply the C-iteration update from the records (all ranks) and clear them."""

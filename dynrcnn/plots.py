@@ -282,6 +282,67 @@ def ap_vs_iou_figure(runs, baseline=None) -> Figure:
     return _finish(fig, "Where the gain is: AP against IoU threshold", runs_caption(runs))
 
 
+def _group_color(method: str, nms, i: int = 0):
+    if method == "baseline" and nms not in (None, BASELINE_RPN_NMS):
+        return "black"
+    return METHOD_COLORS.get(method, f"C{i}")
+
+
+def ap_gain_figure(curves: list[dict], gains: list[dict], cap: str) -> Figure:
+    """Left: AP at each IoU threshold per configuration (mean over seeds, band: the seeds'
+    range). Right: the AP difference at each threshold with its 95 % interval (band).
+    ``curves``/``gains`` come from :mod:`dynrcnn.report.curves`."""
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, c in enumerate(curves):
+        col = _group_color(c["method"], c["nms"], i)
+        ax1.plot(c["x"], c["mean"], "o-", color=col, ms=3.5, label=f"{c['label']}, {c['seeds']} seed(s)")
+        if c["seeds"] > 1:
+            ax1.fill_between(c["x"], c["low"], c["high"], color=col, alpha=0.15)
+    for i, g in enumerate(gains):
+        col = f"C{i + 3}"
+        ax2.plot(g["x"], g["estimate"], "o-", color=col, ms=3.5, label=f"{g['label']} ({g['seeds']})")
+        ax2.fill_between(g["x"], g["low"], g["high"], color=col, alpha=0.2)
+    ax2.axhline(0, color="0.3", lw=1)
+    ax1.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP at each IoU threshold (band: range over seeds)")
+    ax2.set(xlabel="IoU threshold", ylabel="difference in AP (points)",
+            title="Dynamic R-CNN minus baseline (band: 95% interval)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5)
+    return _finish(fig, "Where the gain is: AP against IoU threshold", cap)
+
+
+def trajectory_figure(trajs: list[dict], authors: dict | None, cap: str) -> Figure:
+    """IoU threshold, SmoothL1 beta and the share of proposals at or above the threshold in use,
+    against training progress (fraction of the schedule, log scale), mean over seeds per
+    configuration; the authors' published threshold points for comparison."""
+    fig = Figure(figsize=(13, 4))
+    axes = fig.subplots(1, 3)
+    for i, t in enumerate(trajs):
+        col = METHOD_COLORS.get(t["method"], f"C{i}")
+        for ax, key in zip(axes, ("iou_threshold", "beta", "fg_fraction")):
+            if t.get(key) is None:
+                continue
+            it, val = t[key]
+            ok = np.isfinite(val) & (it > 0)
+            if ok.any():
+                ax.step(it[ok] / t["max_iter"], val[ok], where="post", color=col, lw=2,
+                        label=f"{t['label']}, mean of {t['seeds']} seed(s)")
+    if authors is not None:
+        axes[0].plot(authors["progress"], authors["iou_threshold"], "k*", ms=9, label=authors["label"])
+    axes[0].axhline(0.5, color="0.4", ls="--", lw=1, label="baseline's fixed 0.5")
+    axes[0].set(ylabel="R-CNN IoU threshold", title="label assignment threshold")
+    axes[1].set(ylabel="SmoothL1 beta", title="regression loss beta")
+    axes[2].set(ylabel="share of RPN proposals", title="proposals at or above the threshold")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("training progress (fraction of the schedule, log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6.5)
+    return _finish(fig, "Dynamic threshold and beta against training progress, with the authors' trajectory", cap)
+
+
 def ap_per_iou_run_figure(run) -> Figure:
     """AP at each IoU threshold of one run (bars)."""
     e = run.eval

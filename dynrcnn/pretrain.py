@@ -6,15 +6,16 @@ and training from scratch for a few CPU minutes leaves the detector too weak for
 high-IoU regime the method is about. So the project pretrains its own backbone once, the same
 way for every run:
 
-* a Faster R-CNN *baseline* (the ``mini_pretrain`` preset) is trained on a miniature benchmark
-  drawn with its own data seed (:data:`PRETRAIN_DATA_SEED`), never on the evaluation images;
+* a Faster R-CNN *baseline* (a pretraining preset, e.g. ``mini_pretrain``) is trained on a
+  miniature benchmark drawn with its own data seed (:data:`PRETRAIN_DATA_SEED`), never on the
+  evaluation images;
 * only the backbone (ResNet body and FPN) is kept; every run's RPN and R-CNN head start fresh
-  (:func:`init_backbone`), as when fine-tuning from ImageNet;
-* the weights are written to ``<root>/backbone-<recipe hash>.pth`` with a JSON record of their
-  SHA-256 and the recipe. A run's config records the file and its checksum; loading checks it.
-  A changed recipe (preset fields, data seed, generator version) gives a new hash, so stale
-  weights are never reused, and missing weights are rebuilt (``dynrcnn pretrain`` or
-  automatically when a run asks for ``model.backbone_weights=pretrained:mini``).
+  (:func:`dynrcnn.weights.init_backbone`), as when fine-tuning from ImageNet;
+* the weights are written to ``<root>/backbone-<preset>-<recipe hash>.pth`` with a JSON record
+  of their SHA-256 and the recipe. A run's config records the file and its checksum; loading
+  checks it. A changed recipe (preset fields, data seed and size, generator version) gives a
+  new hash, so stale weights are never reused; missing weights are rebuilt (``dynrcnn
+  pretrain``, or automatically when a run asks for ``model.backbone_weights=pretrained:<preset>``).
 
 The recipe is deterministic on one device and thread count; the checksum pins the exact file a
 run used, so two machines that rebuild slightly different weights never mix them silently.
@@ -23,104 +24,114 @@ run used, so two machines that rebuild slightly different weights never mix them
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from dynrcnn.config import PRETRAINED_AUTO, Config, get_preset
+from dynrcnn.config import PRETRAIN_DATA, PRETRAINED_PREFIX, Config, get_preset
 from dynrcnn.engine import train_model
-from dynrcnn.errors import CheckpointError
+from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.mini import FORMAT_VERSION, generate_mini
+from dynrcnn.runs import atomic_write_bytes
 from dynrcnn.weights import extract_backbone, file_sha256
 
-PRETRAIN_PRESET = "mini_pretrain"
-PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 by default)
+PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
 DEFAULT_ROOT = Path("data") / "pretrained"
 
 
-def pretrain_config(data_root: str | Path) -> Config:
-    """The pretraining run's config: the ``mini_pretrain`` preset on ``data_root``."""
-    cfg = get_preset(PRETRAIN_PRESET)
+def pretrain_preset(value: str) -> str | None:
+    """The pretraining preset named by a ``model.backbone_weights`` value, or None for a file."""
+    if not value.startswith(PRETRAINED_PREFIX):
+        return None
+    name = value[len(PRETRAINED_PREFIX):]
+    if name not in PRETRAIN_DATA:
+        raise ConfigError(f"model.backbone_weights={value}: no pretraining preset {name!r}; "
+                          f"choose one of {', '.join(PRETRAINED_PREFIX + n for n in PRETRAIN_DATA)}")
+    return name
+
+
+def pretrain_config(preset: str, data_root: str | Path = "") -> Config:
+    """The pretraining run's config: ``preset`` on ``data_root``."""
+    cfg = get_preset(preset)
     cfg.data_root = str(data_root)
     return cfg
 
 
-def data_recipe(cfg: Config) -> dict:
+def data_recipe(preset: str) -> dict:
     """The generated data the pretraining run reads (what ``dynrcnn data mini`` is asked for)."""
-    return {"seed": PRETRAIN_DATA_SEED, "n_train": 2000, "n_val": 100,
-            "image_size": cfg.model.min_size, "format_version": FORMAT_VERSION}
+    n_train, n_val = PRETRAIN_DATA[preset]
+    return {"seed": PRETRAIN_DATA_SEED, "n_train": n_train, "n_val": n_val,
+            "image_size": get_preset(preset).model.min_size, "format_version": FORMAT_VERSION}
 
 
-def recipe(cfg: Config) -> dict:
+def recipe(preset: str) -> dict:
     """Everything the weights depend on (but where they are stored)."""
-    d = cfg.to_dict()
-    d.pop("data_root")
-    d["model"].pop("backbone_weights")
-    d["model"].pop("backbone_sha256")
-    return {"config": d, "data": data_recipe(cfg), "kept": "backbone (ResNet body + FPN)"}
+    d = pretrain_config(preset).to_dict()
+    for key in ("data_root", "lr"):
+        d.pop(key, None)
+    for key in ("backbone_weights", "backbone_sha256"):
+        d["model"].pop(key, None)
+    return {"preset": preset, "config": d, "data": data_recipe(preset), "kept": "backbone (ResNet body + FPN)",
+            "torch": torch.__version__.split("+")[0]}
 
 
-def recipe_hash(rec: dict) -> str:
-    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
+def weights_path(preset: str, root: str | Path = DEFAULT_ROOT) -> Path:
+    """Where the weights of ``preset``'s current recipe live under ``root``."""
+    digest = hashlib.sha256(json.dumps(recipe(preset), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"backbone-{preset}-{digest}.pth"
 
 
-def weights_path(root: str | Path = DEFAULT_ROOT) -> Path:
-    """Where the weights of the current recipe live under ``root``."""
-    return Path(root) / f"backbone-{recipe_hash(recipe(pretrain_config('')))}.pth"
+def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_ROOT, device: str = "cpu",
+                      progress: bool = True, log=print) -> tuple[Path, str]:
+    """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
 
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def ensure_pretrained(root: str | Path = DEFAULT_ROOT, device: str = "cpu", progress: bool = True,
-                      log=print) -> tuple[Path, str]:
-    """Return ``(path, sha256)`` of the current recipe's backbone weights, building them if missing.
-
-    Building generates the pretraining benchmark under ``root/data-seed<N>`` (if missing),
-    trains the ``mini_pretrain`` baseline into ``root/run-<hash>`` (resuming an interrupted
-    build), keeps the backbone and writes ``backbone-<hash>.pth`` plus ``backbone-<hash>.json``.
+    Building generates the pretraining benchmark under ``root`` (if missing), trains the
+    preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps
+    the backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
-    path = weights_path(root)
+    path = weights_path(preset, root)
     record = path.with_suffix(".json")
     if path.is_file() and record.is_file():
         sha = json.loads(record.read_text())["sha256"]
         if file_sha256(path) == sha:
             return path, sha
-        raise CheckpointError(f"{path} does not match the SHA-256 in {record}: delete both and rerun")
-
-    cfg0 = pretrain_config("")
-    data = data_recipe(cfg0)
-    data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px"
+        raise CheckpointError(f"{path} does not match the SHA-256 in {record}: delete both and rerun "
+                              "'dynrcnn pretrain'")
+    data = data_recipe(preset)
+    data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
     if not (data_root / "annotations" / "instances_val.json").is_file():
-        log(f"pretraining data: generating {data['n_train']} images (seed {data['seed']}) into {data_root}")
+        log(f"pretraining data: drawing {data['n_train']} images (data seed {data['seed']}) into {data_root}")
         generate_mini(data_root, seed=data["seed"], n_train=data["n_train"], n_val=data["n_val"],
                       image_size=data["image_size"], progress=progress)
-    cfg = pretrain_config(data_root)
-    run_dir = root / f"run-{path.stem.split('-', 1)[1]}"
-    log(f"pretraining the backbone ({cfg.max_iter} iterations, {PRETRAIN_PRESET}) into {run_dir}")
+    cfg = pretrain_config(preset, data_root)
+    run_dir = root / ("run-" + path.stem[len("backbone-"):])
+    log(f"pretraining the backbone: {cfg.max_iter} iterations of {preset} into {run_dir}")
     result = train_model(cfg, run_dir, resume=run_dir.exists(), device=device, progress=progress)
-    state = extract_backbone(result.model.state_dict())
-    _atomic_save(state, path)
+    buffer = io.BytesIO()
+    torch.save(extract_backbone(result.model.state_dict()), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     sha = file_sha256(path)
-    rec = {"sha256": sha, "recipe": recipe(cfg0), "run_dir": str(run_dir)}
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=2, sort_keys=True))
-    os.replace(tmp, record)
+    rec = {"sha256": sha, "recipe": recipe(preset), "run_dir": str(run_dir)}
+    atomic_write_bytes(record, json.dumps(rec, indent=2, sort_keys=True).encode())
     log(f"backbone weights: {path} (sha256 {sha[:12]})")
     return path, sha
 
 
 def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str = "cpu",
                      progress: bool = True) -> Config:
-    """A copy of ``cfg`` whose ``backbone_weights=pretrained:mini`` names a concrete, checksummed file."""
-    if cfg.model.backbone_weights != PRETRAINED_AUTO:
+    """A copy of ``cfg`` whose ``backbone_weights=pretrained:<preset>`` names a concrete,
+    checksummed file (built if missing); other configs are returned unchanged."""
+    preset = pretrain_preset(cfg.model.backbone_weights)
+    if preset is None:
         return cfg
-    path, sha = ensure_pretrained(root, device=device, progress=progress)
+    path, sha = ensure_pretrained(preset, root, device=device, progress=progress)
     model = dataclasses.replace(cfg.model, backbone_weights=str(Path(path).resolve()), backbone_sha256=sha)
     return dataclasses.replace(cfg, model=model)
+
+
+__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "pretrain_preset", "pretrain_config", "data_recipe",
+           "recipe", "weights_path", "ensure_pretrained", "resolve_backbone"]

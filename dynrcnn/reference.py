@@ -2,7 +2,7 @@
 
 Nothing here is measured by this project: these are the numbers of the paper (abstract), the
 authors' official repository, MMDetection's model zoo and the seed reproduction (one GPU,
-MMDetection), as collected in DESIGN.md section 4. All AP values are COCO bbox AP in percent,
+MMDetection). See docs/method.md for the method and the recipe. All AP values are COCO bbox AP in percent,
 ResNet-50-FPN, 1x schedule unless the description says otherwise. The report never compares a
 miniature-benchmark number to them as if it were a COCO number (see :mod:`dynrcnn.report.claims`).
 """
@@ -87,7 +87,7 @@ REFERENCES: tuple[Reference, ...] = (
 BY_KEY = {r.key: r for r in REFERENCES}
 
 # RPN NMS thresholds of the published runs: the baselines used 0.7, Dynamic R-CNN 0.85
-# (DESIGN.md sec. 2), so the published gain mixes the method with an RPN change.
+# (docs/method.md), so the published gain mixes the method with an RPN change.
 BASELINE_RPN_NMS = 0.7
 DYNAMIC_RPN_NMS = 0.85
 
@@ -98,6 +98,16 @@ CLAIM_KEYS = (
     "official_r50_1x", "mmdet_dynamic_r50_1x", "mmdet_faster_r50_1x",
     "seed_ap50", "seed_ap75", "seed_aps", "seed_apm", "seed_apl",
 )
+
+
+# The authors' published threshold trajectory: the first author's answer in the official
+# repository's issue #3 (MMDetection, R50-FPN 1x, 16 images per iteration, 90k iterations).
+AUTHORS_TRAJECTORY = {
+    "source": "first author, official repository issue #3 (MMDetection R50-FPN 1x, 90k iterations)",
+    "max_iter": 90000,
+    "iteration": (100, 200, 300, 500),
+    "iou_threshold": (0.42, 0.49, 0.52, 0.54),
+}
 
 
 def get(key: str) -> Reference:

@@ -15,9 +15,44 @@ from dynrcnn.runs import load_run, threshold_at
 IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
 
 
+def write_gt(data_root, n_images=40, seed=0) -> Path:
+    """A COCO annotation file ``DATA_ROOT/annotations/instances_val.json`` (no images: enough for
+    the per-image matching behind the report's intervals)."""
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "file_name": f"{i:06d}.png", "width": 128, "height": 128})
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = rng.uniform(0, 70, 2)
+            w, h = rng.uniform(15, 50, 2)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 3)),
+                         "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": 0})
+    path = Path(data_root) / "annotations" / "instances_val.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return path
+
+
+def write_detections(run: Path, data_root, jitter: float, seed: int) -> None:
+    """``detections.json``: every ground-truth box, moved by ``jitter`` pixels (Gaussian) per
+    coordinate; a smaller jitter gives a higher AP, the more so at high IoU."""
+    gt = json.loads((Path(data_root) / "annotations" / "instances_val.json").read_text())
+    rng = np.random.default_rng(seed)
+    dets = []
+    for a in gt["annotations"]:
+        x, y, w, h = (v + jitter * rng.standard_normal() for v in a["bbox"])
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                     "bbox": [x, y, max(w, 1.0), max(h, 1.0)], "score": float(rng.uniform(0.3, 1.0))})
+    (run / "detections.json").write_text(json.dumps(dets))
+
+
 def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=None, sec_per_iter=0.5,
-              rpn_nms=0.7, iters=100, interval=10, log_stats=True, device="cpu", data_root="") -> Path:
-    """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic)."""
+              rpn_nms=0.7, iters=100, interval=10, log_stats=True, device="cpu", data_root="",
+              jitter=None) -> Path:
+    """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic). With
+    ``jitter`` (and a ``data_root`` holding :func:`write_gt`'s annotations), ``detections.json``
+    and eval.json's AP come from ground-truth boxes moved by that many pixels."""
     from dynrcnn.config import build_config as make_config
 
     run = Path(root) / name
@@ -71,6 +106,13 @@ def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=
     (run / "train_done.json").write_text(json.dumps({"iterations": iters, "wall_time_sec": iters * sec_per_iter,
                                                       "sec_per_iter_median": sec_per_iter,
                                                       "images_per_sec": 4 / sec_per_iter}))
+    if jitter is not None:
+        from dynrcnn.evaluation import coco_metrics
+
+        write_detections(run, data_root, jitter, seed * 1000 + len(name))
+        m = coco_metrics(Path(data_root) / "annotations" / "instances_val.json",
+                         json.loads((run / "detections.json").read_text()))
+        ap, ap_per_iou = m["AP"], m["AP_per_iou"]
     per_iou = list(ap_per_iou) if ap_per_iou is not None else [ap + 25 - 5 * i for i in range(10)]
     (run / "eval.json").write_text(json.dumps({
         "AP": ap, "AP50": per_iou[0], "AP75": per_iou[5], "APs": ap - 10, "APm": ap, "APl": ap + 10,

@@ -13,25 +13,16 @@ from dynrcnn import reference, report
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.config import build_config
 from dynrcnn.runs import find_runs, load_run, train_action
-from tests.test_plots import write_run  # synthetic run directories
+from tests.test_plots import write_gt, write_run  # synthetic run directories
 
 
 # ------------------------------------------------------------------ verdicts on hand-made numbers
 
-def test_verdict_delta_miniature():
-    assert report.verdict_delta(3.0, 1.9, "miniature", 1.0).sentence.startswith("direction reproduced at miniature scale")
-    assert "magnitude not comparable to COCO" in report.verdict_delta(3.0, 1.9, "miniature", 1.0).sentence
-    neg = report.verdict_delta(-2.5, 1.9, "miniature", 1.0)
-    assert neg.status == "contradicted" and neg.sentence.startswith("not reproduced") and "-2.5" in neg.sentence
-    assert report.verdict_delta(0.4, 1.9, "miniature", 1.0).sentence.startswith("inconclusive")
-    assert report.verdict_delta(-0.4, 1.9, "miniature", 1.0).sentence.startswith("inconclusive")
-    assert report.verdict_delta(float("nan"), 1.9, "miniature", 1.0).sentence.startswith("not measured")
-
-
 def test_verdict_delta_coco():
-    assert report.verdict_delta(1.8, 1.9, "COCO", 0.3).sentence.startswith("reproduced")
-    assert report.verdict_delta(1.0, 1.9, "COCO", 0.3).sentence.startswith("partly reproduced")
-    assert report.verdict_delta(-0.5, 1.9, "COCO", 0.3).sentence.startswith("not reproduced")
+    assert report.verdict_delta(1.8, 1.9, 0.3).sentence.startswith("reproduced")
+    assert report.verdict_delta(1.0, 1.9, 0.3).sentence.startswith("partly reproduced")
+    assert report.verdict_delta(-0.5, 1.9, 0.3).sentence.startswith("not reproduced")
+    assert report.verdict_delta(float("nan"), 1.9, 0.3).status == "not-testable"
 
 
 def test_verdict_absolute_and_overhead():
@@ -44,83 +35,121 @@ def test_verdict_absolute_and_overhead():
 
 
 def test_verdict_statuses():
-    assert report.verdict_delta(3.0, 1.9, "miniature", 1.0).status == "reproduced"
-    assert report.verdict_delta(0.4, 1.9, "miniature", 1.0).status == "inconclusive"
-    assert report.verdict_delta(float("nan"), 1.9, "miniature", 1.0).status == "not-testable"
     assert report.verdict_absolute(60.0, 38.9, "miniature").status == "not-testable"
     assert report.verdict_absolute(38.7, 38.9, "COCO").status == "reproduced"
+    assert report.verdict_delta(-0.5, 1.9, 0.3).status == "contradicted"
     assert set(report.STATUSES) == {"reproduced", "contradicted", "inconclusive", "not-testable"}
-
-
-def test_noise_tolerance():
-    tol, text = report.noise_tolerance("AP", [1.0], [2.0])
-    assert tol == report.MINI_NOISE["AP"] and "assumed" in text
-    tol, text = report.noise_tolerance("AP", [30.0, 31.0, 32.0], [29.0, 29.5, 30.0])
-    se = math.sqrt(np.var([30, 31, 32], ddof=1) / 3 + np.var([29, 29.5, 30], ddof=1) / 3)
-    assert tol == pytest.approx(max(2 * se, 0.5)) and "3+3 seeds" in text
 
 
 # ------------------------------------------------------------------ tables from synthetic runs
 
 @pytest.fixture()
 def mini_runs(tmp_path):
-    root = tmp_path / "runs"
-    per_iou_b = [50, 48, 45, 42, 38, 33, 27, 20, 10, 2]
-    per_iou_d = [49, 48, 46, 44, 41, 37, 31, 25, 16, 4]  # gain at high IoU
-    write_run(root, "baseline", "baseline", ap=31.5, ap_per_iou=per_iou_b, sec_per_iter=0.50)
-    write_run(root, "dla", "dla", ap=32.0, sec_per_iter=0.51)
-    write_run(root, "dsl", "dsl", ap=31.0, sec_per_iter=0.50)
-    write_run(root, "dynamic", "dynamic", ap=33.1, ap_per_iou=per_iou_d, sec_per_iter=0.52)
-    write_run(root, "baseline_nms085", "baseline", ap=33.5, rpn_nms=0.85, sec_per_iter=0.5)
+    # detections are ground-truth boxes moved by `jitter` px: the dynamic runs localise better
+    # (a clear gain, most of it at high IoU), DSL as well as the baselines
+    root, data = tmp_path / "runs", tmp_path / "data"
+    write_gt(data, n_images=40)
+    kw = dict(data_root=str(data))
+    for seed in (0, 1):
+        suffix = "" if seed == 0 else f"_seed{seed}"
+        write_run(root, "baseline" + suffix, "baseline", seed=seed, jitter=3.0, sec_per_iter=0.50, **kw)
+        write_run(root, "dynamic" + suffix, "dynamic", seed=seed, jitter=1.0, sec_per_iter=0.52, rpn_nms=0.85, **kw)
+        write_run(root, "baseline_nms085" + suffix, "baseline", seed=seed, jitter=2.9, rpn_nms=0.85,
+                  sec_per_iter=0.5, **kw)
+    write_run(root, "dla", "dla", jitter=1.5, sec_per_iter=0.51, rpn_nms=0.85, **kw)
+    write_run(root, "dsl", "dsl", jitter=2.9, sec_per_iter=0.50, rpn_nms=0.85, **kw)
     return root
 
 
+def _mean(runs, method, nms, key):
+    vals = [r.eval[key] for r in runs if r.method == method and r.config["model"]["rpn_nms_thresh"] == nms]
+    return sum(vals) / len(vals)
+
+
 def test_ablation_table(mini_runs):
-    ab = report.ablation_table(find_runs(mini_runs))
-    assert list(ab["configuration"]) == ["baseline", "DLA only", "DSL only", "DLA + DSL", "baseline (RPN NMS 0.85)"]
-    for col in ("AP", "AP50", "AP75", "AP90", "ΔAP vs baseline", "scale"):
+    runs = find_runs(mini_runs)
+    ab = report.ablation_table(runs)
+    assert list(ab["configuration"]) == ["baseline", "DLA only (RPN NMS 0.85)", "DSL only (RPN NMS 0.85)",
+                                         "DLA + DSL (RPN NMS 0.85)", "baseline (RPN NMS 0.85)"]
+    for col in ("AP", "AP50", "AP75", "AP90", "ΔAP vs baseline", "ΔAP 95% CI", "ΔAP90 95% CI", "scale"):
         assert col in ab
-    row = ab.set_index("configuration").loc["DLA + DSL"]
-    assert row["AP90"] == 16  # AP_per_iou[8]: IoU 0.90 selected by index
-    assert row["ΔAP90 vs baseline"] == pytest.approx(6)
-    assert row["ΔAP vs baseline"] == pytest.approx(1.6)
+    row = ab.set_index("configuration").loc["DLA + DSL (RPN NMS 0.85)"]
+    assert row["seeds"] == 2
+    assert row["AP90"] == pytest.approx(_mean(runs, "dynamic", 0.85, "AP90"))  # AP_per_iou[8], by index
+    # against the baseline at the same RPN NMS, with an interval that excludes 0 (jitter 1 vs 2.9 px)
+    assert row["ΔAP vs baseline"] == pytest.approx(_mean(runs, "dynamic", 0.85, "AP") - _mean(runs, "baseline", 0.85, "AP"))
+    low, high = (float(v) for v in row["ΔAP 95% CI"].strip("[]").split(","))
+    assert 0 < low < row["ΔAP vs baseline"] < high
     assert (ab["scale"] == "miniature benchmark (not COCO)").all()
     assert list(ab["DLA"]) == ["", "yes", "", "yes", ""] and list(ab["DSL"]) == ["", "", "yes", "yes", ""]
 
 
 def test_claims_table_miniature(mini_runs):
-    cl = report.claims_table(find_runs(mini_runs))
+    runs = find_runs(mini_runs)
+    items = {c.key: c for c in report.claims(runs)}
+    cl = report.claims_table(runs)
     assert list(cl.columns) == ["claim", "source", "published", "ours", "difference", "tolerance", "verdict",
                                 "scale", "compared"]
     assert cl["verdict"].map(bool).all() and cl["tolerance"].map(bool).all()
-    by = cl.set_index("claim")
-    ap = by.loc[reference.get("paper_delta_ap").description]
-    assert ap["ours"] == pytest.approx(1.6) and ap["source"] == "paper abstract" and ap["published"] == 1.9
-    assert ap["verdict"].startswith("direction reproduced at miniature scale")
-    ap90 = by.loc[reference.get("paper_delta_ap90").description]
-    assert ap90["ours"] == pytest.approx(6) and ap90["verdict"].startswith("direction reproduced")
-    over = by.loc[reference.get("paper_overhead").description]
-    assert over["ours"] == pytest.approx(0.52 / 0.50) and over["verdict"].startswith("reproduced")
-    absolute = by.loc[reference.get("official_r50_1x").description]
-    assert absolute["verdict"].startswith("not testable") and math.isnan(absolute["difference"])
+    ap = items["paper_delta_ap"]  # the paper's comparison: dynamic (0.85) vs the RPN NMS 0.7 baseline
+    assert ap.ours == pytest.approx(_mean(runs, "dynamic", 0.85, "AP") - _mean(runs, "baseline", 0.7, "AP"))
+    assert ap.source == "paper abstract" and ap.published == 1.9 and ap.status == "reproduced"
+    assert ap.sentence.startswith("direction reproduced at miniature scale") and "2 vs 2 seed(s), paired" in ap.sentence
+    assert ap.intervals["own"]["low"] > 0
+    fair = items["paper_delta_ap_same_nms"]  # and against the baseline at the same RPN NMS
+    assert fair.status == "reproduced" and "(RPN NMS 0.85 vs 0.85)" in fair.compared
+    assert items["paper_delta_ap90"].status == "reproduced"
+    assert items["paper_overhead"].ours == pytest.approx(0.52 / 0.50) and items["paper_overhead"].status == "reproduced"
+    absolute = items["official_r50_1x"]
+    assert absolute.status == "not-testable" and math.isnan(absolute.difference)
     assert set(cl["source"]) >= {"paper abstract", "official repo", "MMDet model zoo", "seed reproduction"}
     assert (cl["scale"] == "miniature benchmark (not COCO)").all()
-    # the RPN NMS confound is reported next to the claims
+    # the RPN NMS confound is reported next to the claims, with its interval
     ctx = cl[cl["claim"].str.startswith("(context) baseline RPN NMS 0.7 -> 0.85")]
-    assert len(ctx) == 2 and ctx.iloc[0]["ours"] == pytest.approx(2.0)
+    assert len(ctx) == 2 and ctx.iloc[0]["ours"] == pytest.approx(
+        _mean(runs, "baseline", 0.85, "AP") - _mean(runs, "baseline", 0.7, "AP"))
+    assert "[" in ctx.iloc[0]["verdict"]
 
 
 def test_claims_negative_result_reported(tmp_path):
-    root = tmp_path / "runs"
-    write_run(root, "baseline", "baseline", ap=33.0, ap_per_iou=[50, 48, 45, 42, 38, 33, 27, 20, 12, 2])
-    write_run(root, "dynamic", "dynamic", ap=30.0, ap_per_iou=[47, 45, 42, 39, 35, 30, 24, 17, 9, 1],
-              sec_per_iter=0.8)
-    cl = report.claims_table(find_runs(root)).set_index("claim")
-    ap = cl.loc[reference.get("paper_delta_ap").description]
-    assert ap["ours"] == pytest.approx(-3.0) and ap["verdict"].startswith("not reproduced at miniature scale")
-    ap90 = cl.loc[reference.get("paper_delta_ap90").description]
-    assert ap90["verdict"].startswith("not reproduced")
-    assert cl.loc[reference.get("paper_overhead").description, "verdict"].startswith("not reproduced")
+    root, data = tmp_path / "runs", tmp_path / "data"
+    write_gt(data, n_images=40)
+    for seed in (0, 1, 2):
+        suffix = "" if seed == 0 else f"_seed{seed}"
+        write_run(root, "baseline" + suffix, "baseline", seed=seed, jitter=1.0, data_root=str(data))
+        write_run(root, "dynamic" + suffix, "dynamic", seed=seed, jitter=3.5, data_root=str(data), sec_per_iter=0.8)
+    items = {c.key: c for c in report.claims(find_runs(root))}
+    assert items["paper_delta_ap"].ours < 0 and items["paper_delta_ap"].status == "contradicted"
+    assert items["paper_delta_ap"].sentence.startswith("contradicted at miniature scale")
+    assert items["paper_delta_ap90"].status == "contradicted"
+    assert items["paper_overhead"].status == "contradicted"
+
+
+def test_second_benchmark_must_agree(mini_runs, tmp_path):
+    # the same runs "evaluated" on a second benchmark where dynamic is worse: the verdict that
+    # holds on one benchmark only is inconclusive
+    other = tmp_path / "other"
+    write_gt(other, n_images=40, seed=5)
+    from tests.test_plots import write_detections
+
+    for r in find_runs(mini_runs):
+        jitter = 4.0 if r.method == "dynamic" else 1.0
+        write_detections(r.path, other, jitter, r.seed)
+        (r.path / "detections.json").rename(r.path / "detections-other.json")
+        write_detections(r.path, r.config["data_root"], 1.0 if r.method == "dynamic" else 3.0, r.seed)
+        (r.path / "eval-other.json").write_text(json.dumps({**r.eval, "data_root": str(other), "split": "val"}))
+    items = {c.key: c for c in report.claims(find_runs(mini_runs))}
+    ap = items["paper_delta_ap"]
+    assert set(ap.intervals) == {"own", "other"}
+    assert ap.intervals["own"]["status"] == "reproduced" and ap.intervals["other"]["status"] == "contradicted"
+    assert ap.status == "inconclusive" and "the benchmarks disagree" in ap.sentence
+
+
+def test_missing_detections_are_not_testable(tmp_path):
+    write_run(tmp_path / "runs", "baseline", "baseline")
+    write_run(tmp_path / "runs", "dynamic", "dynamic")
+    items = {c.key: c for c in report.claims(find_runs(tmp_path / "runs"))}
+    assert items["paper_delta_ap"].status == "not-testable"
 
 
 def test_claims_coco_scale(tmp_path):
@@ -157,7 +186,7 @@ def test_compute_environment_and_readme(mini_runs, tmp_path):
     env = report.environment_table(runs)
     assert "papermill" in env and env["torch"].iloc[0] == "2.x"
     md = report.readme_table(mini_runs)
-    assert "miniature benchmark (not COCO)" in md and "| DLA + DSL |" in md
+    assert "miniature benchmark (not COCO)" in md and "| DLA + DSL (RPN NMS 0.85) |" in md
     assert "this report (miniature)" in md and "published (COCO)" in md
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table_lines[:7]}) == 1  # ablation rows well formed
@@ -166,7 +195,8 @@ def test_compute_environment_and_readme(mini_runs, tmp_path):
 def test_ap_per_iou_table_and_eval_table(mini_runs):
     runs = find_runs(mini_runs)
     t = report.ap_per_iou_table(runs).set_index("run")
-    assert list(t.columns)[8] == "AP@0.90" and t.loc["dynamic", "AP@0.90"] == 16
+    assert list(t.columns)[8] == "AP@0.90"
+    assert t.loc["dynamic", "AP@0.90"] == load_run(mini_runs / "dynamic").eval["AP_per_iou"][8]
     e = report.eval_table(runs)
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP90", "scale"} <= set(e.columns)
 
@@ -183,7 +213,8 @@ def test_sentences(mini_runs):
     runs = find_runs(mini_runs)
     assert "same directions as the paper" in report.trend_sentence(runs)
     s = report.ap_sentence(runs)
-    assert "+6.0 at 0.90" in s and "miniature" in s
+    gain = _mean(runs, "dynamic", 0.85, "AP90") - _mean(runs, "baseline", 0.7, "AP90")
+    assert f"{gain:+.1f} at 0.90" in s and "miniature" in s
 
 
 # ------------------------------------------------------------------ profiles, configs, reuse
@@ -210,8 +241,13 @@ def test_plan_order(tmp_path):
     steps = report.plan(report.get_profile("mini"), tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu",
                         tmp_path / "fig", force=False)
     kinds = [s.kind for s in steps]
-    assert kinds == ["data"] + ["train"] * 5 + ["evaluate"] * 5 + ["method", "results"]
+    n = len(report.get_profile("mini").runs)
+    assert n == 15  # 5 configurations x 3 seeds
+    assert kinds == ["data"] + ["train"] * n + ["evaluate"] * n + ["method", "results"]
     assert steps[-2].params["run_dir"].endswith("dynamic")
+    # every run is also evaluated on the second benchmark (another data seed)
+    assert steps[0].params["second_seed"] == 2 and steps[0].params["second_root"].endswith("data-seed2")
+    assert all(s.params["extra_data_roots"] == [steps[0].params["second_root"]] for s in steps if s.kind == "evaluate")
     assert all(set(s.params) <= _notebook_params(s.notebook) for s in steps)
 
 
@@ -223,8 +259,9 @@ def _notebook_params(stem):
 
 def test_train_action(mini_runs):
     run_dir = mini_runs / "dynamic"
-    cfg = build_config("mini", "dynamic", overrides=["max_iter=100", "dynamic.interval=10",
-                                                           "log_stats=true", "log_period=10"])
+    cfg = build_config("mini", "dynamic", data_root=str(mini_runs.parent / "data"),
+                       overrides=["max_iter=100", "dynamic.interval=10", "log_stats=true", "log_period=10",
+                                  "model.rpn_nms_thresh=0.85"])
     assert train_action(run_dir, cfg)[0] == "reuse"
     assert train_action(run_dir, cfg, force=True)[0] == "train"
     other = build_config("mini", "dynamic", overrides=["max_iter=200"])
@@ -256,18 +293,21 @@ def test_update_readme_replaces_only_the_marked_block(mini_runs, tmp_path):
     assert unmarked.read_text() == "no markers\n"
 
 
-def test_extra_seeds_repeat_baseline_and_dynamic(tmp_path):
-    prof = report.get_profile("mini").with_seeds([1, 2])
+def test_extra_seeds_repeat_every_configuration(tmp_path):
+    base = report.get_profile("mini")
+    prof = base.with_seeds([3])
     names = [r.name for r in prof.runs]
-    assert names[:5] == [r.name for r in report.get_profile("mini").runs]
-    assert names[5:] == ["baseline_nms085_seed1", "dynamic_seed1", "baseline_nms085_seed2", "dynamic_seed2"]
-    assert {r.seed for r in prof.runs[5:]} == {1, 2} and report.get_profile("mini").with_seeds([0]) == report.get_profile("mini")
+    assert names[:15] == [r.name for r in base.runs]
+    assert names[15:] == ["baseline_seed3", "baseline_nms085_seed3", "dynamic_seed3", "dla_seed3", "dsl_seed3"]
+    assert {r.seed for r in prof.runs[15:]} == {3}
+    assert base.with_seeds([0, 1, 2]) == base  # seeds the profile already has add nothing
     steps = report.plan(prof, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "fig", False)
     train = {s.output: s.params for s in steps if s.kind == "train"}
-    assert train["train_dynamic_seed2"]["seed"] == 2 and train["train_dynamic_seed2"]["method"] == "dynamic"
-    assert "log_stats=true" in train["train_dynamic_seed2"]["overrides"]
-    assert report.NMS_085 in train["train_dynamic_seed2"]["overrides"]
-    assert report.NMS_085 in train["train_baseline_nms085_seed1"]["overrides"]
+    assert train["train_dynamic_seed3"]["seed"] == 3 and train["train_dynamic_seed3"]["method"] == "dynamic"
+    assert "log_stats=true" in train["train_dynamic_seed3"]["overrides"]
+    assert report.NMS_085 in train["train_dynamic_seed3"]["overrides"]
+    assert report.NMS_085 in train["train_baseline_nms085_seed3"]["overrides"]
+    assert report.NMS_085 not in train["train_baseline_seed3"]["overrides"]
 
 
 def test_ablation_delta_uses_the_baseline_at_the_same_rpn_nms(tmp_path):

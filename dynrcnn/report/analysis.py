@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from dynrcnn.config import IOU_THRESHOLDS, method_switches
+from dynrcnn.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
+from dynrcnn.report.intervals import compare, interval
 from dynrcnn.runs import is_miniature, rpn_nms, run_name, scale_label, threshold_at
 
 METRICS = ("AP", "AP50", "AP75", "AP90")
@@ -92,8 +94,11 @@ def _ablation_row(groups, key, base_key) -> dict:
         row[m] = mean(values(rs, m))
     ref_key = ("baseline", nms) if ("baseline", nms) in groups else base_key
     base = {m: mean(values(groups[ref_key], m)) for m in ("AP", "AP90")} if ref_key else {}
+    delta = compare(groups[ref_key], rs) if ref_key and ref_key != key else None
     for m in ("AP", "AP90"):
         row[f"Δ{m} vs baseline"] = row[m] - base[m] if base else float("nan")
+        iv = interval(delta, m)
+        row[f"Δ{m} 95% CI"] = f"[{iv.low:+.2f}, {iv.high:+.2f}]" if iv else "-"
     row["Δ vs"] = f"baseline (RPN NMS {ref_key[1]:g})" if ref_key else "-"
     row["scale"] = scale_label(rs[0].config.get("preset"))
     return row
@@ -102,14 +107,15 @@ def _ablation_row(groups, key, base_key) -> dict:
 def ablation_table(runs) -> pd.DataFrame:
     """Baseline / DLA / DSL / DLA+DSL (and the baseline at another RPN NMS when present):
     AP, AP50, AP75, AP90 (mean over seeds), the gain over the baseline *at the same RPN NMS*
-    when there is one (else the reference baseline), so a row shows the method's own effect."""
+    when there is one (else the reference baseline), so a row shows the method's own effect,
+    with its 95 % interval (paired bootstrap over seeds and images, :mod:`.intervals`)."""
     groups = group_runs(runs)
     base_key = main_key(groups, "baseline")
     order = {m: i for i, m in enumerate(ABLATION_ORDER)}
     keys = sorted(groups, key=lambda k: (k[1] != BASELINE_RPN_NMS and k[0] == "baseline", order.get(k[0], 9), k[1]))
     rows = [_ablation_row(groups, key, base_key) for key in keys]
-    cols = ["configuration", "DLA", "DSL", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline",
-            "ΔAP90 vs baseline", "Δ vs", "runs", "scale"]
+    cols = ["configuration", "DLA", "DSL", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
+            "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs", "runs", "scale"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -131,6 +137,43 @@ def ap_gain_per_iou(runs):
 
 
 # --------------------------------------------------------------------------------------------
+# the dynamic trajectory of a run: when the threshold crossed 0.5, where threshold and beta ended
+
+CROSSING = 0.5  # the baseline's fixed threshold
+
+
+def dynamic_facts(run) -> dict:
+    """Threshold and beta at the end of ``run``, the first update at which the threshold
+    exceeded 0.5 (iteration and fraction of training; None if never), and the share of RPN
+    proposals at or above the threshold in use over the last update window (``fg_fraction``)."""
+    d = run.dynamic
+    out = {"iou_threshold_end": None, "beta_end": None, "crossed_0.5_at": None, "crossed_0.5_fraction": None,
+           "fg_fraction_end": None, "updates": 0}
+    if d is None or not len(d) or "iou_threshold" not in d:
+        return out
+    d = d.sort_values("iteration")
+    total = int(run.config.get("max_iter") or d["iteration"].max() or 1)
+    out["iou_threshold_end"] = float(d["iou_threshold"].iloc[-1])
+    out["beta_end"] = float(d["beta"].iloc[-1])
+    out["updates"] = int(len(d) - 1)
+    above = d[d["iou_threshold"] > CROSSING]
+    if len(above):
+        it = int(above["iteration"].iloc[0])
+        out["crossed_0.5_at"], out["crossed_0.5_fraction"] = it, it / total
+    if "fg_fraction" in d:
+        fg = pd.to_numeric(d["fg_fraction"], errors="coerce").dropna()
+        out["fg_fraction_end"] = float(fg.iloc[-1]) if len(fg) else None
+    return out
+
+
+def dynamic_facts_table(runs) -> pd.DataFrame:
+    """:func:`dynamic_facts` of every run that uses DLA or DSL, one row per run."""
+    rows = [{"run": run_name(r), "method": r.config.get("method"), "seed": r.seed, **dynamic_facts(r)}
+            for r in runs if r.config.get("method") in ("dla", "dsl", "dynamic")]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
 # the method, checked on one run's logs
 
 
@@ -145,7 +188,7 @@ def recompute_updates(run) -> pd.DataFrame:
     """Recompute every dynamic update of ``run`` from its per-iteration statistics.
 
     ``T = max(T_init, mean(IoU statistics))`` and ``beta = min(beta_init, median(error
-    statistics))`` (previous beta kept when the median is below 1e-15) over the statistics of
+    statistics))`` (the run's convention's median; previous beta kept when the median is below 1e-15) over the statistics of
     the iterations since the previous update, next to what the head logged in
     ``dynamic.jsonl``. Requires ``stats.jsonl`` (``log_stats=true``).
     """
@@ -168,7 +211,7 @@ def recompute_updates(run) -> pd.DataFrame:
         if use_dla and len(ious):
             thr = max(t_init, float(np.mean(ious)))
         if use_dsl and len(errs):
-            med = float(np.median(errs))
+            med = convention_median(errs, dyn.get("convention", "mmdet"))
             if med >= 1e-15:
                 beta = min(b_init, med)
         rows.append({"iteration": it, "n_iou": len(ious), "n_beta": len(errs),
@@ -212,4 +255,5 @@ def smooth_l1_gradient(x: float, betas) -> dict[float, float]:
 
 __all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "group_runs", "main_key", "values", "mean", "names",
            "profile_scale", "device_kind", "ablation_table", "iou_thresholds", "ap_gain_per_iou",
-           "recompute_updates", "proposal_quality", "smooth_l1_gradient"]
+           "recompute_updates", "proposal_quality", "smooth_l1_gradient", "CROSSING", "dynamic_facts",
+           "dynamic_facts_table"]

@@ -6,24 +6,26 @@ carry no published claim (the RPN NMS change alone) have status :data:`CONTEXT`.
 
 Tolerances. At COCO scale a published number is "reproduced" within the seed-to-seed spread
 of a 1x R50-FPN run (~0.3 AP). At miniature scale only the direction of a relative claim is
-testable; with one seed per method the noise band is assumed (:data:`MINI_NOISE`), with two
-or more seeds it is 2 standard errors of the difference (never below the assumed band / 2).
+testable, and the verdict follows from the 95 % interval of the difference (a paired
+bootstrap over training seeds and evaluation images, :mod:`dynrcnn.stats`): ``reproduced``
+when it excludes 0 in the paper's direction, ``contradicted`` when it excludes 0 the other
+way, ``inconclusive`` otherwise. When the runs were also evaluated on a second benchmark
+(another data seed), the verdict must hold on every benchmark, else it is ``inconclusive``.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
 from dynrcnn import reference as ref
 from dynrcnn.report.analysis import device_kind, group_runs, main_key, mean, names, profile_scale, values
+from dynrcnn.report.intervals import compare, extra_datasets, interval
 from dynrcnn.runs import TRAIN_DONE, rpn_nms, scale_label
 
 COCO_TOLERANCE = 0.3
-MINI_NOISE = {"AP": 1.0, "AP50": 1.0, "AP75": 1.5, "AP90": 2.0}
 OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "contradicted", "inconclusive", "not-testable"
@@ -55,11 +57,13 @@ class Claim:
     scale: str
     compared: str
     key: str | None = None
+    intervals: dict = field(default_factory=dict)  # benchmark -> Interval.as_dict() (miniature scale)
 
     def row(self) -> dict:
         """The claims-table row (``verdict`` is the sentence)."""
         d = asdict(self)
         d["verdict"] = d.pop("sentence")
+        d.pop("intervals")
         return d
 
 
@@ -70,41 +74,23 @@ TABLE_COLUMNS = ["claim", "source", "published", "ours", "difference", "toleranc
 # verdicts (pure functions of numbers: tested on hand-made values)
 
 
-def noise_tolerance(metric: str, a: list[float], b: list[float]) -> tuple[float, str]:
-    """Noise band of a difference of means at miniature scale, and how it was obtained."""
-    assumed = MINI_NOISE.get(metric, 1.0)
-    if len(a) >= 2 and len(b) >= 2:
-        se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-        tol = max(2 * se, assumed / 2)
-        return tol, f"±{tol:.2f} (2 s.e. over {len(a)}+{len(b)} seeds)"
-    return assumed, f"±{assumed:.1f} (assumed seed noise: {len(a)}+{len(b)} run(s), spread not measured)"
-
-
 def _not_measured(what: str = "missing runs") -> Verdict:
     return Verdict(NOT_TESTABLE, f"not measured ({what})")
 
 
-def verdict_delta(ours: float, published: float, scale: str, tol: float, metric: str = "AP") -> Verdict:
-    """Verdict for a relative claim (``dynamic - baseline`` in AP points). At COCO scale a gain
-    in the published direction whose size is outside the tolerance is ``inconclusive``
-    ("partly reproduced")."""
+def verdict_delta(ours: float, published: float, tol: float = COCO_TOLERANCE, metric: str = "AP") -> Verdict:
+    """Verdict for a relative claim at COCO scale (``dynamic - baseline`` in AP points): within
+    ``tol`` of the published gain is reproduced; a gain in the published direction whose size is
+    outside the tolerance is ``inconclusive`` ("partly reproduced"). (At miniature scale the
+    verdict comes from an interval: :func:`interval_verdict`.)"""
     if ours is None or not math.isfinite(ours):
         return _not_measured()
-    if scale == "COCO":
-        if abs(ours - published) <= tol:
-            return Verdict(REPRODUCED, f"reproduced: {ours:+.1f} vs {published:+.1f} {metric}, within ±{tol:g}")
-        if ours > tol:
-            return Verdict(INCONCLUSIVE, f"partly reproduced: gain {ours:+.1f} {metric} in the published direction, "
-                                         f"magnitude differs by {ours - published:+.1f} (outside ±{tol:g})")
-        return Verdict(CONTRADICTED, f"not reproduced: {ours:+.1f} {metric} vs published {published:+.1f}")
+    if abs(ours - published) <= tol:
+        return Verdict(REPRODUCED, f"reproduced: {ours:+.1f} vs {published:+.1f} {metric}, within ±{tol:g}")
     if ours > tol:
-        return Verdict(REPRODUCED, f"direction reproduced at miniature scale ({ours:+.1f} {metric} > noise "
-                                   f"±{tol:.2g}); magnitude not comparable to COCO")
-    if ours < -tol:
-        return Verdict(CONTRADICTED, f"not reproduced at miniature scale: {ours:+.1f} {metric}, opposite "
-                                     f"direction beyond noise ±{tol:.2g}")
-    return Verdict(INCONCLUSIVE, f"inconclusive at miniature scale: {ours:+.1f} {metric} is within the noise band "
-                                 f"±{tol:.2g}")
+        return Verdict(INCONCLUSIVE, f"partly reproduced: gain {ours:+.1f} {metric} in the published direction, "
+                                     f"magnitude differs by {ours - published:+.1f} (outside ±{tol:g})")
+    return Verdict(CONTRADICTED, f"not reproduced: {ours:+.1f} {metric} vs published {published:+.1f}")
 
 
 def verdict_absolute(ours: float, published: float, scale: str, tol: float = COCO_TOLERANCE,
@@ -146,8 +132,10 @@ def verdict_context(ours: float, tol: float, metric: str) -> Verdict:
 
 
 class _Sides:
-    """The runs a claim compares: the main baseline and dynamic groups, and for timing every
-    finished run of the same method and RPN NMS."""
+    """The runs a claim compares: the main baseline (RPN NMS 0.7 when present, as published),
+    the baseline at the dynamic runs' RPN NMS (the fair comparison), the dynamic group, and for
+    timing every finished run of the same method and RPN NMS. ``datasets`` are the benchmarks
+    the runs were evaluated on (None: their own split; else the names of extra evaluations)."""
 
     def __init__(self, runs):
         self.runs = list(runs)
@@ -157,27 +145,84 @@ class _Sides:
         self.b_key, self.d_key = main_key(self.groups, "baseline"), main_key(self.groups, "dynamic")
         self.base = self.groups.get(self.b_key, []) if self.b_key else []
         self.dyn = self.groups.get(self.d_key, []) if self.d_key else []
+        same = ("baseline", self.d_key[1]) if self.d_key else None
+        self.same_key = same if same in self.groups and same != self.b_key else None
+        self.base_same = self.groups.get(self.same_key, []) if self.same_key else []
         self.compared = f"{names(self.dyn)} vs {names(self.base)}"
         if self.b_key and self.d_key:
             self.compared += f" (RPN NMS {self.d_key[1]:g} vs {self.b_key[1]:g})"
+        self.datasets = [None, *extra_datasets(self.runs)]
 
     def all_of(self, method: str, key) -> list:
         return [r for r in self.runs if r.config.get("method") == method and rpn_nms(r) == (key or (0, 0))[1]]
 
-    def claim(self, r: ref.Reference, ours, difference, tolerance, verdict: Verdict, compared) -> Claim:
-        return Claim(r.description, ref.SOURCE_SHORT[r.source], r.value, ours, difference, tolerance,
-                     verdict.status, verdict.sentence, self.scale_text, compared, r.key)
+    def claim(self, r: ref.Reference, ours, difference, tolerance, verdict: Verdict, compared,
+              key=None, description=None, intervals=None) -> Claim:
+        return Claim(description or r.description, ref.SOURCE_SHORT[r.source], r.value, ours, difference, tolerance,
+                     verdict.status, verdict.sentence, self.scale_text, compared, key or r.key, intervals or {})
 
 
-def _delta_claim(s: _Sides, r: ref.Reference) -> Claim:
-    a, b = values(s.dyn, r.metric), values(s.base, r.metric)
-    ours = mean(a) - mean(b) if a and b else float("nan")
+def dataset_label(dataset: str | None) -> str:
+    return "the evaluation split" if dataset is None else f"benchmark {dataset}"
+
+
+def intervals_on(base, other, metric: str, datasets, expected_sign: int = 1) -> dict:
+    """``other - base`` with its 95 % interval on each benchmark where both were evaluated."""
+    found = {}
+    for ds in datasets:
+        iv = interval(compare(base, other, ds), metric, expected_sign)
+        if iv is not None:
+            found[ds] = iv
+    return found
+
+
+def combined_status(found: dict) -> str:
+    """The status that holds on every benchmark; ``inconclusive`` when they disagree."""
+    statuses = {iv.status for iv in found.values()}
+    return statuses.pop() if len(statuses) == 1 else INCONCLUSIVE
+
+
+def _measured(found: dict, metric: str) -> str:
+    return "; ".join(f"{iv.text(metric)} on {dataset_label(ds)} ({iv.seeds})" for ds, iv in found.items())
+
+
+_WORDS = {REPRODUCED: ("direction reproduced at miniature scale", "the 95% interval excludes 0 in the paper's direction"),
+          CONTRADICTED: ("contradicted at miniature scale", "the 95% interval excludes 0 in the opposite direction"),
+          INCONCLUSIVE: ("inconclusive at miniature scale", "the 95% interval includes 0")}
+
+
+def interval_verdict(base, other, metric: str, datasets, expected_sign: int = 1) -> tuple[float, Verdict, dict]:
+    """``other - base`` on every benchmark with its 95 % interval, and the verdict that holds on
+    all of them; returns ``(estimate on the own split, verdict, {benchmark: interval dict})``."""
+    found = intervals_on(base, other, metric, datasets, expected_sign)
+    if not found:
+        return float("nan"), Verdict(NOT_TESTABLE, "not measured (runs or their per-image detections missing)"), {}
+    status = combined_status(found)
+    word, why = _WORDS[status]
+    if status == INCONCLUSIVE and len({iv.status for iv in found.values()}) > 1:
+        why = "the benchmarks disagree"
+    own = found.get(None, next(iter(found.values())))
+    record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
+    return own.estimate, Verdict(status, f"{word}: {_measured(found, metric)}; {why}"), record
+
+
+def _delta_claim(s: _Sides, r: ref.Reference, same_nms: bool = False) -> Claim:
+    base = s.base_same if same_nms else s.base
+    bkey = s.same_key if same_nms else s.b_key
+    compared = f"{names(s.dyn)} vs {names(base)}"
+    if s.d_key and bkey:
+        compared += f" (RPN NMS {s.d_key[1]:g} vs {bkey[1]:g})"
+    key = f"{r.key}_same_nms" if same_nms else r.key
+    desc = f"{r.description}, against the baseline at the same RPN NMS" if same_nms else None
     if s.scale == "COCO":
-        tol, tol_text = COCO_TOLERANCE, f"±{COCO_TOLERANCE:g} {r.metric} (seed spread at COCO scale)"
-    else:
-        tol, tol_text = noise_tolerance(r.metric, a, b)
-    diff = ours - r.value if s.scale == "COCO" else float("nan")
-    return s.claim(r, ours, diff, tol_text, verdict_delta(ours, r.value, s.scale, tol, r.metric), s.compared)
+        a, b = values(s.dyn, r.metric), values(base, r.metric)
+        ours = mean(a) - mean(b) if a and b else float("nan")
+        tol_text = f"±{COCO_TOLERANCE:g} {r.metric} (seed spread at COCO scale)"
+        return s.claim(r, ours, ours - r.value, tol_text, verdict_delta(ours, r.value, COCO_TOLERANCE, r.metric),
+                       compared, key, desc)
+    ours, verdict, record = interval_verdict(base, s.dyn, r.metric, s.datasets)
+    return s.claim(r, ours, float("nan"), "95% interval excludes 0 (paired bootstrap over seeds and images)",
+                   verdict, compared, key, desc, record)
 
 
 def _overhead_claim(s: _Sides, r: ref.Reference) -> Claim:
@@ -204,16 +249,27 @@ def _absolute_claim(s: _Sides, r: ref.Reference) -> Claim:
 
 
 def _context_claims(s: _Sides) -> list[Claim]:
+    """The RPN NMS change alone: each baseline at another RPN NMS against the main baseline."""
     out = []
     for k in [k for k in s.groups if k[0] == "baseline" and k != s.b_key]:
+        other = s.groups[k]
         for m in ("AP", "AP90"):
-            a, b = values(s.groups[k], m), values(s.base, m)
-            ours = mean(a) - mean(b) if a and b else float("nan")
-            tol, tol_text = (COCO_TOLERANCE, f"±{COCO_TOLERANCE:g}") if s.scale == "COCO" else noise_tolerance(m, a, b)
-            v = verdict_context(ours, tol, m)
+            if s.scale == "COCO":
+                a, b = values(other, m), values(s.base, m)
+                ours, record = (mean(a) - mean(b) if a and b else float("nan")), {}
+                v = verdict_context(ours, COCO_TOLERANCE, m)
+                tol_text = f"±{COCO_TOLERANCE:g}"
+            else:
+                found = intervals_on(s.base, other, m, s.datasets)
+                ours = found[None].estimate if None in found else float("nan")
+                record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
+                effect = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
+                          INCONCLUSIVE: "no effect beyond the 95% interval"}[combined_status(found)] if found else ""
+                v = Verdict(CONTEXT, f"{effect}: {_measured(found, m)}" if found else "not measured")
+                tol_text = "95% interval (paired bootstrap over seeds and images)"
             out.append(Claim(f"(context) baseline RPN NMS {s.b_key[1]:g} -> {k[1]:g} alone, {m}", "this report",
                              float("nan"), ours, float("nan"), tol_text, v.status, v.sentence, s.scale_text,
-                             f"{names(s.groups[k])} vs {names(s.base)}"))
+                             f"{names(other)} vs {names(s.base)}", None, record))
     return out
 
 
@@ -224,7 +280,12 @@ def claims(runs) -> list[Claim]:
     """Every claim of :data:`dynrcnn.reference.CLAIM_KEYS` checked on ``runs``, then the
     context rows (baselines at another RPN NMS)."""
     s = _Sides(runs)
-    out = [_BY_KIND[ref.get(key).kind](s, ref.get(key)) for key in ref.CLAIM_KEYS]
+    out = []
+    for key in ref.CLAIM_KEYS:
+        r = ref.get(key)
+        out.append(_BY_KIND[r.kind](s, r))
+        if r.kind == "delta" and s.same_key:  # the fair comparison next to the published one
+            out.append(_delta_claim(s, r, same_nms=True))
     return out + _context_claims(s)
 
 
@@ -245,6 +306,6 @@ def find_claim(items: list[Claim], key: str) -> Claim | None:
 
 
 __all__ = ["Claim", "Verdict", "STATUSES", "CONTEXT", "REPRODUCED", "CONTRADICTED", "INCONCLUSIVE",
-           "NOT_TESTABLE", "COCO_TOLERANCE", "MINI_NOISE", "OVERHEAD_TOLERANCE", "noise_tolerance",
+           "NOT_TESTABLE", "COCO_TOLERANCE", "OVERHEAD_TOLERANCE", "interval_verdict", "intervals_on", "combined_status",
            "verdict_delta", "verdict_absolute", "verdict_overhead", "verdict_context", "claims", "claims_table",
            "count_statuses", "find_claim"]

@@ -24,6 +24,9 @@ from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import update_readme
 
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
+# the kernels log only errors: ipykernel warns "Kernel is running over TCP without encryption"
+# at every start (loopback only here), which flooded the terminal with one line per notebook
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 class ReportError(DynrcnnError):
@@ -65,6 +68,9 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
         "n_train": gen[0] if gen else 0, "n_val": gen[1] if gen else 0, "image_size": gen[2] if gen else 0,
         "seed": 0, "figures_dir": figs,
         "train_split": "train" if gen else "train2017", "val_split": "val" if gen else "val2017",
+        "second_root": _abs(second_root(profile, data_root)) if profile.second_benchmark else "",
+        "second_seed": profile.second_benchmark[0] if profile.second_benchmark else 0,
+        "second_n_val": profile.second_benchmark[1] if profile.second_benchmark else 0,
     }, "data")]
     for spec in profile.runs:
         steps.append(Step("train", "03_train", f"train_{spec.name}", {
@@ -77,6 +83,7 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
         steps.append(Step("evaluate", "04_evaluate", f"evaluate_{spec.name}", {
             "run_dir": _abs(Path(runs_root) / spec.name), "data_root": _abs(data_root), "device": device,
             "force": False, "figures_dir": figs, "n_images": 3,
+            "extra_data_roots": [_abs(second_root(profile, data_root))] if profile.second_benchmark else [],
         }, f"evaluate {spec.name}"))
     dyn = [s for s in profile.runs if s.method == "dynamic"]
     steps.append(Step("method", "02_method", "02_method", {
@@ -88,6 +95,93 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
     return steps
 
 
+def second_root(profile: Profile, data_root) -> Path:
+    """Where the profile's second benchmark (another data seed, validation images only) lives:
+    next to the main one, ``<data_root>-seed<N>``."""
+    data_root = Path(data_root)
+    return data_root.parent / f"{data_root.name}-seed{profile.second_benchmark[0]}"
+
+
+def prepare_backbone(profile: Profile, data_root, device: str, progress: bool) -> list[str]:
+    """Build (or find and check) the pretrained backbone the profile's preset starts from, using
+    every core, before the runs start in parallel; return the ``--set`` overrides that pin the
+    file and its SHA-256 in every run's config (nothing when the preset trains from scratch)."""
+    import torch
+
+    from dynrcnn.config import build_config
+    from dynrcnn.pretrain import ensure_pretrained, pretrain_preset
+
+    preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)
+    if preset is None:
+        return []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        path, sha = ensure_pretrained(preset, Path(data_root).parent / "pretrained", device=device,
+                                      progress=progress, log=lambda m: print(m, file=sys.stderr))
+    finally:
+        torch.set_num_threads(threads)
+    return [f"model.backbone_weights={path.resolve()}", f"model.backbone_sha256={sha}"]
+
+
+class TrainingMonitor:
+    """Live progress of the training runs the notebooks execute in parallel: polls each run
+    directory's logs and shows runs done / total, iterations done / total and an ETA."""
+
+    def __init__(self, run_dirs: list[Path], progress: bool, interval: float = 5.0):
+        import threading
+
+        self.run_dirs, self.interval = [Path(p) for p in run_dirs], interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True) if progress else None
+        self._bar = None
+
+    def state(self) -> tuple[int, int, int, int]:
+        """``(runs done, runs, iterations done, iterations planned)`` read from the run folders."""
+        from dynrcnn import runs as runs_mod
+
+        done = it_done = it_total = 0
+        for d in self.run_dirs:
+            cfg = runs_mod.read_json(d / runs_mod.CONFIG) or {}
+            total = int(cfg.get("max_iter") or 0)
+            finished = (d / runs_mod.TRAIN_DONE).is_file()
+            done += finished
+            it_total += total
+            if finished:
+                it_done += total
+            elif (d / runs_mod.METRICS).is_file():
+                last = runs_mod.read_jsonl(d / runs_mod.METRICS)[-1:]
+                it_done += int(last[0]["iteration"]) if last else 0
+        return done, len(self.run_dirs), it_done, it_total
+
+    def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=0, desc="training", unit="it", dynamic_ncols=True, smoothing=0.1)
+        while not self._stop.wait(self.interval):
+            self._refresh()
+        self._refresh()
+        self._bar.close()
+
+    def _refresh(self) -> None:
+        done, n, it_done, it_total = self.state()
+        self._bar.total = max(it_total, it_done)
+        self._bar.n = it_done
+        self._bar.set_postfix_str(f"runs done {done}/{n}", refresh=False)
+        self._bar.refresh()
+
+    def __enter__(self):
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+        return False
+
+
 def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path:
     """Run one notebook with papermill; on a failing cell raise :class:`ReportError` naming the
     notebook and the cell (the partial executed notebook is kept at ``output``)."""
@@ -96,7 +190,8 @@ def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path
 
     try:
         pm.execute_notebook(str(source), str(output), parameters=params, kernel_name="python3",
-                            progress_bar=False, log_output=False, cwd=str(cwd or output.parent))
+                            progress_bar=False, log_output=False, cwd=str(cwd or output.parent),
+                            extra_arguments=KERNEL_ARGUMENTS)
     except PapermillExecutionError as e:
         first = str(e.evalue).splitlines()[0] if e.evalue else ""
         raise ReportError(
@@ -186,7 +281,8 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         group = [s for s in steps if s.kind == kind]
         if kind == "train" and jobs > 1 and len(group) > 1:
             bar.set_postfix_str(f"training {len(group)} runs, {jobs} at a time")
-            _run_parallel(run_step, group, jobs, bar, executed)
+            with TrainingMonitor([Path(s.params["run_dir"]) for s in group], progress=not bar.disable):
+                _run_parallel(run_step, group, jobs, bar, executed)
             continue
         for s in group:
             bar.set_postfix_str(s.title)
@@ -218,9 +314,11 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
         p.mkdir(parents=True, exist_ok=True)
     steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed)
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
+    pinned = prepare_backbone(profile, data_root, device, progress)
     for s in steps:
         if s.kind == "train":
             s.params["num_threads"] = threads
+            s.params["overrides"] = [*s.params["overrides"], *pinned]
     result = PipelineResult(out=out, index=out / "index.html", figures_dir=figures_dir, runs_root=runs_root)
     bar = tqdm(total=len(steps) + 1, desc=f"report[{profile.name}]", unit="step", disable=not progress,
                dynamic_ncols=True)

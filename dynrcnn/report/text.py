@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dynrcnn.report.analysis import METRICS, ablation_table, ap_gain_per_iou, profile_scale
-from dynrcnn.report.claims import claims_table
+from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
+from dynrcnn.report.claims import claims, claims_table, find_claim
 from dynrcnn.runs import find_runs, run_device, run_iterations, run_name, scale_label
 
 README_BEGIN, README_END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
@@ -48,7 +48,8 @@ def readme_table(runs_root, label: str | None = None) -> str:
     head = (f"Runs under `{label or runs_root}`: preset {first.config.get('preset')}, "
             f"{run_iterations(first)} iterations, device {run_device(first)}, "
             f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
-    ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP90 vs baseline", "Δ vs"]])
+    ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
+                         "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs"]])
     scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
     cl_md = markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
         columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
@@ -128,6 +129,41 @@ def trend_sentence(runs) -> str:
             f"over {len(d) - 1} updates{fixed}: {cmp}.{below}")
 
 
+def _fmt_mean(vals, fmt: str = ".3f") -> str:
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
+        return "-"
+    lo, hi = min(vals), max(vals)
+    mid = sum(vals) / len(vals)
+    return f"{mid:{fmt}}" if len(vals) == 1 else f"{mid:{fmt}} ({lo:{fmt}}-{hi:{fmt}} over {len(vals)} seeds)"
+
+
+def why_sentence(runs) -> str:
+    """What the dynamic runs did, from their logs, and how it bears on the AP90 verdict: when
+    the threshold crossed the baseline's 0.5, where threshold and beta ended, and the share of
+    proposals at or above the threshold at the end."""
+    dyn = [r for r in runs if r.config.get("method") == "dynamic" and r.dynamic is not None and len(r.dynamic)]
+    if not dyn:
+        return "No dynamic run: nothing to explain."
+    facts = [dynamic_facts(r) for r in dyn]
+    crossed = [f["crossed_0.5_fraction"] for f in facts]
+    never = sum(c is None for c in crossed)
+    cross_text = (f"crossed 0.5 at {_fmt_mean([100 * c for c in crossed if c is not None], '.0f')} % of training"
+                  + (f" ({never} of {len(facts)} seeds never did)" if never else "")) if never < len(facts) else         "never crossed the baseline's fixed 0.5"
+    text = (f"In the {len(dyn)} Dynamic R-CNN run(s) the threshold {cross_text}, ended at "
+            f"{_fmt_mean([f['iou_threshold_end'] for f in facts])}, and beta ended at "
+            f"{_fmt_mean([f['beta_end'] for f in facts])}; at the end "
+            f"{_fmt_mean([100 * f['fg_fraction_end'] for f in facts if f['fg_fraction_end'] is not None], '.1f')} % "
+            f"of the RPN proposals reached the threshold in use.")
+    ap90 = find_claim(claims(runs), "paper_delta_ap90")
+    if ap90 is not None and ap90.status != "not-testable":
+        stricter = all((f["iou_threshold_end"] or 0) > CROSSING for f in facts)
+        text += (f" By the end of training DLA labelled {'fewer, better' if stricter else 'more, looser'} "
+                 f"proposals as foreground than the baseline's fixed 0.5 does; the AP90 claim is {ap90.status} "
+                 f"({ap90.sentence}).")
+    return text
+
+
 def ap_sentence(runs) -> str:
     gain = ap_gain_per_iou(runs)
     if gain is None:
@@ -139,4 +175,4 @@ def ap_sentence(runs) -> str:
 
 
 __all__ = ["README_BEGIN", "README_END", "markdown", "readme_table", "update_readme", "trend_sentence",
-           "ap_sentence"]
+           "ap_sentence", "why_sentence"]

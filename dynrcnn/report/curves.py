@@ -1,0 +1,94 @@
+"""The data behind the report's group figures (:mod:`dynrcnn.plots` draws them).
+
+With several seeds per configuration, the figures show configurations, not runs: AP at each
+IoU threshold (mean over seeds, with the seeds' range), the AP difference at each threshold
+with its 95 % interval, and the threshold / beta / proposal-quality trajectories (mean over
+seeds) next to the authors' published trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dynrcnn.config import IOU_THRESHOLDS
+from dynrcnn.reference import AUTHORS_TRAJECTORY
+from dynrcnn.report.analysis import ABLATION_NAMES, group_runs, main_key
+from dynrcnn.report.intervals import compare
+
+
+def config_label(key) -> str:
+    method, nms = key
+    return f"{ABLATION_NAMES.get(method, method)} (RPN NMS {nms:g})"
+
+
+def ap_curves(runs) -> list[dict]:
+    """Per configuration: ``label``, ``method``, ``nms``, ``x`` (IoU thresholds), ``mean``,
+    ``low``/``high`` (the seeds' min and max) of AP at each threshold, ``seeds``."""
+    out = []
+    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        y = np.array([r.eval["AP_per_iou"] for r in rs], dtype=float)
+        out.append({"label": config_label(key), "method": key[0], "nms": key[1], "x": list(IOU_THRESHOLDS),
+                    "mean": y.mean(axis=0), "low": y.min(axis=0), "high": y.max(axis=0), "seeds": len(rs)})
+    return out
+
+
+def gain_curves(runs, dataset: str | None = None) -> list[dict]:
+    """Dynamic R-CNN minus each baseline (the one at its RPN NMS and the reference one) at each
+    IoU threshold, with the 95 % interval: ``label``, ``x``, ``estimate``, ``low``, ``high``."""
+    groups = group_runs(runs)
+    d_key = main_key(groups, "dynamic")
+    out = []
+    if not d_key:
+        return out
+    for b_key in dict.fromkeys([("baseline", d_key[1]), main_key(groups, "baseline")]):
+        if not b_key or b_key not in groups:
+            continue
+        delta = compare(groups[b_key], groups[d_key], dataset)
+        if delta is None:
+            continue
+        out.append({"label": f"{config_label(d_key)} - {config_label(b_key)}", "x": list(IOU_THRESHOLDS),
+                    "estimate": np.asarray(delta.per_iou), "low": np.asarray(delta.per_iou_low),
+                    "high": np.asarray(delta.per_iou_high),
+                    "seeds": f"{delta.seeds_b} vs {delta.seeds_a} seeds"})
+    return out
+
+
+def _mean_trajectory(rs, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    series = []
+    for r in rs:
+        d = r.dynamic
+        if d is None or column not in d or not len(d):
+            continue
+        s = pd.to_numeric(d.set_index("iteration")[column], errors="coerce")
+        series.append(s[~s.index.duplicated()])
+    if not series:
+        return None
+    df = pd.concat(series, axis=1).sort_index()
+    return df.index.to_numpy(dtype=float), df.mean(axis=1, skipna=True).to_numpy(dtype=float)
+
+
+def trajectories(runs) -> list[dict]:
+    """Per dynamic configuration: ``label``, ``method``, ``max_iter`` and, for ``iou_threshold``,
+    ``beta`` and ``fg_fraction``, the update iterations and the mean over seeds."""
+    out = []
+    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if key[0] == "baseline":
+            continue
+        item = {"label": config_label(key), "method": key[0], "seeds": len(rs),
+                "max_iter": int(rs[0].config.get("max_iter") or 1)}
+        for col in ("iou_threshold", "beta", "fg_fraction"):
+            item[col] = _mean_trajectory(rs, col)
+        out.append(item)
+    return out
+
+
+def authors_trajectory() -> dict:
+    """The authors' published threshold points as fractions of their schedule."""
+    a = AUTHORS_TRAJECTORY
+    return {"label": "authors (COCO, 90k iterations)", "source": a["source"],
+            "progress": np.asarray(a["iteration"], dtype=float) / a["max_iter"],
+            "iou_threshold": np.asarray(a["iou_threshold"], dtype=float)}
+
+
+__all__ = ["config_label", "ap_curves", "gain_curves", "trajectories", "authors_trajectory"]

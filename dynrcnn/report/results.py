@@ -1,0 +1,129 @@
+"""``results.json``: the report's numbers in machine-readable form, next to its figures.
+
+For every configuration (method x RPN NMS): its runs with their seeds and per-seed metrics
+(AP, AP50, AP75, AP90, AP per IoU threshold, on the evaluation split and on every other
+benchmark they were evaluated on), the threshold and beta at the end of training and when the
+threshold crossed 0.5. For every comparison of the ablation and the headline: the difference
+with its 95 % interval per metric and per IoU threshold, on every benchmark. For every claim:
+its status word (``reproduced``, ``contradicted``, ``inconclusive``, ``not-testable``; context
+rows ``context``) and its sentence. Written by the pipeline with the README block and the
+figures of the same runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from pathlib import Path
+
+from dynrcnn import runs as runs_mod
+from dynrcnn.report.analysis import ABLATION_NAMES, METRICS, dynamic_facts, group_runs, main_key
+from dynrcnn.report.claims import claims
+from dynrcnn.report.intervals import compare, extra_datasets, interval, per_iou
+from dynrcnn.stats import DEFAULT_BOOT
+
+SCHEMA_VERSION = 1
+
+
+def _clean(v):
+    """JSON-safe: NaN/inf become None, numpy scalars plain numbers."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _metrics(record: dict | None) -> dict | None:
+    if not record:
+        return None
+    return {**{m: record.get(m) for m in METRICS}, "AP_per_iou": record.get("AP_per_iou"),
+            "iou_thresholds": record.get("iou_thresholds")}
+
+
+def _config_name(key) -> str:
+    method, nms = key
+    return f"{ABLATION_NAMES.get(method, method)} (RPN NMS {nms:g})"
+
+
+def configurations(runs) -> list[dict]:
+    out = []
+    datasets = extra_datasets(runs)
+    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        per_seed = []
+        for r in sorted(rs, key=lambda r: r.seed):
+            per_seed.append({"run": runs_mod.run_name(r), "seed": r.seed, "iterations": r.iterations,
+                             "metrics": _metrics(r.eval),
+                             "metrics_on": {ds: _metrics(r.eval_on(ds)) for ds in datasets},
+                             "dynamic": dynamic_facts(r),
+                             "sec_per_iter_median": (r.done or {}).get("sec_per_iter_median")})
+        means = {m: sum(p["metrics"][m] for p in per_seed) / len(per_seed) for m in METRICS}
+        out.append({"name": _config_name(key), "method": key[0], "rpn_nms": key[1],
+                    "seeds": [p["seed"] for p in per_seed], "mean": means, "runs": per_seed})
+    return out
+
+
+def comparison_pairs(runs) -> list[tuple[str, tuple, tuple]]:
+    """``(label, baseline key, other key)`` of every comparison the report states: each
+    configuration against the baseline at its RPN NMS, and Dynamic R-CNN against the
+    reference baseline (RPN NMS 0.7, the paper's comparison)."""
+    groups = group_runs(runs)
+    ref = main_key(groups, "baseline")
+    pairs = []
+    for key in sorted(groups, key=lambda k: (k[1], k[0])):
+        same = ("baseline", key[1])
+        if key[0] != "baseline" and same in groups:
+            pairs.append((same, key))
+        if ref and key != ref and (key[0] == "dynamic" or key[0] == "baseline") and (ref, key) not in pairs:
+            pairs.append((ref, key))
+    return [(f"{_config_name(b)} - {_config_name(a)}", a, b) for a, b in pairs]
+
+
+def comparisons(runs, n_boot: int = DEFAULT_BOOT) -> list[dict]:
+    groups = group_runs(runs)
+    out = []
+    for label, a, b in comparison_pairs(runs):
+        for ds in [None, *extra_datasets(runs)]:
+            delta = compare(groups[a], groups[b], ds, n_boot=n_boot)
+            if delta is None:
+                continue
+            out.append({"comparison": label, "baseline": _config_name(a), "other": _config_name(b),
+                        "benchmark": "own" if ds is None else ds,
+                        "metrics": {m: interval(delta, m).as_dict() for m in METRICS},
+                        "per_iou": per_iou(delta), "n_boot": delta.n_boot, "paired_seeds": delta.paired_seeds})
+    return out
+
+
+def results(runs, command: str = "") -> dict:
+    """Everything above as one JSON-ready dict."""
+    return _clean({
+        "schema_version": SCHEMA_VERSION,
+        "generated_by": command,
+        "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "interval_method": "95% percentile interval of a paired bootstrap: evaluation images resampled with "
+                           "replacement (the same draw for every run) and training seeds resampled with "
+                           "replacement (paired by seed when both sides share them); AP recomputed exactly as "
+                           "pycocotools does on each resample",
+        "benchmarks": ["own", *extra_datasets(runs)],
+        "configurations": configurations(runs),
+        "comparisons": comparisons(runs),
+        "claims": [{"key": c.key, "claim": c.claim, "source": c.source, "published": c.published, "ours": c.ours,
+                    "status": c.status, "sentence": c.sentence, "compared": c.compared, "intervals": c.intervals}
+                   for c in claims(runs)],
+    })
+
+
+def write_results(runs, path, command: str = "") -> Path:
+    """Write :func:`results` of ``runs`` to ``path`` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs_mod.atomic_write_bytes(path, (json.dumps(results(runs, command), indent=1) + "\n").encode())
+    return path
+
+
+__all__ = ["SCHEMA_VERSION", "configurations", "comparison_pairs", "comparisons", "results", "write_results"]

@@ -1,0 +1,87 @@
+"""The project's pretrained backbone: built once, checksummed, reused, loaded into fresh runs."""
+
+import json
+
+import pytest
+import torch
+
+from dynrcnn.config import build_config, get_preset
+from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.model import build_model
+from dynrcnn.pretrain import ensure_pretrained, pretrain_preset, recipe, resolve_backbone, weights_path
+from dynrcnn.weights import file_sha256, init_backbone
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    path, sha = ensure_pretrained("mini_pretrain_smoke", root, progress=False, log=lambda m: None)
+    return root, path, sha
+
+
+def test_built_once_with_record_and_reused(built):
+    root, path, sha = built
+    assert path == weights_path("mini_pretrain_smoke", root) and path.is_file()
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["sha256"] == sha == file_sha256(path)
+    assert record["recipe"] == json.loads(json.dumps(recipe("mini_pretrain_smoke")))
+    assert record["recipe"]["data"]["seed"] == 1  # never the evaluation data (seed 0)
+    mtime = path.stat().st_mtime_ns
+    assert ensure_pretrained("mini_pretrain_smoke", root, progress=False, log=lambda m: None) == (path, sha)
+    assert path.stat().st_mtime_ns == mtime  # found and checked, not rebuilt
+    state = torch.load(path, weights_only=True)
+    assert state and all(k.startswith(("body.", "fpn.")) for k in state)
+
+
+def test_recipe_change_gives_another_file():
+    a = recipe("mini_pretrain_smoke")
+    assert weights_path("mini_pretrain_smoke") != weights_path("mini_pretrain")
+    assert a != recipe("mini_pretrain")
+
+
+def test_fresh_run_starts_from_the_backbone_only(built):
+    root, path, sha = built
+    cfg = resolve_backbone(build_config("mini_smoke", "dynamic"), root=root, progress=False)
+    assert cfg.model.backbone_weights == str(path.resolve()) and cfg.model.backbone_sha256 == sha
+    model = build_model(cfg, 7)
+    fresh = build_model(cfg, 7)
+    init_backbone(model, cfg)
+    saved = torch.load(path, weights_only=True)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    # the RPN and the R-CNN head keep their (seeded) random initialisation
+    head = dict(fresh.roi_heads.named_parameters())
+    for k, v in model.roi_heads.named_parameters():
+        assert v.shape == head[k].shape
+
+
+def test_changed_file_is_refused(built, tmp_path):
+    root, path, sha = built
+    bad = tmp_path / "b.pth"
+    bad.write_bytes(path.read_bytes() + b"x")
+    cfg = build_config("mini_smoke", "dynamic", overrides=[f"model.backbone_weights={bad}",
+                                                           f"model.backbone_sha256={sha}"])
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        init_backbone(build_model(cfg, 7), cfg)
+
+
+def test_unresolved_or_unknown_names_are_refused():
+    cfg = get_preset("mini_smoke")
+    with pytest.raises(ConfigError, match="names the project's pretrained backbone"):
+        init_backbone(build_model(cfg, 7), cfg)
+    with pytest.raises(ConfigError, match="no pretraining preset"):
+        pretrain_preset("pretrained:nope")
+    assert pretrain_preset("some/file.pth") is None
+
+
+def test_weights_of_another_shape_are_refused(built, tmp_path):
+    root, path, _ = built
+    state = torch.load(path, weights_only=True)
+    state["body.conv1.weight"] = torch.zeros(1)
+    other = tmp_path / "other.pth"
+    torch.save(state, other)
+    cfg = build_config("mini_smoke", "dynamic", overrides=[f"model.backbone_weights={other}"])
+    with pytest.raises(ConfigError, match="body.conv1.weight"):
+        init_backbone(build_model(cfg, 7), cfg)
