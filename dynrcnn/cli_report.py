@@ -34,9 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain every run from scratch, replacing complete ones (their files are deleted first)")
     p.add_argument("--extra-seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="also train the profile's seed runs (mini: the RPN-NMS-0.85 baseline and dynamic) with these seeds (runs named "
-                        "<run>_seed<N>), so the verdicts use a measured seed-noise band instead of "
-                        "an assumed one; each seed adds two runs")
+                   help="also train every configuration of the profile with these seeds (runs named "
+                        "<run>_seed<N>): more seeds narrow the 95%% intervals the verdicts follow from")
+    p.add_argument("--published-weights", nargs="+", default=None, metavar="FILE",
+                   help="downloaded MMDetection checkpoints (Faster R-CNN and Dynamic R-CNN R50-FPN 1x, see "
+                        "README 'Published weights'): each is converted (dynrcnn convert), evaluated on the "
+                        "profile's data and shown next to the report's runs with the published AP")
     p.set_defaults(func=_run)
 
 

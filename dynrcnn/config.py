@@ -34,7 +34,7 @@ class DynamicConfig:
 
     ``k_i``/``k_beta`` pick the order statistics (per image), ``interval`` is C (iterations
     between updates), ``init_iou``/``init_beta`` are T_init and beta_init, ``convention``
-    selects how the statistics are computed (``mmdet`` or ``official``, DESIGN.md sec. 2).
+    selects how the statistics are computed (``mmdet`` or ``official``, docs/method.md).
     """
 
     k_i: int = 75
@@ -76,7 +76,7 @@ class ModelConfig:
     fpn_channels: int = 256
     representation_size: int = 1024
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    # anchors and RoI pooling of the framework whose weights are loaded (DESIGN.md sec. 3;
+    # anchors and RoI pooling of the framework whose weights are loaded (docs/method.md sec. 4;
     # docs/published_weights.md): torchvision rounds its base anchors and infers each level's
     # stride from the padded image, pools unaligned with 2x2 samples per bin (as the authors'
     # maskrcnn-benchmark); MMDetection 2.x keeps fractional anchors at fixed strides 4..64 and
@@ -337,14 +337,7 @@ def _mini(**over) -> Config:
     # fine-tuned from the project's pretrained backbone (as the paper fine-tunes from ImageNet):
     # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/pretrain.py); RPN and R-CNN head
     # start fresh in every run.
-    # K_I from the real pool (mmdet convention: the RPN proposals plus the ground-truth boxes of
-    # the image). The paper's K_I = 75 of MMDetection's 1000 proposals + ~7.3 ground truths per
-    # COCO image is 7.4 % of the pool; 7.4 % of 300 proposals + ~3.6 ground truths is 22.6, so
-    # K_I = 23. (Per object it would be ~10 proposals per ground truth, K_I ~ 37: a lower, slower
-    # threshold; the pool share is the quantity the statistic is an order statistic of.)
-    # K_beta stays at the paper's 10: it must exceed the ~3.6 ground-truth boxes per image that
-    # are sampled as positives with error exactly 0, or the median collapses to 0.
-    # C = 20 iterations (80 images) gives 15 updates in a 300-iteration run.
+    # K_I = 23, K_beta = 10, C = 20: derived from the real proposal pool in docs/method.md sec. 5.
     cfg = Config(
         preset="mini",
         train_split="train",
@@ -395,9 +388,9 @@ def _mini_smoke() -> Config:
 
 def _mini_pretrain(**over) -> Config:
     # The backbone every mini run starts from (dynrcnn/pretrain.py): the mini baseline at RPN NMS
-    # 0.7, trained longer on a benchmark drawn with its own data seed; only its ResNet body and FPN
-    # are kept.
-    cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=1500, lr_steps=(1100, 1350),
+    # 0.7, trained from scratch for 2500 iterations at a constant lr (after warm-up) on a benchmark
+    # drawn with its own data seed; only its ResNet body and FPN are kept.
+    cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),
                 warmup_iters=100, checkpoint_period=500, keep_checkpoints=1, eval_at_end=True)
     cfg.model.backbone_weights = ""
     return dataclasses.replace(cfg, **over)

@@ -40,6 +40,9 @@ from dynrcnn.weights import extract_backbone, file_sha256
 
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
 DEFAULT_ROOT = Path("data") / "pretrained"
+# weights shipped with the repository (built by ``dynrcnn pretrain`` with the recipe in their
+# .json record): found here first, so a fresh checkout does not spend its CPU time rebuilding them
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def pretrain_preset(value: str) -> str | None:
@@ -70,12 +73,15 @@ def data_recipe(preset: str) -> dict:
 def recipe(preset: str) -> dict:
     """Everything the weights depend on (but where they are stored)."""
     d = pretrain_config(preset).to_dict()
-    for key in ("data_root", "lr"):
+    # what cannot change the weights: where things are, logging, evaluation, the dynamic head's
+    # settings (a baseline does not use them)
+    for key in ("data_root", "lr", "dynamic", "checkpoint_period", "keep_checkpoints", "log_period", "log_stats",
+                "eval_at_end", "eval_batch_size", "num_workers", "amp", "tf32", "val_split"):
         d.pop(key, None)
     for key in ("backbone_weights", "backbone_sha256"):
         d["model"].pop(key, None)
-    return {"preset": preset, "config": d, "data": data_recipe(preset), "kept": "backbone (ResNet body + FPN)",
-            "torch": torch.__version__.split("+")[0]}
+    return {"preset": preset, "config": d, "data": data_recipe(preset),
+            "kept": "backbone (ResNet body + FPN), stored in float16"}
 
 
 def weights_path(preset: str, root: str | Path = DEFAULT_ROOT) -> Path:
@@ -84,23 +90,34 @@ def weights_path(preset: str, root: str | Path = DEFAULT_ROOT) -> Path:
     return Path(root) / f"backbone-{preset}-{digest}.pth"
 
 
+def _checked(path: Path) -> tuple[Path, str] | None:
+    """``(path, sha256)`` when ``path`` and its record exist and agree; None when absent."""
+    record = path.with_suffix(".json")
+    if not (path.is_file() and record.is_file()):
+        return None
+    sha = json.loads(record.read_text())["sha256"]
+    if file_sha256(path) != sha:
+        raise CheckpointError(f"{path} does not match the SHA-256 in {record}: the file changed; delete both "
+                              "and run 'dynrcnn pretrain' to rebuild it")
+    return path, sha
+
+
 def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_ROOT, device: str = "cpu",
                       progress: bool = True, log=print) -> tuple[Path, str]:
     """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
 
-    Building generates the pretraining benchmark under ``root`` (if missing), trains the
+    Weights shipped in the repository's ``weights/`` folder are used first (after their
+    checksum is verified), then those under ``root``. Building generates the pretraining benchmark under ``root`` (if missing), trains the
     preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps
     the backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
+    for folder in (SHIPPED_DIR, root):
+        found = _checked(weights_path(preset, folder))
+        if found is not None:
+            return found
     path = weights_path(preset, root)
     record = path.with_suffix(".json")
-    if path.is_file() and record.is_file():
-        sha = json.loads(record.read_text())["sha256"]
-        if file_sha256(path) == sha:
-            return path, sha
-        raise CheckpointError(f"{path} does not match the SHA-256 in {record}: delete both and rerun "
-                              "'dynrcnn pretrain'")
     data = data_recipe(preset)
     data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
     if not (data_root / "annotations" / "instances_val.json").is_file():
@@ -112,7 +129,8 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
     log(f"pretraining the backbone: {cfg.max_iter} iterations of {preset} into {run_dir}")
     result = train_model(cfg, run_dir, resume=run_dir.exists(), device=device, progress=progress)
     buffer = io.BytesIO()
-    torch.save(extract_backbone(result.model.state_dict()), buffer)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in extract_backbone(result.model.state_dict()).items()}
+    torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     sha = file_sha256(path)
     rec = {"sha256": sha, "recipe": recipe(preset), "run_dir": str(run_dir)}
@@ -133,5 +151,5 @@ def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str =
     return dataclasses.replace(cfg, model=model)
 
 
-__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "pretrain_preset", "pretrain_config", "data_recipe",
+__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "SHIPPED_DIR", "pretrain_preset", "pretrain_config", "data_recipe",
            "recipe", "weights_path", "ensure_pretrained", "resolve_backbone"]

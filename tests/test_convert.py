@@ -338,3 +338,21 @@ def test_export_refuses_slim_model(tmp_path, capsys):
     (run / "config.json").write_text(get_preset("mini").to_json())
     assert main(["export", str(run), "--to", "torchvision", "--out", str(tmp_path / "x.pth")]) == 2
     assert "only the R50-FPN model" in capsys.readouterr().err
+
+
+def test_report_converts_and_plans_published_weights(published, tmp_path):
+    from dynrcnn.report import get_profile, plan
+    from dynrcnn.report.pipeline import convert_published, published_root
+
+    _, src, _ = published
+    runs_root = tmp_path / "runs" / "coco"
+    dirs = convert_published([src], runs_root, num_classes=NUM_CLASSES)
+    assert dirs == [published_root(runs_root) / src.stem] and (dirs[0] / "provenance.json").is_file()
+    mtime = (dirs[0] / "provenance.json").stat().st_mtime_ns
+    assert convert_published([src], runs_root, num_classes=NUM_CLASSES) == dirs  # same file: kept, not converted again
+    assert (dirs[0] / "provenance.json").stat().st_mtime_ns == mtime
+    steps = plan(get_profile("coco"), tmp_path / "out", runs_root, tmp_path / "coco", "cpu", tmp_path / "fig",
+                 False, published=dirs)
+    ev = [s for s in steps if s.output == f"evaluate_published_{src.stem}"]
+    assert len(ev) == 1 and ev[0].params["run_dir"] == str(dirs[0].resolve())
+    assert steps[-1].params["published_root"] == str(published_root(runs_root).resolve())

@@ -130,7 +130,12 @@ def test_smoke_reuses_complete_runs(smoke):
     p = report.get_profile("smoke")
     spec = next(s for s in p.runs if s.method == "dynamic")
     cfg = build_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
-                             overrides=p.run_overrides(spec))
+                       overrides=p.run_overrides(spec))
+    # the pipeline pinned the pretrained backbone (file and checksum) into every run's config
+    pinned = dyn.config["model"]
+    assert "model.backbone_weights=pretrained:mini_pretrain_smoke" in p.run_overrides(spec)
+    assert pinned["backbone_weights"].endswith(".pth") and len(pinned["backbone_sha256"]) == 64
+    cfg.model.backbone_weights, cfg.model.backbone_sha256 = pinned["backbone_weights"], pinned["backbone_sha256"]
     assert train_action(dyn.path, cfg)[0] == "reuse"
 
 
@@ -155,3 +160,17 @@ def test_notebook_paths_are_relative_to_the_repository(tmp_path, monkeypatch):
     assert report.repo_path(tmp_path / "x") == tmp_path / "x"
     assert report.default_run_dir("mini", "dla") == report.REPO / "runs" / "mini" / "dla"
     assert report.default_run_dir("mini", "dynamic", 2) == report.REPO / "runs" / "mini" / "dynamic_seed2"
+
+
+@pytest.mark.slow
+def test_smoke_second_benchmark_pretrained_backbone_and_results(smoke):
+    runs = find_runs(smoke.runs_root)
+    assert runs and all(r.eval_names == ["data-seed2"] for r in runs)  # every run evaluated on both benchmarks
+    assert all(r.eval_on("data-seed2")["num_images"] == 12 for r in runs)
+    shas = {r.config["model"]["backbone_sha256"] for r in runs}
+    assert len(shas) == 1 and len(shas.pop()) == 64  # one pretrained backbone, pinned in every run
+    res = json.loads((smoke.figures_dir / "results.json").read_text())
+    assert res["benchmarks"] == ["own", "data-seed2"]
+    assert {c["status"] for c in res["claims"]} <= {"reproduced", "contradicted", "inconclusive", "not-testable",
+                                                   "context"}
+    assert any(c["benchmark"] == "data-seed2" for c in res["comparisons"])

@@ -198,3 +198,21 @@ def test_detections_figure(tmp_path):
     _png(plots.save_figure(fig, tmp_path / "det.png"))
     titles = [ax.get_title() for ax in fig.axes]
     assert any("detections >= 0.5 (1)" in t for t in titles) and any("ground truth (1)" in t for t in titles)
+
+
+def test_group_figures_from_curves(tmp_path):
+    from dynrcnn.report.curves import authors_trajectory
+
+    x = [0.5 + 0.05 * i for i in range(10)]
+    curves = [{"label": "baseline (RPN NMS 0.7)", "method": "baseline", "nms": 0.7, "x": x, "seeds": 3,
+               "mean": np.linspace(80, 10, 10), "low": np.linspace(78, 8, 10), "high": np.linspace(82, 12, 10)}]
+    gains = [{"label": "dynamic - baseline", "x": x, "estimate": np.linspace(0, 5, 10), "low": np.linspace(-1, 3, 10),
+              "high": np.linspace(1, 7, 10), "seeds": "3 vs 3 seeds"}]
+    _png(plots.save_figure(plots.ap_gain_figure(curves, gains, "caption"), tmp_path / "gain.png"))
+    its = np.array([0.0, 20.0, 40.0])
+    traj = [{"label": "DLA + DSL", "method": "dynamic", "seeds": 3, "max_iter": 40,
+             "iou_threshold": (its, np.array([0.4, 0.45, 0.52])), "beta": (its, np.array([1.0, 0.8, 0.6])),
+             "fg_fraction": (its, np.array([np.nan, 0.05, 0.08]))}]
+    authors = authors_trajectory()
+    assert authors["progress"][0] == pytest.approx(100 / 90000)
+    _png(plots.save_figure(plots.trajectory_figure(traj, authors, "caption"), tmp_path / "traj.png"))

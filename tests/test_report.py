@@ -242,7 +242,7 @@ def test_plan_order(tmp_path):
                         tmp_path / "fig", force=False)
     kinds = [s.kind for s in steps]
     n = len(report.get_profile("mini").runs)
-    assert n == 15  # 5 configurations x 3 seeds
+    assert n == 11  # baseline 0.7, baseline 0.85 and dynamic x 3 seeds; DLA and DSL alone x 1
     assert kinds == ["data"] + ["train"] * n + ["evaluate"] * n + ["method", "results"]
     assert steps[-2].params["run_dir"].endswith("dynamic")
     # every run is also evaluated on the second benchmark (another data seed)
@@ -297,10 +297,11 @@ def test_extra_seeds_repeat_every_configuration(tmp_path):
     base = report.get_profile("mini")
     prof = base.with_seeds([3])
     names = [r.name for r in prof.runs]
-    assert names[:15] == [r.name for r in base.runs]
-    assert names[15:] == ["baseline_seed3", "baseline_nms085_seed3", "dynamic_seed3", "dla_seed3", "dsl_seed3"]
-    assert {r.seed for r in prof.runs[15:]} == {3}
-    assert base.with_seeds([0, 1, 2]) == base  # seeds the profile already has add nothing
+    assert names[:11] == [r.name for r in base.runs]
+    assert names[11:] == ["baseline_seed3", "baseline_nms085_seed3", "dynamic_seed3", "dla_seed3", "dsl_seed3"]
+    assert {r.seed for r in prof.runs[11:]} == {3}
+    assert base.with_seeds([0]) == base  # seeds the profile already has add nothing
+    assert [r.name for r in base.with_seeds([1]).runs][11:] == ["dla_seed1", "dsl_seed1"]
     steps = report.plan(prof, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "fig", False)
     train = {s.output: s.params for s in steps if s.kind == "train"}
     assert train["train_dynamic_seed3"]["seed"] == 3 and train["train_dynamic_seed3"]["method"] == "dynamic"
@@ -337,3 +338,36 @@ def test_overhead_compares_against_the_baseline_at_the_same_rpn_nms(tmp_path):
     claims = report.claims_table(find_runs(root))
     row = claims[claims["claim"].str.startswith("No extra")].iloc[0]
     assert row["ours"] == pytest.approx(0.51 / 0.50) and "baseline_nms085" in row["compared"]
+
+
+def test_results_json(mini_runs, tmp_path):
+    from dynrcnn.report.results import write_results
+
+    path = write_results(find_runs(mini_runs), tmp_path / "results.json", command="test")
+    res = json.loads(path.read_text())
+    assert res["generated_by"] == "test" and res["benchmarks"] == ["own"]
+    configs = {c["name"]: c for c in res["configurations"]}
+    dyn = configs["DLA + DSL (RPN NMS 0.85)"]
+    assert dyn["seeds"] == [0, 1] and len(dyn["runs"][0]["metrics"]["AP_per_iou"]) == 10
+    assert {"iou_threshold_end", "beta_end", "crossed_0.5_at", "fg_fraction_end"} <= set(dyn["runs"][0]["dynamic"])
+    comps = {c["comparison"]: c for c in res["comparisons"]}
+    fair = comps["DLA + DSL (RPN NMS 0.85) - baseline (RPN NMS 0.85)"]
+    assert fair["metrics"]["AP"]["low"] <= fair["metrics"]["AP"]["estimate"] <= fair["metrics"]["AP"]["high"]
+    assert len(fair["per_iou"]["low"]) == 10 and fair["paired_seeds"]
+    assert "DLA + DSL (RPN NMS 0.85) - baseline (RPN NMS 0.7)" in comps  # the paper's comparison
+    assert "baseline (RPN NMS 0.85) - baseline (RPN NMS 0.7)" in comps  # the RPN NMS change alone
+    statuses = {c["key"]: c["status"] for c in res["claims"] if c["key"]}
+    assert statuses["paper_delta_ap"] == "reproduced" and statuses["official_r50_1x"] == "not-testable"
+    assert set(statuses.values()) <= {"reproduced", "contradicted", "inconclusive", "not-testable"}
+
+
+def test_training_monitor_reads_progress(mini_runs, tmp_path):
+    from dynrcnn.report.pipeline import TrainingMonitor
+
+    done = mini_runs / "dynamic"  # finished: train_done.json
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "config.json").write_text(json.dumps({"max_iter": 300}))
+    (running / "metrics.jsonl").write_text(json.dumps({"iteration": 120}) + "\n")
+    pending = tmp_path / "pending"  # not started: counts as a run, no iterations yet
+    assert TrainingMonitor([done, running, pending], progress=False).state() == (1, 3, 100 + 120, 100 + 300)

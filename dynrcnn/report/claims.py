@@ -119,7 +119,7 @@ def verdict_overhead(ratio: float, tol: float, device: str) -> Verdict:
 
 
 def verdict_context(ours: float, tol: float, metric: str) -> Verdict:
-    """The RPN NMS change alone (no published number: DESIGN.md sec. 2)."""
+    """The RPN NMS change alone (no published number: docs/method.md sec. 1)."""
     if not math.isfinite(ours):
         return Verdict(CONTEXT, "not measured")
     if abs(ours) <= tol:

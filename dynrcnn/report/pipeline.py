@@ -58,9 +58,36 @@ def _abs(p) -> str:
     return str(Path(p).expanduser().resolve())
 
 
+def published_root(runs_root) -> Path:
+    """Where converted published checkpoints go: beside the report's runs, never among them
+    (they must not enter the report's own comparisons)."""
+    runs_root = Path(runs_root)
+    return runs_root.parent / f"{runs_root.name}_published"
+
+
+def convert_published(files, runs_root, num_classes: int = 81) -> list[Path]:
+    """Convert each downloaded MMDetection checkpoint into a run directory (kept when it is
+    already there and was converted from the same file); returns the run directories."""
+    if not files:
+        return []
+    from dynrcnn.convert import convert
+    from dynrcnn.runs import read_json
+    from dynrcnn.weights import file_sha256
+
+    out = []
+    for f in map(Path, files):
+        run_dir = published_root(runs_root) / f.stem
+        prov = read_json(run_dir / "provenance.json") or {}
+        if prov.get("sha256") != file_sha256(f):
+            convert(f, run_dir, num_classes=num_classes)
+        out.append(run_dir)
+    return out
+
+
 def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, force: bool,
-         seed: int | None = None) -> list[Step]:
-    """The pipeline's steps, in order, with every notebook's parameters."""
+         seed: int | None = None, published=()) -> list[Step]:
+    """The pipeline's steps, in order, with every notebook's parameters (``published``: converted
+    run directories of published checkpoints, evaluated like the report's runs)."""
     gen = profile.generate
     figs = _abs(figures_dir)
     steps = [Step("data", "01_data", "01_data", {
@@ -85,12 +112,18 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
             "force": False, "figures_dir": figs, "n_images": 3,
             "extra_data_roots": [_abs(second_root(profile, data_root))] if profile.second_benchmark else [],
         }, f"evaluate {spec.name}"))
+    for run_dir in map(Path, published):
+        steps.append(Step("evaluate", "04_evaluate", f"evaluate_published_{run_dir.name}", {
+            "run_dir": _abs(run_dir), "data_root": _abs(data_root), "device": device, "force": False,
+            "figures_dir": figs, "n_images": 3, "extra_data_roots": [],
+        }, f"evaluate published {run_dir.name}"))
     dyn = [s for s in profile.runs if s.method == "dynamic"]
     steps.append(Step("method", "02_method", "02_method", {
         "run_dir": _abs(Path(runs_root) / (dyn[0].name if dyn else profile.runs[-1].name)), "figures_dir": figs,
     }, "method"))
     steps.append(Step("results", "05_results", "05_results", {
         "profile": profile.name, "runs_root": _abs(runs_root), "report_dir": _abs(out), "figures_dir": figs,
+        "published_root": _abs(published_root(runs_root)) if published else "",
     }, "results"))
     return steps
 
@@ -293,10 +326,12 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
 def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
                  device: str | None = None, jobs: int | None = None, force: bool = False,
                  figures_dir=None, progress: bool = True, seed: int | None = None,
-                 extra_seeds=(), root=None) -> PipelineResult:
+                 extra_seeds=(), root=None, published=()) -> PipelineResult:
     """Run the whole report for ``profile`` (see the module docstring); returns where it went.
-    ``extra_seeds`` repeats the profile's baseline and dynamic runs with those seeds. Outputs
-    not given explicitly go under ``root`` (:func:`report_root`)."""
+    ``extra_seeds`` repeats the profile's runs with those seeds. ``published`` are downloaded
+    MMDetection checkpoints (Faster / Dynamic R-CNN R50-FPN): each is converted into a run
+    directory under ``<runs_root>_published`` and evaluated next to the report's own runs.
+    Outputs not given explicitly go under ``root`` (:func:`report_root`)."""
     from tqdm.auto import tqdm
 
     profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
@@ -312,7 +347,8 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
     jobs = max(1, int(jobs if jobs is not None else (2 if device == "cpu" else 1)))
     for p in (out, runs_root, figures_dir):
         p.mkdir(parents=True, exist_ok=True)
-    steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed)
+    steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed,
+                 published=convert_published(published, runs_root))
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
     pinned = prepare_backbone(profile, data_root, device, progress)
     for s in steps:
@@ -345,7 +381,8 @@ def main_report(args) -> int:
     try:
         result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
                               device=args.device, jobs=args.jobs, force=args.force,
-                              extra_seeds=args.extra_seeds or (), root=args.root)
+                              extra_seeds=args.extra_seeds or (), root=args.root,
+                              published=args.published_weights or ())
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -355,4 +392,4 @@ def main_report(args) -> int:
 
 
 __all__ = ["ReportError", "Step", "PipelineResult", "plan", "execute_notebook", "render_html", "run_pipeline",
-           "main_report", "STEP_KINDS"]
+           "main_report", "STEP_KINDS", "published_root", "convert_published"]
