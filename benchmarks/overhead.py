@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from dynrcnn.config import get_preset
 from dynrcnn.model import build_model
+from dynrcnn.presets import get_preset
 
 
 def cpu_name() -> str:

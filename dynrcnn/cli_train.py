@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from dynrcnn import runs
-from dynrcnn.config import (CONVENTIONS, METHODS, PRESET_HELP, PRESETS, PRETRAIN_DATA, build_config, check_device,
-                            default_device, valid_keys)
+from dynrcnn import integrity, run_summary, runs
+from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
+from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, build_config
 
 
 def _presets_text() -> str:
@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
 
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
     check_device(args.device)  # refusals first, before any pretraining
-    runs.check_out_dir(args.out, args.resume, args.overwrite)
+    integrity.check_out_dir(args.out, args.resume, args.overwrite)
     from dynrcnn.pretrain import resolve_backbone
 
     cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:<preset> -> a file
@@ -69,19 +69,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    table = runs.runs_table(runs.find_runs(args.dir))
+    table = run_summary.runs_table(runs.find_runs(args.dir))
     if args.csv:
         print(table.to_csv(index=False), end="")
     else:
-        print(runs.format_table(table))
+        print(run_summary.format_table(table))
     return 0
 
 
-def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    device = default_device()
-    last = f"{runs.CHECKPOINTS}/{runs.LAST_CHECKPOINT}"
+_FMT = argparse.RawDescriptionHelpFormatter
 
+
+def _last_checkpoint_name() -> str:
+    return f"{runs.CHECKPOINTS}/{runs.LAST_CHECKPOINT}"
+
+
+def register(subparsers) -> None:
+    device = default_device()
+    _register_train(subparsers, device)
+    _register_pretrain(subparsers, device)
+    _register_eval(subparsers, device)
+    _register_runs(subparsers)
+
+
+def _register_train(subparsers, device: str) -> None:
+    last = _last_checkpoint_name()
     p = subparsers.add_parser(
         "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
         description="Train Faster R-CNN with the chosen method and write a run directory ("
@@ -89,7 +101,7 @@ def register(subparsers) -> None:
                     f"{runs.TRAIN_DONE}, {runs.EVAL}). "
                     "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
                     "over all of them).",
-        epilog=TRAIN_EPILOG, formatter_class=fmt)
+        epilog=TRAIN_EPILOG, formatter_class=_FMT)
     p.add_argument("--preset", default="mini", choices=list(PRESETS),
                    help="complete configuration to start from (default: mini; see the list below)")
     p.add_argument("--method", default="dynamic", choices=METHODS,
@@ -102,7 +114,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in RUN_DIR from {last} (or the newest readable "
                         "periodic checkpoint); the result equals an uninterrupted run. Settings and data "
-                        f"must be the recorded ones (only {', '.join(runs.MAY_CHANGE_ON_RESUME)} may change)")
+                        f"must be the recorded ones (only {', '.join(integrity.MAY_CHANGE_ON_RESUME)} may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="RUN_DIR holds a run: delete its files and train again from scratch (without this "
                         "flag a folder holding any run file is refused)")
@@ -117,6 +129,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
     p.set_defaults(func=cmd_train)
 
+
+def _register_pretrain(subparsers, device: str) -> None:
     p = subparsers.add_parser(
         "pretrain", help="build the backbone weights the mini preset starts from (once; reused after)",
         description="Train the mini_pretrain baseline on a benchmark drawn with its own data seed (never the "
@@ -124,7 +138,7 @@ def register(subparsers) -> None:
                     "ROOT/backbone-<recipe hash>.pth with a JSON record of its SHA-256 and recipe. Runs of the "
                     "mini preset (model.backbone_weights=pretrained:mini_pretrain) start from it; 'dynrcnn train' builds it "
                     "automatically when it is missing. Existing weights of the same recipe are checked and reused.",
-        formatter_class=fmt)
+        formatter_class=_FMT)
     p.add_argument("--preset", default="mini_pretrain", choices=sorted(PRETRAIN_DATA),
                    help="pretraining preset (default: %(default)s; mini_pretrain_smoke is a seconds-long version for tests)")
     p.add_argument("--root", default="data/pretrained", metavar="DIR",
@@ -135,11 +149,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
+
+def _register_eval(subparsers, device: str) -> None:
+    last = _last_checkpoint_name()
     p = subparsers.add_parser(
         "eval", help=f"COCO-evaluate a run's checkpoint (writes {runs.DETECTIONS} and {runs.EVAL})",
         description="Run the run's detector over its validation split and compute COCO bbox AP, AP50, AP75, "
                     "AP_S/M/L and AP at each IoU 0.50:0.05:0.95 (AP90 included), in percent.",
-        formatter_class=fmt)
+        formatter_class=_FMT)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'dynrcnn train'")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help=f"checkpoint to evaluate (default: RUN_DIR/{last})")
@@ -156,12 +173,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=cmd_eval)
 
+
+def _register_runs(subparsers) -> None:
     p = subparsers.add_parser(
         "runs", help="list the runs under a folder (method, preset, iterations, AP, AP90, time)",
         description="Print one line per run directory found under DIR: method, preset, convention, seed, "
                     "iterations, whether training finished, AP, AP50, AP75, AP90 (percent), wall time "
                     "(minutes) and training images/s.",
-        formatter_class=fmt)
+        formatter_class=_FMT)
     p.add_argument("dir", metavar="DIR", help="folder searched recursively for run directories")
     p.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
     p.set_defaults(func=cmd_runs)

@@ -210,7 +210,7 @@ def _guess_model(src: Path, meta: dict, model: str) -> str:
 def converted_config(model: str, data_root: str = ""):
     """The run config of a converted published model: the COCO R50-FPN 1x preset with the
     published model's test settings, MMDetection's anchors and RoIAlign, no backbone download."""
-    from dynrcnn.config import get_preset
+    from dynrcnn.presets import get_preset
 
     spec = PUBLISHED[model]
     cfg = get_preset("coco_r50_fpn_1x")

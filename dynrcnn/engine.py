@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynrcnn import checkpoint, runs
+from dynrcnn import checkpoint, integrity, runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
 from dynrcnn.hooks import HookBase, default_hooks
@@ -162,7 +162,7 @@ class Trainer:
         if self.cfg.data_root:  # config.json works from any cwd
             self.cfg.data_root = str(Path(self.cfg.data_root).expanduser().resolve())
         self.out, self.resume, self.progress, self.overwrite = Path(out), resume, progress, overwrite
-        runs.check_out_dir(self.out, resume, overwrite)  # before anything starts (every rank)
+        integrity.check_out_dir(self.out, resume, overwrite)  # before anything starts (every rank)
         self.ckpt_dir = runs.checkpoint_dir(self.out)
         self.dist = setup_distributed(device)
         self.world, self.main = self.dist.world_size, self.dist.is_main
@@ -189,7 +189,7 @@ class Trainer:
     # ---- setup
 
     def find_checkpoint(self) -> dict | None:
-        """The checkpoint to resume from (``None``: fresh start; ``runs.check_out_dir`` has
+        """The checkpoint to resume from (``None``: fresh start; ``integrity.check_out_dir`` has
         refused to start afresh over a run)."""
         if not self.resume:
             return None
@@ -215,9 +215,9 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
         self.dataset = load_dataset(cfg.data_root, cfg.train_split, train=True)
-        self.data = runs.data_record(self.dataset)
+        self.data = integrity.data_record(self.dataset)
         if self.ckpt is not None:
-            runs.check_resume(self.out, cfg, self.data)  # the run's record stays true
+            integrity.check_resume(self.out, cfg, self.data)  # the run's record stays true
         self.model = build_model(cfg, self.dataset.num_classes)
         if self.ckpt is None:
             init_backbone(self.model, cfg)  # pretrained backbone of a fresh run (RPN and head stay fresh)
@@ -252,8 +252,8 @@ class Trainer:
             runs.write_config(self.out, self.cfg, self.world, data=self.data)
         env = environment(self.dev, self.world)
         env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
-        if self.ckpt is not None:  # what may differ from config.json (runs.MAY_CHANGE_ON_RESUME)
-            env["resumed_with"] = {k: getattr(self.cfg, k) for k in runs.MAY_CHANGE_ON_RESUME}
+        if self.ckpt is not None:  # what may differ from config.json (integrity.MAY_CHANGE_ON_RESUME)
+            env["resumed_with"] = {k: getattr(self.cfg, k) for k in integrity.MAY_CHANGE_ON_RESUME}
         runs.write_env(self.out, env)
         self.writers = runs.open_loggers(self.out, self.cfg.log_stats)
         try:
@@ -323,12 +323,12 @@ class Trainer:
             torch.distributed.barrier()
 
     def run(self) -> TrainResult:
-        lock = runs.RunLock(self.out) if self.main else None
+        lock = integrity.RunLock(self.out) if self.main else None
         if lock is not None:
             lock.acquire()  # a second writer of the same run directory is refused
         try:
             if self.main and self.overwrite:
-                runs.clear_run(self.out)
+                integrity.clear_run(self.out)
             return self._run()
         finally:
             if lock is not None:
@@ -388,7 +388,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = 
 
     ``resume=True`` continues from ``out_dir/checkpoints/last.pth`` (or the newest readable
     periodic checkpoint) and refuses settings or data other than the recorded ones
-    (``runs.check_resume``). A folder holding a run is refused unless ``resume`` or
+    (``integrity.check_resume``). A folder holding a run is refused unless ``resume`` or
     ``overwrite`` (which deletes that run's files first). With ``cfg.eval_at_end`` the final
     model is evaluated on ``cfg.val_split`` (``eval.json``). Under ``torchrun`` this runs
     distributed.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynrcnn import runs
+from dynrcnn import integrity, runs
 from dynrcnn.checkpoint import load_for_eval
 from dynrcnn.config import IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
@@ -167,7 +167,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict.
     ``data_root`` overrides the dataset folder recorded in ``config.json``: when it is another
     folder, the results go to ``eval-<name>.json`` and ``detections-<name>.json`` (``name``: the
-    folder's name, see :func:`runs.eval_tag`) and the run's own ``eval.json`` is left alone.
+    folder's name, see :func:`integrity.eval_tag`) and the run's own ``eval.json`` is left alone.
     ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
     annotation file's SHA-256.
     """
@@ -178,7 +178,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     check_device(device)
     run = Path(run_dir)
     cfg = runs.read_config(run)
-    tag = runs.sanitise_tag(name) if name is not None else runs.eval_tag(run, data_root)
+    tag = runs.sanitise_tag(name) if name is not None else integrity.eval_tag(run, data_root)
     if data_root is not None:
         cfg.data_root = str(data_root)
     ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
@@ -186,13 +186,13 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
-    data = runs.data_record(dataset)
+    data = integrity.data_record(dataset)
     if name is None:
-        runs.check_eval_target(run, tag, data)
+        integrity.check_eval_target(run, tag, data)
     model = build_model(cfg, dataset.num_classes)
     _check_num_classes(ckpt["model"], dataset, ckpt_path)
     model.load_state_dict(ckpt["model"])
-    with runs.RunLock(run):  # not while another process trains or evaluates this run
+    with integrity.RunLock(run):  # not while another process trains or evaluates this run
         detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
                                   num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
         runs.write_detections(run, detections, tag)

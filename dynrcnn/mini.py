@@ -164,6 +164,80 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
 # one image
 # --------------------------------------------------------------------------------------------
 
+def _canvas(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The subdued background with its clutter, as a float32 ``[H, W, 3]`` array."""
+    background = _background(rng, size)
+    mean = background.mean(axis=(0, 1), keepdims=True)
+    background = mean + BACKGROUND_CONTRAST * (background - mean)  # subdued, so objects stand out
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    _clutter(ImageDraw.Draw(canvas), rng, size)
+    return np.asarray(canvas, dtype=np.float32).copy()
+
+
+def _place_object(rng: np.random.Generator, size: int, band: int,
+                  shrink: float) -> tuple[str, np.ndarray] | None:
+    """A random shape of size ``band`` placed in the image: ``(class, pixel mask)``, or ``None`` if too large."""
+    cls = CLASSES[int(rng.integers(0, len(CLASSES)))]
+    # object area (pixels): log-uniform inside its planned band (shrunk after failed fits)
+    a_lo, a_hi = _area_bands(size)[band]
+    target_area = shrink * math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
+    aspect = math.exp(rng.uniform(-0.9, 0.9))  # width / height before rotation
+    if cls in ("star", "cross", "ring") and rng.random() < 0.5:
+        aspect = math.exp(rng.uniform(-0.25, 0.25))
+    angle = rng.uniform(0, 2 * np.pi) if rng.random() < 0.7 else rng.choice([0.0, np.pi / 2])
+    outer, hole = _shape_polygons(cls, rng)
+    unit_area = _poly_area(outer) - (_poly_area(hole) if hole is not None else 0.0)
+    sxy = target_area / unit_area
+    sx, sy = math.sqrt(sxy * aspect), math.sqrt(sxy / aspect)
+    p = _transform(outer, sx, sy, angle, 0.0, 0.0)
+    (minx, miny), (maxx, maxy) = p.min(axis=0), p.max(axis=0)
+    if maxx - minx > size - 2 or maxy - miny > size - 2:
+        return None
+    cx = rng.uniform(-minx + 1, size - 1 - maxx)
+    cy = rng.uniform(-miny + 1, size - 1 - maxy)
+    m_img = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(m_img)
+    d.polygon([tuple(v) for v in (p + [cx, cy]).tolist()], fill=255)
+    if hole is not None:
+        h = _transform(hole, sx, sy, angle, cx, cy)
+        d.polygon([tuple(v) for v in h.tolist()], fill=0)
+    return cls, np.asarray(m_img) > 0
+
+
+def _hides_too_much(owner: np.ndarray, mask: np.ndarray, areas: list[int]) -> bool:
+    """Whether drawing ``mask`` would leave an earlier object more than MAX_OCCLUDED hidden."""
+    hidden = owner[mask]
+    hidden = hidden[hidden >= 0]
+    if not hidden.size:
+        return False
+    counts = np.bincount(hidden, minlength=len(areas))
+    owned = owner[owner >= 0]
+    visible = np.bincount(owned, minlength=len(areas)) - counts
+    return bool(np.any(visible < (1.0 - MAX_OCCLUDED) * np.asarray(areas)))
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fill ``mask`` in ``img`` in a colour that contrasts with what lies beneath; returns ``(ys, xs)``."""
+    under = img[mask].mean(axis=0)
+    colour = rng.uniform(0, 255, size=3)
+    for _ in range(8):
+        if np.abs(colour - under).sum() > MIN_CONTRAST:
+            break
+        colour = rng.uniform(0, 255, size=3)
+    style = rng.random()
+    ys, xs = np.nonzero(mask)
+    if style < 0.25:  # gradient fill
+        colour2 = np.clip(colour + rng.uniform(-90, 90, size=3), 0, 255)
+        t = (xs - xs.min()) / max(1, xs.max() - xs.min())
+        fill = colour[None, :] + (colour2 - colour)[None, :] * t[:, None]
+    elif style < 0.45:  # speckle texture
+        fill = colour[None, :] + rng.normal(0, 10, size=(xs.size, 1))
+    else:
+        fill = np.broadcast_to(colour, (xs.size, 3))
+    img[ys, xs] = fill
+    return ys, xs
+
+
 def render_image(seed: int, split: str, index: int, image_size: int = 192,
                  min_objects: int = 2, max_objects: int = 6, return_masks: bool = False):
     """Draw image ``index`` of ``split``: a uint8 ``[H, W, 3]`` array and its objects.
@@ -174,13 +248,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
     """
     rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
     size = int(image_size)
-    background = _background(rng, size)
-    mean = background.mean(axis=(0, 1), keepdims=True)
-    background = mean + BACKGROUND_CONTRAST * (background - mean)  # subdued, so objects stand out
-    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    _clutter(ImageDraw.Draw(canvas), rng, size)
-    img = np.asarray(canvas, dtype=np.float32).copy()
-
+    img = _canvas(rng, size)
     owner = np.full((size, size), -1, dtype=np.int16)
     areas: list[int] = []
     objects: list[dict] = []
@@ -196,65 +264,15 @@ def render_image(seed: int, split: str, index: int, image_size: int = 192,
     attempts = 0
     while plan and attempts < 6 * n_target:
         attempts += 1
-        cls_id = int(rng.integers(0, len(CLASSES)))
-        cls = CLASSES[cls_id]
-        # object area (pixels): log-uniform inside its planned band (shrunk after failed fits)
-        a_lo, a_hi = _area_bands(size)[plan[0]]
-        target_area = shrink * math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
-        aspect = math.exp(rng.uniform(-0.9, 0.9))  # width / height before rotation
-        if cls in ("star", "cross", "ring") and rng.random() < 0.5:
-            aspect = math.exp(rng.uniform(-0.25, 0.25))
-        angle = rng.uniform(0, 2 * np.pi) if rng.random() < 0.7 else rng.choice([0.0, np.pi / 2])
-        outer, hole = _shape_polygons(cls, rng)
-        unit_area = _poly_area(outer) - (_poly_area(hole) if hole is not None else 0.0)
-        sxy = target_area / unit_area
-        sx, sy = math.sqrt(sxy * aspect), math.sqrt(sxy / aspect)
-        p = _transform(outer, sx, sy, angle, 0.0, 0.0)
-        minx, miny = p.min(axis=0)
-        maxx, maxy = p.max(axis=0)
-        if maxx - minx > size - 2 or maxy - miny > size - 2:
+        placed = _place_object(rng, size, plan[0], shrink)
+        if placed is None:  # larger than the image: try smaller
             shrink *= 0.85
             continue
-        cx = rng.uniform(-minx + 1, size - 1 - maxx)
-        cy = rng.uniform(-miny + 1, size - 1 - maxy)
-        m_img = Image.new("L", (size, size), 0)
-        d = ImageDraw.Draw(m_img)
-        d.polygon([tuple(v) for v in (p + [cx, cy]).tolist()], fill=255)
-        if hole is not None:
-            h = _transform(hole, sx, sy, angle, cx, cy)
-            d.polygon([tuple(v) for v in h.tolist()], fill=0)
-        mask = np.asarray(m_img) > 0
+        cls, mask = placed
         area = int(mask.sum())
-        if area < 16:
+        if area < 16 or _hides_too_much(owner, mask, areas):
             continue
-        # occlusion check: no earlier object may end up more than MAX_OCCLUDED hidden
-        if objects:
-            hidden = owner[mask]
-            hidden = hidden[hidden >= 0]
-            if hidden.size:
-                counts = np.bincount(hidden, minlength=len(objects))
-                owned = owner[owner >= 0]
-                visible = np.bincount(owned, minlength=len(objects)) - counts
-                if np.any(visible < (1.0 - MAX_OCCLUDED) * np.asarray(areas)):
-                    continue
-        # colour with enough contrast against what lies underneath
-        under = img[mask].mean(axis=0)
-        colour = rng.uniform(0, 255, size=3)
-        for _ in range(8):
-            if np.abs(colour - under).sum() > MIN_CONTRAST:
-                break
-            colour = rng.uniform(0, 255, size=3)
-        style = rng.random()
-        ys, xs = np.nonzero(mask)
-        if style < 0.25:  # gradient fill
-            colour2 = np.clip(colour + rng.uniform(-90, 90, size=3), 0, 255)
-            t = (xs - xs.min()) / max(1, xs.max() - xs.min())
-            fill = colour[None, :] + (colour2 - colour)[None, :] * t[:, None]
-        elif style < 0.45:  # speckle texture
-            fill = colour[None, :] + rng.normal(0, 10, size=(xs.size, 1))
-        else:
-            fill = np.broadcast_to(colour, (xs.size, 3))
-        img[ys, xs] = fill
+        ys, xs = _paint(rng, img, mask)
         owner[mask] = len(objects)
         areas.append(area)
         plan.pop(0)

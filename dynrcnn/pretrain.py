@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from dynrcnn.config import PRETRAIN_DATA, PRETRAINED_PREFIX, Config, get_preset
+from dynrcnn.config import PRETRAINED_PREFIX, Config
 from dynrcnn.engine import train_model
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.mini import FORMAT_VERSION, generate_mini
+from dynrcnn.presets import PRETRAIN_DATA, get_preset
 from dynrcnn.runs import atomic_write_bytes
 from dynrcnn.weights import extract_backbone, file_sha256
 

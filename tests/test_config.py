@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from dynrcnn.config import (PRESET_HELP, PRESETS, Config, apply_overrides, build_config, config_from_dict,
-                            get_preset, resolve_lr, scaled_lr, valid_keys)
+from dynrcnn.config import Config, apply_overrides, config_from_dict, resolve_lr, scaled_lr, valid_keys
 from dynrcnn.engine import lr_at
 from dynrcnn.errors import ConfigError
+from dynrcnn.presets import PRESET_HELP, PRESETS, build_config, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

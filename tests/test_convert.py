@@ -333,7 +333,7 @@ def test_export_loads_into_plain_torchvision(tmp_path, capsys):
 def test_export_refuses_slim_model(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    from dynrcnn.config import get_preset
+    from dynrcnn.presets import get_preset
 
     (run / "config.json").write_text(get_preset("mini").to_json())
     assert main(["export", str(run), "--to", "torchvision", "--out", str(tmp_path / "x.pth")]) == 2

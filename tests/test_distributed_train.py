@@ -20,9 +20,10 @@ def _worker(rank, world, port, root, out, result_dir):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
-    from dynrcnn.config import apply_overrides, get_preset
+    from dynrcnn.config import apply_overrides
     from dynrcnn.engine import train_model
     from dynrcnn.model import dynamic_head
+    from dynrcnn.presets import get_preset
 
     cfg = get_preset("mini_smoke")
     cfg.data_root = root
@@ -66,7 +67,7 @@ def test_two_gloo_ranks_end_identical(tmp_path):
 
 
 def test_batch_must_divide_world_size(monkeypatch, tmp_path):
-    from dynrcnn.config import get_preset
+    from dynrcnn.presets import get_preset
     from dynrcnn.engine import train
     from dynrcnn.errors import ConfigError
     import dynrcnn.engine as engine

@@ -6,11 +6,12 @@ import shutil
 import pytest
 import torch
 
-from dynrcnn.config import apply_overrides, get_preset
 from dynrcnn.checkpoint import find_resume_checkpoint, read_checkpoint
+from dynrcnn.config import apply_overrides
 from dynrcnn.engine import train, train_model
 from dynrcnn.errors import CheckpointError, DynrcnnError
 from dynrcnn.model import dynamic_head
+from dynrcnn.presets import get_preset
 from dynrcnn.runs import load_run, read_jsonl
 
 TINY = ["max_iter=8", "dynamic.interval=2", "checkpoint_period=4", "log_period=2", "model.min_size=64",

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dynrcnn.config import apply_overrides, get_preset
+from dynrcnn.config import apply_overrides
 from dynrcnn.errors import ConfigError
 from dynrcnn.evaluation import IOU_THRESHOLDS, ap_per_iou, coco_metrics, evaluate
+from dynrcnn.presets import get_preset
 
 # three 100x100 images, two categories with non-contiguous ids, boxes of all three sizes
 BOXES = {

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dynrcnn import runs
+from dynrcnn import integrity, runs
 from dynrcnn.engine import train
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.evaluation import evaluate
@@ -147,8 +147,9 @@ def test_image_size_checked_by_verify_and_at_load_time(tmp_path, capsys):
 
 
 def test_set_lr_is_honoured_and_unknown_keys_get_the_closest_name():
-    from dynrcnn.config import build_config, resolve_lr
+    from dynrcnn.config import resolve_lr
     from dynrcnn.errors import ConfigError
+    from dynrcnn.presets import build_config
 
     cfg = build_config("mini_smoke", "dynamic", overrides=["lr=0.05", "ims_per_batch=2"])
     resolved, message = resolve_lr(cfg)
@@ -224,9 +225,9 @@ def test_lock_refuses_a_second_writer_and_takes_over_a_stale_one(done_run, data_
         live.kill()
         live.wait()
     # the holder is gone: the lock is stale and taken over (then released)
-    with runs.RunLock(out) as lock:
+    with integrity.RunLock(out) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
-        with runs.RunLock(out):  # re-entrant in the same process (training evaluates under its lock)
+        with integrity.RunLock(out):  # re-entrant in the same process (training evaluates under its lock)
             pass
         assert lock.path.exists()
     assert not (out / runs.LOCK).exists()
@@ -241,7 +242,7 @@ def test_report_force_retrains_over_an_existing_run(done_run, data_root, tmp_pat
     out = tmp_path / "run"
     shutil.copytree(done_run, out)
     cfg = tiny_cfg(data_root, "max_iter=4", "eval_at_end=true")
-    action, why = runs.train_action(out, cfg, force=True)
+    action, why = integrity.train_action(out, cfg, force=True)
     assert action == "train"
     train(cfg, out, resume=(action == "resume"), progress=False, overwrite=True)
     assert runs.is_complete(out)

@@ -14,8 +14,9 @@ import nbformat
 import pytest
 
 from dynrcnn import reference, report
-from dynrcnn.config import build_config
-from dynrcnn.runs import find_runs, train_action
+from dynrcnn.integrity import train_action
+from dynrcnn.presets import build_config
+from dynrcnn.runs import find_runs
 
 SOURCES = sorted(report.NOTEBOOK_DIR.glob("*.ipynb"))
 

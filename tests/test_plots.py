@@ -10,7 +10,8 @@ import pytest
 
 from dynrcnn import plots
 from dynrcnn.report import recompute_updates
-from dynrcnn.runs import load_run, threshold_at
+from dynrcnn.run_summary import threshold_at
+from dynrcnn.runs import load_run
 
 IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
 
@@ -53,7 +54,7 @@ def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=
     """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic). With
     ``jitter`` (and a ``data_root`` holding :func:`write_gt`'s annotations), ``detections.json``
     and eval.json's AP come from ground-truth boxes moved by that many pixels."""
-    from dynrcnn.config import build_config as make_config
+    from dynrcnn.presets import build_config as make_config
 
     run = Path(root) / name
     run.mkdir(parents=True)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from dynrcnn.config import build_config, get_preset
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.model import build_model
+from dynrcnn.presets import build_config, get_preset
 from dynrcnn.pretrain import ensure_pretrained, pretrain_preset, recipe, resolve_backbone, weights_path
 from dynrcnn.weights import file_sha256, init_backbone
 

@@ -11,8 +11,9 @@ import pytest
 
 from dynrcnn import reference, report
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.config import build_config
-from dynrcnn.runs import find_runs, load_run, train_action
+from dynrcnn.integrity import train_action
+from dynrcnn.presets import build_config
+from dynrcnn.runs import find_runs, load_run
 from tests.test_plots import write_gt, write_run  # synthetic run directories
 
 

@@ -2,7 +2,8 @@
 
 import json
 
-from dynrcnn.runs import find_runs, format_table, load_run, read_jsonl, runs_table
+from dynrcnn.run_summary import format_table, runs_table
+from dynrcnn.runs import find_runs, load_run, read_jsonl
 
 
 def make_run(path, method, seed=0, ap=None, done=True):

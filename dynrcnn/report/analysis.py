@@ -17,7 +17,7 @@ from dynrcnn.config import IOU_THRESHOLDS, method_switches
 from dynrcnn.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.intervals import compare, interval
-from dynrcnn.runs import is_miniature, rpn_nms, run_name, scale_label, threshold_at
+from dynrcnn.run_summary import is_miniature, rpn_nms, run_name, scale_label, threshold_at
 
 METRICS = ("AP", "AP50", "AP75", "AP90")
 ABLATION_ORDER = ("baseline", "dla", "dsl", "dynamic")

@@ -23,7 +23,8 @@ import pandas as pd
 from dynrcnn import reference as ref
 from dynrcnn.report.analysis import device_kind, group_runs, main_key, mean, names, profile_scale, values
 from dynrcnn.report.intervals import compare, extra_datasets, interval
-from dynrcnn.runs import TRAIN_DONE, rpn_nms, scale_label
+from dynrcnn.run_summary import rpn_nms, scale_label
+from dynrcnn.runs import TRAIN_DONE
 
 COCO_TOLERANCE = 0.3
 OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}

@@ -17,7 +17,8 @@ from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, REPRODUCED, TABLE
                                    find_claim)
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.text import ap_sentence, trend_sentence
-from dynrcnn.runs import find_runs, run_device, run_iterations, scale_label
+from dynrcnn.run_summary import run_device, run_iterations, scale_label
+from dynrcnn.runs import find_runs
 
 STEP_TEXT = {
     "data": "the dataset: generation/check, statistics, sample images",

@@ -141,7 +141,7 @@ def prepare_backbone(profile: Profile, data_root, device: str, progress: bool) -
     file and its SHA-256 in every run's config (nothing when the preset trains from scratch)."""
     import torch
 
-    from dynrcnn.config import build_config
+    from dynrcnn.presets import build_config
     from dynrcnn.pretrain import ensure_pretrained, pretrain_preset
 
     preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)

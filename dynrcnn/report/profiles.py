@@ -2,7 +2,7 @@
 
 A :class:`Profile` names a preset, the runs to train (:class:`RunSpec`: directory name,
 method, seed, ``--set`` overrides), the dataset and where figures go. Run configs are
-assembled by :func:`dynrcnn.config.build_config`; this module only says *which* runs.
+assembled by :func:`dynrcnn.presets.build_config`; this module only says *which* runs.
 """
 
 from __future__ import annotations

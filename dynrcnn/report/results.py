@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from dynrcnn import run_summary
 from dynrcnn import runs as runs_mod
 from dynrcnn.report.analysis import ABLATION_NAMES, METRICS, dynamic_facts, group_runs, main_key
 from dynrcnn.report.claims import claims
@@ -57,7 +58,7 @@ def configurations(runs) -> list[dict]:
     for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
         per_seed = []
         for r in sorted(rs, key=lambda r: r.seed):
-            per_seed.append({"run": runs_mod.run_name(r), "seed": r.seed, "iterations": r.iterations,
+            per_seed.append({"run": run_summary.run_name(r), "seed": r.seed, "iterations": r.iterations,
                              "metrics": _metrics(r.eval),
                              "metrics_on": {ds: _metrics(r.eval_on(ds)) for ds in datasets},
                              "dynamic": dynamic_facts(r),

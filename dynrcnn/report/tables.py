@@ -11,7 +11,8 @@ import pandas as pd
 
 from dynrcnn.config import resolved_lr
 from dynrcnn.report.analysis import iou_thresholds
-from dynrcnn.runs import ENV, run_device, run_iterations, run_name, scale_label
+from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
+from dynrcnn.runs import ENV
 
 
 def config_table(cfg) -> pd.DataFrame:

@@ -10,7 +10,8 @@ import pandas as pd
 
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
 from dynrcnn.report.claims import claims, claims_table, find_claim
-from dynrcnn.runs import find_runs, run_device, run_iterations, run_name, scale_label
+from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
+from dynrcnn.runs import find_runs
 
 README_BEGIN, README_END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 

@@ -1,0 +1,247 @@
+"""The integrity of a run directory: no silent overwrite (:func:`check_out_dir`,
+:func:`clear_run`), one writer at a time (:class:`RunLock`), the immutable training record
+(:func:`check_resume`), the reuse rules of the notebooks (:func:`reusable`,
+:func:`train_action`) and the provenance of the data a run read or was evaluated on
+(:func:`data_record`, :func:`eval_tag`, :func:`check_eval_target`).
+
+File names come from :mod:`dynrcnn.runs`; this module spells none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dynrcnn.errors import DynrcnnError
+from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT, LOCK, TRAIN_DONE, artefacts,
+                          eval_file, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir,
+                          last_checkpoint, read_json, sanitise_tag)
+
+
+# --------------------------------------------------------------------------------------
+# provenance: what a run records of its data, and where an evaluation on other data goes
+
+
+def data_record(dataset) -> dict:
+    """What a run records of the data it read (a :class:`~dynrcnn.data.CocoDetection`):
+    ``data_root`` (resolved), ``split`` and the SHA-256 of the annotation file."""
+    from dynrcnn.weights import file_sha256
+
+    return {"data_root": str(Path(dataset.root).expanduser().resolve()), "split": dataset.split,
+            "annotation_sha256": file_sha256(dataset.annotation_file)}
+
+
+def same_path(a, b) -> bool:
+    """Whether two paths name the same place (``~`` expanded, resolved)."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def eval_tag(run_dir, data_root) -> str | None:
+    """``None`` when ``data_root`` is the run's own data (``config.json``), else the data
+    folder's name, sanitised: the tag of ``eval-<name>.json``."""
+    if data_root is None:
+        return None
+    own = (read_json(Path(run_dir) / CONFIG) or {}).get("data_root")
+    if own and same_path(own, data_root):
+        return None
+    return sanitise_tag(Path(data_root).expanduser().resolve().name)
+
+
+def check_eval_target(run_dir, name: str | None, data: dict) -> None:
+    """Refuse to replace ``eval-<name>.json`` that holds results on other data (two data
+    folders with the same name)."""
+    if name is None:
+        return
+    path = eval_file(run_dir, name)
+    held = (read_json(path) or {}).get("data_root")
+    if held and not same_path(held, data["data_root"]):
+        raise DynrcnnError(f"{path.name} already holds results on {held}, not {data['data_root']} ({path}); "
+                           "pass --name to store this evaluation under another name")
+
+
+# --------------------------------------------------------------------------------------
+# overwrite rules and the lock: no silent overwrite, no concurrent writers
+
+#: settings that may change when a run is resumed (they do not change what is trained); every
+#: other setting, and the training data (``config.json``'s ``data``), must stay as recorded
+MAY_CHANGE_ON_RESUME = ("num_workers", "log_period", "checkpoint_period", "keep_checkpoints", "log_stats",
+                        "eval_at_end", "eval_batch_size", "tf32")
+
+
+def clear_run(run_dir) -> None:
+    """Remove the run artefacts of ``run_dir`` (other files are left alone)."""
+    import shutil
+
+    for name in artefacts(run_dir):
+        path = Path(run_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_out_dir(run_dir, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, a fresh start (without ``overwrite``) into a folder
+    holding any run artefact, and a resume of a finished run that has no checkpoint left (a
+    resume of a run that stopped before its first checkpoint starts it again)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DynrcnnError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    if resume and overwrite:
+        raise DynrcnnError("--resume continues a run and --overwrite deletes it; pass one of them")
+    held = artefacts(run_dir)
+    if overwrite or not held:
+        return
+    if not resume:
+        raise DynrcnnError(f"{run_dir} already holds a run ({', '.join(held[:4])}); pass --resume to continue it, "
+                           "--overwrite to delete it and train again, or choose another --out")
+    if not has_checkpoints(run_dir) and (is_finished(run_dir) or is_evaluated(run_dir)):
+        raise DynrcnnError(f"{run_dir} holds a finished run ({', '.join(held[:4])}) but no checkpoint to resume "
+                           f"from ({CHECKPOINTS}/ is empty); pass --overwrite to train it again from scratch")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """``RUN_DIR/dynrcnn.lock`` (holder's pid and host) for as long as one process writes the run.
+
+    A second writer is refused with the holder's pid; a lock whose process is gone (same host)
+    is stale and taken over. Re-entrant within a process (training evaluates under its own lock).
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.owned = False
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "RunLock":
+        import socket
+
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return self  # this process holds it already
+                same_host = holder.get("host") == me["host"]
+                if same_host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]):
+                    raise DynrcnnError(f"{self.path.parent} is being written by process {holder['pid']} "
+                                       f"({self.path}); wait for it to finish or stop it") from None
+                if holder and not same_host:
+                    raise DynrcnnError(f"{self.path.parent} is locked by process {holder.get('pid')} on "
+                                       f"{holder.get('host')} ({self.path}); delete the lock file if that "
+                                       "process no longer runs") from None
+                import sys
+
+                print(f"removing the stale lock {self.path} (process {holder.get('pid')} is gone)", file=sys.stderr)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.owned = True
+            return self
+        raise DynrcnnError(f"could not take the lock {self.path}; another process took it; try again")
+
+    def release(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------
+# the immutable training record and the reuse rules
+
+_NOT_COMPARED = ("lr", "data_root", "num_workers")  # resolved by the engine / machine-specific
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_diff(recorded: dict, cfg, ignore=(), missing_differs: bool = True) -> list[str]:
+    """``key: recorded -> wanted`` for every setting of ``cfg`` that differs from the
+    ``recorded`` config (dotted keys; ``ignore``: top-level or dotted keys not compared; a key
+    the record lacks counts as a difference only with ``missing_differs``)."""
+    rec, wanted = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict())))
+    diffs = []
+    for key, value in wanted.items():
+        if key in ignore or key.split(".")[0] in ignore or (key not in rec and not missing_differs):
+            continue
+        if rec.get(key) != value:
+            diffs.append(f"{key}: {rec.get(key)!r} -> {value!r}")
+    return diffs
+
+
+def check_resume(run_dir, cfg, data: dict) -> None:
+    """Refuse to resume ``run_dir`` with settings or data other than those it recorded (the
+    run's record stays true); :data:`MAY_CHANGE_ON_RESUME` may differ."""
+    recorded = read_json(Path(run_dir) / CONFIG)
+    if recorded is None:
+        return
+    diffs = config_diff(recorded, cfg, ignore=MAY_CHANGE_ON_RESUME + ("data_root",), missing_differs=False)
+    held = recorded.get(DATA_RECORD) or {"data_root": recorded.get("data_root")}
+    if held.get("data_root") and not same_path(held["data_root"], data["data_root"]):
+        diffs.append(f"data_root: {held['data_root']!r} -> {data['data_root']!r}")
+    if held.get("annotation_sha256") not in (None, data["annotation_sha256"]):
+        diffs.append(f"{DATA_RECORD}.annotation_sha256: the training annotation file changed since the run started")
+    if diffs:
+        raise DynrcnnError(f"--resume would change what {run_dir} was trained with ({'; '.join(diffs)}); resume "
+                           f"with the settings in {Path(run_dir) / CONFIG}, or train into a new --out "
+                           f"(only {', '.join(MAY_CHANGE_ON_RESUME)} may change)")
+
+
+def reusable(run_dir, cfg) -> tuple[bool, str]:
+    """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``.
+
+    The recorded config must equal ``cfg`` (``lr``, which the engine resolves, ``data_root``
+    and ``num_workers`` excepted); the second element says why or why not.
+    """
+    run_dir = Path(run_dir)
+    if not is_complete(run_dir):
+        return False, f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
+    diffs = config_diff(read_json(run_dir / CONFIG) or {}, cfg, ignore=_NOT_COMPARED)
+    if diffs:
+        return False, f"{run_dir} was trained with another config ({'; '.join(diffs[:5])})"
+    return True, f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
+
+
+def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
+    """What the train notebook does with ``run_dir``: ``reuse`` a complete run of the same
+    config, ``resume`` an interrupted one (same config, ``checkpoints/last.pth`` present) or
+    ``train`` from scratch; the second element says why."""
+    run_dir = Path(run_dir)
+    if force:
+        return "train", f"force=True: training {run_dir} from scratch"
+    ok, why = reusable(run_dir, cfg)
+    if ok:
+        return "reuse", why
+    if last_checkpoint(run_dir).is_file() and is_run_dir(run_dir) and "another config" not in why:
+        return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
+    return "train", why + ": training from scratch"
+

@@ -1,0 +1,164 @@
+"""The named presets (each a complete :class:`~dynrcnn.config.Config`) and
+:func:`build_config`, the one place a run's config is assembled from (preset, method, seed,
+data root, convention, ``--set`` overrides): ``dynrcnn train`` and the report both call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dynrcnn.config import PRETRAINED_PREFIX, Config, DynamicConfig, ModelConfig, apply_overrides
+from dynrcnn.errors import ConfigError
+
+
+def _coco_1x(**over) -> Config:
+    cfg = Config(
+        preset="coco_r50_fpn_1x",
+        train_split="train2017",
+        val_split="val2017",
+        max_iter=90000,
+        ims_per_batch=16,
+        reference_ims_per_batch=16,
+        base_lr=0.02,
+        lr_steps=(60000, 80000),
+        warmup_iters=500,
+        checkpoint_period=5000,
+        log_period=20,
+        num_workers=4,
+        model=ModelConfig(arch="r50_fpn", pretrained_backbone=True, rpn_nms_thresh=0.7),
+        dynamic=DynamicConfig(k_i=75, k_beta=10, interval=100, init_iou=0.4, init_beta=1.0),
+    )
+    return dataclasses.replace(cfg, **over)
+
+
+def _mini(**over) -> Config:
+    # The slim model on the generated miniature benchmark (128 px images, ~3.6 objects each),
+    # fine-tuned from the project's pretrained backbone (as the paper fine-tunes from ImageNet):
+    # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/pretrain.py); RPN and R-CNN head
+    # start fresh in every run.
+    # K_I = 23, K_beta = 10, C = 20: derived from the real proposal pool in docs/method.md sec. 5.
+    cfg = Config(
+        preset="mini",
+        train_split="train",
+        val_split="val",
+        max_iter=300,
+        ims_per_batch=4,
+        reference_ims_per_batch=4,
+        base_lr=0.02,
+        lr_steps=(225, 270),
+        warmup_iters=50,
+        warmup_factor=1.0 / 3,
+        checkpoint_period=100,
+        keep_checkpoints=2,
+        log_period=20,
+        num_workers=1,
+        eval_batch_size=8,
+        tf32=False,
+        model=ModelConfig(
+            arch="slim_r18_fpn",
+            pretrained_backbone=False,
+            trainable_backbone_layers=5,
+            min_size=128,
+            max_size=128,
+            fpn_channels=64,
+            representation_size=256,
+            anchor_sizes=(8, 16, 32, 64, 128),
+            rpn_nms_thresh=0.7,
+            rpn_pre_nms_top_n_train=1000,
+            rpn_post_nms_top_n_train=300,
+            rpn_pre_nms_top_n_test=500,
+            rpn_post_nms_top_n_test=300,
+            rpn_batch_size_per_image=128,
+            box_batch_size_per_image=128,
+            backbone_weights=PRETRAINED_PREFIX + "mini_pretrain",
+        ),
+        dynamic=DynamicConfig(k_i=23, k_beta=10, interval=20, init_iou=0.4, init_beta=1.0),
+    )
+    return dataclasses.replace(cfg, **over)
+
+
+def _mini_smoke() -> Config:
+    cfg = _mini(preset="mini_smoke", max_iter=40, lr_steps=(30,), warmup_iters=10,
+                checkpoint_period=20, log_period=5, num_workers=0)
+    cfg.dynamic.interval = 10
+    cfg.model.backbone_weights = ""  # from scratch (the smoke report pins pretrained:mini_pretrain_smoke)
+    return cfg
+
+
+def _mini_pretrain(**over) -> Config:
+    # The backbone every mini run starts from (dynrcnn/pretrain.py): the mini baseline at RPN NMS
+    # 0.7, trained from scratch for 2500 iterations at a constant lr (after warm-up) on a benchmark
+    # drawn with its own data seed; only its ResNet body and FPN are kept.
+    cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),
+                warmup_iters=100, checkpoint_period=500, keep_checkpoints=1, eval_at_end=True)
+    cfg.model.backbone_weights = ""
+    return dataclasses.replace(cfg, **over)
+
+
+def _mini_pretrain_smoke() -> Config:
+    cfg = _mini_pretrain(preset="mini_pretrain_smoke", max_iter=10, lr_steps=(8,), warmup_iters=2,
+                         checkpoint_period=10, log_period=5, num_workers=0)
+    return cfg
+
+
+# images drawn (train, val) for the benchmark each pretraining preset trains on
+PRETRAIN_DATA = {"mini_pretrain": (2000, 100), "mini_pretrain_smoke": (32, 8)}
+
+PRESETS = {
+    "coco_r50_fpn_1x": lambda: _coco_1x(),
+    "coco_r50_fpn_1x_1gpu": lambda: _coco_1x(
+        preset="coco_r50_fpn_1x_1gpu", ims_per_batch=2, reference_ims_per_batch=2, base_lr=0.0025,
+        max_iter=720000, lr_steps=(480000, 640000), checkpoint_period=20000,
+    ),
+    "coco_r50_fpn_2x": lambda: _coco_1x(
+        preset="coco_r50_fpn_2x", max_iter=180000, lr_steps=(120000, 160000)
+    ),
+    "mini": _mini,
+    "mini_smoke": _mini_smoke,
+    "mini_pretrain": _mini_pretrain,
+    "mini_pretrain_smoke": _mini_pretrain_smoke,
+}
+
+PRESET_HELP = {
+    "coco_r50_fpn_1x": "paper recipe: R50-FPN, 16 img/iter (8 GPUs x 2), lr 0.02, 90k iters, steps 60k/80k",
+    "coco_r50_fpn_1x_1gpu": "seed reproduction: 1 GPU x 2 img, lr 0.0025, same epochs (720k iters)",
+    "coco_r50_fpn_2x": "paper 2x schedule: 180k iters, steps 120k/160k",
+    "mini": "slim R18-FPN from the pretrained backbone on the miniature benchmark: 300 iters x 4 img, CPU ~3 min",
+    "mini_smoke": "40 iterations of the mini preset, for tests",
+    "mini_pretrain": "the baseline whose backbone every mini run starts from (dynrcnn pretrain)",
+    "mini_pretrain_smoke": "10 iterations of mini_pretrain, for tests",
+}
+
+
+def get_preset(name: str) -> Config:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def build_config(preset: str, method: str, seed: int | None = None, data_root=None, overrides=(),
+                 convention: str | None = None) -> Config:
+    """The resolved, validated config of a run: ``preset`` with ``method``, ``seed``,
+    ``data_root`` and ``convention`` (each when given) and the ``--set`` ``overrides`` applied
+    last. The one place a run's config is assembled (``dynrcnn train`` and the report)."""
+    cfg = get_preset(preset)
+    cfg.method = method
+    if seed is not None:
+        cfg.seed = int(seed)
+    if data_root is not None:
+        cfg.data_root = str(data_root)
+    if convention:
+        cfg.dynamic.convention = convention
+    apply_overrides(cfg, list(overrides or []))
+    cfg.validate()
+    _check_overrides_apply(cfg, overrides or [])
+    return cfg
+
+
+def _check_overrides_apply(cfg: Config, overrides) -> None:
+    """Refuse a ``--set`` the run would ignore (every override is honoured or refused)."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if "model.trainable_backbone_layers" in keys and not cfg.model.pretrained_backbone:
+        raise ConfigError("model.trainable_backbone_layers applies only with model.pretrained_backbone=true (a "
+                          "backbone without ImageNet weights trains every layer); drop that --set")
