@@ -37,6 +37,7 @@ import json
 import re
 from pathlib import Path
 
+from dynrcnn import runs
 from dynrcnn.errors import CheckpointError, ConfigError
 
 #: bump when the key mapping or the tensor transforms change (recorded in provenance.json)
@@ -249,7 +250,7 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     src, out = Path(src), Path(out)
     if num_classes < 2:
         raise ConfigError(f"--num-classes counts the background too (81 for COCO), got {num_classes}")
-    ckpt_path = out / "checkpoints" / "last.pth"
+    ckpt_path = runs.last_checkpoint(out)
     if ckpt_path.exists() and not force:
         raise CheckpointError(f"{out} already holds a checkpoint; pass --force to overwrite it")
     state, meta, digest = read_source(src)
@@ -267,7 +268,7 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     tmp = ckpt_path.with_suffix(".tmp")
     torch.save(record, tmp)
     tmp.replace(ckpt_path)
-    (out / "config.json").write_text(cfg.to_json() + "\n")
+    (out / runs.CONFIG).write_text(cfg.to_json() + "\n")
     provenance = {
         "source_file": src.name, "source_path": str(src.resolve()), "sha256": digest,
         "source_format": "mmdet2", "model": kind, "label": PUBLISHED[kind]["label"],
@@ -275,8 +276,8 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
         "mapping_version": MAPPING_VERSION, "num_classes": num_classes, "mmdet_meta": _json_safe(meta),
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    for stale in ("eval.json", "detections.json"):
+    (out / runs.PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+    for stale in (runs.EVAL, runs.DETECTIONS):
         (out / stale).unlink(missing_ok=True)
     return out
 
@@ -297,15 +298,15 @@ def export_torchvision(run_dir: str | Path, out: str | Path, checkpoint: str | P
     _, read_checkpoint, config_from_dict = _checkpoint_api()
 
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
+    if not (run / runs.CONFIG).is_file():
         raise CheckpointError(f"{run} is not a run directory (no config.json)")
-    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    cfg = config_from_dict(json.loads((run / runs.CONFIG).read_text()))
     m, default = cfg.model, ModelConfig()
     if (m.arch, m.fpn_channels, m.representation_size, tuple(m.anchor_sizes)) != (
             "r50_fpn", 256, 1024, tuple(default.anchor_sizes)):
         raise ConfigError(f"{run}: only the R50-FPN model (fpn_channels 256, 1024-d head, anchors 32-512) has a "
                           f"torchvision counterpart; this run is {m.arch} with fpn_channels {m.fpn_channels}")
-    path = Path(checkpoint) if checkpoint else run / "checkpoints" / "last.pth"
+    path = Path(checkpoint) if checkpoint else runs.last_checkpoint(run)
     state = read_checkpoint(path)["model"]
     num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
     tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
@@ -359,8 +360,8 @@ def published_weights_rows(run_dirs) -> list[dict]:
     rows = []
     for run in map(Path, run_dirs):
         try:
-            prov = json.loads((run / "provenance.json").read_text())
-            ev = json.loads((run / "eval.json").read_text())
+            prov = json.loads((run / runs.PROVENANCE).read_text())
+            ev = json.loads((run / runs.EVAL).read_text())
         except (OSError, ValueError):
             continue
         row = {"run": str(run), "model": prov.get("model"), "label": prov.get("label"),
@@ -384,7 +385,7 @@ def cmd_convert(args) -> int:
         raise ConfigError("only --from mmdet is supported")
     out = convert(args.src, args.out, num_classes=args.num_classes, model=args.model,
                   data_root=args.data_root, force=args.force)
-    prov = json.loads((out / "provenance.json").read_text())
+    prov = json.loads((out / runs.PROVENANCE).read_text())
     print(f"{prov['label']}: {prov['source_file']} (sha256 {prov['sha256'][:12]}...) -> {out}; "
           f"evaluate with: dynrcnn eval {out}" + ("" if args.data_root else " --data-root data/coco"))
     return 0

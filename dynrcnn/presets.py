@@ -62,7 +62,7 @@ def _mini(**over) -> Config:
             max_size=128,
             fpn_channels=64,
             representation_size=256,
-            anchor_sizes=(8, 16, 32, 64, 128),
+            anchor_sizes=(16, 32, 64, 128, 256),  # 4x each FPN level's stride (README: the miniature regime)
             rpn_nms_thresh=0.7,
             rpn_pre_nms_top_n_train=1000,
             rpn_post_nms_top_n_train=300,
@@ -92,6 +92,9 @@ def _mini_pretrain(**over) -> Config:
     cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),
                 warmup_iters=100, checkpoint_period=500, keep_checkpoints=1, eval_at_end=True)
     cfg.model.backbone_weights = ""
+    # the anchors the shipped weights were trained with (the RPN is not kept, so a run's anchors
+    # may differ; they are part of the recipe all the same)
+    cfg.model.anchor_sizes = (8, 16, 32, 64, 128)
     return dataclasses.replace(cfg, **over)
 
 

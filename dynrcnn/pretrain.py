@@ -108,8 +108,8 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
     """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
 
     Weights shipped in the repository's ``weights/`` folder are used first (after their
-    checksum is verified), then those under ``root``. Building generates the pretraining benchmark under ``root`` (if missing), trains the
-    preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps
+    checksum is verified), then those under ``root``. Building generates the pretraining
+    benchmark under ``root`` (if missing), trains the preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps
     the backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
@@ -118,7 +118,6 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
         if found is not None:
             return found
     path = weights_path(preset, root)
-    record = path.with_suffix(".json")
     data = data_recipe(preset)
     data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
     if not (data_root / "annotations" / "instances_val.json").is_file():
@@ -129,14 +128,24 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
     run_dir = root / ("run-" + path.stem[len("backbone-"):])
     log(f"pretraining the backbone: {cfg.max_iter} iterations of {preset} into {run_dir}")
     result = train_model(cfg, run_dir, resume=run_dir.exists(), device=device, progress=progress)
+    path, sha = save_backbone(result.model.state_dict(), preset, root, f"trained by dynrcnn pretrain into {run_dir}")
+    log(f"backbone weights: {path} (sha256 {sha[:12]})")
+    return path, sha
+
+
+def save_backbone(model_state: dict, preset: str, root: str | Path, provenance: str) -> tuple[Path, str]:
+    """Write the backbone of a trained detector's state dict as ``preset``'s weights under ``root``
+    (float16) with its JSON record (SHA-256, recipe, where it came from); returns ``(path, sha256)``."""
+    path = weights_path(preset, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in extract_backbone(result.model.state_dict()).items()}
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in extract_backbone(model_state).items()}
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     sha = file_sha256(path)
-    rec = {"sha256": sha, "recipe": recipe(preset), "run_dir": str(run_dir)}
-    atomic_write_bytes(record, json.dumps(rec, indent=2, sort_keys=True).encode())
-    log(f"backbone weights: {path} (sha256 {sha[:12]})")
+    rec = {"sha256": sha, "recipe": recipe(preset), "provenance": provenance,
+           "rebuild": f"dynrcnn pretrain --preset {preset}"}
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(rec, indent=2, sort_keys=True).encode())
     return path, sha
 
 
@@ -153,4 +162,4 @@ def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str =
 
 
 __all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "SHIPPED_DIR", "pretrain_preset", "pretrain_config", "data_recipe",
-           "recipe", "weights_path", "ensure_pretrained", "resolve_backbone"]
+           "recipe", "weights_path", "ensure_pretrained", "save_backbone", "resolve_backbone"]

@@ -52,6 +52,7 @@ TENSORBOARD = "tensorboard"
 TRAIN_DONE = "train_done.json"
 DETECTIONS = "detections.json"
 EVAL = "eval.json"
+PROVENANCE = "provenance.json"  # where a run converted from published weights came from (dynrcnn convert)
 LOCK = "dynrcnn.lock"  # while one process writes the run (integrity.RunLock)
 #: the key of config.json that records the training data (:func:`~dynrcnn.integrity.data_record`)
 DATA_RECORD = "data"

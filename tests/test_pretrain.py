@@ -43,7 +43,8 @@ def test_recipe_change_gives_another_file():
 
 def test_fresh_run_starts_from_the_backbone_only(built):
     root, path, sha = built
-    cfg = resolve_backbone(build_config("mini_smoke", "dynamic"), root=root, progress=False)
+    cfg = build_config("mini_smoke", "dynamic", overrides=["model.backbone_weights=pretrained:mini_pretrain_smoke"])
+    cfg = resolve_backbone(cfg, root=root, progress=False)
     assert cfg.model.backbone_weights == str(path.resolve()) and cfg.model.backbone_sha256 == sha
     model = build_model(cfg, 7)
     fresh = build_model(cfg, 7)
@@ -68,7 +69,7 @@ def test_changed_file_is_refused(built, tmp_path):
 
 
 def test_unresolved_or_unknown_names_are_refused():
-    cfg = get_preset("mini_smoke")
+    cfg = get_preset("mini")  # pretrained:mini_pretrain, not resolved to a file
     with pytest.raises(ConfigError, match="names the project's pretrained backbone"):
         init_backbone(build_model(cfg, 7), cfg)
     with pytest.raises(ConfigError, match="no pretraining preset"):
@@ -85,3 +86,14 @@ def test_weights_of_another_shape_are_refused(built, tmp_path):
     cfg = build_config("mini_smoke", "dynamic", overrides=[f"model.backbone_weights={other}"])
     with pytest.raises(ConfigError, match="body.conv1.weight"):
         init_backbone(build_model(cfg, 7), cfg)
+
+
+def test_shipped_weights_match_their_recipe_and_fit_the_mini_model(tmp_path):
+    from dynrcnn.pretrain import SHIPPED_DIR
+
+    path, sha = ensure_pretrained("mini_pretrain", tmp_path, progress=False, log=lambda m: None)
+    assert path.parent == SHIPPED_DIR and not any(tmp_path.iterdir())  # found in weights/, nothing built
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["recipe"] == json.loads(json.dumps(recipe("mini_pretrain"))) and record["sha256"] == sha
+    cfg = resolve_backbone(get_preset("mini"), root=tmp_path, progress=False)
+    init_backbone(build_model(cfg, 7), cfg)  # the body and FPN of the mini model, checksum verified

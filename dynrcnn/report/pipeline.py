@@ -71,13 +71,13 @@ def convert_published(files, runs_root, num_classes: int = 81) -> list[Path]:
     if not files:
         return []
     from dynrcnn.convert import convert
-    from dynrcnn.runs import read_json
+    from dynrcnn.runs import PROVENANCE, read_json
     from dynrcnn.weights import file_sha256
 
     out = []
     for f in map(Path, files):
         run_dir = published_root(runs_root) / f.stem
-        prov = read_json(run_dir / "provenance.json") or {}
+        prov = read_json(run_dir / PROVENANCE) or {}
         if prov.get("sha256") != file_sha256(f):
             convert(f, run_dir, num_classes=num_classes)
         out.append(run_dir)
