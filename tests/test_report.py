@@ -372,3 +372,6 @@ def test_training_monitor_reads_progress(mini_runs, tmp_path):
     (running / "metrics.jsonl").write_text(json.dumps({"iteration": 120}) + "\n")
     pending = tmp_path / "pending"  # not started: counts as a run, no iterations yet
     assert TrainingMonitor([done, running, pending], progress=False).state() == (1, 3, 100 + 120, 100 + 300)
+    # a run that has not started counts with its planned iterations, so the ETA covers every run
+    planned = TrainingMonitor([done, running, pending], progress=False, planned=[100, 300, 250])
+    assert planned.state() == (1, 3, 100 + 120, 100 + 300 + 250)

@@ -157,14 +157,23 @@ def prepare_backbone(profile: Profile, data_root, device: str, progress: bool) -
     return [f"model.backbone_weights={path.resolve()}", f"model.backbone_sha256={sha}"]
 
 
+def _planned_iterations(params: dict) -> int:
+    """``max_iter`` of the run a train step will write (for the live ETA before it starts)."""
+    from dynrcnn.presets import build_config
+
+    return build_config(params["preset"], params["method"], seed=params["seed"],
+                        overrides=params["overrides"]).max_iter
+
+
 class TrainingMonitor:
     """Live progress of the training runs the notebooks execute in parallel: polls each run
     directory's logs and shows runs done / total, iterations done / total and an ETA."""
 
-    def __init__(self, run_dirs: list[Path], progress: bool, interval: float = 5.0):
+    def __init__(self, run_dirs: list[Path], progress: bool, interval: float = 5.0, planned=None):
         import threading
 
         self.run_dirs, self.interval = [Path(p) for p in run_dirs], interval
+        self.planned = list(planned) if planned is not None else [0] * len(self.run_dirs)  # max_iter of each
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True) if progress else None
         self._bar = None
@@ -174,9 +183,9 @@ class TrainingMonitor:
         from dynrcnn import runs as runs_mod
 
         done = it_done = it_total = 0
-        for d in self.run_dirs:
+        for d, planned in zip(self.run_dirs, self.planned):
             cfg = runs_mod.read_json(d / runs_mod.CONFIG) or {}
-            total = int(cfg.get("max_iter") or 0)
+            total = int(cfg.get("max_iter") or planned)
             finished = (d / runs_mod.TRAIN_DONE).is_file()
             done += finished
             it_total += total
@@ -314,7 +323,9 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         group = [s for s in steps if s.kind == kind]
         if kind == "train" and jobs > 1 and len(group) > 1:
             bar.set_postfix_str(f"training {len(group)} runs, {jobs} at a time")
-            with TrainingMonitor([Path(s.params["run_dir"]) for s in group], progress=not bar.disable):
+            planned = [_planned_iterations(s.params) for s in group]
+            with TrainingMonitor([Path(s.params["run_dir"]) for s in group], progress=not bar.disable,
+                                 planned=planned):
                 _run_parallel(run_step, group, jobs, bar, executed)
             continue
         for s in group:
