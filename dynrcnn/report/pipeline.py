@@ -1,7 +1,8 @@
 """The papermill pipeline behind ``dynrcnn report --profile smoke|mini|coco``.
 
 It runs the notebooks in ``notebooks/`` in order: ``01_data`` -> one ``03_train`` per run of
-the profile (up to ``--jobs`` in parallel, one thread each) -> one ``04_evaluate`` per run ->
+the profile (up to ``--jobs`` in parallel, one thread each) -> one ``04_evaluate`` per run (also
+``--jobs`` at a time) ->
 ``02_method`` -> ``05_results``; then renders every executed notebook to HTML, writes
 ``index.html`` (:mod:`.index`) and, for profiles that say so, README's results block
 (:mod:`.text`).
@@ -327,6 +328,10 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
             with TrainingMonitor([Path(s.params["run_dir"]) for s in group], progress=not bar.disable,
                                  planned=planned):
                 _run_parallel(run_step, group, jobs, bar, executed)
+            continue
+        if kind == "evaluate" and jobs > 1 and len(group) > 1:  # independent runs: same parallelism
+            bar.set_postfix_str(f"evaluating {len(group)} runs, {jobs} at a time")
+            _run_parallel(run_step, group, jobs, bar, executed)
             continue
         for s in group:
             bar.set_postfix_str(s.title)
