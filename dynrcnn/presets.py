@@ -92,7 +92,7 @@ def _mini_pretrain(**over) -> Config:
     cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),
                 warmup_iters=100, checkpoint_period=500, keep_checkpoints=1, eval_at_end=True)
     cfg.model.backbone_weights = ""
-    # the anchors the shipped weights were trained with (the RPN is not kept, so a run's anchors
+    # the anchors the pretraining run uses (the RPN is not kept, so a run's anchors
     # may differ; they are part of the recipe all the same)
     cfg.model.anchor_sizes = (8, 16, 32, 64, 128)
     return dataclasses.replace(cfg, **over)

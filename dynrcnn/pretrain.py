@@ -41,9 +41,6 @@ from dynrcnn.weights import extract_backbone, file_sha256
 
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
 DEFAULT_ROOT = Path("data") / "pretrained"
-# weights shipped with the repository (built by ``dynrcnn pretrain`` with the recipe in their
-# .json record): found here first, so a fresh checkout does not spend its CPU time rebuilding them
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def pretrain_preset(value: str) -> str | None:
@@ -107,16 +104,15 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
                       progress: bool = True, log=print) -> tuple[Path, str]:
     """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
 
-    Weights shipped in the repository's ``weights/`` folder are used first (after their
-    checksum is verified), then those under ``root``. Building generates the pretraining
-    benchmark under ``root`` (if missing), trains the preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps
-    the backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
+    Existing weights under ``root`` are used after their checksum is verified. Building
+    generates the pretraining benchmark under ``root`` (if missing), trains the preset's
+    baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps the
+    backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
-    for folder in (SHIPPED_DIR, root):
-        found = _checked(weights_path(preset, folder))
-        if found is not None:
-            return found
+    found = _checked(weights_path(preset, root))
+    if found is not None:
+        return found
     path = weights_path(preset, root)
     data = data_recipe(preset)
     data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
@@ -161,5 +157,5 @@ def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str =
     return dataclasses.replace(cfg, model=model)
 
 
-__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "SHIPPED_DIR", "pretrain_preset", "pretrain_config", "data_recipe",
+__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "pretrain_preset", "pretrain_config", "data_recipe",
            "recipe", "weights_path", "ensure_pretrained", "save_backbone", "resolve_backbone"]

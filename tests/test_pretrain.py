@@ -88,12 +88,10 @@ def test_weights_of_another_shape_are_refused(built, tmp_path):
         init_backbone(build_model(cfg, 7), cfg)
 
 
-def test_shipped_weights_match_their_recipe_and_fit_the_mini_model(tmp_path):
-    from dynrcnn.pretrain import SHIPPED_DIR
-
-    path, sha = ensure_pretrained("mini_pretrain", tmp_path, progress=False, log=lambda m: None)
-    assert path.parent == SHIPPED_DIR and not any(tmp_path.iterdir())  # found in weights/, nothing built
-    record = json.loads(path.with_suffix(".json").read_text())
-    assert record["recipe"] == json.loads(json.dumps(recipe("mini_pretrain"))) and record["sha256"] == sha
-    cfg = resolve_backbone(get_preset("mini"), root=tmp_path, progress=False)
-    init_backbone(build_model(cfg, 7), cfg)  # the body and FPN of the mini model, checksum verified
+def test_pretrained_backbone_fits_the_mini_model(built):
+    # the pretraining presets share the mini model's backbone (body + FPN); only the RPN anchors differ
+    root, path, sha = built
+    cfg = build_config("mini", "dynamic", overrides=["model.backbone_weights=pretrained:mini_pretrain_smoke"])
+    cfg = resolve_backbone(cfg, root=root, progress=False)
+    assert cfg.model.backbone_sha256 == sha
+    init_backbone(build_model(cfg, 7), cfg)  # checksum verified, every entry fits
