@@ -162,30 +162,60 @@ class Delta:
     n_boot: int
 
 
-def bootstrap_delta(a: dict[int, ImageMatches], b: dict[int, ImageMatches], n_boot: int = DEFAULT_BOOT,
-                    seed: int = 0, level: float = 0.95) -> Delta:
+@dataclass
+class APSamples:
+    """One run's AP per IoU threshold on its evaluation images (``full``, ``[T]``) and on each
+    of ``n_boot`` image resamples (``boot``, ``[B, T]``). The resamples depend only on the
+    number of images, ``n_boot`` and ``seed`` (:func:`image_weights`), so every run evaluated
+    on the same images sees the same draws and runs can be paired image by image."""
+
+    image_ids: list[int]
+    full: np.ndarray
+    boot: np.ndarray
+    n_boot: int
+    seed: int
+
+
+def image_weights(n_img: int, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> np.ndarray:
+    """``[n_boot, n_img]`` multiplicities of the images in each bootstrap resample."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_img, np.full(n_img, 1.0 / n_img), size=n_boot).astype(np.float64)
+
+
+def ap_samples(m: ImageMatches, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> APSamples:
+    """A run's :class:`APSamples`: the costly half of :func:`bootstrap_delta`, done once per run
+    (the report caches it on disk, :mod:`dynrcnn.report.intervals`)."""
+    n_img = len(m.image_ids)
+    full = weighted_ap(m, np.ones((1, n_img)))[0]
+    return APSamples(list(m.image_ids), full, weighted_ap(m, image_weights(n_img, n_boot, seed)), n_boot, seed)
+
+
+def bootstrap_delta(a: dict, b: dict, n_boot: int = DEFAULT_BOOT, seed: int = 0, level: float = 0.95) -> Delta:
     """Difference ``B - A`` of AP averaged over seeds, with a hierarchical bootstrap interval.
 
-    ``a`` and ``b`` map a training seed to that run's :class:`ImageMatches`; all runs must be
-    evaluated on the same images. Seeds present in both are paired.
+    ``a`` and ``b`` map a training seed to that run's :class:`ImageMatches` (or its
+    :class:`APSamples`, made with the same ``n_boot`` and ``seed``); all runs must be evaluated
+    on the same images. Seeds present in both are paired.
     """
     if not a or not b:
         raise ValueError("bootstrap_delta needs at least one run on each side")
+    a = {s: v if isinstance(v, APSamples) else ap_samples(v, n_boot, seed) for s, v in a.items()}
+    b = {s: v if isinstance(v, APSamples) else ap_samples(v, n_boot, seed) for s, v in b.items()}
     images = next(iter(a.values())).image_ids
     for m in (*a.values(), *b.values()):
         if m.image_ids != images:
             raise ValueError("all runs of a comparison must be evaluated on the same images")
-    rng = np.random.default_rng(seed)
-    n_img = len(images)
-    weights = rng.multinomial(n_img, np.full(n_img, 1.0 / n_img), size=n_boot).astype(np.float64)
-    full = np.ones((1, n_img))
+        if (m.n_boot, m.seed) != (n_boot, seed):
+            raise ValueError(f"AP samples drawn with n_boot={m.n_boot}, seed={m.seed}; "
+                             f"this comparison needs n_boot={n_boot}, seed={seed}")
     seeds_a, seeds_b = sorted(a), sorted(b)
     paired = seeds_a == seeds_b
     # per-run AP on the full set and on every image resample: [runs, B, T]
-    full_a = np.stack([weighted_ap(a[s], full)[0] for s in seeds_a])
-    full_b = np.stack([weighted_ap(b[s], full)[0] for s in seeds_b])
-    boot_a = np.stack([weighted_ap(a[s], weights) for s in seeds_a])
-    boot_b = np.stack([weighted_ap(b[s], weights) for s in seeds_b])
+    full_a = np.stack([a[s].full for s in seeds_a])
+    full_b = np.stack([b[s].full for s in seeds_b])
+    boot_a = np.stack([a[s].boot for s in seeds_a])
+    boot_b = np.stack([b[s].boot for s in seeds_b])
+    rng = np.random.default_rng([seed, 1])  # the seed level, drawn apart from the image level
     pick_a = rng.integers(0, len(seeds_a), size=(n_boot, len(seeds_a)))
     pick_b = pick_a if paired else rng.integers(0, len(seeds_b), size=(n_boot, len(seeds_b)))
     rows = np.arange(n_boot)[:, None]

@@ -362,6 +362,23 @@ def test_results_json(mini_runs, tmp_path):
     assert set(statuses.values()) <= {"reproduced", "contradicted", "inconclusive", "not-testable"}
 
 
+def test_ap_samples_are_cached_beside_the_runs(mini_runs):
+    from dynrcnn.report import intervals
+
+    runs = find_runs(mini_runs)
+    intervals.precompute(runs, jobs=1, n_boot=50)
+    files = sorted((mini_runs / intervals.CACHE_DIR).glob("*.npz"))
+    assert len(files) == len(runs)  # one per run and benchmark (here: the own split only)
+    intervals._SAMPLES.clear()
+    first = intervals.run_samples(runs[0], n_boot=50)
+    assert np.array_equal(first.boot, intervals.ap_samples(intervals.run_matches(runs[0]), 50, 0).boot)
+    path = intervals.samples_file(runs[0], n_boot=50)
+    path.write_bytes(b"torn")  # a damaged cache file is recomputed, not trusted
+    intervals._SAMPLES.clear()
+    assert np.array_equal(intervals.run_samples(runs[0], n_boot=50).boot, first.boot)
+    assert intervals.samples_file(runs[0], n_boot=60) != path  # other settings: another file
+
+
 def test_training_monitor_reads_progress(mini_runs, tmp_path):
     from dynrcnn.report.pipeline import TrainingMonitor
 

@@ -9,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from dynrcnn.evaluation import coco_metrics
-from dynrcnn.stats import bootstrap_delta, image_matches, verdict, weighted_ap
+from dynrcnn.stats import ap_samples, bootstrap_delta, image_matches, verdict, weighted_ap
 
 
 def make_gt(images):
@@ -111,6 +111,19 @@ def test_seed_level_is_resampled_and_paired():
     d = bootstrap_delta({0: good, 1: good}, {0: good, 1: none}, n_boot=2000, seed=1)
     est, low, high = d.metrics["AP"]
     assert est == pytest.approx(-50.0) and low == pytest.approx(-100.0) and high == pytest.approx(0.0)
+
+
+def test_precomputed_samples_give_the_same_interval():
+    # each run's samples computed once (as the report caches them) = samples made inside
+    images, dets = random_case(5)
+    gt = make_gt(images)
+    m1, m2 = image_matches(gt, dets), image_matches(gt, dets[: len(dets) // 2])
+    direct = bootstrap_delta({0: m1, 1: m2}, {0: m2, 1: m1}, n_boot=300, seed=4)
+    cached = bootstrap_delta({0: ap_samples(m1, 300, 4), 1: ap_samples(m2, 300, 4)},
+                             {0: ap_samples(m2, 300, 4), 1: m1}, n_boot=300, seed=4)
+    assert cached.metrics == direct.metrics and np.array_equal(cached.per_iou_low, direct.per_iou_low)
+    with pytest.raises(ValueError, match="n_boot=300, seed=4"):  # samples of other draws are refused
+        bootstrap_delta({0: ap_samples(m1, 300, 5)}, {0: m2}, n_boot=300, seed=4)
 
 
 def test_runs_on_other_images_are_refused():

@@ -3,14 +3,22 @@
 A comparison is ``B - A`` for two groups of runs (each group: one configuration, one run per
 training seed), evaluated on one dataset: the run's own evaluation split (``dataset=None``) or
 another benchmark it was evaluated on with ``dynrcnn eval RUN --data-root OTHER`` (``dataset``
-is that evaluation's name). The per-image matches of each run are computed once per process.
+is that evaluation's name).
+
+The costly part, each run's AP on every image resample (:func:`dynrcnn.stats.ap_samples`), is
+computed once per run and benchmark and kept on disk beside the runs
+(``<runs root>/.cache/ap-samples/``, named by the SHA-256 of the detections, the annotations and
+the bootstrap settings), so the results notebook and ``index.html`` share it and the pipeline can
+compute it for all runs in parallel (:func:`precompute`) before either needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +26,15 @@ import numpy as np
 
 from dynrcnn import runs as runs_mod
 from dynrcnn.data import annotation_file
-from dynrcnn.stats import DEFAULT_BOOT, Delta, ImageMatches, bootstrap_delta, image_matches, verdict
+from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta,
+                           image_matches, verdict)
 
+CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
+SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
 _CACHE: dict[tuple[str, str | None, float], ImageMatches] = {}
+_SAMPLES: dict[tuple, APSamples] = {}
 _GT: dict[str, object] = {}
-_DELTAS: dict[tuple, Delta] = {}  # keyed by the (cached, so stable) match objects of both sides
+_DELTAS: dict[tuple, Delta] = {}  # keyed by the (cached, so stable) sample objects of both sides
 
 
 def _gt(path: Path):
@@ -66,11 +78,72 @@ def run_matches(run, dataset: str | None = None) -> ImageMatches | None:
     return _CACHE[key]
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Path | None:
+    """Where :func:`run_samples` keeps ``run``'s AP samples on ``dataset`` (``None``: not evaluated)."""
+    files = evaluation_files(run, dataset)
+    if files is None:
+        return None
+    ann, det = files
+    key = hashlib.sha256(json.dumps([_sha256(ann), _sha256(det), n_boot, seed, SAMPLES_VERSION]).encode())
+    return Path(run.path).parent / CACHE_DIR / f"{key.hexdigest()[:24]}.npz"
+
+
+def run_samples(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> APSamples | None:
+    """``run``'s :class:`~dynrcnn.stats.APSamples` on ``dataset``: from this process's memory,
+    else from the disk cache, else computed and cached (``None`` when that evaluation is missing)."""
+    path = samples_file(run, dataset, n_boot, seed)
+    if path is None:
+        return None
+    key = (str(path), n_boot, seed)
+    if key in _SAMPLES:
+        return _SAMPLES[key]
+    samples = None
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                samples = APSamples(z["image_ids"].tolist(), z["full"], z["boot"], n_boot, seed)
+        except (OSError, ValueError, KeyError):  # a torn or foreign file: recompute it
+            samples = None
+    if samples is None or samples.boot.shape[0] != n_boot:
+        samples = ap_samples(run_matches(run, dataset), n_boot, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, image_ids=np.asarray(samples.image_ids), full=samples.full, boot=samples.boot)
+        os.replace(tmp, path)
+    _SAMPLES[key] = samples
+    return samples
+
+
+def _precompute_one(job) -> None:
+    run_dir, dataset, n_boot = job
+    run_samples(runs_mod.load_run(run_dir), dataset, n_boot)
+
+
+def precompute(runs, jobs: int = 1, n_boot: int = DEFAULT_BOOT) -> None:
+    """Compute and cache every run's AP samples on every benchmark it was evaluated on,
+    ``jobs`` processes at a time (each single-threaded numpy work)."""
+    work = [(str(r.path), ds, n_boot) for r in runs for ds in (None, *r.eval_names)
+            if evaluation_files(r, ds) is not None]
+    if jobs <= 1 or len(work) <= 1:
+        for job in work:
+            _precompute_one(job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_precompute_one, work))
+
+
 def compare(runs_a, runs_b, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Delta | None:
     """``B - A`` with its interval, or ``None`` when a side has no evaluated run on ``dataset``.
     Runs are keyed by their training seed (the same seeds on both sides are paired)."""
-    a = {int(r.seed): m for r in runs_a if (m := run_matches(r, dataset)) is not None}
-    b = {int(r.seed): m for r in runs_b if (m := run_matches(r, dataset)) is not None}
+    a = {int(r.seed): m for r in runs_a if (m := run_samples(r, dataset, n_boot, seed)) is not None}
+    b = {int(r.seed): m for r in runs_b if (m := run_samples(r, dataset, n_boot, seed)) is not None}
     if not a or not b:
         return None
     key = (tuple(sorted(id(m) for m in a.values())), tuple(sorted(id(m) for m in b.values())), n_boot, seed)
@@ -115,4 +188,4 @@ def per_iou(delta: Delta | None) -> dict | None:
             "high": np.asarray(delta.per_iou_high).tolist()}
 
 
-__all__ = ["extra_datasets", "evaluation_files", "run_matches", "compare", "Interval", "interval", "per_iou"]
+__all__ = ["extra_datasets", "evaluation_files", "run_matches", "run_samples", "samples_file", "precompute", "compare", "Interval", "interval", "per_iou"]

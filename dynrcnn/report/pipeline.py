@@ -332,11 +332,24 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         if kind == "evaluate" and jobs > 1 and len(group) > 1:  # independent runs: same parallelism
             bar.set_postfix_str(f"evaluating {len(group)} runs, {jobs} at a time")
             _run_parallel(run_step, group, jobs, bar, executed)
+            _precompute_intervals(group, jobs, bar)
             continue
         for s in group:
             bar.set_postfix_str(s.title)
             executed.append(run_step(s))
             bar.update(1)
+        if kind == "evaluate":
+            _precompute_intervals(group, jobs, bar)
+
+
+def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
+    """Every evaluated run's bootstrap AP samples, ``jobs`` at a time, cached for the results
+    notebook and the index (:func:`dynrcnn.report.intervals.precompute`)."""
+    from dynrcnn.report.intervals import precompute
+    from dynrcnn.runs import load_run
+
+    bar.set_postfix_str(f"bootstrap samples of {len(group)} runs, {jobs} at a time")
+    precompute([load_run(Path(s.params["run_dir"])) for s in group], jobs=jobs)
 
 
 def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
