@@ -59,9 +59,14 @@ class DynamicConfig:
             raise ConfigError(f"dynamic.init_beta must be > 0, got {self.init_beta}")
 
 
+ARCHS = ("r50_fpn", "slim_r18_fpn", "slim_r10_fpn")
+
+
 @dataclass
 class ModelConfig:
-    """Detector architecture. ``arch`` is ``r50_fpn`` (the paper's baseline) or ``slim_r18_fpn``.
+    """Detector architecture. ``arch`` is ``r50_fpn`` (the paper's baseline) or one of the slim
+    CPU models: ``slim_r18_fpn`` (ResNet-18 body) or ``slim_r10_fpn`` (the same with one residual
+    block per stage instead of two; no ImageNet weights exist for it).
 
     ``box_beta`` is the box-head SmoothL1 beta when DSL is off (the paper's frameworks use
     1.0; torchvision's default is 1/9). ``fg_iou_thresh`` is the fixed R-CNN threshold when
@@ -105,8 +110,11 @@ class ModelConfig:
     backbone_sha256: str = ""  # its expected SHA-256; a mismatch refuses to train
 
     def validate(self) -> None:
-        if self.arch not in ("r50_fpn", "slim_r18_fpn"):
-            raise ConfigError(f"model.arch must be 'r50_fpn' or 'slim_r18_fpn', got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.arch == "slim_r10_fpn" and self.pretrained_backbone:
+            raise ConfigError("model.pretrained_backbone=true needs ImageNet weights, which exist for r50_fpn and "
+                              "slim_r18_fpn, not for slim_r10_fpn (use model.backbone_weights)")
         if not 0.0 < self.rpn_nms_thresh <= 1.0:
             raise ConfigError(f"model.rpn_nms_thresh must be in (0, 1], got {self.rpn_nms_thresh}")
         if self.box_beta <= 0:

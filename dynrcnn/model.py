@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -148,9 +149,11 @@ def fasterrcnn_r50_fpn(num_classes: int, method: str = "dynamic", model: ModelCo
 
 
 def slim_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfig | None = None,
-                    dynamic: DynamicConfig | None = None, pretrained_backbone: bool | None = None) -> FasterRCNN:
-    """A CPU-sized Faster R-CNN: ResNet-18 with trainable BatchNorm, a narrow FPN
-    (``fpn_channels``, 64 in the ``mini`` preset) and a small box head, for ~192 px images.
+                    dynamic: DynamicConfig | None = None, pretrained_backbone: bool | None = None,
+                    blocks: tuple[int, int, int, int] = (2, 2, 2, 2)) -> FasterRCNN:
+    """A CPU-sized Faster R-CNN: ResNet-18 (``blocks`` residual blocks per stage; (1, 1, 1, 1)
+    is the ``slim_r10_fpn`` arch, about 30 % cheaper per iteration at 128 px) with trainable
+    BatchNorm, a narrow FPN (``fpn_channels``, 64 in the ``mini`` preset) and a small box head.
 
     The RoI head, assignment, sampling and losses are exactly those of the full model.
     BatchNorm is trainable because the miniature benchmark trains from scratch, where a
@@ -161,13 +164,15 @@ def slim_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfi
     pretrained = model.pretrained_backbone if pretrained_backbone is None else pretrained_backbone
     weights = ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
     norm = misc_nn_ops.FrozenBatchNorm2d if pretrained else partial(nn.BatchNorm2d, momentum=0.03)
-    body = resnet18(weights=weights, norm_layer=norm)
+    body = (resnet18(weights=weights, norm_layer=norm) if tuple(blocks) == (2, 2, 2, 2)
+            else ResNet(BasicBlock, list(blocks), norm_layer=norm))
     trainable = model.trainable_backbone_layers if pretrained else 5
     backbone = resnet_fpn(body, trainable, model.fpn_channels)
     return _detector(backbone, num_classes, model, method, dynamic)
 
 
-BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn}
+BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn,
+            "slim_r10_fpn": partial(slim_fasterrcnn, blocks=(1, 1, 1, 1))}
 
 
 def build_model(cfg: Config, num_classes: int) -> FasterRCNN:

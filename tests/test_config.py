@@ -114,3 +114,18 @@ def test_build_config_is_the_one_assembly():
     assert build_config("mini", "baseline").seed == get_preset("mini").seed
     with pytest.raises(ConfigError):
         build_config("mini", "nope")
+
+
+def test_slim_r10_is_resnet18_with_one_block_per_stage():
+    import torch
+
+    from dynrcnn.model import build_model
+
+    r18 = build_model(apply_overrides(get_preset("mini"), ["model.arch=slim_r18_fpn"]), 7).backbone.body
+    r10 = build_model(apply_overrides(get_preset("mini"), ["model.arch=slim_r10_fpn"]), 7).backbone.body
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        assert (len(getattr(r18, stage)), len(getattr(r10, stage))) == (2, 1)
+    x = torch.zeros(1, 3, 64, 64)
+    assert [t.shape for t in r10(x).values()] == [t.shape for t in r18(x).values()]  # same FPN inputs
+    with pytest.raises(ConfigError, match="no ImageNet|not for slim_r10_fpn"):
+        apply_overrides(get_preset("mini"), ["model.arch=slim_r10_fpn", "model.pretrained_backbone=true"]).validate()

@@ -1,9 +1,9 @@
 """The papermill pipeline behind ``dynrcnn report --profile smoke|mini|coco``.
 
 It runs the notebooks in ``notebooks/`` in order: ``01_data`` -> one ``03_train`` per run of
-the profile (up to ``--jobs`` in parallel, one thread each) -> one ``04_evaluate`` per run (also
-``--jobs`` at a time) ->
-``02_method`` -> ``05_results``; then renders every executed notebook to HTML, writes
+the profile (up to ``--jobs`` in parallel, one thread each), each followed by that run's
+``04_evaluate`` in the same queue -> every run's bootstrap samples (:mod:`.intervals`, ``--jobs``
+processes) -> ``02_method`` -> ``05_results``; then renders every executed notebook to HTML, writes
 ``index.html`` (:mod:`.index`) and, for profiles that say so, README's results block
 (:mod:`.text`).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,19 +298,31 @@ def _resolve_data_root(profile: Profile, data_root, root: Path = REPO) -> Path:
     return data_root
 
 
-def _run_parallel(run_step, group: list[Step], jobs: int, bar, executed: list[Path]) -> None:
-    """Run ``group`` ``jobs`` at a time; the first failure cancels what has not started."""
+def _run_parallel(run_step, group: list[Step], jobs: int, bar, executed: list[Path],
+                  after: dict[str, Step] | None = None) -> None:
+    """Run ``group`` ``jobs`` at a time; when a step finishes, the step ``after`` names for its
+    run directory (its evaluation) joins the queue, so a core freed at the end of training
+    evaluates finished runs instead of idling. The first failure cancels what has not started."""
+    after = dict(after or {})
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_step, s) for s in group]
+        pending = {pool.submit(run_step, s): s for s in group}
         error = None
-        for f in futures:
-            try:
-                executed.append(f.result())
-            except ReportError as e:
-                error = error or e
-                for g in futures:
-                    g.cancel()
-            bar.update(1)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                step = pending.pop(f)
+                if f.cancelled():
+                    continue
+                try:
+                    executed.append(f.result())
+                except ReportError as e:
+                    error = error or e
+                    for g in pending:
+                        g.cancel()
+                bar.update(1)
+                follow = after.pop(step.params.get("run_dir"), None) if step.kind == "train" else None
+                if follow is not None and error is None:
+                    pending[pool.submit(run_step, follow)] = follow
         if error is not None:
             raise error
 
@@ -320,26 +332,30 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         output = out / f"{step.output}.ipynb"
         return execute_notebook(NOTEBOOK_DIR / f"{step.notebook}.ipynb", output, step.params, cwd=out)
 
-    for kind in STEP_KINDS:
-        group = [s for s in steps if s.kind == kind]
-        if kind == "train" and jobs > 1 and len(group) > 1:
-            bar.set_postfix_str(f"training {len(group)} runs, {jobs} at a time")
-            planned = [_planned_iterations(s.params) for s in group]
-            with TrainingMonitor([Path(s.params["run_dir"]) for s in group], progress=not bar.disable,
-                                 planned=planned):
-                _run_parallel(run_step, group, jobs, bar, executed)
-            continue
-        if kind == "evaluate" and jobs > 1 and len(group) > 1:  # independent runs: same parallelism
-            bar.set_postfix_str(f"evaluating {len(group)} runs, {jobs} at a time")
-            _run_parallel(run_step, group, jobs, bar, executed)
-            _precompute_intervals(group, jobs, bar)
-            continue
+    def sequential(group: list[Step]) -> None:
         for s in group:
             bar.set_postfix_str(s.title)
             executed.append(run_step(s))
             bar.update(1)
-        if kind == "evaluate":
-            _precompute_intervals(group, jobs, bar)
+
+    of = {kind: [s for s in steps if s.kind == kind] for kind in STEP_KINDS}
+    sequential(of["data"])
+    trains, evals = of["train"], of["evaluate"]
+    if jobs > 1 and len(trains) + len(evals) > 1:
+        # training and evaluation in one queue: each run's evaluation follows its training
+        trained = {s.params["run_dir"] for s in trains}
+        after = {s.params["run_dir"]: s for s in evals if s.params["run_dir"] in trained}
+        first = trains + [s for s in evals if s.params["run_dir"] not in trained]
+        bar.set_postfix_str(f"training {len(trains)} runs and evaluating them, {jobs} at a time")
+        planned = [_planned_iterations(s.params) for s in trains]
+        with TrainingMonitor([Path(s.params["run_dir"]) for s in trains], progress=not bar.disable,
+                             planned=planned):
+            _run_parallel(run_step, first, jobs, bar, executed, after=after)
+    else:
+        sequential(trains + evals)
+    if evals:
+        _precompute_intervals(evals, jobs, bar)
+    sequential(of["method"] + of["results"])
 
 
 def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
