@@ -5,13 +5,17 @@ built to make *localisation quality* matter (the paper's gains are at high IoU):
 
 * 6 classes of filled shapes with sharp (not anti-aliased) edges: rectangle, ellipse, triangle,
   star, cross and ring;
-* every object has a random size (log-uniform, so that COCO's small (< 32^2 px), medium and
-  large (> 96^2 px) ranges all occur at 192 px), aspect ratio, rotation and colour, sometimes a
-  colour gradient or a speckle texture inside;
-* 2-8 objects per image; later objects may partially hide earlier ones, but an object is never
-  more than 60 % hidden (placements that would hide more are redrawn elsewhere);
-* cluttered backgrounds: smooth noise, gradients, stripes or checkerboards, plus clutter lines and
-  arcs that are not objects, and pixel noise;
+* every object has a random size (log-uniform inside COCO's small (< 32^2 px), medium and large
+  (> 96^2 px) ranges scaled to the image, drawn 15 / 50 / 35 % of the time; no object smaller
+  than 1/150 of the image, about 10 x 10 px at 128 px), aspect ratio, rotation and colour,
+  sometimes a colour gradient or a speckle texture inside;
+* 2-6 objects planned per image; later objects may partially hide earlier ones, but an object is
+  never more than 20 % hidden (placements that would hide more are redrawn elsewhere), so that a
+  box covering hidden parts stays predictable; an object that finds no such place in its tries is
+  dropped (about one image in six holds a single object; 2.8 objects per image on average);
+* subdued backgrounds (smooth noise, gradients, stripes or checkerboards at 40 % of their
+  contrast), clutter lines and arcs that are not objects, and pixel noise; objects keep a
+  minimum colour contrast to what lies beneath;
 * boxes are the tight box of the *whole* object's rendered pixel mask (also where it is partly
   hidden), in COCO's ``[x, y, w, h]`` pixel-edge convention; ``area`` is the object's pixel count.
 
@@ -38,11 +42,11 @@ from dynrcnn.errors import DataError
 CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 1, "val": 2}
-FORMAT_VERSION = 3
-SIZE_MIX = (0.25, 0.45, 0.3)  # how often an object is drawn small, medium, large (COCO ranges)
+FORMAT_VERSION = 4
+SIZE_MIX = (0.15, 0.5, 0.35)  # how often an object is drawn small, medium, large (COCO ranges)
 BACKGROUND_CONTRAST = 0.4  # backgrounds keep this fraction of their contrast around their mean
 MIN_CONTRAST = 180  # summed |RGB difference| an object keeps from what lies beneath (if it can)
-MAX_OCCLUDED = 0.4  # an object may lose at most this fraction of its pixels to later objects
+MAX_OCCLUDED = 0.2  # an object may lose at most this fraction of its pixels to later objects
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def _poly_area(p: np.ndarray) -> float:
 def _area_bands(size: int) -> list[tuple[float, float]]:
     """COCO's small / medium / large object areas, scaled to images of ``size`` px."""
     full = float(size * size)
-    small = (min(60.0, full / 400), min(32.0 ** 2, full / 36))
+    small = (full / 150, min(32.0 ** 2, full / 36))
     medium = (small[1], min(96.0 ** 2, full / 4))
     large = (medium[1], max(medium[1] * 1.2, 0.4 * full))
     return [small, medium, large]

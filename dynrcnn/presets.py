@@ -32,7 +32,7 @@ def _coco_1x(**over) -> Config:
 
 
 def _mini(**over) -> Config:
-    # The slim model on the generated miniature benchmark (128 px images, ~3.6 objects each),
+    # The slim model on the generated miniature benchmark (128 px images, ~2.8 objects each),
     # fine-tuned from the project's pretrained backbone (as the paper fine-tunes from ImageNet):
     # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/pretrain.py); RPN and R-CNN head
     # start fresh in every run.
@@ -55,7 +55,7 @@ def _mini(**over) -> Config:
         eval_batch_size=8,
         tf32=False,
         model=ModelConfig(
-            arch="slim_r18_fpn",
+            arch="slim_r10_fpn",
             pretrained_backbone=False,
             trainable_backbone_layers=5,
             min_size=128,
@@ -92,9 +92,7 @@ def _mini_pretrain(**over) -> Config:
     cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),
                 warmup_iters=100, checkpoint_period=500, keep_checkpoints=1, eval_at_end=True)
     cfg.model.backbone_weights = ""
-    # the anchors the pretraining run uses (the RPN is not kept, so a run's anchors
-    # may differ; they are part of the recipe all the same)
-    cfg.model.anchor_sizes = (8, 16, 32, 64, 128)
+    cfg.model.box_batch_size_per_image = 64  # its R-CNN head is discarded: half the RoIs, 15 % faster
     return dataclasses.replace(cfg, **over)
 
 
@@ -126,7 +124,7 @@ PRESET_HELP = {
     "coco_r50_fpn_1x": "paper recipe: R50-FPN, 16 img/iter (8 GPUs x 2), lr 0.02, 90k iters, steps 60k/80k",
     "coco_r50_fpn_1x_1gpu": "seed reproduction: 1 GPU x 2 img, lr 0.0025, same epochs (720k iters)",
     "coco_r50_fpn_2x": "paper 2x schedule: 180k iters, steps 120k/160k",
-    "mini": "slim R18-FPN from the pretrained backbone on the miniature benchmark: 300 iters x 4 img, CPU ~3 min",
+    "mini": "slim R10-FPN from the pretrained backbone on the miniature benchmark: 300 iters x 4 img, CPU ~1.5 min",
     "mini_smoke": "40 iterations of the mini preset, for tests",
     "mini_pretrain": "the baseline whose backbone every mini run starts from (dynrcnn pretrain)",
     "mini_pretrain_smoke": "10 iterations of mini_pretrain, for tests",

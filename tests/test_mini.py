@@ -52,7 +52,7 @@ def test_pycocotools_loads_and_content(two_runs):
     for img_id in coco.getImgIds():
         img = coco.loadImgs(img_id)[0]
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
-        assert 2 <= len(anns) <= 8
+        assert 1 <= len(anns) <= 6
         for a in anns:
             x, y, w, h = a["bbox"]
             assert w > 0 and h > 0 and x >= 0 and y >= 0

@@ -96,7 +96,7 @@ def _scope() -> str:
 
 def _methodology(result, profile, hw: str) -> str:
     gen = profile.generate
-    data_note = (f"the generated miniature benchmark ({gen[0]} train / {gen[1]} val images of {gen[2]} px)"
+    data_note = (f"the generated miniature benchmark ({gen[0]} train / {gen[1]} val images of {profile.image_size} px)"
                  if gen else "COCO 2017 (train2017 / val2017)")
     return (f"<p>Preset <code>{html.escape(profile.preset)}</code> on {html.escape(data_note)}; runs\n"
             f"{html.escape(', '.join(f'{s.name} ({s.method})' for s in profile.runs))}; device {html.escape(hw)}.\n"

@@ -93,7 +93,7 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
     figs = _abs(figures_dir)
     steps = [Step("data", "01_data", "01_data", {
         "profile": profile.name, "data_root": _abs(data_root), "generate": gen is not None,
-        "n_train": gen[0] if gen else 0, "n_val": gen[1] if gen else 0, "image_size": gen[2] if gen else 0,
+        "n_train": gen[0] if gen else 0, "n_val": gen[1] if gen else 0, "image_size": profile.image_size if gen else 0,
         "seed": 0, "figures_dir": figs,
         "train_split": "train" if gen else "train2017", "val_split": "val" if gen else "val2017",
         "second_root": _abs(second_root(profile, data_root)) if profile.second_benchmark else "",

@@ -39,18 +39,19 @@ class RunSpec:
 class Profile:
     """What ``dynrcnn report --profile NAME`` runs.
 
-    ``generate`` (train images, val images, image size) means the miniature benchmark is
-    generated into the data root when it is missing; ``None`` means the data root must hold a
-    COCO-format dataset. ``overrides`` apply to every run, ``stats_methods`` get
-    ``log_stats=true`` (needed by the method notebook). :meth:`with_seeds` repeats the
-    ``seed_runs`` with more training seeds; ``second_benchmark`` adds an evaluation benchmark.
+    ``generate`` (train images, val images) means the miniature benchmark is generated into
+    the data root when it is missing, at the preset's image size (:attr:`image_size`); ``None``
+    means the data root must hold a COCO-format dataset. ``overrides`` apply to every run,
+    ``stats_methods`` get ``log_stats=true`` (needed by the method notebook). :meth:`with_seeds`
+    repeats the ``seed_runs`` with more training seeds; ``second_benchmark`` adds an evaluation
+    benchmark.
     """
 
     name: str
     preset: str
     runs: tuple[RunSpec, ...]
     data_root: str | None
-    generate: tuple[int, int, int] | None
+    generate: tuple[int, int] | None
     overrides: tuple[str, ...] = ()
     stats_methods: tuple[str, ...] = ("dynamic",)
     figures_dir: str | None = None  # relative to the repo; None: OUT/figures
@@ -75,6 +76,13 @@ class Profile:
         return [*self.overrides, *extra, *spec.overrides]
 
     @property
+    def image_size(self) -> int:
+        """Side of the generated images: the size the preset's model trains at (one home)."""
+        from dynrcnn.presets import get_preset
+
+        return get_preset(self.preset).model.min_size
+
+    @property
     def default_device(self) -> str:
         """CPU for the generated benchmarks, a GPU when there is one for COCO."""
         return "cpu" if self.generate is not None else default_device()
@@ -95,7 +103,7 @@ PROFILES: dict[str, Profile] = {
         preset="mini_smoke",
         runs=(RunSpec("baseline", "baseline"), RunSpec("dynamic", "dynamic")),
         data_root="build/data/mini_smoke",
-        generate=(48, 24, 128),
+        generate=(48, 24),
         second_benchmark=(2, 12),
         overrides=("max_iter=30", "lr_steps=25", "warmup_iters=5", "checkpoint_period=30",
                    "log_period=5", "dynamic.interval=5", "eval_batch_size=8",
@@ -114,9 +122,9 @@ PROFILES: dict[str, Profile] = {
                           RunSpec("dynamic", "dynamic", overrides=(NMS_085,))), MINI_SEEDS)
         + (RunSpec("dla", "dla", overrides=(NMS_085,)), RunSpec("dsl", "dsl", overrides=(NMS_085,))),
         data_root="data/mini",
-        generate=(2000, 500, 128),
+        generate=(2000, 500),
         figures_dir="figures",
-        description="miniature benchmark (2000/500 generated images), slim R18-FPN from the project's "
+        description="miniature benchmark (2000/500 generated images), slim R10-FPN from the project's "
                     f"pretrained backbone, {len(MINI_SEEDS)} seeds for the headline comparisons, one for DLA/DSL "
                     "alone, CPU",
         readme=True,
