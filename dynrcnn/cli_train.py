@@ -6,7 +6,7 @@ import argparse
 
 from dynrcnn import integrity, run_summary, runs
 from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
-from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, build_config
+from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
 
 def _presets_text() -> str:
@@ -141,7 +141,7 @@ def _register_pretrain(subparsers, device: str) -> None:
         formatter_class=_FMT)
     p.add_argument("--preset", default="mini_pretrain", choices=sorted(PRETRAIN_DATA),
                    help="pretraining preset (default: %(default)s; mini_pretrain_smoke is a seconds-long version for tests)")
-    p.add_argument("--root", default="data/pretrained", metavar="DIR",
+    p.add_argument("--root", default=PRETRAINED_ROOT, metavar="DIR",
                    help="folder for the weights, the pretraining data and its run (default: %(default)s)")
     p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
     p.add_argument("--threads", type=int, default=0, metavar="N",

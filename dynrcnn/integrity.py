@@ -216,18 +216,34 @@ def check_resume(run_dir, cfg, data: dict) -> None:
                            f"(only {', '.join(MAY_CHANGE_ON_RESUME)} may change)")
 
 
-def reusable(run_dir, cfg) -> tuple[bool, str]:
-    """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``.
+def _mismatch(run_dir: Path, cfg) -> str | None:
+    """Why ``run_dir``'s record is not a run of ``cfg`` (``None``: it is): another config
+    (``lr``, ``data_root`` and ``num_workers`` excepted), or training annotations other than
+    those ``cfg`` reads now (a regenerated benchmark makes every run on it stale)."""
+    from dynrcnn.data import annotation_file
+    from dynrcnn.weights import file_sha256
 
-    The recorded config must equal ``cfg`` (``lr``, which the engine resolves, ``data_root``
-    and ``num_workers`` excepted); the second element says why or why not.
-    """
+    recorded = read_json(run_dir / CONFIG) or {}
+    diffs = config_diff(recorded, cfg, ignore=_NOT_COMPARED)
+    if diffs:
+        return f"{run_dir} was trained with another config ({'; '.join(diffs[:5])})"
+    held = (recorded.get(DATA_RECORD) or {}).get("annotation_sha256")
+    current = annotation_file(cfg.data_root, cfg.train_split) if cfg.data_root else None
+    if held and current is not None and current.is_file() and file_sha256(current) != held:
+        return f"{run_dir} was trained on other data ({current} changed since)"
+    return None
+
+
+def reusable(run_dir, cfg) -> tuple[bool, str]:
+    """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``
+    (same config and training data, see :func:`_mismatch`); the second element says why or
+    why not."""
     run_dir = Path(run_dir)
     if not is_complete(run_dir):
         return False, f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
-    diffs = config_diff(read_json(run_dir / CONFIG) or {}, cfg, ignore=_NOT_COMPARED)
-    if diffs:
-        return False, f"{run_dir} was trained with another config ({'; '.join(diffs[:5])})"
+    why = _mismatch(run_dir, cfg)
+    if why:
+        return False, why
     return True, f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
 
 
@@ -241,7 +257,7 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
     ok, why = reusable(run_dir, cfg)
     if ok:
         return "reuse", why
-    if last_checkpoint(run_dir).is_file() and is_run_dir(run_dir) and "another config" not in why:
+    if last_checkpoint(run_dir).is_file() and is_run_dir(run_dir) and _mismatch(run_dir, cfg) is None:
         return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
     return "train", why + ": training from scratch"
 

@@ -36,7 +36,7 @@ def _mini(**over) -> Config:
     # fine-tuned from the project's pretrained backbone (as the paper fine-tunes from ImageNet):
     # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/pretrain.py); RPN and R-CNN head
     # start fresh in every run.
-    # K_I = 23, K_beta = 10, C = 20: derived from the real proposal pool in docs/method.md sec. 5.
+    # K_I = 23, K_beta = 6, C = 20: derived from the real proposal pool in docs/method.md sec. 5.
     cfg = Config(
         preset="mini",
         train_split="train",
@@ -72,7 +72,7 @@ def _mini(**over) -> Config:
             box_batch_size_per_image=128,
             backbone_weights=PRETRAINED_PREFIX + "mini_pretrain",
         ),
-        dynamic=DynamicConfig(k_i=23, k_beta=10, interval=20, init_iou=0.4, init_beta=1.0),
+        dynamic=DynamicConfig(k_i=23, k_beta=6, interval=20, init_iou=0.4, init_beta=1.0),
     )
     return dataclasses.replace(cfg, **over)
 
@@ -102,6 +102,8 @@ def _mini_pretrain_smoke() -> Config:
     return cfg
 
 
+# where 'dynrcnn pretrain' (and a run naming pretrained:<preset>) keeps the weights, relative to the cwd
+PRETRAINED_ROOT = "data/pretrained"
 # images drawn (train, val) for the benchmark each pretraining preset trains on
 PRETRAIN_DATA = {"mini_pretrain": (2000, 100), "mini_pretrain_smoke": (32, 8)}
 

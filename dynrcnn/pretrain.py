@@ -35,12 +35,12 @@ from dynrcnn.config import PRETRAINED_PREFIX, Config
 from dynrcnn.engine import train_model
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.mini import FORMAT_VERSION, generate_mini
-from dynrcnn.presets import PRETRAIN_DATA, get_preset
+from dynrcnn.presets import PRETRAIN_DATA, PRETRAINED_ROOT, get_preset
 from dynrcnn.runs import atomic_write_bytes
 from dynrcnn.weights import extract_backbone, file_sha256
 
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
-DEFAULT_ROOT = Path("data") / "pretrained"
+DEFAULT_ROOT = Path(PRETRAINED_ROOT)
 
 
 def pretrain_preset(value: str) -> str | None:

@@ -269,6 +269,15 @@ def test_train_action(mini_runs):
     action, why = train_action(run_dir, other)
     assert action == "train" and "another config" in why
     assert train_action(mini_runs / "missing", cfg)[0] == "train"
+    # the benchmark was regenerated since the run trained on it: the run is stale
+    record = json.loads((run_dir / "config.json").read_text())
+    record["data"] = {"data_root": cfg.data_root, "split": "train", "annotation_sha256": "0" * 64}
+    (run_dir / "config.json").write_text(json.dumps(record))
+    ann = mini_runs.parent / "data" / "annotations" / "instances_train.json"
+    ann.parent.mkdir(parents=True, exist_ok=True)
+    ann.write_text("{}")
+    action, why = train_action(run_dir, cfg)
+    assert action == "train" and "other data" in why
 
 
 def test_cli_registers_report():

@@ -266,6 +266,8 @@ def _context_claims(s: _Sides) -> list[Claim]:
                 record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
                 effect = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
                           INCONCLUSIVE: "no effect beyond the 95% interval"}[combined_status(found)] if found else ""
+                if found and len({iv.status for iv in found.values()}) > 1:
+                    effect = "no effect on every benchmark (the benchmarks disagree)"
                 v = Verdict(CONTEXT, f"{effect}: {_measured(found, m)}" if found else "not measured")
                 tol_text = "95% interval (paired bootstrap over seeds and images)"
             out.append(Claim(f"(context) baseline RPN NMS {s.b_key[1]:g} -> {k[1]:g} alone, {m}", "this report",
