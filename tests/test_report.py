@@ -401,3 +401,12 @@ def test_training_monitor_reads_progress(mini_runs, tmp_path):
     # a run that has not started counts with its planned iterations, so the ETA covers every run
     planned = TrainingMonitor([done, running, pending], progress=False, planned=[100, 300, 250])
     assert planned.state() == (1, 3, 100 + 120, 100 + 300 + 250)
+
+
+def test_seed_summaries_read_as_sentences():
+    from dynrcnn.report.text import _fmt_mean
+
+    assert _fmt_mean([13.3, 13.3, 13.3], ".0f", " % of training") == "13 % of training in all 3 seeds"
+    assert _fmt_mean([0.576, 0.581, 0.58]) == "0.579 (0.576-0.581 over 3 seeds)"
+    assert _fmt_mean([6.7, 8.0], ".1f", " %") == "7.3 % (6.7-8.0 % over 2 seeds)"
+    assert _fmt_mean([0.5]) == "0.500" and _fmt_mean([None, float("nan")]) == "-"

@@ -130,13 +130,18 @@ def trend_sentence(runs) -> str:
             f"over {len(d) - 1} updates{fixed}: {cmp}.{below}")
 
 
-def _fmt_mean(vals, fmt: str = ".3f") -> str:
+def _fmt_mean(vals, fmt: str = ".3f", unit: str = "") -> str:
+    """Mean of the seeds' values with their range, e.g. ``0.579 (0.576-0.581 over 3 seeds)``."""
     vals = [v for v in vals if v is not None and math.isfinite(v)]
     if not vals:
         return "-"
     lo, hi = min(vals), max(vals)
     mid = sum(vals) / len(vals)
-    return f"{mid:{fmt}}" if len(vals) == 1 else f"{mid:{fmt}} ({lo:{fmt}}-{hi:{fmt}} over {len(vals)} seeds)"
+    if len(vals) == 1:
+        return f"{mid:{fmt}}{unit}"
+    if f"{lo:{fmt}}" == f"{hi:{fmt}}":
+        return f"{mid:{fmt}}{unit} in all {len(vals)} seeds"
+    return f"{mid:{fmt}}{unit} ({lo:{fmt}}-{hi:{fmt}}{unit} over {len(vals)} seeds)"
 
 
 def why_sentence(runs) -> str:
@@ -149,13 +154,13 @@ def why_sentence(runs) -> str:
     facts = [dynamic_facts(r) for r in dyn]
     crossed = [f["crossed_0.5_fraction"] for f in facts]
     never = sum(c is None for c in crossed)
-    cross_text = (f"crossed 0.5 at {_fmt_mean([100 * c for c in crossed if c is not None], '.0f')} % of training"
+    cross_text = (f"crossed 0.5 at {_fmt_mean([100 * c for c in crossed if c is not None], '.0f', ' % of training')}"
                   + (f" ({never} of {len(facts)} seeds never did)" if never else "")) if never < len(facts) else         "never crossed the baseline's fixed 0.5"
     text = (f"In the {len(dyn)} Dynamic R-CNN run(s) the threshold {cross_text}, ended at "
             f"{_fmt_mean([f['iou_threshold_end'] for f in facts])}, and beta ended at "
             f"{_fmt_mean([f['beta_end'] for f in facts])}; at the end "
-            f"{_fmt_mean([100 * f['fg_fraction_end'] for f in facts if f['fg_fraction_end'] is not None], '.1f')} % "
-            f"of the RPN proposals reached the threshold in use.")
+            f"{_fmt_mean([100 * f['fg_fraction_end'] for f in facts if f['fg_fraction_end'] is not None], '.1f', ' %')}"
+            f" of the RPN proposals reached the threshold in use.")
     ap90 = find_claim(claims(runs), "paper_delta_ap90")
     if ap90 is not None and ap90.status != "not-testable":
         stricter = all((f["iou_threshold_end"] or 0) > CROSSING for f in facts)
