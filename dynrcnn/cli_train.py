@@ -159,7 +159,8 @@ def _register_eval(subparsers, device: str) -> None:
         formatter_class=_FMT)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'dynrcnn train'")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help=f"checkpoint to evaluate (default: RUN_DIR/{last})")
+                   help=f"checkpoint to evaluate (default: RUN_DIR/{last}); another checkpoint's results go to "
+                        "eval-<checkpoint name>.json and never replace the final model's eval.json")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help=f"dataset folder (default: the one recorded in RUN_DIR/{runs.CONFIG})")
     p.add_argument("--name", default=None, metavar="NAME",

@@ -164,7 +164,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
              name: str | None = None) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 
-    Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict.
+    Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict. A
+    ``checkpoint`` other than the run's last one writes ``eval-<checkpoint name>.json`` instead
+    (``eval-<data name>-<checkpoint name>.json`` on other data), marked ``final_model: false``.
     ``data_root`` overrides the dataset folder recorded in ``config.json``: when it is another
     folder, the results go to ``eval-<name>.json`` and ``detections-<name>.json`` (``name``: the
     folder's name, see :func:`integrity.eval_tag`) and the run's own ``eval.json`` is left alone.
@@ -184,6 +186,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
     if not ckpt_path.is_file():
         raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
+    final = ckpt_path.resolve() == runs.last_checkpoint(run).resolve()
+    if not final and name is None:  # another checkpoint never replaces the final model's results
+        tag = runs.sanitise_tag(f"{tag}-{ckpt_path.stem}" if tag else ckpt_path.stem)
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
     data = integrity.data_record(dataset)
@@ -202,6 +207,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
             "evaluator": evaluator,
             "checkpoint": str(ckpt_path),
             "checkpoint_iteration": int(ckpt["iteration"]),
+            "final_model": final,  # False: an intermediate checkpoint (left out of the report's benchmarks)
             "num_images": len(dataset),
             **data,  # data_root, split, annotation_sha256
             "device": str(device),

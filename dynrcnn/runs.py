@@ -376,9 +376,11 @@ class Run:
 
     @property
     def eval_names(self) -> list[str]:
-        """Tags of the evaluations on other data (``eval-<name>.json``), sorted."""
+        """Tags of the final model's evaluations on other data (``eval-<name>.json``), sorted;
+        evaluations of intermediate checkpoints (``final_model: false``) are left out."""
         prefix, suffix = _tagged(EVAL, "|").split("|")
-        return sorted(p.name[len(prefix):-len(suffix)] for p in Path(self.path).glob(f"{prefix}*{suffix}"))
+        names = sorted(p.name[len(prefix):-len(suffix)] for p in Path(self.path).glob(f"{prefix}*{suffix}"))
+        return [n for n in names if (self.eval_on(n) or {}).get("final_model", True)]
 
     @property
     def label(self) -> str:

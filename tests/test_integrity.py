@@ -46,6 +46,25 @@ def test_train_records_data_provenance(done_run, data_root):
     runs.read_config(done_run)  # the extra record does not break reading the config back
 
 
+def test_eval_of_another_checkpoint_never_replaces_the_final_results(done_run, data_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(done_run, run)
+    own_eval = runs.eval_file(run).read_bytes()
+    early = run / runs.CHECKPOINTS / "early.pth"
+    shutil.copy(runs.last_checkpoint(run), early)  # stands for a periodic checkpoint
+    ev = evaluate(run, checkpoint=early)
+    assert runs.eval_file(run).read_bytes() == own_eval
+    tagged = json.loads((run / "eval-early.json").read_text())
+    assert tagged["final_model"] is False and tagged["AP"] == ev["AP"]
+    assert runs.load_run(run).eval_names == []  # not a benchmark of the report
+    other = tmp_path / "other"
+    shutil.copytree(data_root, other)
+    evaluate(run, checkpoint=early, data_root=other)  # on other data: both names in the tag
+    assert json.loads((run / "eval-other-early.json").read_text())["final_model"] is False
+    evaluate(run, checkpoint=runs.last_checkpoint(run))  # the last checkpoint is the final model
+    assert json.loads(runs.eval_file(run).read_text())["final_model"] is True
+
+
 def test_eval_on_other_data_never_replaces_the_runs_own(done_run, data_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(done_run, run)
