@@ -19,8 +19,11 @@ import time
 
 import torch
 
+from dynrcnn.config import ARCHS
 from dynrcnn.model import build_model
 from dynrcnn.presets import get_preset
+
+MINI = get_preset("mini")  # the slim model and image size the miniature report trains
 
 
 def cpu_name() -> str:
@@ -49,7 +52,8 @@ def make_batch(n: int, size: int, seed: int, device: str):
 
 
 def build(method: str, arch: str, device: str, interval: int):
-    cfg = get_preset("mini" if arch == "slim_r18_fpn" else "coco_r50_fpn_1x")
+    cfg = get_preset("coco_r50_fpn_1x" if arch == "r50_fpn" else "mini")
+    cfg.model.arch = arch
     cfg.method = method
     cfg.model.pretrained_backbone = False
     cfg.dynamic.interval = interval
@@ -74,21 +78,22 @@ def timed_step(model, opt, images, targets, device: str) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="slim_r18_fpn", choices=["slim_r18_fpn", "r50_fpn"],
-                   help="model: the slim CPU model (default) or the paper's R50-FPN")
+    p.add_argument("--arch", default=MINI.model.arch, choices=list(ARCHS),
+                   help="model: a slim CPU model (default: the mini preset's, %(default)s) or the paper's r50_fpn")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when available)")
     p.add_argument("--steps", type=int, default=60, help="timed steps per method (default 60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per method first (default 5)")
     p.add_argument("--images", type=int, default=4, help="images per step (default 4)")
-    p.add_argument("--size", type=int, default=None, help="image side in px (default: 192 slim, 800 r50)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"image side in px (default: the mini preset's {MINI.model.min_size} for slim models, 800 for r50)")
     p.add_argument("--interval", type=int, default=10, help="dynamic update interval C (default 10)")
     p.add_argument("--batches", type=int, default=8, help="distinct input batches cycled through (default 8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.size or (192 if args.arch == "slim_r18_fpn" else 800)
+    size = args.size or (800 if args.arch == "r50_fpn" else MINI.model.min_size)
     batches = [make_batch(args.images, size, s, args.device) for s in range(args.batches)]
     models = {m: build(m, args.arch, args.device, args.interval) for m in ("baseline", "dynamic")}
     times = {m: [] for m in models}
