@@ -238,13 +238,8 @@ def reusable(run_dir, cfg) -> tuple[bool, str]:
     """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``
     (same config and training data, see :func:`_mismatch`); the second element says why or
     why not."""
-    run_dir = Path(run_dir)
-    if not is_complete(run_dir):
-        return False, f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
-    why = _mismatch(run_dir, cfg)
-    if why:
-        return False, why
-    return True, f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
+    action, why = train_action(run_dir, cfg)
+    return action == "reuse", why
 
 
 def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
@@ -254,10 +249,12 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
     run_dir = Path(run_dir)
     if force:
         return "train", f"force=True: training {run_dir} from scratch"
-    ok, why = reusable(run_dir, cfg)
-    if ok:
-        return "reuse", why
-    if last_checkpoint(run_dir).is_file() and is_run_dir(run_dir) and _mismatch(run_dir, cfg) is None:
+    complete = is_complete(run_dir)
+    resumable = last_checkpoint(run_dir).is_file() and is_run_dir(run_dir)
+    mismatch = _mismatch(run_dir, cfg) if complete or resumable else None  # hashes the annotations once
+    if complete and mismatch is None:
+        return "reuse", f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
+    if resumable and mismatch is None:
         return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
+    why = mismatch or f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
     return "train", why + ": training from scratch"
-

@@ -177,10 +177,14 @@ def intervals_on(base, other, metric: str, datasets, expected_sign: int = 1) -> 
     return found
 
 
+def benchmarks_disagree(found: dict) -> bool:
+    """Whether the benchmarks' intervals give different statuses."""
+    return len({iv.status for iv in found.values()}) > 1
+
+
 def combined_status(found: dict) -> str:
     """The status that holds on every benchmark; ``inconclusive`` when they disagree."""
-    statuses = {iv.status for iv in found.values()}
-    return statuses.pop() if len(statuses) == 1 else INCONCLUSIVE
+    return INCONCLUSIVE if benchmarks_disagree(found) else next(iter(found.values())).status
 
 
 def _measured(found: dict, metric: str) -> str:
@@ -200,7 +204,7 @@ def interval_verdict(base, other, metric: str, datasets, expected_sign: int = 1)
         return float("nan"), Verdict(NOT_TESTABLE, "not measured (runs or their per-image detections missing)"), {}
     status = combined_status(found)
     word, why = _WORDS[status]
-    if status == INCONCLUSIVE and len({iv.status for iv in found.values()}) > 1:
+    if benchmarks_disagree(found):
         why = "the benchmarks disagree"
     own = found.get(None, next(iter(found.values())))
     record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
@@ -266,7 +270,7 @@ def _context_claims(s: _Sides) -> list[Claim]:
                 record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
                 effect = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
                           INCONCLUSIVE: "no effect beyond the 95% interval"}[combined_status(found)] if found else ""
-                if found and len({iv.status for iv in found.values()}) > 1:
+                if found and benchmarks_disagree(found):
                     effect = "no effect on every benchmark (the benchmarks disagree)"
                 v = Verdict(CONTEXT, f"{effect}: {_measured(found, m)}" if found else "not measured")
                 tol_text = "95% interval (paired bootstrap over seeds and images)"

@@ -32,7 +32,7 @@ from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samp
 CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
 _CACHE: dict[tuple[str, str | None, float], ImageMatches] = {}
-_SAMPLES: dict[tuple, APSamples] = {}
+_SAMPLES: dict[str, APSamples] = {}
 _GT: dict[str, object] = {}
 _DELTAS: dict[tuple, Delta] = {}  # keyed by the (cached, so stable) sample objects of both sides
 
@@ -78,8 +78,16 @@ def run_matches(run, dataset: str | None = None) -> ImageMatches | None:
     return _CACHE[key]
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of a file, read once per process while its size and modification time stay."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHES[key]
 
 
 def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Path | None:
@@ -98,7 +106,7 @@ def run_samples(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, see
     path = samples_file(run, dataset, n_boot, seed)
     if path is None:
         return None
-    key = (str(path), n_boot, seed)
+    key = str(path)  # the file name already encodes n_boot and seed
     if key in _SAMPLES:
         return _SAMPLES[key]
     samples = None
