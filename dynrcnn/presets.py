@@ -77,6 +77,13 @@ def _mini(**over) -> Config:
     return dataclasses.replace(cfg, **over)
 
 
+def _mini_long() -> Config:
+    # The mini preset with a three times longer fine-tune (900 iterations, lr steps at the same
+    # fractions). Baseline AP90 grows with the fine-tune's length (README: the miniature regime),
+    # and this is the length at which it passes 10; 'make report-long' runs it (~3x the time).
+    return _mini(preset="mini_long", max_iter=900, lr_steps=(675, 810), checkpoint_period=300)
+
+
 def _mini_smoke() -> Config:
     cfg = _mini(preset="mini_smoke", max_iter=40, lr_steps=(30,), warmup_iters=10,
                 checkpoint_period=20, log_period=5, num_workers=0)
@@ -117,6 +124,7 @@ PRESETS = {
         preset="coco_r50_fpn_2x", max_iter=180000, lr_steps=(120000, 160000)
     ),
     "mini": _mini,
+    "mini_long": _mini_long,
     "mini_smoke": _mini_smoke,
     "mini_pretrain": _mini_pretrain,
     "mini_pretrain_smoke": _mini_pretrain_smoke,
@@ -127,6 +135,7 @@ PRESET_HELP = {
     "coco_r50_fpn_1x_1gpu": "seed reproduction: 1 GPU x 2 img, lr 0.0025, same epochs (720k iters)",
     "coco_r50_fpn_2x": "paper 2x schedule: 180k iters, steps 120k/160k",
     "mini": "slim R10-FPN from the pretrained backbone on the miniature benchmark: 300 iters x 4 img, CPU ~1.5 min",
+    "mini_long": "the mini preset fine-tuned 3x longer (900 iters x 4 img): baseline AP90 above 10, CPU ~5 min",
     "mini_smoke": "40 iterations of the mini preset, for tests",
     "mini_pretrain": "the baseline whose backbone every mini run starts from (dynrcnn pretrain)",
     "mini_pretrain_smoke": "10 iterations of mini_pretrain, for tests",

@@ -386,7 +386,7 @@ def test_report_outputs_go_under_root(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_run_steps", lambda steps, *a: seen.update(steps=steps))
     monkeypatch.setattr(pipeline, "notebook_durations", lambda out: {})
     monkeypatch.setattr(pipeline, "write_index", lambda *a: None)
-    monkeypatch.setattr(pipeline, "update_readme", lambda readme, *a: seen.update(readme=readme))
+    monkeypatch.setattr(pipeline, "update_readme", lambda readme, *a, **k: seen.update(readme=readme))
     monkeypatch.chdir(tmp_path)
     for root, where in ((None, tmp_path), (tmp_path / "elsewhere", tmp_path / "elsewhere")):
         result = pipeline.run_pipeline("mini", progress=False, root=root)

@@ -414,7 +414,8 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
             if profile.readme:
                 command = f"dynrcnn report --profile {profile.name}" + (
                     f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
-                update_readme(root / "README.md", runs_root, figures_dir, command)  # only with its markers
+                update_readme(root / "README.md", runs_root, figures_dir, command,  # only with its markers
+                              tag=profile.readme, title=profile.readme_title, index=result.index)
             bar.update(1)
     finally:
         bar.close()

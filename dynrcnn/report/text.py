@@ -13,7 +13,12 @@ from dynrcnn.report.claims import claims, claims_table, find_claim
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import find_runs
 
-README_BEGIN, README_END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+def readme_markers(tag: str = "RESULTS") -> tuple[str, str]:
+    """The comment lines around README's generated block ``tag`` (one per report profile)."""
+    return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
+
+
+README_BEGIN, README_END = readme_markers()  # the main (``make report``) block
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,26 +71,29 @@ def _relative(path, base) -> str:
         return Path(path).as_posix()
 
 
-def update_readme(readme, runs_root, figures_dir, command: str = "make report") -> bool:
-    """Replace README's block between the RESULTS markers with the key figures and
-    :func:`readme_table` of ``runs_root``, so README's numbers always come from the runs.
-    Returns False (and changes nothing) when the file has no markers."""
+def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = "RESULTS",
+                  title: str = "Results", index="build/report/index.html") -> bool:
+    """Replace README's block between the ``tag`` markers (:func:`readme_markers`) with the key
+    figures and :func:`readme_table` of ``runs_root``, under the heading ``title``, so README's
+    numbers always come from the runs. Returns False (and changes nothing) when the file has no
+    such markers."""
     readme = Path(readme)
     text = readme.read_text() if readme.is_file() else ""
-    if README_BEGIN not in text or README_END not in text:
+    begin, end = readme_markers(tag)
+    if begin not in text or end not in text:
         return False
     fig = _relative(figures_dir, readme.parent)
     block = (
-        f"{README_BEGIN}\n"
-        f"## Results (written by `{command}`; do not edit by hand)\n\n"
+        f"{begin}\n"
+        f"## {title} (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
         f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
         f"{readme_table(runs_root, _relative(runs_root, readme.parent))}\n"
-        "The full report (every notebook, figure and table) is `build/report/index.html`.\n"
-        f"{README_END}"
+        f"The full report (every notebook, figure and table) is `{_relative(index, readme.parent)}`.\n"
+        f"{end}"
     )
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     readme.write_text(head + block + tail)
     return True
 
@@ -180,5 +188,5 @@ def ap_sentence(runs) -> str:
             f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
 
 
-__all__ = ["README_BEGIN", "README_END", "markdown", "readme_table", "update_readme", "trend_sentence",
+__all__ = ["README_BEGIN", "README_END", "readme_markers", "markdown", "readme_table", "update_readme", "trend_sentence",
            "ap_sentence", "why_sentence"]
