@@ -101,7 +101,6 @@ def seeded_runs(specs: tuple[RunSpec, ...], seeds) -> tuple[RunSpec, ...]:
     return tuple(RunSpec(seed_run_name(r.name, s), r.method, int(s), r.overrides) for s in seeds for r in specs)
 
 
-
 def _mini_profile(name: str, preset: str, figures_dir: str, readme: str = "RESULTS", title: str = "Results",
                   what: str = "") -> Profile:
     """A profile on the miniature benchmark: as in the paper, Dynamic R-CNN (and its DLA/DSL
