@@ -101,12 +101,12 @@ def seeded_runs(specs: tuple[RunSpec, ...], seeds) -> tuple[RunSpec, ...]:
     return tuple(RunSpec(seed_run_name(r.name, s), r.method, int(s), r.overrides) for s in seeds for r in specs)
 
 
-def _mini_profile(name: str, preset: str, figures_dir: str, readme: str = "RESULTS", title: str = "Results",
-                  what: str = "") -> Profile:
+def _mini_profile(name: str, preset: str, figures_dir: str, what: str = "", **readme) -> Profile:
     """A profile on the miniature benchmark: as in the paper, Dynamic R-CNN (and its DLA/DSL
     ablations) runs at RPN NMS 0.85 and the reference baseline at 0.7; the baseline at 0.85 is the
     fair comparison that separates the RPN NMS change from the method. The headline
-    configurations are trained with MINI_SEEDS, DLA and DSL alone with one seed."""
+    configurations are trained with MINI_SEEDS, DLA and DSL alone with one seed. ``readme`` holds
+    the README block's ``readme`` tag and ``readme_title``."""
     return Profile(
         name=name,
         preset=preset,
@@ -120,10 +120,9 @@ def _mini_profile(name: str, preset: str, figures_dir: str, readme: str = "RESUL
         description="miniature benchmark (2000/500 generated images), slim R10-FPN from the project's "
                     f"pretrained backbone{', ' + what if what else ''}, {len(MINI_SEEDS)} seeds for the headline "
                     "comparisons, one for DLA/DSL alone, CPU",
-        readme=readme,
-        readme_title=title,
         seed_runs=("baseline", "baseline_nms085", "dynamic", "dla", "dsl"),
         second_benchmark=(2, 500),
+        **readme,
     )
 
 
@@ -141,10 +140,10 @@ PROFILES: dict[str, Profile] = {
         figures_dir=None,
         description="pipeline check: 48/24 generated images, 30 iterations per run; numbers meaningless",
     ),
-    "mini": _mini_profile("mini", "mini", "figures"),
+    "mini": _mini_profile("mini", "mini", "figures", readme="RESULTS"),
     "mini_long": _mini_profile(
-        "mini_long", "mini_long", "figures/mini_long", readme="RESULTS-LONG",
-        title="Results with a three times longer fine-tune", what="900-iteration fine-tunes"),
+        "mini_long", "mini_long", "figures/mini_long", what="900-iteration fine-tunes", readme="RESULTS-LONG",
+        readme_title="Results with a three times longer fine-tune"),
     "coco": Profile(
         name="coco",
         preset="coco_r50_fpn_1x",

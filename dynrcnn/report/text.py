@@ -10,15 +10,17 @@ import pandas as pd
 
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
 from dynrcnn.report.claims import claims, claims_table, find_claim
+from dynrcnn.report.profiles import PROFILES
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import find_runs
 
-def readme_markers(tag: str = "RESULTS") -> tuple[str, str]:
+def readme_markers(tag: str) -> tuple[str, str]:
     """The comment lines around README's generated block ``tag`` (one per report profile)."""
     return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
 
 
-README_BEGIN, README_END = readme_markers()  # the main (``make report``) block
+_MAIN = PROFILES["mini"]  # the ``make report`` profile: its block is README's main one
+README_BEGIN, README_END = readme_markers(_MAIN.readme)
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,12 +73,12 @@ def _relative(path, base) -> str:
         return Path(path).as_posix()
 
 
-def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = "RESULTS",
-                  title: str = "Results", index="build/report/index.html") -> bool:
-    """Replace README's block between the ``tag`` markers (:func:`readme_markers`) with the key
-    figures and :func:`readme_table` of ``runs_root``, under the heading ``title``, so README's
-    numbers always come from the runs. Returns False (and changes nothing) when the file has no
-    such markers."""
+def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
+                  title: str = _MAIN.readme_title, index="build/report/index.html") -> bool:
+    """Replace README's block between the ``tag`` markers (:func:`readme_markers`; default the
+    main profile's) with the key figures and :func:`readme_table` of ``runs_root``, under the
+    heading ``title``, so README's numbers always come from the runs. Returns False (and changes
+    nothing) when the file has no such markers."""
     readme = Path(readme)
     text = readme.read_text() if readme.is_file() else ""
     begin, end = readme_markers(tag)
