@@ -309,25 +309,26 @@ def test_each_profile_writes_only_its_own_readme_block(mini_runs, tmp_path):
     readme = tmp_path / "README.md"
     long_begin, long_end = readme_markers("RESULTS-LONG")
     readme.write_text(f"{report.README_BEGIN}\nmain 11.1\n{report.README_END}\n{long_begin}\nlong 22.2\n{long_end}\n")
-    assert report.update_readme(readme, mini_runs, tmp_path / "figures" / "mini_long", tag="RESULTS-LONG",
+    assert report.update_readme(readme, mini_runs, tmp_path / "figures" / "quick", tag="RESULTS-LONG",
                                 title="Long results", index=tmp_path / "build" / "report-long" / "index.html")
     text = readme.read_text()
     assert "main 11.1" in text and "long 22.2" not in text  # the main block is untouched
     long_block = text.split(long_begin)[1]
-    assert "## Long results (written by" in long_block and "figures/mini_long/trend.png" in long_block
+    assert "## Long results (written by" in long_block and "figures/quick/trend.png" in long_block
     assert "`build/report-long/index.html`" in long_block
 
 
-def test_long_profile_repeats_the_mini_runs_with_the_long_fine_tune():
-    mini, long = report.get_profile("mini"), report.get_profile("mini_long")
-    assert [(r.name, r.method, r.seed, r.overrides) for r in long.runs] == \
-        [(r.name, r.method, r.seed, r.overrides) for r in mini.runs]
-    short, longer = build_config("mini", "baseline"), build_config("mini_long", "baseline")
-    assert longer.max_iter == 3 * short.max_iter
+def test_report_of_record_is_the_long_fine_tune_and_quick_repeats_its_runs_at_300():
+    record, quick = report.get_profile("mini"), report.get_profile("mini_quick")
+    assert (record.preset, record.figures_dir, record.readme) == ("mini_long", "figures", "RESULTS")
+    assert quick.readme is None and quick.figures_dir == "figures/quick"
+    assert [(r.name, r.method, r.seed, r.overrides) for r in record.runs] == \
+        [(r.name, r.method, r.seed, r.overrides) for r in quick.runs]
+    short, longer = build_config(quick.preset, "baseline"), build_config(record.preset, "baseline")
+    assert (short.max_iter, longer.max_iter) == (300, 900)
     # lr steps at the same fractions of training; everything else equal
     assert [s / longer.max_iter for s in longer.lr_steps] == [s / short.max_iter for s in short.lr_steps]
     assert longer.model == short.model and longer.dynamic == short.dynamic
-    assert long.figures_dir != mini.figures_dir and long.readme != mini.readme
 
 
 def test_extra_seeds_repeat_every_configuration(tmp_path):
