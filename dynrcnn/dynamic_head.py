@@ -5,6 +5,9 @@
 * **DLA**: a proposal is foreground iff its best IoU with a ground-truth box is ``>= T_now``
   (one threshold, no ignore band, no low-quality matches). Every iteration one IoU
   statistic is recorded; every ``C`` iterations ``T_now = max(T_init, mean(record))``.
+  Before the first update the conventions differ: ``mmdet`` trains at the base assigner's
+  fixed threshold (``fg_iou_thresh``, 0.5: MMDetection's head writes its assigner's
+  thresholds only at an update), ``official`` at ``T_init`` (the authors' WARMUP_IOU, 0.4).
 * **DSL**: the box loss is SmoothL1 with ``beta_now``. Every iteration one error statistic
   (the proposals' own regression targets on the centre, ``mean(|t_x|, |t_y|)``) is
   recorded; every ``C`` iterations ``beta_now = min(beta_init, median(record))``, keeping
@@ -19,6 +22,7 @@ gives each rule with the reference file it comes from):
     ``min(K_I, pool)``-th largest max-IoU, averaged over those images. Error: the
     ``min(K_beta x images, positives)``-th smallest error over the *sampled positives*.
     Update: ``beta = min(beta_init, numpy median)`` (mean of the two middle values for even C).
+    The first C iterations train at ``fg_iou_thresh`` (the base assigner's 0.5).
 ``official`` (the authors' code)
     Pool: the proposals of all images of the batch, ground-truth boxes appended. A proposal
     records its IoU with its *matched* ground truth; a background proposal (max IoU below
@@ -26,7 +30,8 @@ gives each rule with the reference file it comes from):
     with that box. IoU: the ``(K_I x n)``-th largest over the pool of the n images with ground
     truth. Error: the ``min(K_beta x n, pool)``-th smallest error over *all* proposals,
     background ones encoded toward ground truth #0. Update: ``beta = min(beta_init,
-    sorted(record)[len // 2])``, the upper middle value.
+    sorted(record)[len // 2])``, the upper middle value. The first C iterations train at
+    ``T_init``.
 
 Images without ground truth contribute no statistic; a batch without sampled positives
 records no error statistic; NaN/inf statistics are skipped with one warning.
@@ -163,7 +168,9 @@ class DynamicRoIHeads(RoIHeads):
         if self.proposal_matcher.low_threshold != self.proposal_matcher.high_threshold:
             raise ValueError("DynamicRoIHeads uses one threshold: fg_iou_thresh must equal bg_iou_thresh")
 
-        start_iou = self.init_iou if self.use_dla else self.fixed_iou
+        # the threshold before the first update (see the module docstring)
+        self.warmup_iou = self.fixed_iou if self.convention == "mmdet" else self.init_iou
+        start_iou = self.warmup_iou if self.use_dla else self.fixed_iou
         start_beta = self.init_beta if self.use_dsl else self.fixed_beta
         self.register_buffer("iou_threshold", torch.tensor(start_iou, dtype=torch.float32))
         self.register_buffer("beta", torch.tensor(start_beta, dtype=torch.float32))

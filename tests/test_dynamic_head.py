@@ -127,7 +127,8 @@ def test_update_rule_after_c_iterations(convention, iou, beta):
     events = []
     head.update_callbacks.append(events.append)
     step(head)
-    assert not events and float(head.iou_threshold) == pytest.approx(0.4)  # first C iterations at T_init
+    # the first C iterations: MMDetection's base assigner (0.5), the authors' WARMUP_IOU (T_init = 0.4)
+    assert not events and float(head.iou_threshold) == pytest.approx({"mmdet": 0.5, "official": 0.4}[convention])
     step(head)
     assert len(events) == 1 and events[0].iteration == 2
     assert events[0].num_iou_stats == 2 and events[0].num_beta_stats == 2
@@ -185,7 +186,7 @@ def test_batch_without_positives_records_no_beta():
     losses = head(features(1), [torch.tensor([[50.0, 50.0, 60.0, 60.0], [40.0, 40.0, 45.0, 45.0]])],
                   [(64, 64)], [empty])[1]
     assert not bool(head.last_stats["error_valid"]) and not bool(head.last_stats["iou_valid"])
-    assert float(head.beta) == 1.0 and float(head.iou_threshold) == pytest.approx(0.4)
+    assert float(head.beta) == 1.0 and float(head.iou_threshold) == pytest.approx(head.warmup_iou)
     assert losses["loss_box_reg"].detach().item() == 0.0 and torch.isfinite(losses["loss_classifier"].detach())
 
 
@@ -223,11 +224,16 @@ def test_nonfinite_statistics_are_skipped_and_warned_once():
     assert float(head.iou_threshold) == pytest.approx(0.6)
 
 
-def test_switches_fix_the_disabled_mechanism():
+@pytest.mark.parametrize("convention", ["mmdet", "official"])
+def test_switches_fix_the_disabled_mechanism(convention):
+    # before the first update DLA trains at the base assigner's 0.5 (mmdet) or T_init 0.4 (official)
+    warmup = {"mmdet": 0.5, "official": 0.4}[convention]
     for method, moves_iou, moves_beta in (("dla", True, False), ("dsl", False, True), ("baseline", False, False)):
-        head = make_head(method=method, interval=1, box_beta=0.5, k_beta=2)
+        head = make_head(method=method, interval=1, box_beta=0.5, k_beta=2, convention=convention)
         start = (float(head.iou_threshold), float(head.beta))
-        assert start == pytest.approx((0.4 if moves_iou else 0.5, 1.0 if moves_beta else 0.5))  # init vs fixed
+        assert start == pytest.approx((warmup if moves_iou else 0.5, 1.0 if moves_beta else 0.5))  # init vs fixed
+        if convention == "official":  # its error statistic on these inputs is >= beta_init: nothing moves
+            continue
         step(head)
         assert (float(head.iou_threshold) != start[0]) == moves_iou, method
         assert (float(head.beta) != start[1]) == moves_beta, method

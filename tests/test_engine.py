@@ -75,7 +75,7 @@ def test_run_directory(full_run):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
     dyn = read_jsonl(run / "dynamic.jsonl")
     assert [d["iteration"] for d in dyn] == [0, 2, 4, 6, 8]
-    assert dyn[0]["iou_threshold"] == pytest.approx(0.4) and dyn[0]["beta"] == 1.0
+    assert dyn[0]["iou_threshold"] == pytest.approx(0.5) and dyn[0]["beta"] == 1.0  # mmdet: the base assigner's 0.5
     assert all(d["num_iou_stats"] == 2 for d in dyn[1:])
     stats = read_jsonl(run / "stats.jsonl")
     assert [s["iteration"] for s in stats] == list(range(1, 9))
