@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick smoke venv clean benchmark
+.PHONY: test report report-quick smoke venv mmdet-env clean benchmark
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# MMDetection, run side by side with dynrcnn in its own environment (peer_mmdet/, README)
+MMDET_VENV := .venv-mmdet
+MMDET_STAMP := $(MMDET_VENV)/.installed
+$(MMDET_STAMP): pyproject.toml peer_mmdet/requirements.txt peer_mmdet/runtime.txt peer_mmdet/mmcv_ext.py peer_mmdet/build_env.sh
+	PYTHON=$(PYTHON) peer_mmdet/build_env.sh $(MMDET_VENV)
+	touch $(MMDET_STAMP)
+
+mmdet-env: $(MMDET_STAMP)
+
+# the suite includes the parity test against MMDetection's own DynamicRoIHead (in .venv-mmdet)
+test: $(STAMP) $(MMDET_STAMP)
 	$(PY) -m pytest -q
 
 # the report of record: 900-iteration fine-tunes on the miniature benchmark (baseline AP90 above 10)
