@@ -229,6 +229,23 @@ def converted_config(model: str, data_root: str = ""):
     return cfg
 
 
+def peer_config(preset: str, method: str, data_root: str = ""):
+    """The run config of a model MMDetection trained with ``preset``'s settings
+    (``peer_mmdet/train.py``): the preset, with MMDetection's anchors (not rounded) and RoIAlign
+    (aligned, adaptive sampling), RPN NMS 0.85 for both methods as the peer trains them, and no
+    backbone file (every weight comes from the checkpoint)."""
+    from dynrcnn.presets import build_config
+    from dynrcnn.reference import DYNAMIC_RPN_NMS
+
+    cfg = build_config(preset, method, overrides=[f"model.rpn_nms_thresh={DYNAMIC_RPN_NMS}"])
+    cfg.data_root = data_root
+    m = cfg.model
+    m.anchor_style, m.roi_align_aligned, m.roi_sampling_ratio = "mmdet", True, 0
+    m.backbone_weights, m.backbone_sha256 = "", ""
+    cfg.validate()
+    return cfg
+
+
 def _json_safe(meta: dict) -> dict:
     keep = {}
     for k in ("mmdet_version", "epoch", "iter", "time", "CLASSES"):
@@ -239,8 +256,13 @@ def _json_safe(meta: dict) -> dict:
 
 
 def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str = "auto",
-            data_root: str | None = None, force: bool = False) -> Path:
-    """Convert the MMDetection checkpoint ``src`` into the run directory ``out`` (see module doc)."""
+            data_root: str | None = None, force: bool = False, preset: str | None = None,
+            method: str | None = None) -> Path:
+    """Convert the MMDetection checkpoint ``src`` into the run directory ``out`` (see module doc).
+
+    With ``preset`` and ``method`` the checkpoint is one MMDetection trained with that preset's
+    settings (``peer_mmdet/train.py``, e.g. ``mini_long`` with its ``slim_r10_fpn``), converted with
+    :func:`peer_config`; otherwise a published R50-FPN model (``model``)."""
     import torch
 
     from dynrcnn.model import build_model
@@ -254,8 +276,16 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     if ckpt_path.exists() and not force:
         raise CheckpointError(f"{out} already holds a checkpoint; pass --force to overwrite it")
     state, meta, digest = read_source(src)
-    kind = _guess_model(src, meta, model)
-    cfg = converted_config(kind, str(Path(data_root).expanduser().resolve()) if data_root else "")
+    root = str(Path(data_root).expanduser().resolve()) if data_root else ""
+    if preset:
+        kind = "dynamic_rcnn" if method == "dynamic" else "faster_rcnn"
+        cfg = peer_config(preset, "dynamic" if method == "dynamic" else "baseline", root)
+        label = f"MMDetection {'Dynamic' if method == 'dynamic' else 'Faster'} R-CNN, preset {preset} (peer_mmdet/train.py)"
+        published = {"label": label, "url": None, "published_ap": None}
+    else:
+        kind = _guess_model(src, meta, model)
+        cfg = converted_config(kind, root)
+        published = PUBLISHED[kind]
     target = build_model(cfg, num_classes).state_dict()
     ours = convert_mmdet_state(state, target, num_classes)
     iteration = int(meta.get("iter", 0) or 0)
@@ -271,8 +301,8 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     (out / runs.CONFIG).write_text(cfg.to_json() + "\n")
     provenance = {
         "source_file": src.name, "source_path": str(src.resolve()), "sha256": digest,
-        "source_format": "mmdet2", "model": kind, "label": PUBLISHED[kind]["label"],
-        "published_url": PUBLISHED[kind]["url"], "published_ap": PUBLISHED[kind]["published_ap"],
+        "source_format": "mmdet3" if preset else "mmdet2", "model": kind, "label": published["label"],
+        "published_url": published["url"], "published_ap": published["published_ap"],
         "mapping_version": MAPPING_VERSION, "num_classes": num_classes, "mmdet_meta": _json_safe(meta),
         "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -383,8 +413,10 @@ def published_weights_rows(run_dirs) -> list[dict]:
 def cmd_convert(args) -> int:
     if args.source_format != "mmdet":  # pragma: no cover (argparse choices)
         raise ConfigError("only --from mmdet is supported")
+    if bool(args.preset) != bool(args.method):
+        raise ConfigError("--preset and --method go together (a checkpoint MMDetection trained with a preset's settings)")
     out = convert(args.src, args.out, num_classes=args.num_classes, model=args.model,
-                  data_root=args.data_root, force=args.force)
+                  data_root=args.data_root, force=args.force, preset=args.preset, method=args.method)
     prov = json.loads((out / runs.PROVENANCE).read_text())
     print(f"{prov['label']}: {prov['source_file']} (sha256 {prov['sha256'][:12]}...) -> {out}; "
           f"evaluate with: dynrcnn eval {out}" + ("" if args.data_root else " --data-root data/coco"))
@@ -422,6 +454,10 @@ def register(subparsers) -> None:
                         "checkpoint's meta config, else the file name")
     p.add_argument("--data-root", default=None, metavar="DIR", help="COCO folder to record in config.json")
     p.add_argument("--force", action="store_true", help="overwrite an existing converted checkpoint")
+    p.add_argument("--preset", default=None, help="the checkpoint is one MMDetection trained with this preset's "
+                   "settings (peer_mmdet/train.py), not a published R50-FPN model")
+    p.add_argument("--method", default=None, choices=("baseline", "dynamic"),
+                   help="with --preset: Faster R-CNN (baseline) or Dynamic R-CNN")
     p.set_defaults(func=cmd_convert)
 
     p = subparsers.add_parser(

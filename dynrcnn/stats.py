@@ -190,37 +190,42 @@ def ap_samples(m: ImageMatches, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> AP
     return APSamples(list(m.image_ids), full, weighted_ap(m, image_weights(n_img, n_boot, seed)), n_boot, seed)
 
 
-def bootstrap_delta(a: dict, b: dict, n_boot: int = DEFAULT_BOOT, seed: int = 0, level: float = 0.95) -> Delta:
-    """Difference ``B - A`` of AP averaged over seeds, with a hierarchical bootstrap interval.
+def bootstrap_contrast(groups: list[dict], weights, n_boot: int = DEFAULT_BOOT, seed: int = 0,
+                       level: float = 0.95) -> Delta:
+    """``sum_i weights[i] x mean(groups[i])`` of AP averaged over seeds, with a hierarchical
+    bootstrap interval (images resampled once for all runs; seeds resampled per group, with one
+    draw shared by all groups when they hold the same seeds, which pairs them).
 
-    ``a`` and ``b`` map a training seed to that run's :class:`ImageMatches` (or its
-    :class:`APSamples`, made with the same ``n_boot`` and ``seed``); all runs must be evaluated
-    on the same images. Seeds present in both are paired.
+    Each group maps a training seed to that run's :class:`ImageMatches` (or its
+    :class:`APSamples`, made with the same ``n_boot`` and ``seed``); all runs must be evaluated on
+    the same images. ``[A, B]`` with weights ``[-1, 1]`` is :func:`bootstrap_delta`; four groups
+    with ``[1, -1, -1, 1]`` give a difference of two differences (e.g. one implementation's gain
+    minus another's).
     """
-    if not a or not b:
-        raise ValueError("bootstrap_delta needs at least one run on each side")
-    a = {s: v if isinstance(v, APSamples) else ap_samples(v, n_boot, seed) for s, v in a.items()}
-    b = {s: v if isinstance(v, APSamples) else ap_samples(v, n_boot, seed) for s, v in b.items()}
-    images = next(iter(a.values())).image_ids
-    for m in (*a.values(), *b.values()):
+    if len(groups) != len(weights) or not groups or not all(groups):
+        raise ValueError("bootstrap_contrast needs one weight per group and at least one run in each group")
+    groups = [{s: v if isinstance(v, APSamples) else ap_samples(v, n_boot, seed) for s, v in g.items()}
+              for g in groups]
+    images = next(iter(groups[0].values())).image_ids
+    for m in (m for g in groups for m in g.values()):
         if m.image_ids != images:
             raise ValueError("all runs of a comparison must be evaluated on the same images")
         if (m.n_boot, m.seed) != (n_boot, seed):
             raise ValueError(f"AP samples drawn with n_boot={m.n_boot}, seed={m.seed}; "
                              f"this comparison needs n_boot={n_boot}, seed={seed}")
-    seeds_a, seeds_b = sorted(a), sorted(b)
-    paired = seeds_a == seeds_b
-    # per-run AP on the full set and on every image resample: [runs, B, T]
-    full_a = np.stack([a[s].full for s in seeds_a])
-    full_b = np.stack([b[s].full for s in seeds_b])
-    boot_a = np.stack([a[s].boot for s in seeds_a])
-    boot_b = np.stack([b[s].boot for s in seeds_b])
+    seeds = [sorted(g) for g in groups]
+    paired = all(s == seeds[0] for s in seeds)
     rng = np.random.default_rng([seed, 1])  # the seed level, drawn apart from the image level
-    pick_a = rng.integers(0, len(seeds_a), size=(n_boot, len(seeds_a)))
-    pick_b = pick_a if paired else rng.integers(0, len(seeds_b), size=(n_boot, len(seeds_b)))
+    first = rng.integers(0, len(seeds[0]), size=(n_boot, len(seeds[0])))
     rows = np.arange(n_boot)[:, None]
-    reps = boot_b[pick_b, rows].mean(axis=1) - boot_a[pick_a, rows].mean(axis=1)  # [B, T]
-    point = full_b.mean(axis=0) - full_a.mean(axis=0)
+    point = np.zeros_like(groups[0][seeds[0][0]].full)
+    reps = np.zeros_like(groups[0][seeds[0][0]].boot)  # [B, T]
+    for i, (g, s, w) in enumerate(zip(groups, seeds, weights)):
+        pick = first if (paired or i == 0) else rng.integers(0, len(s), size=(n_boot, len(s)))
+        full = np.stack([g[k].full for k in s])
+        boot = np.stack([g[k].boot for k in s])  # [runs, B, T]
+        reps = reps + w * boot[pick, rows].mean(axis=1)
+        point = point + w * full.mean(axis=0)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     lo, hi = np.percentile(reps, q, axis=0)
     metrics = {}
@@ -228,7 +233,20 @@ def bootstrap_delta(a: dict, b: dict, n_boot: int = DEFAULT_BOOT, seed: int = 0,
         r = metric_of(reps, name)
         mlo, mhi = np.percentile(r, q)
         metrics[name] = (float(metric_of(point, name)), float(mlo), float(mhi))
-    return Delta(point, lo, hi, metrics, len(seeds_a), len(seeds_b), paired, n_boot)
+    return Delta(point, lo, hi, metrics, len(seeds[0]), len(seeds[-1]), paired, n_boot)
+
+
+def bootstrap_delta(a: dict, b: dict, n_boot: int = DEFAULT_BOOT, seed: int = 0, level: float = 0.95) -> Delta:
+    """Difference ``B - A`` of AP averaged over seeds, with a hierarchical bootstrap interval.
+
+    ``a`` and ``b`` map a training seed to that run's :class:`ImageMatches` (or its
+    :class:`APSamples`, made with the same ``n_boot`` and ``seed``); all runs must be evaluated
+    on the same images. Seeds present in both are paired. (:func:`bootstrap_contrast` of
+    ``[a, b]`` with weights ``[-1, 1]``.)
+    """
+    if not a or not b:
+        raise ValueError("bootstrap_delta needs at least one run on each side")
+    return bootstrap_contrast([a, b], [-1.0, 1.0], n_boot=n_boot, seed=seed, level=level)
 
 
 def verdict(low: float, high: float, expected_sign: int = 1) -> str:

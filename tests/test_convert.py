@@ -58,8 +58,9 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
         model.roi_heads.box_predictor.bbox_pred.bias[:4] = 0
 
 
-def to_mmdet_layout(sd: dict) -> dict:
-    """Our R50-FPN state dict written with MMDetection 2.x's module names and conventions."""
+def to_mmdet_layout(sd: dict, blocks=(3, 4, 6, 3), convs=3) -> dict:
+    """Our ResNet-FPN state dict (R50 by default; ``blocks`` per stage, ``convs`` per block) written
+    with MMDetection's module names and conventions."""
     mm = {}
 
     def bn(ours: str, theirs: str) -> None:
@@ -69,13 +70,13 @@ def to_mmdet_layout(sd: dict) -> dict:
 
     mm["backbone.conv1.weight"] = sd["backbone.body.conv1.weight"].clone()
     bn("backbone.body.bn1", "backbone.bn1")
-    for stage, blocks in zip((1, 2, 3, 4), (3, 4, 6, 3)):
-        for b in range(blocks):
+    for stage, n in zip((1, 2, 3, 4), blocks):
+        for b in range(n):
             ours, theirs = f"backbone.body.layer{stage}.{b}", f"backbone.layer{stage}.{b}"
-            for c in (1, 2, 3):
+            for c in range(1, convs + 1):
                 mm[f"{theirs}.conv{c}.weight"] = sd[f"{ours}.conv{c}.weight"].clone()
                 bn(f"{ours}.bn{c}", f"{theirs}.bn{c}")
-            if b == 0:
+            if b == 0 and f"{ours}.downsample.0.weight" in sd:
                 mm[f"{theirs}.downsample.0.weight"] = sd[f"{ours}.downsample.0.weight"].clone()
                 bn(f"{ours}.downsample.1", f"{theirs}.downsample.1")
     for i in range(4):
@@ -356,3 +357,35 @@ def test_report_converts_and_plans_published_weights(published, tmp_path):
     ev = [s for s in steps if s.output == f"evaluate_published_{src.stem}"]
     assert len(ev) == 1 and ev[0].params["run_dir"] == str(dirs[0].resolve())
     assert steps[-1].params["published_root"] == str(published_root(runs_root).resolve())
+
+
+def test_convert_a_peer_checkpoint_of_the_slim_preset(tmp_path):
+    """A checkpoint MMDetection trained with the mini_long preset's settings (peer_mmdet/train.py:
+    slim_r10_fpn, trainable BatchNorm, a bare state dict) converts into a run of that preset with
+    MMDetection's anchors and RoIAlign, every tensor in place."""
+    from dynrcnn.convert import peer_config
+
+    cfg = peer_config("mini_long", "dynamic")
+    assert (cfg.preset, cfg.method, cfg.model.arch) == ("mini_long", "dynamic", "slim_r10_fpn")
+    assert (cfg.model.anchor_style, cfg.model.roi_align_aligned, cfg.model.roi_sampling_ratio) == ("mmdet", True, 0)
+    assert cfg.model.rpn_nms_thresh == 0.85 and cfg.model.backbone_weights == ""
+    assert peer_config("mini_long", "baseline").model.rpn_nms_thresh == 0.85  # the peer's fair baseline
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_CLASSES)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim:
+                t.copy_(torch.randn(t.shape) * 0.1)
+        model.roi_heads.box_predictor.bbox_pred.weight[:4] = 0
+        model.roi_heads.box_predictor.bbox_pred.bias[:4] = 0
+    src = tmp_path / "model_state.pth"
+    torch.save(to_mmdet_layout(model.state_dict(), blocks=(1, 1, 1, 1), convs=2), src)
+    out = convert(src, tmp_path / "run", num_classes=NUM_CLASSES, preset="mini_long", method="dynamic")
+    record = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked") and not k.startswith("roi_heads._extra") and k not in (
+                "roi_heads.iou_threshold", "roi_heads.beta"):
+            assert torch.equal(record["model"][k], v), k
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["source_format"] == "mmdet3" and prov["published_ap"] is None and "mini_long" in prov["label"]
+    assert json.loads((out / "config.json").read_text())["model"]["anchor_style"] == "mmdet"

@@ -143,3 +143,26 @@ def test_runs_on_other_images_are_refused():
 ])
 def test_verdict_rule(low, high, sign, status):
     assert verdict(low, high, sign) == status
+
+
+def test_contrast_of_two_differences_is_exact_on_shifted_samples():
+    """Difference of two gains (implementation 2's gain minus implementation 1's): equal gains give
+    exactly 0 with the interval [0, 0]; a gain larger by c on every image resample gives c."""
+    from dynrcnn.stats import APSamples, bootstrap_contrast
+
+    rng = np.random.default_rng(0)
+
+    def samples(shift=0.0):
+        full, boot = rng.random(10) * 50, rng.random((300, 10)) * 50
+        return {s: APSamples(list(range(30)), full + shift + s, boot + shift + s, 300, 0) for s in (0, 1, 2)}
+
+    base = samples()
+    dyn = {s: APSamples(v.image_ids, v.full + 3.0, v.boot + 3.0, 300, 0) for s, v in base.items()}
+    same = bootstrap_contrast([base, dyn, base, dyn], [1, -1, -1, 1], n_boot=300)
+    assert same.metrics["AP"] == (0.0, 0.0, 0.0) and same.paired_seeds
+    bigger = {s: APSamples(v.image_ids, v.full + 1.5, v.boot + 1.5, 300, 0) for s, v in dyn.items()}
+    d = bootstrap_contrast([base, dyn, base, bigger], [1, -1, -1, 1], n_boot=300)
+    for est, lo, hi in d.metrics.values():
+        assert est == pytest.approx(1.5) and lo == pytest.approx(1.5) and hi == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="one weight per group"):
+        bootstrap_contrast([base, dyn], [1], n_boot=300)
