@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick smoke venv mmdet-env clean benchmark
+.PHONY: test report report-quick smoke venv mmdet-env mmdet clean benchmark
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(MMDET_STAMP): pyproject.toml peer_mmdet/requirements.txt peer_mmdet/runtime.tx
 	touch $(MMDET_STAMP)
 
 mmdet-env: $(MMDET_STAMP)
+
+# MMDetection's Faster / Dynamic R-CNN trained next to the report of record (needs make report's runs)
+mmdet: $(STAMP) $(MMDET_STAMP)
+	$(PY) -m dynrcnn mmdet
 
 # the suite includes the parity test against MMDetection's own DynamicRoIHead (in .venv-mmdet)
 test: $(STAMP) $(MMDET_STAMP)

@@ -41,9 +41,37 @@ def register(subparsers) -> None:
                         "README 'Published weights'): each is converted (dynrcnn convert), evaluated on the "
                         "profile's data and shown next to the report's runs with the published AP")
     p.set_defaults(func=_run)
+    register_mmdet(subparsers)
 
 
 def _run(args) -> int:
     from dynrcnn.report.pipeline import main_report
 
     return main_report(args)
+
+
+def register_mmdet(subparsers) -> None:
+    p = subparsers.add_parser(
+        "mmdet",
+        help="train MMDetection's Faster / Dynamic R-CNN next to the report of record and compare (make mmdet)",
+        description="MMDetection side by side (README 'MMDetection, run side by side'): trains what is missing of "
+                    "MMDetection's runs in its own environment (.venv-mmdet, make mmdet-env) from the report of "
+                    "record's backbone and settings, converts and evaluates them, runs notebooks/06_mmdet.ipynb "
+                    "and writes figures/mmdet/ and README's MMDetection block. Needs the runs of 'make report'.",
+    )
+    p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
+    p.add_argument("--jobs", type=int, default=2, help="MMDetection runs in parallel, one thread each (default 2)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the preset for MMDetection's runs (as dynrcnn train --set)")
+    p.add_argument("--no-readme", action="store_true", help="do not write README's block")
+    p.set_defaults(func=_run_mmdet)
+
+
+def _run_mmdet(args) -> int:
+    from dynrcnn.report.peer_pipeline import run_side_by_side
+
+    res = run_side_by_side(root=args.root, overrides=args.overrides, jobs=args.jobs, readme=not args.no_readme)
+    for name, bench in res["benchmarks"].items():
+        for sentence in bench["sentences"]:
+            print(f"{name}: {sentence}")
+    return 0

@@ -229,7 +229,7 @@ def converted_config(model: str, data_root: str = ""):
     return cfg
 
 
-def peer_config(preset: str, method: str, data_root: str = ""):
+def peer_config(preset: str, method: str, data_root: str = "", seed: int | None = None):
     """The run config of a model MMDetection trained with ``preset``'s settings
     (``peer_mmdet/train.py``): the preset, with MMDetection's anchors (not rounded) and RoIAlign
     (aligned, adaptive sampling), RPN NMS 0.85 for both methods as the peer trains them, and no
@@ -237,7 +237,7 @@ def peer_config(preset: str, method: str, data_root: str = ""):
     from dynrcnn.presets import build_config
     from dynrcnn.reference import DYNAMIC_RPN_NMS
 
-    cfg = build_config(preset, method, overrides=[f"model.rpn_nms_thresh={DYNAMIC_RPN_NMS}"])
+    cfg = build_config(preset, method, seed=seed, overrides=[f"model.rpn_nms_thresh={DYNAMIC_RPN_NMS}"])
     cfg.data_root = data_root
     m = cfg.model
     m.anchor_style, m.roi_align_aligned, m.roi_sampling_ratio = "mmdet", True, 0
@@ -257,7 +257,7 @@ def _json_safe(meta: dict) -> dict:
 
 def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str = "auto",
             data_root: str | None = None, force: bool = False, preset: str | None = None,
-            method: str | None = None) -> Path:
+            method: str | None = None, seed: int | None = None) -> Path:
     """Convert the MMDetection checkpoint ``src`` into the run directory ``out`` (see module doc).
 
     With ``preset`` and ``method`` the checkpoint is one MMDetection trained with that preset's
@@ -279,7 +279,7 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     root = str(Path(data_root).expanduser().resolve()) if data_root else ""
     if preset:
         kind = "dynamic_rcnn" if method == "dynamic" else "faster_rcnn"
-        cfg = peer_config(preset, "dynamic" if method == "dynamic" else "baseline", root)
+        cfg = peer_config(preset, "dynamic" if method == "dynamic" else "baseline", root, seed)
         label = f"MMDetection {'Dynamic' if method == 'dynamic' else 'Faster'} R-CNN, preset {preset} (peer_mmdet/train.py)"
         published = {"label": label, "url": None, "published_ap": None}
     else:
@@ -416,7 +416,8 @@ def cmd_convert(args) -> int:
     if bool(args.preset) != bool(args.method):
         raise ConfigError("--preset and --method go together (a checkpoint MMDetection trained with a preset's settings)")
     out = convert(args.src, args.out, num_classes=args.num_classes, model=args.model,
-                  data_root=args.data_root, force=args.force, preset=args.preset, method=args.method)
+                  data_root=args.data_root, force=args.force, preset=args.preset, method=args.method,
+                  seed=args.seed)
     prov = json.loads((out / runs.PROVENANCE).read_text())
     print(f"{prov['label']}: {prov['source_file']} (sha256 {prov['sha256'][:12]}...) -> {out}; "
           f"evaluate with: dynrcnn eval {out}" + ("" if args.data_root else " --data-root data/coco"))
@@ -458,6 +459,8 @@ def register(subparsers) -> None:
                    "settings (peer_mmdet/train.py), not a published R50-FPN model")
     p.add_argument("--method", default=None, choices=("baseline", "dynamic"),
                    help="with --preset: Faster R-CNN (baseline) or Dynamic R-CNN")
+    p.add_argument("--seed", type=int, default=None, help="with --preset: the training seed to record (pairs the run "
+                   "with ours of the same seed)")
     p.set_defaults(func=cmd_convert)
 
     p = subparsers.add_parser(

@@ -343,6 +343,51 @@ def trajectory_figure(trajs: list[dict], authors: dict | None, cap: str) -> Figu
     return _finish(fig, "Dynamic threshold and beta against training progress, with the authors' trajectory", cap)
 
 
+IMPLEMENTATION_STYLES = {"dynrcnn": ("C0", "-"), "mmdet": ("C3", "--")}  # colour, line style
+
+
+def peer_trajectory_figure(trajs: list[dict], labels: dict, cap: str) -> Figure:
+    """IoU threshold and SmoothL1 beta after every update, one line per seed and implementation
+    (``trajs`` from :func:`dynrcnn.report.peer.trajectories`)."""
+    fig = Figure(figsize=(12, 4.2))
+    axes = fig.subplots(1, 2)
+    seen = set()
+    for t in trajs:
+        col, ls = IMPLEMENTATION_STYLES.get(t["implementation"], ("C7", ":"))
+        label = None if t["implementation"] in seen else labels.get(t["implementation"], t["implementation"])
+        seen.add(t["implementation"])
+        for ax, key in zip(axes, ("iou_threshold", "beta")):
+            ax.step(t["iteration"], t[key], where="post", color=col, ls=ls, lw=1.5, alpha=0.8,
+                    label=f"{label}, one line per seed" if label else None)
+    axes[0].axhline(0.5, color="0.5", ls=":", lw=1)
+    axes[0].set(ylabel="R-CNN IoU threshold", title="label assignment threshold")
+    axes[1].set(ylabel="SmoothL1 beta", title="regression loss beta")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    return _finish(fig, "Dynamic R-CNN's threshold and beta: dynrcnn and MMDetection on the same data", cap)
+
+
+def peer_gain_figure(table, labels: dict, cap: str) -> Figure:
+    """Each implementation's Dynamic - Faster gain per metric with its 95 % interval
+    (``table`` from :func:`dynrcnn.report.peer.agreement`)."""
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
+    x = np.arange(len(table))
+    for k, impl in enumerate(("dynrcnn", "mmdet")):
+        col, _ = IMPLEMENTATION_STYLES[impl]
+        est = table[f"{impl} gain"].to_numpy(float)
+        err = np.vstack([est - table[f"{impl} low"].to_numpy(float), table[f"{impl} high"].to_numpy(float) - est])
+        ax.errorbar(x + (k - 0.5) * 0.25, est, yerr=err, fmt="o", color=col, capsize=4, label=labels.get(impl, impl))
+    ax.axhline(0, color="0.4", lw=1)
+    ax.set_xticks(x, list(table["metric"]))
+    ax.set(ylabel="Dynamic R-CNN - Faster R-CNN (points)", title="gain with its 95 % interval")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left")
+    return _finish(fig, "The gain of Dynamic R-CNN in each implementation", cap)
+
+
 def ap_per_iou_run_figure(run) -> Figure:
     """AP at each IoU threshold of one run (bars)."""
     e = run.eval

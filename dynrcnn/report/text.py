@@ -73,31 +73,36 @@ def _relative(path, base) -> str:
         return Path(path).as_posix()
 
 
-def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
-                  title: str = _MAIN.readme_title, index="build/report/index.html") -> bool:
-    """Replace README's block between the ``tag`` markers (:func:`readme_markers`; default the
-    main profile's) with the key figures and :func:`readme_table` of ``runs_root``, under the
-    heading ``title``, so README's numbers always come from the runs. Returns False (and changes
-    nothing) when the file has no such markers."""
+def replace_readme_block(readme, tag: str, body: str) -> bool:
+    """Replace README's block between the ``tag`` markers (:func:`readme_markers`) with
+    ``body``. Returns False (and changes nothing) when the file has no such markers."""
     readme = Path(readme)
     text = readme.read_text() if readme.is_file() else ""
     begin, end = readme_markers(tag)
     if begin not in text or end not in text:
         return False
-    fig = _relative(figures_dir, readme.parent)
-    block = (
-        f"{begin}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(head + f"{begin}\n{body.rstrip()}\n{end}" + tail)
+    return True
+
+
+def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
+                  title: str = _MAIN.readme_title, index="build/report/index.html") -> bool:
+    """Replace README's block between the ``tag`` markers (default the main profile's) with the
+    key figures and :func:`readme_table` of ``runs_root``, under the heading ``title``, so
+    README's numbers always come from the runs. Returns False (and changes nothing) when the
+    file has no such markers."""
+    base = Path(readme).parent
+    fig = _relative(figures_dir, base)
+    body = (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
         f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
-        f"{readme_table(runs_root, _relative(runs_root, readme.parent))}\n"
-        f"The full report (every notebook, figure and table) is `{_relative(index, readme.parent)}`.\n"
-        f"{end}"
+        f"{readme_table(runs_root, _relative(runs_root, base))}\n"
+        f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
     )
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    readme.write_text(head + block + tail)
-    return True
+    return replace_readme_block(readme, tag, body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,5 +195,5 @@ def ap_sentence(runs) -> str:
             f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
 
 
-__all__ = ["README_BEGIN", "README_END", "readme_markers", "markdown", "readme_table", "update_readme", "trend_sentence",
+__all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "markdown", "readme_table", "update_readme", "trend_sentence",
            "ap_sentence", "why_sentence"]
