@@ -69,6 +69,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from pathlib import Path
+
+    from dynrcnn.errors import DataError
+
+    if not Path(args.dir).is_dir():
+        raise DataError(f"{args.dir}: no such folder (pass the folder that holds the runs, e.g. runs/mini)")
     table = run_summary.runs_table(runs.find_runs(args.dir))
     if args.csv:
         print(table.to_csv(index=False), end="")

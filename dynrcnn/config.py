@@ -319,12 +319,19 @@ def _parse_value(text: str, current):
             return ()
         kind = type(current[0]) if current else float
         return tuple(kind(float(v)) if kind is int else kind(v) for v in text.split(","))
-    if isinstance(current, int):
-        return int(float(text)) if float(text).is_integer() else int(text)
-    if isinstance(current, float) or current is None:
-        if current is None and text.lower() in ("none", "null"):
-            return None
-        return float(text)
+    try:
+        if isinstance(current, int):
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if isinstance(current, float) or current is None:
+            if current is None and text.lower() in ("none", "null"):
+                return None
+            return float(text)
+    except ValueError:
+        kind = "an integer" if isinstance(current, int) else "a number"
+        raise ValueError(f"expected {kind}, got {text!r}") from None
     return text
 
 

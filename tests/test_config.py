@@ -70,6 +70,16 @@ def test_bad_values_refused(bad):
         apply_overrides(get_preset("mini"), [bad])
 
 
+@pytest.mark.parametrize("item, expected", [("max_iter=ten", "expected an integer, got 'ten'"),
+                                            ("max_iter=2.5", "expected an integer, got '2.5'"),
+                                            ("lr=fast", "expected a number, got 'fast'")])
+def test_bad_number_names_the_type_of_the_field(item, expected):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(get_preset("mini"), [item])
+    assert str(e.value) == f"bad value for {item.split('=')[0]}: {expected}"
+    assert apply_overrides(get_preset("mini"), ["max_iter=1e3"]).max_iter == 1000
+
+
 def test_bad_convention_refused_by_validate():
     cfg = apply_overrides(get_preset("mini"), ["dynamic.convention=nope"])
     with pytest.raises(ConfigError):

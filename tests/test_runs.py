@@ -60,6 +60,14 @@ def test_load_find_and_table(tmp_path, capsys):
     assert "dynamic" in out and "40.00" in out
 
 
+def test_runs_of_a_missing_folder_is_an_error_not_an_empty_table(tmp_path, capsys):
+    from dynrcnn import cli
+
+    assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere: no such folder" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_defaults_and_help():
     import argparse
 
