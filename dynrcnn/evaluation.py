@@ -185,7 +185,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         cfg.data_root = str(data_root)
     ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
     if not ckpt_path.is_file():
-        raise CheckpointError(f"no checkpoint {ckpt_path}; train the run first or pass --checkpoint")
+        hint = ("check the path passed to --checkpoint" if checkpoint is not None
+                else "train the run first or pass --checkpoint")
+        raise CheckpointError(f"no checkpoint {ckpt_path}; {hint}")
     final = ckpt_path.resolve() == runs.last_checkpoint(run).resolve()
     if not final and name is None:  # another checkpoint never replaces the final model's results
         tag = runs.sanitise_tag(f"{tag}-{ckpt_path.stem}" if tag else ckpt_path.stem)

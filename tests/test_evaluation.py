@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dynrcnn.config import apply_overrides
-from dynrcnn.errors import ConfigError
+from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.evaluation import IOU_THRESHOLDS, ap_per_iou, coco_metrics, evaluate
 from dynrcnn.presets import get_preset
 
@@ -127,3 +127,6 @@ def test_evaluate_end_to_end(tmp_path):
     # evaluating again with an explicit checkpoint and data root gives the same numbers
     again = evaluate(run, checkpoint=run / "checkpoints" / "iter_0000004.pth", data_root=root)
     assert again["AP_per_iou"] == ev["AP_per_iou"]
+    # a --checkpoint that does not exist is named, with the hint that fits it
+    with pytest.raises(CheckpointError, match=r"no checkpoint .*nope\.pth; check the path passed to --checkpoint"):
+        evaluate(run, checkpoint=run / "nope.pth", data_root=root)
