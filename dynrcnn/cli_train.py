@@ -177,7 +177,7 @@ def _register_eval(subparsers, device: str) -> None:
                    help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
                         "pip install faster-coco-eval)")
     p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line is still printed)")
     p.set_defaults(func=cmd_eval)
 
 

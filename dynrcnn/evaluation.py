@@ -215,9 +215,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
             "device": str(device),
         })
         path = runs.write_eval(run, metrics, tag)
-        if progress:
-            print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
-                  f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
+        # the summary line is printed with or without the bar: batch logs need it
+        print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
+              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
         return metrics
 
 

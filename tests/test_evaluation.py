@@ -100,7 +100,7 @@ def test_unknown_or_missing_evaluator():
         assert m["AP50"] == pytest.approx(100.0) and m["AP90"] == pytest.approx(0.0)
 
 
-def test_evaluate_end_to_end(tmp_path):
+def test_evaluate_end_to_end(tmp_path, capsys):
     from dynrcnn.engine import train
     from dynrcnn.mini import generate_mini
 
@@ -125,7 +125,9 @@ def test_evaluate_end_to_end(tmp_path):
         assert d["category_id"] in cat_ids and d["image_id"] in img_ids and len(d["bbox"]) == 4
         assert d["bbox"][2] >= 0 and d["bbox"][3] >= 0
     # evaluating again with an explicit checkpoint and data root gives the same numbers
-    again = evaluate(run, checkpoint=run / "checkpoints" / "iter_0000004.pth", data_root=root)
+    capsys.readouterr()
+    again = evaluate(run, checkpoint=run / "checkpoints" / "iter_0000004.pth", data_root=root, progress=False)
+    assert capsys.readouterr().out.startswith(f"AP {again['AP']:.1f}  AP50 ")  # batch logs keep the summary
     assert again["AP_per_iou"] == ev["AP_per_iou"]
     # a --checkpoint that does not exist is named, with the hint that fits it
     with pytest.raises(CheckpointError, match=r"no checkpoint .*nope\.pth; check the path passed to --checkpoint"):
