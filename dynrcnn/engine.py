@@ -323,6 +323,7 @@ class Trainer:
             torch.distributed.barrier()
 
     def run(self) -> TrainResult:
+        created = self.main and not self.out.exists()
         lock = integrity.RunLock(self.out) if self.main else None
         if lock is not None:
             lock.acquire()  # a second writer of the same run directory is refused
@@ -330,6 +331,13 @@ class Trainer:
             if self.main and self.overwrite:
                 integrity.clear_run(self.out)
             return self._run()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+                lock = None
+            if created:  # a run refused before it wrote anything leaves no folder behind
+                integrity.remove_empty_tree(self.out)
+            raise
         finally:
             if lock is not None:
                 lock.release()

@@ -108,6 +108,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_empty_tree(path) -> bool:
+    """Remove ``path`` if it holds nothing but empty folders (never a file); True if removed."""
+    path = Path(path)
+    if not path.is_dir() or any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        return False
+    for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        d.rmdir()
+    path.rmdir()
+    return True
+
+
 class RunLock:
     """``RUN_DIR/dynrcnn.lock`` (holder's pid and host) for as long as one process writes the run.
 

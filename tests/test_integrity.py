@@ -395,3 +395,17 @@ def test_report_outputs_go_under_root(tmp_path, monkeypatch):
         assert {s.params["data_root"] for s in seen["steps"] if "data_root" in s.params} == {str(where / "data" / "mini")}
     monkeypatch.chdir(pipeline.REPO)
     assert pipeline.report_root() == pipeline.REPO
+
+
+def test_refused_train_leaves_no_folder_it_created_and_keeps_one_it_did_not(tmp_path, capsys):
+    from dynrcnn import cli
+
+    new = tmp_path / "runs" / "new_run"
+    argv = ["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "nope"), "--no-progress"]
+    assert cli.main(argv + ["--out", str(new)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not new.exists() and (tmp_path / "runs").is_dir()  # only what train created is removed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert cli.main(argv + ["--out", str(mine)]) == 2
+    assert mine.is_dir() and list(mine.iterdir()) == []
