@@ -262,3 +262,8 @@ def verdict(low: float, high: float, expected_sign: int = 1) -> str:
     if high < 0:
         return "contradicted" if expected_sign > 0 else "reproduced"
     return "inconclusive"
+
+
+def signed(value: float, digits: int = 2) -> str:
+    """A difference as text with its sign (``+1.27``), never ``-0.00``: a value that rounds to 0 prints ``+0.00``."""
+    return f"{0.0 if round(value, digits) == 0 else value:+.{digits}f}"

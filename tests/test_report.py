@@ -438,3 +438,23 @@ def test_seed_summaries_read_as_sentences():
     assert _fmt_mean([0.576, 0.581, 0.58]) == "0.579 (0.576-0.581 over 3 seeds)"
     assert _fmt_mean([6.7, 8.0], ".1f", " %") == "7.3 % (6.7-8.0 % over 2 seeds)"
     assert _fmt_mean([0.5]) == "0.500" and _fmt_mean([None, float("nan")]) == "-"
+
+
+def test_context_effect_says_what_each_benchmark_shows_when_they_disagree():
+    from types import SimpleNamespace
+
+    from dynrcnn.report.claims import INCONCLUSIVE, REPRODUCED, context_effect
+
+    up, flat = SimpleNamespace(status=REPRODUCED), SimpleNamespace(status=INCONCLUSIVE)
+    assert context_effect({None: up, "mini-seed2": up}) == "RPN NMS alone raises it"
+    assert context_effect({None: flat, "mini-seed2": flat}) == "no effect beyond the 95% interval"
+    assert context_effect({None: up, "mini-seed2": flat}) == (
+        "the benchmarks disagree (RPN NMS alone raises it on the evaluation split; "
+        "no effect beyond the 95% interval on benchmark mini-seed2)")
+    assert context_effect({}) == ""
+
+
+def test_signed_never_prints_negative_zero():
+    from dynrcnn.stats import signed
+
+    assert [signed(v) for v in (-0.004, -0.0, 0.0, 1.266, -0.006)] == ["+0.00", "+0.00", "+0.00", "+1.27", "-0.01"]

@@ -253,6 +253,21 @@ def _absolute_claim(s: _Sides, r: ref.Reference) -> Claim:
                    verdict_absolute(ours, r.value, s.scale, metric=r.metric), f"{names(rs)} {r.metric}")
 
 
+_CONTEXT_WORDS = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
+                  INCONCLUSIVE: "no effect beyond the 95% interval"}
+
+
+def context_effect(found: dict) -> str:
+    """What a context comparison shows, from each benchmark's interval (``{benchmark: interval}``):
+    one phrase when the benchmarks agree, else what each benchmark says."""
+    if not found:
+        return ""
+    if not benchmarks_disagree(found):
+        return _CONTEXT_WORDS[combined_status(found)]
+    return "the benchmarks disagree (" + "; ".join(
+        f"{_CONTEXT_WORDS[iv.status]} on {dataset_label(ds)}" for ds, iv in found.items()) + ")"
+
+
 def _context_claims(s: _Sides) -> list[Claim]:
     """The RPN NMS change alone: each baseline at another RPN NMS against the main baseline."""
     out = []
@@ -268,10 +283,7 @@ def _context_claims(s: _Sides) -> list[Claim]:
                 found = intervals_on(s.base, other, m, s.datasets)
                 ours = found[None].estimate if None in found else float("nan")
                 record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
-                effect = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
-                          INCONCLUSIVE: "no effect beyond the 95% interval"}[combined_status(found)] if found else ""
-                if found and benchmarks_disagree(found):
-                    effect = "no effect on every benchmark (the benchmarks disagree)"
+                effect = context_effect(found)
                 v = Verdict(CONTEXT, f"{effect}: {_measured(found, m)}" if found else "not measured")
                 tol_text = "95% interval (paired bootstrap over seeds and images)"
             out.append(Claim(f"(context) baseline RPN NMS {s.b_key[1]:g} -> {k[1]:g} alone, {m}", "this report",

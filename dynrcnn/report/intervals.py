@@ -27,7 +27,7 @@ import numpy as np
 from dynrcnn import runs as runs_mod
 from dynrcnn.data import annotation_file
 from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta,
-                           image_matches, verdict)
+                           image_matches, signed, verdict)
 
 CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
@@ -172,7 +172,7 @@ class Interval:
     n_boot: int
 
     def text(self, metric: str = "AP") -> str:
-        return f"{self.estimate:+.2f} {metric} [{self.low:+.2f}, {self.high:+.2f}]"
+        return f"{signed(self.estimate)} {metric} [{signed(self.low)}, {signed(self.high)}]"
 
     def as_dict(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "status": self.status,

@@ -25,6 +25,7 @@ from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.run_summary import rpn_nms
 from dynrcnn.runs import read_json
 from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast
+from dynrcnn.stats import signed as _signed
 
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
 LABELS = {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}
@@ -98,10 +99,6 @@ def agreement(groups: Groups, dataset: str | None = None, n_boot: int = DEFAULT_
                      "difference": d, "low": lo, "high": hi, "verdict": verdict,
                      "sentence": agreement_sentence(m, ours.metrics[m], theirs.metrics[m], diff.metrics[m])})
     return pd.DataFrame(rows, columns=cols)
-
-
-def _signed(v: float) -> str:
-    return f"{0.0 if abs(v) < 0.005 else v:+.2f}"
 
 
 def agreement_sentence(metric: str, ours, theirs, diff) -> str:
