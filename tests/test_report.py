@@ -458,3 +458,17 @@ def test_signed_never_prints_negative_zero():
     from dynrcnn.stats import signed
 
     assert [signed(v) for v in (-0.004, -0.0, 0.0, 1.266, -0.006)] == ["+0.00", "+0.00", "+0.00", "+1.27", "-0.01"]
+
+
+def test_index_counts_the_seeds_of_each_configuration():
+    from types import SimpleNamespace
+
+    from dynrcnn.report.index import seeds_text
+
+    def run(method, seed, nms=0.85):
+        return SimpleNamespace(method=method, seed=seed, config={"model": {"rpn_nms_thresh": nms}})
+
+    three = [run(m, s) for m in ("baseline", "dynamic") for s in (0, 1, 2)]
+    assert seeds_text(three) == "3 seeds per configuration"
+    assert seeds_text(three + [run("dla", 0)]) == "1-3 seeds per configuration"
+    assert seeds_text([run("dynamic", 0)]) == "1 seed per configuration"

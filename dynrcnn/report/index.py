@@ -17,7 +17,7 @@ from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, REPRODUCED, TABLE
                                    find_claim)
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.text import ap_sentence, trend_sentence
-from dynrcnn.run_summary import run_device, run_iterations, scale_label
+from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
 from dynrcnn.runs import find_runs
 
 STEP_TEXT = {
@@ -66,6 +66,17 @@ def _easy(items) -> list[str]:
     ]
 
 
+def seeds_text(runs) -> str:
+    """How many seeds each configuration (method, RPN NMS) has, from the runs themselves."""
+    per: dict = {}
+    for r in runs:
+        per.setdefault((r.method, rpn_nms(r)), set()).add(r.seed)
+    counts = sorted({len(v) for v in per.values()}) or [0]
+    if len(counts) == 1:
+        return f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per configuration"
+    return f"{counts[0]}-{counts[-1]} seeds per configuration"
+
+
 def _difficult(runs, n_ablation_rows: int, scale: str) -> list[str]:
     first = runs[0] if runs else None
     hw = run_device(first) if first else "?"
@@ -78,8 +89,8 @@ def _difficult(runs, n_ablation_rows: int, scale: str) -> list[str]:
         "The two reference implementations compute the statistics differently (mmdet vs official "
         "conventions); runs record which one they used.",
         (f"Miniature scale: {len(runs)} runs of {run_iterations(first) if first else '?'} iterations on {hw} "
-         f"({total_train:.1f} min of training in total); one seed per method, so differences smaller than the "
-         "noise band are reported as inconclusive, and no number here is a COCO number.")
+         f"({total_train:.1f} min of training in total); {seeds_text(runs)}, so a difference whose 95% "
+         "interval holds 0 is reported as inconclusive, and no number here is a COCO number.")
         if scale != "COCO" else
         f"COCO scale: {len(runs)} runs, {total_train / 60:.1f} h of training in total on {hw}.",
     ]
