@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dynrcnn import integrity, run_summary, runs
 from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
+from dynrcnn.errors import DataError
 from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
 
@@ -69,10 +71,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from pathlib import Path
-
-    from dynrcnn.errors import DataError
-
     if not Path(args.dir).is_dir():
         raise DataError(f"{args.dir}: no such folder (pass the folder that holds the runs, e.g. runs/mini)")
     table = run_summary.runs_table(runs.find_runs(args.dir))

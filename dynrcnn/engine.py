@@ -331,16 +331,11 @@ class Trainer:
             if self.main and self.overwrite:
                 integrity.clear_run(self.out)
             return self._run()
-        except BaseException:
-            if lock is not None:
-                lock.release()
-                lock = None
-            if created:  # a run refused before it wrote anything leaves no folder behind
-                integrity.remove_empty_tree(self.out)
-            raise
         finally:
             if lock is not None:
                 lock.release()
+            if created:  # a run refused before it wrote anything leaves no folder behind (else a no-op)
+                integrity.remove_empty_tree(self.out)
 
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm

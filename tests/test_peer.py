@@ -64,6 +64,9 @@ def test_results_and_readme_block_come_from_the_runs(tmp_path):
     row = res["benchmarks"]["evaluation split"]["agreement"][3]
     assert row["metric"] == "AP90" and f"| AP90 | {row['dynrcnn gain']:+.2f}" in block
     assert "figures/mmdet/trajectories.png" in block and "x0.50" in block
+    # each run's training time comes from its train_done.json (write_run: iterations x sec_per_iter)
+    assert res["speed"]["mmdet_train_min_per_run"] == [100 * 0.8 / 60] * 2
+    assert "MMDetection 3.3.0 1.3-1.3 min" in block
 
 
 def test_notebook_06_executes_on_the_runs_and_writes_its_figures(tmp_path):

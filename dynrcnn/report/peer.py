@@ -24,8 +24,7 @@ import pandas as pd
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.run_summary import rpn_nms
 from dynrcnn.runs import read_json
-from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast
-from dynrcnn.stats import signed as _signed
+from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast, signed
 
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
 LABELS = {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}
@@ -104,12 +103,12 @@ def agreement(groups: Groups, dataset: str | None = None, n_boot: int = DEFAULT_
 def agreement_sentence(metric: str, ours, theirs, diff) -> str:
     """One sentence from the numbers: both gains and whether their difference's interval holds 0."""
     (o, olo, ohi), (t, tlo, thi), (d, lo, hi) = ours, theirs, diff
-    head = (f"{metric}: Dynamic R-CNN gains {_signed(o)} [{_signed(olo)}, {_signed(ohi)}] over Faster R-CNN in "
-            f"dynrcnn and {_signed(t)} [{_signed(tlo)}, {_signed(thi)}] in MMDetection")
+    head = (f"{metric}: Dynamic R-CNN gains {signed(o)} [{signed(olo)}, {signed(ohi)}] over Faster R-CNN in "
+            f"dynrcnn and {signed(t)} [{signed(tlo)}, {signed(thi)}] in MMDetection")
     if lo <= 0 <= hi:
-        return f"{head}; the gains agree (difference {_signed(d)}, 95 % interval [{_signed(lo)}, {_signed(hi)}] holds 0)."
+        return f"{head}; the gains agree (difference {signed(d)}, 95 % interval [{signed(lo)}, {signed(hi)}] holds 0)."
     which = "larger" if d > 0 else "smaller"
-    return (f"{head}; MMDetection's gain is {abs(d):.2f} {which} (95 % interval [{_signed(lo)}, {_signed(hi)}] "
+    return (f"{head}; MMDetection's gain is {abs(d):.2f} {which} (95 % interval [{signed(lo)}, {signed(hi)}] "
             f"excludes 0): the implementations differ.")
 
 
@@ -172,13 +171,16 @@ def trajectory_table(groups: Groups) -> pd.DataFrame:
 def speed_ratio(groups: Groups) -> dict:
     """Median time per training iteration of each implementation's runs (from their
     ``train_done.json``; both trained with one thread, two runs side by side) and ours / theirs."""
-    med = {}
+    med, minutes = {}, {}
     for impl in IMPLEMENTATIONS:
-        vals = [float(r.done["sec_per_iter_median"]) for m in METHODS for r in groups[(impl, m)]
-                if r.done and r.done.get("sec_per_iter_median")]
+        done = [r.done for m in METHODS for r in groups[(impl, m)] if r.done]
+        vals = [float(d["sec_per_iter_median"]) for d in done if d.get("sec_per_iter_median")]
         med[impl] = float(np.median(vals)) if vals else math.nan
+        walls = [float(d["wall_time_sec"]) / 60 for d in done if d.get("wall_time_sec")]
+        minutes[impl] = [min(walls), max(walls)] if walls else None
     ratio = med["dynrcnn"] / med["mmdet"] if med["mmdet"] and math.isfinite(med["mmdet"]) else math.nan
-    return {"dynrcnn_sec_per_iter": med["dynrcnn"], "mmdet_sec_per_iter": med["mmdet"], "ratio_ours_to_mmdet": ratio}
+    return {"dynrcnn_sec_per_iter": med["dynrcnn"], "mmdet_sec_per_iter": med["mmdet"], "ratio_ours_to_mmdet": ratio,
+            "dynrcnn_train_min_per_run": minutes["dynrcnn"], "mmdet_train_min_per_run": minutes["mmdet"]}
 
 
 def _clean(v):
@@ -231,15 +233,19 @@ def readme_body(res: dict, figures: str, command: str) -> str:
                   "|---|---|---|---|---|"]
         for row in bench["agreement"]:
             def iv(p):
-                return f"{_signed(row[p + ' gain'])} [{_signed(row[p + ' low'])}, {_signed(row[p + ' high'])}]"
-            lines.append(f"| {row['metric']} | {iv('dynrcnn')} | {iv('mmdet')} | {_signed(row['difference'])} "
-                         f"[{_signed(row['low'])}, {_signed(row['high'])}] | {row['verdict']} |")
+                return f"{signed(row[p + ' gain'])} [{signed(row[p + ' low'])}, {signed(row[p + ' high'])}]"
+            lines.append(f"| {row['metric']} | {iv('dynrcnn')} | {iv('mmdet')} | {signed(row['difference'])} "
+                         f"[{signed(row['low'])}, {signed(row['high'])}] | {row['verdict']} |")
         lines.append("")
     sp = res["speed"]
     if sp.get("ratio_ours_to_mmdet") is not None:
         lines.append(f"Time per training iteration (one thread, two runs side by side): dynrcnn "
                      f"{sp['dynrcnn_sec_per_iter']:.3f} s, MMDetection {sp['mmdet_sec_per_iter']:.3f} s, "
                      f"ratio x{sp['ratio_ours_to_mmdet']:.2f}.")
+    spans = {LABELS[i]: sp.get(f"{i}_train_min_per_run") for i in IMPLEMENTATIONS}
+    if all(spans.values()):
+        lines.append("Training time of one run: " + ", ".join(f"{k} {lo:.1f}-{hi:.1f} min" for k, (lo, hi)
+                                                             in spans.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
