@@ -363,7 +363,9 @@ class DynamicRoIHeads(RoIHeads):
             self.last_stats[STAT_NAMES[which] + "_valid"] = valid
 
     def box_loss(self, class_logits, box_regression, labels, regression_targets):
-        """Cross-entropy + SmoothL1 (current beta) summed over positives / number of samples."""
+        """Cross-entropy + SmoothL1 (current beta) summed over positives / number of samples
+        (float32 under autocast too: the model's predictors return float32, see
+        :func:`dynrcnn.model.float32_outputs`)."""
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
         classification_loss = F.cross_entropy(class_logits, labels)

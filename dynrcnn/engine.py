@@ -70,6 +70,21 @@ def lr_at(cfg: Config, iteration: int) -> float:
     return resolved_lr(cfg) * factor * cfg.lr_gamma ** decays
 
 
+def autocast_dtype(device_type: str, amp: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs the forward in for ``amp`` on this device, or None for
+    float32. CUDA: bf16 or fp16. CPU: bf16 only where oneDNN has bf16 hardware (AVX512-BF16 /
+    AMX); elsewhere, and for fp16 (no CPU kernels worth it), the float32 path. Autocast keeps the
+    losses, the box coding and the dynamic statistics in float32 (they run outside its
+    lower-precision op list)."""
+    if amp == "none":
+        return None
+    if device_type == "cuda":
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device_type == "cpu" and amp == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -222,13 +237,15 @@ class Trainer:
         if self.ckpt is None:
             init_backbone(self.model, cfg)  # pretrained backbone of a fresh run (RPN and head stay fresh)
         self.model.to(self.dev)
+        if cfg.channels_last:  # the convolutions of the backbone + FPN in NHWC (oneDNN's/cuDNN's fast layout)
+            self.model.backbone.to(memory_format=torch.channels_last)
         self.head = dynamic_head(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=lr_at(cfg, self.start_iter), momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        self.use_amp = self.dev.type == "cuda" and cfg.amp != "none"
-        self.amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and cfg.amp == "fp16" else None
+        self.amp_dtype = autocast_dtype(self.dev.type, cfg.amp)  # None: float32 (e.g. a CPU without bf16)
+        self.use_amp = self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.elapsed_before = 0.0
         if self.ckpt is not None:
             self.elapsed_before = checkpoint.restore(self.ckpt, self.model, self.optimizer, self.scaler)
@@ -251,6 +268,7 @@ class Trainer:
         if self.ckpt is None or not runs.is_run_dir(self.out):  # a resume keeps the recorded config
             runs.write_config(self.out, self.cfg, self.world, data=self.data)
         env = environment(self.dev, self.world)
+        env["autocast"] = str(self.amp_dtype).replace("torch.", "") if self.use_amp else "none"  # what amp ran as
         env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
         if self.ckpt is not None:  # what may differ from config.json (integrity.MAY_CHANGE_ON_RESUME)
             env["resumed_with"] = {k: getattr(self.cfg, k) for k in integrity.MAY_CHANGE_ON_RESUME}

@@ -24,6 +24,7 @@ from torchvision.ops import misc as misc_nn_ops
 
 from dynrcnn.config import Config, DynamicConfig, ModelConfig, method_switches
 from dynrcnn.dynamic_head import DynamicRoIHeads
+from dynrcnn.roi_align import roi_align
 
 
 def resnet_fpn(body: nn.Module, trainable_layers: int, out_channels: int) -> BackboneWithFPN:
@@ -67,17 +68,17 @@ class MMDetAnchorGenerator(AnchorGenerator):
 
 
 class RoIAlignPooler(MultiScaleRoIAlign):
-    """torchvision's multi-level RoIAlign (same level mapping) with a settable ``aligned``
-    (MMDetection 2.x / Detectron2 half-pixel offset); unaligned it is torchvision's own code."""
+    """torchvision's multi-level RoIAlign (same level mapping, same per-level loop as its
+    ``_multiscale_roi_align``) with a settable ``aligned`` (MMDetection 2.x / Detectron2
+    half-pixel offset) and the input gradient of :func:`dynrcnn.roi_align.roi_align`
+    (``backward``: ``auto`` is the sparse backward on CPU and torchvision's on CUDA)."""
 
-    def __init__(self, featmap_names, output_size, sampling_ratio, aligned=False):
+    def __init__(self, featmap_names, output_size, sampling_ratio, aligned=False, backward="auto"):
         super().__init__(featmap_names, output_size, sampling_ratio)
         self.aligned = bool(aligned)
+        self.backward = backward
 
     def forward(self, x, boxes, image_shapes):
-        if not self.aligned:
-            return super().forward(x, boxes, image_shapes)
-        from torchvision.ops import roi_align
         from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
 
         feats = [x[k] for k in self.featmap_names]
@@ -90,8 +91,18 @@ class RoIAlignPooler(MultiScaleRoIAlign):
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
             out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio,
-                                 aligned=True).to(out.dtype)
+                                 aligned=self.aligned, backward=self.backward).to(out.dtype)
         return out
+
+
+def float32_outputs(module: nn.Module, inputs, outputs):
+    """Forward hook: a predictor's outputs in float32. Under autocast the RPN head and the box
+    predictor compute in bf16/fp16, but what follows them stays float32: torchvision's box
+    coder decodes in its input's dtype (bf16 proposals would be quantised to ~0.5 px at 128 px),
+    and the losses and the dynamic statistics read these outputs. A no-op in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    return type(outputs)(float32_outputs(module, inputs, o) for o in outputs)
 
 
 def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method: str,
@@ -101,7 +112,7 @@ def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method:
         aspect_ratios=((0.5, 1.0, 2.0),) * len(model.anchor_sizes),
     )
     roi_pool = RoIAlignPooler(["0", "1", "2", "3"], output_size=7, sampling_ratio=model.roi_sampling_ratio,
-                              aligned=model.roi_align_aligned)
+                              aligned=model.roi_align_aligned, backward=model.roi_align_backward)
     det = FasterRCNN(
         backbone,
         min_size=model.min_size,
@@ -128,6 +139,8 @@ def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method:
     det.roi_heads = DynamicRoIHeads.from_roi_heads(
         det.roi_heads, use_dla=use_dla, use_dsl=use_dsl, dynamic=dynamic, box_beta=model.box_beta
     )
+    det.rpn.head.register_forward_hook(float32_outputs)
+    det.roi_heads.box_predictor.register_forward_hook(float32_outputs)
     return det
 
 

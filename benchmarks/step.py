@@ -1,0 +1,219 @@
+"""Where the time of one training step of the report of record goes, and what each speed lever buys.
+
+1. A ``torch.profiler`` breakdown of the fp32 eager step: the top ops by self CPU time.
+2. Every variant as a ratio to fp32 eager, measured side by side in one process: one model
+   per variant, all built from the same seed, their steps interleaved (the order rotates
+   every step) on the same batches, medians over the timed steps after a warm-up.
+   The reference ``fp32`` is the float32 eager step with torchvision's RoIAlign backward; the
+   levers, alone and combined: ``sparse`` (the RoIAlign backward of ``dynrcnn/roi_align.py``),
+   ``bf16`` autocast (CPU: oneDNN's bf16 convolutions/matmuls; the losses, box coding and the
+   dynamic statistics stay float32), ``channels_last`` for the backbone + FPN, and
+   ``torch.compile`` of the backbone + FPN (its compile time is the first step's, apart).
+3. Work that is not the step: decoding a batch from the benchmark's PNGs, per batch.
+4. Thread layout: two processes x one thread vs one process x two threads (steps per second
+   of the whole machine; child processes of this script).
+
+    python benchmarks/step.py                       # report-of-record preset (mini_long), CPU
+    python benchmarks/step.py --steps 20 --skip-layout --variants fp32,bf16
+    python benchmarks/step.py --device cuda --arch r50_fpn --size 800 --images 2
+
+Batches come from the miniature benchmark when ``--data-root`` holds it (as the report trains),
+otherwise from random images with random boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import cpu_name, make_batch  # noqa: E402  (the sibling benchmark's helpers)
+
+from dynrcnn.config import ARCHS  # noqa: E402
+from dynrcnn.engine import autocast_dtype  # noqa: E402
+from dynrcnn.model import build_model  # noqa: E402
+from dynrcnn.presets import get_preset  # noqa: E402
+from dynrcnn.report.profiles import get_profile  # noqa: E402
+
+REPORT_PRESET = get_profile("mini").preset  # the report of record's training preset
+
+# each variant is fp32 eager with torchvision's RoIAlign backward ("fp32", the reference) plus levers
+LEVERS = ("sparse", "bf16", "channels_last", "compile")
+VARIANTS = ("fp32", "bf16", "channels_last", "compile", "sparse", "sparse+bf16", "sparse+channels_last",
+            "sparse+bf16+channels_last", "sparse+compile")
+
+
+def load_batches(root: str, n_batches: int, images: int, device: str):
+    """``n_batches`` training batches of the benchmark at ``root`` (None when it is not there),
+    and the median seconds to decode one batch from its PNGs."""
+    from dynrcnn.data import collate, load_dataset
+
+    try:
+        ds = load_dataset(root, "train", train=True)
+    except Exception:
+        return None, None
+    batches, decode = [], []
+    for b in range(n_batches):
+        t0 = time.perf_counter()
+        imgs, tgts = collate([ds[(b * images + k, False)] for k in range(images)])
+        decode.append(time.perf_counter() - t0)
+        batches.append(([i.to(device) for i in imgs],
+                        [{k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in tgts]))
+    return batches, statistics.median(decode)
+
+
+def build(variant: str, arch: str, device: str, num_classes: int):
+    levers = set(variant.split("+")) - {"fp32"}
+    cfg = get_preset(REPORT_PRESET)
+    cfg.model.arch = arch
+    cfg.method = "dynamic"
+    cfg.model.pretrained_backbone = False
+    cfg.model.roi_align_backward = "sparse" if "sparse" in levers else "torchvision"
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes).to(device).train()
+    if "channels_last" in levers:
+        model.backbone.to(memory_format=torch.channels_last)
+    if "compile" in levers:
+        model.backbone = torch.compile(model.backbone, dynamic=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    return {"model": model, "opt": opt, "amp": autocast_dtype(device, "bf16") if "bf16" in levers else None}
+
+
+def step(v: dict, images, targets, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ctx = torch.autocast(device, dtype=v["amp"]) if v["amp"] is not None else nullcontext()
+    with ctx:
+        losses = v["model"](images, targets)
+    loss = sum(losses.values())
+    v["opt"].zero_grad(set_to_none=True)
+    loss.backward()
+    v["opt"].step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def profile_top(v: dict, batches, device: str, steps: int, top: int) -> list[tuple[str, float, float]]:
+    """(op, self CPU ms per step, share of the profiled self time) for the ``top`` ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(v, *batches[i % len(batches)], device)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [(e.key, e.self_cpu_time_total / 1000 / steps, e.self_cpu_time_total / total) for e in events[:top]]
+
+
+def timed_variants(variants, batches, device: str, arch: str, num_classes: int, steps: int, warmup: int):
+    built = {name: build(name, arch, device, num_classes) for name in variants}
+    times = {name: [] for name in variants}
+    for name, v in built.items():  # compile happens on the first call: timed apart from the steps
+        t0 = time.perf_counter()
+        step(v, *batches[0], device)
+        v["first_step_s"] = time.perf_counter() - t0
+    for i in range(warmup + steps):
+        images, targets = batches[i % len(batches)]
+        order = list(variants[i % len(variants):]) + list(variants[: i % len(variants)])
+        for name in order:
+            torch.manual_seed(1000 + i)  # same RoI sampling randomness for every variant
+            t = step(built[name], images, targets, device)
+            if i >= warmup:
+                times[name].append(t)
+    return built, times
+
+
+def layout(args) -> dict:
+    """Steps per second of the machine: one process x all threads vs one process per core x 1 thread."""
+    cores = os.cpu_count() or 1
+    base = [sys.executable, __file__, "--json", "--variants", "fp32", "--skip-layout", "--no-profile",
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--data-root", args.data_root]
+    env = dict(os.environ)
+
+    def run(n_proc: int, threads: int) -> float:
+        env["OMP_NUM_THREADS"] = str(threads)
+        procs = [subprocess.Popen(base + ["--threads", str(threads)], stdout=subprocess.PIPE, env=env, text=True)
+                 for _ in range(n_proc)]
+        medians = [json.loads(p.communicate()[0].strip().splitlines()[-1])["median_s"]["fp32"] for p in procs]
+        return sum(1 / m for m in medians)
+
+    return {f"1 process x {cores} threads": run(1, cores), f"{cores} processes x 1 thread": run(cores, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=get_preset(REPORT_PRESET).model.arch, choices=list(ARCHS))
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data-root", default="data/mini", help="benchmark to draw batches from (default data/mini)")
+    p.add_argument("--images", type=int, default=None, help="images per step (default: the preset's batch)")
+    p.add_argument("--size", type=int, default=None, help="random-image side when no benchmark (default: preset's)")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per variant (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first (default 5)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--top", type=int, default=10, help="ops in the profile (default 10)")
+    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
+    p.add_argument("--skip-layout", action="store_true", help="skip the thread-layout measurement")
+    p.add_argument("--json", action="store_true", help="print one JSON line only")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted({lever for v in variants for lever in v.split("+")} - set(LEVERS) - {"fp32"})
+    if unknown or not variants or variants[0] != "fp32":
+        p.error(f"--variants must start with fp32 (the reference), each a '+'-joined set of {', '.join(LEVERS)}; "
+                f"got {args.variants}")
+    cfg = get_preset(REPORT_PRESET)
+    n_img = args.images or cfg.ims_per_batch
+    batches, decode_s = load_batches(args.data_root, 8, n_img, args.device)
+    source = f"{args.data_root} (train split)"
+    if batches is None:
+        size = args.size or cfg.model.min_size
+        batches = [make_batch(n_img, size, s, args.device) for s in range(8)]
+        source = f"random {size} px images"
+    num_classes = 1 + max(int(t["labels"].max()) for _, ts in batches for t in ts)
+    built, times = timed_variants(variants, batches, args.device, args.arch, num_classes, args.steps, args.warmup)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    if args.json:
+        print(json.dumps({"median_s": med}))
+        return 0
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    print(f"machine: {device_name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"preset {REPORT_PRESET}: {args.arch}, {n_img} images per step from {source}; "
+          f"{args.steps} timed steps per variant after {args.warmup} warm-up, interleaved")
+    if not args.no_profile:
+        print(f"\ntop {args.top} ops by self CPU time, fp32 eager ({min(20, args.steps)} profiled steps):")
+        for name, ms, share in profile_top(built["fp32"], batches, args.device, min(20, args.steps), args.top):
+            print(f"  {name:42s} {ms:8.2f} ms/step  {100 * share:5.1f} %")
+    print(f"\n{'variant':20s} {'min s':>8s} {'median s':>9s} {'max s':>8s} {'ratio':>7s} {'first step s':>13s}")
+    for n in variants:
+        v = times[n]
+        print(f"{n:20s} {min(v):8.4f} {med[n]:9.4f} {max(v):8.4f} {med[n] / med['fp32']:7.3f} "
+              f"{built[n]['first_step_s']:13.2f}")
+    print("ratio: median step time / fp32 eager's (below 1 is faster); first step includes compilation")
+    if decode_s is not None:
+        print(f"\ndecoding one batch of {n_img} PNGs: {decode_s * 1000:.1f} ms "
+              f"({decode_s / med['fp32']:.3f} of an fp32 step)")
+    if not args.skip_layout and args.device == "cpu":
+        print("\nthread layout (fp32 eager, steps per second of the whole machine):")
+        for name, rate in layout(args).items():
+            print(f"  {name:28s} {rate:6.2f} steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
