@@ -137,18 +137,32 @@ def timed_variants(variants, batches, device: str, arch: str, num_classes: int, 
     return built, times
 
 
-def layout(args) -> dict:
+def preset_variant(device: str) -> str:
+    """The variant the report-of-record preset trains with here (read from its config)."""
+    cfg = get_preset(REPORT_PRESET)
+    levers = []
+    if cfg.model.roi_align_backward == "sparse" or (cfg.model.roi_align_backward == "auto" and device == "cpu"):
+        levers.append("sparse")
+    if autocast_dtype(device, cfg.amp) == torch.bfloat16:
+        levers.append("bf16")
+    if cfg.channels_last:
+        levers.append("channels_last")
+    return "+".join(levers) or "fp32"
+
+
+def layout(args, variant: str) -> dict:
     """Steps per second of the machine: one process x all threads vs one process per core x 1 thread."""
     cores = os.cpu_count() or 1
-    base = [sys.executable, __file__, "--json", "--variants", "fp32", "--skip-layout", "--no-profile",
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--data-root", args.data_root]
+    base = [sys.executable, __file__, "--json", "--variants", ",".join(dict.fromkeys(["fp32", variant])),
+            "--skip-layout", "--no-profile", "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--data-root", args.data_root]
     env = dict(os.environ)
 
     def run(n_proc: int, threads: int) -> float:
         env["OMP_NUM_THREADS"] = str(threads)
         procs = [subprocess.Popen(base + ["--threads", str(threads)], stdout=subprocess.PIPE, env=env, text=True)
                  for _ in range(n_proc)]
-        medians = [json.loads(p.communicate()[0].strip().splitlines()[-1])["median_s"]["fp32"] for p in procs]
+        medians = [json.loads(p.communicate()[0].strip().splitlines()[-1])["median_s"][variant] for p in procs]
         return sum(1 / m for m in medians)
 
     return {f"1 process x {cores} threads": run(1, cores), f"{cores} processes x 1 thread": run(cores, 1)}
@@ -169,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
     p.add_argument("--skip-layout", action="store_true", help="skip the thread-layout measurement")
     p.add_argument("--json", action="store_true", help="print one JSON line only")
+    p.add_argument("--readme", default=None, help="also write the tables into this README's PERFORMANCE block")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +195,7 @@ def main(argv=None) -> int:
     cfg = get_preset(REPORT_PRESET)
     n_img = args.images or cfg.ims_per_batch
     batches, decode_s = load_batches(args.data_root, 8, n_img, args.device)
-    source = f"{args.data_root} (train split)"
+    source = f"`{args.data_root}` (train split)"
     if batches is None:
         size = args.size or cfg.model.min_size
         batches = [make_batch(n_img, size, s, args.device) for s in range(8)]
@@ -191,27 +206,45 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"median_s": med}))
         return 0
+    kept = preset_variant(args.device)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    print(f"machine: {device_name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"preset {REPORT_PRESET}: {args.arch}, {n_img} images per step from {source}; "
-          f"{args.steps} timed steps per variant after {args.warmup} warm-up, interleaved")
-    if not args.no_profile:
-        print(f"\ntop {args.top} ops by self CPU time, fp32 eager ({min(20, args.steps)} profiled steps):")
-        for name, ms, share in profile_top(built["fp32"], batches, args.device, min(20, args.steps), args.top):
-            print(f"  {name:42s} {ms:8.2f} ms/step  {100 * share:5.1f} %")
-    print(f"\n{'variant':20s} {'min s':>8s} {'median s':>9s} {'max s':>8s} {'ratio':>7s} {'first step s':>13s}")
+    out = [f"Machine: {device_name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, "
+           f"torch {torch.__version__}. Preset `{REPORT_PRESET}` ({args.arch}), {n_img} images per step from "
+           f"{source}; {args.steps} timed steps per variant after {args.warmup} warm-up, interleaved in one "
+           f"process. The preset trains as `{kept}`.", "",
+           "| variant | min s | median s | max s | ratio to fp32 | first step s |", "|---|---|---|---|---|---|"]
     for n in variants:
         v = times[n]
-        print(f"{n:20s} {min(v):8.4f} {med[n]:9.4f} {max(v):8.4f} {med[n] / med['fp32']:7.3f} "
-              f"{built[n]['first_step_s']:13.2f}")
-    print("ratio: median step time / fp32 eager's (below 1 is faster); first step includes compilation")
+        name = f"**{n}** (the preset)" if n == kept else n
+        out.append(f"| {name} | {min(v):.4f} | {med[n]:.4f} | {max(v):.4f} | {med[n] / med['fp32']:.3f} | "
+                   f"{built[n]['first_step_s']:.2f} |")
+    out += ["", "Ratio: median step time over fp32 eager's (torchvision's RoIAlign backward); below 1 is faster. "
+            "The first step includes `torch.compile`'s compilation."]
+    if not args.no_profile:
+        steps = min(20, args.steps)
+        for n in dict.fromkeys(["fp32", kept]):
+            if n not in built:
+                continue
+            out += ["", f"Top {args.top} ops by self CPU time, `{n}` ({steps} profiled steps):", "",
+                    "| op | ms per step | share |", "|---|---|---|"]
+            for op, ms, share in profile_top(built[n], batches, args.device, steps, args.top):
+                out.append(f"| `{op}` | {ms:.2f} | {100 * share:.1f} % |")
     if decode_s is not None:
-        print(f"\ndecoding one batch of {n_img} PNGs: {decode_s * 1000:.1f} ms "
-              f"({decode_s / med['fp32']:.3f} of an fp32 step)")
+        out += ["", f"Decoding one batch of {n_img} PNGs: {decode_s * 1000:.1f} ms "
+                f"({decode_s / med[kept if kept in med else 'fp32']:.3f} of a `{kept if kept in med else 'fp32'}` step)."]
     if not args.skip_layout and args.device == "cpu":
-        print("\nthread layout (fp32 eager, steps per second of the whole machine):")
-        for name, rate in layout(args).items():
-            print(f"  {name:28s} {rate:6.2f} steps/s")
+        out += ["", f"Thread layout (`{kept}`, training steps per second of the whole machine):", "",
+                "| layout | steps/s |", "|---|---|"]
+        out += [f"| {name} | {rate:.2f} |" for name, rate in layout(args, kept).items()]
+    text = "\n".join(out)
+    print(text)
+    if args.readme:
+        from dynrcnn.report.text import replace_readme_block
+
+        body = text + f"\n\nRe-measure: `python benchmarks/step.py --readme README.md` (`make benchmark`)."
+        if not replace_readme_block(args.readme, "PERFORMANCE", body):
+            print(f"{args.readme} has no PERFORMANCE block markers; nothing written", file=sys.stderr)
+            return 2
     return 0
 
 

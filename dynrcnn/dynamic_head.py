@@ -186,6 +186,7 @@ class DynamicRoIHeads(RoIHeads):
         self.record_proposal_ious = False
         self.last_stats: dict[str, Tensor] | None = None
         self.last_proposal_ious: Tensor | None = None
+        self.positives_per_image = self.sampled_positives_per_image = torch.zeros(())  # the last batch's
         self._warned_nonfinite = False
 
     @classmethod
@@ -288,6 +289,10 @@ class DynamicRoIHeads(RoIHeads):
             self._record_iou(max_ious, matched_ious, num_rpn, with_gt)
 
         sampled_inds = self.subsample(labels)
+        # positives per image before and after sampling (device tensors; LogHook averages them):
+        # the mechanism the paper names, fewer positives as the threshold rises
+        self.positives_per_image = torch.stack([(lab > 0).sum() for lab in labels]).float().mean()
+        self.sampled_positives_per_image = torch.stack([(lab[i] > 0).sum() for lab, i in zip(labels, sampled_inds)]).float().mean()
         matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
         for i, inds in enumerate(sampled_inds):
             sampled_props.append(proposals[i][inds])

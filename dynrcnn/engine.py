@@ -70,6 +70,11 @@ def lr_at(cfg: Config, iteration: int) -> float:
     return resolved_lr(cfg) * factor * cfg.lr_gamma ** decays
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions/matmuls in hardware here (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast_dtype(device_type: str, amp: str) -> torch.dtype | None:
     """The dtype ``torch.autocast`` runs the forward in for ``amp`` on this device, or None for
     float32. CUDA: bf16 or fp16. CPU: bf16 only where oneDNN has bf16 hardware (AVX512-BF16 /
@@ -80,7 +85,7 @@ def autocast_dtype(device_type: str, amp: str) -> torch.dtype | None:
         return None
     if device_type == "cuda":
         return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device_type == "cpu" and amp == "bf16" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device_type == "cpu" and amp == "bf16" and cpu_has_bf16():
         return torch.bfloat16
     return None
 

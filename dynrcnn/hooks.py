@@ -125,6 +125,9 @@ class LogHook(HookBase):
                 self.sums[k] = self.sums[k] + v.detach().float() if k in self.sums else v.detach().float()
             loss = t.loss.detach().float()
             self.sums["loss"] = self.sums["loss"] + loss if "loss" in self.sums else loss
+            for k in runs.POSITIVE_KEYS:  # positives per image, before and after sampling
+                v = getattr(t.head, k)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
         if t.iteration % t.cfg.log_period == 0 or t.iteration == t.end_iter:
             self.log(t)
@@ -137,7 +140,8 @@ class LogHook(HookBase):
         ips = t.cfg.ims_per_batch / sec if sec > 0 else None
         record = {"iteration": t.iteration, "lr": t.lr, "loss": means["loss"],
                   **{k: means.get(k) for k in runs.LOSS_KEYS},
-                  "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"], "sec_per_iter": sec,
+                  "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"],
+                  **{k: means.get(k) for k in runs.POSITIVE_KEYS}, "sec_per_iter": sec,
                   "images_per_sec": ips, "peak_memory_mb": _peak_memory_mb(t.dev),
                   "elapsed_sec": t.elapsed(now)}
         t.sec_per_iter.append(sec)

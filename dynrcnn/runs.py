@@ -61,6 +61,9 @@ LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
 RESULT_FILES = (TRAIN_DONE, EVAL, DETECTIONS)  # stale once a run trains further
 #: the loss columns of metrics.jsonl (torchvision's Faster R-CNN loss names)
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+# proposals labelled positive per image at the current threshold, before and after sampling
+# (attributes of DynamicRoIHeads after each training forward, averaged in metrics.jsonl)
+POSITIVE_KEYS = ("positives_per_image", "sampled_positives_per_image")
 _PERIODIC = re.compile(r"iter_(\d+)\.pth")
 
 

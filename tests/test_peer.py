@@ -86,3 +86,26 @@ def test_notebook_06_executes_on_the_runs_and_writes_its_figures(tmp_path):
     res = json.loads((figures / "results.json").read_text())
     assert res["seeds"]["mmdet/baseline"] == [0, 1, 2] and res["speed"]["ratio_ours_to_mmdet"] == 0.5
     assert (figures / "trajectories.png").stat().st_size > 0 and (figures / "gains.png").stat().st_size > 0
+
+
+def test_a_peer_run_from_another_backbone_is_set_aside_untouched(tmp_path, capsys):
+    import pytest
+
+    from dynrcnn.errors import DynrcnnError
+    from dynrcnn.report.peer_pipeline import PeerRun, _set_aside_if_stale
+
+    peer_root = tmp_path / "mmdet"
+    run = PeerRun("baseline", 0, peer_root / "faster_rcnn_seed0")
+    run.run_dir.mkdir(parents=True)
+    record = json.dumps({"backbone": {"sha256": "a" * 64}})
+    (run.run_dir / "train_done.json").write_text(record)
+    _set_aside_if_stale(run, "a" * 64, peer_root)  # same backbone: stays
+    assert run.run_dir.is_dir()
+    _set_aside_if_stale(run, "b" * 64, peer_root)
+    moved = peer_root / "stale" / ("a" * 12) / "faster_rcnn_seed0"
+    assert not run.run_dir.exists() and (moved / "train_done.json").read_text() == record
+    assert "training it again" in capsys.readouterr().err
+    run.run_dir.mkdir()
+    (run.run_dir / "train_done.json").write_text(record)
+    with pytest.raises(DynrcnnError, match="already exists"):  # never overwrites what was set aside
+        _set_aside_if_stale(run, "b" * 64, peer_root)

@@ -64,6 +64,26 @@ def _complete(run: PeerRun, datasets: list[str]) -> bool:
         runs.eval_file(d, name).is_file() for name in datasets)
 
 
+def _set_aside_if_stale(run: PeerRun, backbone_sha256: str, peer_root: Path) -> None:
+    """A peer run trained from another backbone than our runs start from (a rebuilt pretraining)
+    is no longer side by side with them: move it, untouched, to ``stale/<its backbone's
+    SHA-256[:12]>/`` under ``peer_root`` so that it is trained again from the current one."""
+    from dynrcnn.runs import TRAIN_DONE, read_json
+
+    done = read_json(run.run_dir / TRAIN_DONE) or {}
+    held = (done.get("backbone") or {}).get("sha256")
+    if not held or held == backbone_sha256:
+        return
+    dest = peer_root / "stale" / held[:12] / run.run_dir.name
+    if dest.exists():
+        raise DynrcnnError(f"{run.run_dir} was trained from another backbone (SHA-256 {held[:12]}) and {dest} "
+                           "already exists: move one of them away")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run.run_dir.rename(dest)
+    print(f"{run.run_dir.name}: trained from backbone {held[:12]}, ours now start from {backbone_sha256[:12]}; "
+          f"moved to {dest}, training it again", file=sys.stderr)
+
+
 def _train(run: PeerRun, data_root: Path, backbone: str, overrides, python: Path) -> None:
     cmd = [str(python), str(TRAIN_SCRIPT), "--method", PEER_METHOD[run.method], "--seed", str(run.seed),
            "--data-root", str(data_root), "--backbone", backbone, "--out", str(run.run_dir), "--threads", "1",
@@ -101,6 +121,7 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     """Train what is missing of MMDetection's side, evaluate it, run the notebook, write the
     README block; returns the results (``figures/mmdet/results.json``)."""
     from dynrcnn.data import load_dataset
+    from dynrcnn.weights import file_sha256
     from dynrcnn.report.pipeline import (
         TrainingMonitor, _notebook_env, execute_notebook, render_html, report_root, second_root)
 
@@ -114,12 +135,15 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     python = Path(python or PEER_PYTHON)
     if not python.is_file():
         raise DynrcnnError(f"no MMDetection peer environment at {python}: run 'make mmdet-env'")
-    ours, backbone, _ = _ours(runs_root, seeds)
+    ours, backbone, backbone_sha = _ours(runs_root, seeds)
     data_root = Path(ours[0].config["data_root"]).resolve()
     extra = [second_root(profile, data_root)] if profile.second_benchmark else []
     extra = [p for p in extra if p.is_dir()]
     num_classes = len(load_dataset(data_root, ours[0].config.get("val_split", "val")).class_names) + 1
     todo = [PeerRun(m, int(s), peer_root / peer.peer_run_name(m, s)) for s in seeds for m in peer.METHODS]
+    backbone_sha = backbone_sha or file_sha256(backbone)
+    for run in todo:
+        _set_aside_if_stale(run, backbone_sha, peer_root)
     names = [p.name for p in extra]
     pending = [r for r in todo if not _complete(r, names)]
     print(f"MMDetection side by side: {len(todo) - len(pending)} of {len(todo)} runs complete in {peer_root}; "
