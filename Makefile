@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick smoke venv mmdet-env mmdet clean benchmark
+.PHONY: test report report-quick report-controls smoke venv mmdet-env mmdet clean benchmark
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ report: $(STAMP)
 # the same runs at 300 iterations, about a third of the training time; outside the regime
 report-quick: $(STAMP)
 	$(PY) -m dynrcnn report --profile mini_quick --out build/report-quick
+
+# fixed thresholds / betas and the sensitivity grid next to the report of record (needs make report's runs)
+report-controls: $(STAMP)
+	$(PY) -m dynrcnn controls
 
 smoke: $(STAMP)
 	$(PY) -m dynrcnn report --profile smoke

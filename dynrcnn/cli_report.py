@@ -42,6 +42,7 @@ def register(subparsers) -> None:
                         "profile's data and shown next to the report's runs with the published AP")
     p.set_defaults(func=_run)
     register_mmdet(subparsers)
+    register_controls(subparsers)
 
 
 def _run(args) -> int:
@@ -74,4 +75,28 @@ def _run_mmdet(args) -> int:
     for name, bench in res["benchmarks"].items():
         for sentence in bench["sentences"]:
             print(f"{name}: {sentence}")
+    return 0
+
+
+def register_controls(subparsers) -> None:
+    p = subparsers.add_parser(
+        "controls",
+        help="fixed thresholds, fixed betas and the sensitivity to K_I, K_beta, C (make report-controls)",
+        description="The controls of the report of record (README 'The controls'): trains what is missing of the "
+                    "fixed-threshold, fixed-beta, DLA/DSL-alone and sensitivity runs into runs/controls with the "
+                    "report of record's preset, seeds and backbone, evaluates them on both benchmarks, runs "
+                    "notebooks/07_controls.ipynb and writes figures/controls/ and README's controls block. Needs "
+                    "the runs of 'make report' (the final threshold and beta are read from them).",
+    )
+    p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel, one process each (default 2)")
+    p.add_argument("--no-readme", action="store_true", help="do not write README's block")
+    p.set_defaults(func=_run_controls)
+
+
+def _run_controls(args) -> int:
+    from dynrcnn.report.controls_pipeline import run_controls
+
+    res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme)
+    print(res["interpretation"])
     return 0

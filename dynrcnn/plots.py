@@ -388,6 +388,44 @@ def peer_gain_figure(table, labels: dict, cap: str) -> Figure:
     return _finish(fig, "The gain of Dynamic R-CNN in each implementation", cap)
 
 
+def control_figure(table, x: str, schedule: str, cap: str) -> Figure:
+    """AP and AP90 against a fixed setting (``x``: ``threshold`` or ``beta``), seeds' mean with
+    their range, with the schedule's (``schedule``: DLA or DSL) mean and range drawn across
+    (``table``: one benchmark's rows of :func:`dynrcnn.report.controls.threshold_table` / ``beta_table``)."""
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    fixed = table[table["schedule"] == "fixed"].sort_values(x)
+    sched = table[table["schedule"] == schedule]
+    for ax, m in zip(axes, ("AP", "AP90")):
+        xs = fixed[x].to_numpy(float)
+        est = fixed[m].to_numpy(float)
+        err = np.vstack([est - fixed[f"{m} min"].to_numpy(float), fixed[f"{m} max"].to_numpy(float) - est])
+        ax.errorbar(xs, est, yerr=err, fmt="o-", color="tab:gray", capsize=4, label=f"fixed {x} (seeds' mean, range)")
+        if len(sched):
+            r = sched.iloc[0]
+            ax.axhline(r[m], color="tab:red", lw=1.5, label=f"{schedule} ({int(r['seeds'])} seeds' mean, range)")
+            ax.axhspan(r[f"{m} min"], r[f"{m} max"], color="tab:red", alpha=0.15)
+        ax.set(xlabel=f"fixed {x} from iteration 0", ylabel=m, title=m)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _finish(fig, f"A fixed {x} against {schedule}", cap)
+
+
+def positives_figure(curves: list[dict], cap: str) -> Figure:
+    """Positive proposals per image (before sampling) over training, per fixed threshold and DLA
+    (``curves`` from :func:`dynrcnn.report.controls.positives_curves`)."""
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
+    for i, c in enumerate(curves):
+        color = "tab:red" if c["label"] == "DLA" else f"C{i}"
+        ax.plot(c["iteration"], c["positives"], color=color, label=f"{c['label']} ({c['seeds']} seeds)")
+    ax.set(xlabel="iteration", ylabel="positives per image (proposals + ground truth)",
+           title="positives at the training threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, "How many positives each threshold leaves", cap)
+
+
 def ap_per_iou_run_figure(run) -> Figure:
     """AP at each IoU threshold of one run (bars)."""
     e = run.eval

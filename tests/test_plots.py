@@ -76,7 +76,8 @@ def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=
         for it in range(10, iters + 1, 10):
             f.write(json.dumps({"iteration": it, "lr": 0.02, "loss": 2.0 / (1 + it / 50), "loss_classifier": 0.5,
                                 "loss_box_reg": 0.4, "loss_objectness": 0.2, "loss_rpn_box_reg": 0.1,
-                                "iou_threshold": 0.4, "beta": 1.0, "sec_per_iter": sec_per_iter,
+                                "iou_threshold": 0.4, "beta": 1.0, "positives_per_image": 12.0 - 4.0 * it / iters,
+                                "sampled_positives_per_image": 10.0, "sec_per_iter": sec_per_iter,
                                 "images_per_sec": 4 / sec_per_iter, "peak_memory_mb": 100.0,
                                 "elapsed_sec": it * sec_per_iter}) + "\n")
     stats = []

@@ -124,6 +124,21 @@ def _results(runs, items) -> str:
             f"{html.escape(ap_sentence(runs))} {html.escape(trend_sentence(runs))}</p>\n{_table_html(table)}")
 
 
+# sections run by their own commands after the report of record, each in a sibling of its OUT
+COMPANIONS = (("report-mmdet/06_mmdet.html", "6. MMDetection side by side", "make mmdet"),
+              ("report-controls/07_controls.html", "7. The controls: fixed thresholds, fixed betas, sensitivity",
+               "make report-controls"))
+
+
+def _companions(out: Path) -> str:
+    items = []
+    for rel, title, command in COMPANIONS:
+        state = "" if (Path(out).parent / rel).is_file() else " (not run yet)"
+        items.append(f'<li><a href="../{html.escape(rel)}">{html.escape(title)}</a> — written by '
+                     f'<code>{html.escape(command)}</code>{state}</li>')
+    return "".join(items)
+
+
 def write_index(result, profile, steps) -> Path:
     """The one-screen summary linking every notebook page (``result``: the pipeline's
     :class:`~dynrcnn.report.pipeline.PipelineResult`, ``steps``: its steps)."""
@@ -165,6 +180,7 @@ def write_index(result, profile, steps) -> Path:
 <h2>Compute cost</h2>
 {_table_html(compute_table(runs, result.durations))}
 <h2>Notebooks (executed)</h2><ol>{links}</ol>
+<p>Sections with their own commands (they read this report's runs):</p><ul>{_companions(result.out)}</ul>
 <p>Figures: <code>{html.escape(str(figs))}</code>. Runs: <code>{html.escape(str(result.runs_root))}</code>.</p>
 </body></html>
 """

@@ -17,7 +17,7 @@ from dynrcnn.reference import DYNAMIC_RPN_NMS
 
 REPO = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet")
+NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls")
 
 
 def seed_run_name(name: str, seed: int) -> str:

@@ -1,0 +1,340 @@
+"""The controls a reviewer asks for: is the dynamic schedule needed, or would a fixed higher
+threshold or a fixed smaller beta from the first iteration do as well?
+
+The paper's argument: a fixed high IoU threshold starves early training of positives, while
+raising it as the proposals improve keeps enough of them; a fixed small beta is better than the
+default 1.0 but not as good as lowering it with the regression errors. The controls, all at RPN
+NMS 0.85 with the report of record's preset, on its benchmarks:
+
+* fixed thresholds (DLA and DSL off, ``model.fg_iou_thresh``): 0.6, 0.7 and the threshold the
+  report of record's Dynamic R-CNN runs end at (their mean, rounded to 0.01);
+* fixed betas (``model.box_beta``): 0.5 and the beta they end at; DLA with that fixed beta;
+* DLA alone and DSL alone with the report of record's seeds (the report trains them with one);
+* the sensitivity of Dynamic R-CNN to K_I, K_beta and C (one seed each).
+
+:func:`control_specs` says which runs; :class:`ControlGroups` holds them with the report of
+record's, keyed by run name without its seed suffix; the tables, the claims (each an
+:func:`~dynrcnn.report.claims.interval_verdict`, the report's own rule) and :func:`results`
+(``figures/controls/results.json``) read those groups.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dynrcnn.report.claims import interval_verdict
+from dynrcnn.report.intervals import extra_datasets, run_samples
+from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
+from dynrcnn.runs import POSITIVE_KEYS
+from dynrcnn.stats import metric_of, signed
+
+METRICS = ("AP", "AP90")
+FIXED_THRESHOLDS = (0.6, 0.7)  # besides the final value of the report of record's DLA
+FIXED_BETAS = (0.5,)  # besides the final value of its DSL
+PAPER_K_BETA = (8, 15)  # the paper's other K_beta values (Table 8), scaled like its 10 (docs/method.md)
+REFERENCE_RUNS = ("baseline_nms085", "dynamic", "dla", "dsl")  # the report of record's, reused
+REFERENCE_THRESHOLD = 0.5  # the baseline's fixed threshold and beta
+REFERENCE_BETA = 1.0
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:02.0f}"
+
+
+def final_values(dynamic_runs) -> tuple[float, float]:
+    """The threshold and beta the report of record's Dynamic R-CNN runs end at: the mean over
+    seeds of each run's last update, rounded to 0.01."""
+    thr, beta = [], []
+    for r in dynamic_runs:
+        d = r.dynamic
+        if d is None or not len(d):
+            continue
+        last = d.sort_values("iteration").iloc[-1]
+        thr.append(float(last["iou_threshold"]))
+        beta.append(float(last["beta"]))
+    if not thr:
+        raise ValueError("no Dynamic R-CNN run with a dynamic.jsonl to read the final threshold and beta from")
+    return round(float(np.mean(thr)), 2), round(float(np.mean(beta)), 2)
+
+
+def sensitivity_settings(dynamic) -> list[tuple[str, int]]:
+    """(setting, value) of the sensitivity runs: K_I and C at half and twice the preset's,
+    K_beta at the paper's 8 and 15 scaled as the preset scales the paper's 10."""
+    out = [("k_i", max(1, round(dynamic.k_i / 2))), ("k_i", dynamic.k_i * 2)]
+    out += [("k_beta", max(1, round(k * dynamic.k_beta / 10))) for k in PAPER_K_BETA]
+    out += [("interval", max(1, round(dynamic.interval / 2))), ("interval", dynamic.interval * 2)]
+    return out
+
+
+def control_specs(threshold: float, beta: float, dynamic, seeds=MINI_SEEDS) -> tuple[tuple[RunSpec, ...], dict]:
+    """The control runs (every seed) and the sensitivity runs (the first seed), and a
+    description of each run name: ``{name: {"kind", "threshold" | "beta" | setting, ...}}``."""
+    about: dict[str, dict] = {}
+    specs: list[RunSpec] = []
+
+    def add(name, method, overrides, run_seeds, **info):
+        if name in about:
+            return
+        about[name] = {"method": method, **info}
+        specs.extend(RunSpec(seed_run_name(name, s), method, int(s), (NMS_085, *overrides)) for s in run_seeds)
+
+    for t in sorted({*FIXED_THRESHOLDS, threshold}):
+        add(f"fixed_iou{_pct(t)}", "baseline", (f"model.fg_iou_thresh={t:g}",), seeds, kind="threshold", threshold=t)
+    for b in sorted({*FIXED_BETAS, beta}):
+        add(f"fixed_beta{_pct(b)}", "baseline", (f"model.box_beta={b:g}",), seeds, kind="beta", beta=b)
+    add(f"dla_beta{_pct(beta)}", "dla", (f"model.box_beta={beta:g}",), seeds, kind="dla_fixed_beta", beta=beta)
+    for method in ("dla", "dsl"):  # the report of record trains them with its first seed only
+        about[method] = {"method": method, "kind": "reference"}
+        specs.extend(RunSpec(seed_run_name(method, s), method, int(s), (NMS_085,)) for s in seeds[1:])
+    for setting, value in sensitivity_settings(dynamic):
+        add(f"sens_{setting}{value}", "dynamic", (f"dynamic.{setting}={value}",), seeds[:1], kind="sensitivity",
+            setting=setting, value=value)
+    return tuple(specs), about
+
+
+def base_name(run) -> str:
+    """A run's name without its seed suffix (``fixed_iou60_seed2`` -> ``fixed_iou60``)."""
+    return re.sub(r"_seed\d+$", "", run.path.name)
+
+
+@dataclass
+class ControlGroups:
+    """Evaluated runs by base name (each sorted by seed): the report of record's
+    :data:`REFERENCE_RUNS` and the controls', and what each control is (:func:`control_specs`)."""
+
+    runs: dict
+    about: dict
+    threshold: float
+    beta: float
+
+    @classmethod
+    def build(cls, reference_runs, control_runs, threshold: float, beta: float, about: dict) -> "ControlGroups":
+        groups: dict[str, list] = {}
+        for r in list(reference_runs) + list(control_runs):
+            name = base_name(r)
+            if r.eval and (name in about or name in REFERENCE_RUNS):
+                groups.setdefault(name, []).append(r)
+        for name in groups:
+            groups[name] = sorted({int(r.seed): r for r in groups[name]}.values(), key=lambda r: int(r.seed))
+        return cls(groups, about, threshold, beta)
+
+    def get(self, name: str) -> list:
+        return self.runs.get(name, [])
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [n for n, a in self.about.items() if a.get("kind") == kind and self.get(n)]
+
+    @property
+    def datasets(self) -> list:
+        return [None] + extra_datasets([r for rs in self.runs.values() for r in rs])
+
+
+def plan_controls(reference_runs, preset: str, seeds=MINI_SEEDS):
+    """(threshold, beta, specs, about) of the controls of the report of record's ``reference_runs``
+    (its complete runs; the final values are read from its Dynamic R-CNN runs at RPN NMS 0.85)."""
+    from dynrcnn.presets import get_preset
+    from dynrcnn.reference import DYNAMIC_RPN_NMS
+    from dynrcnn.run_summary import rpn_nms
+
+    dyn = [r for r in reference_runs if base_name(r) == "dynamic" and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
+    threshold, beta = final_values(dyn)
+    specs, about = control_specs(threshold, beta, get_preset(preset).dynamic, seeds)
+    return threshold, beta, specs, about
+
+
+def load_groups(reference_root, controls_root, preset: str | None = None) -> ControlGroups:
+    """The :class:`ControlGroups` of the report of record's runs folder and the controls' folder
+    (what the notebook and the pipeline read)."""
+    from dynrcnn.report.profiles import get_profile
+    from dynrcnn.runs import find_runs
+
+    reference = find_runs(reference_root)
+    threshold, beta, _, about = plan_controls(reference, preset or get_profile("mini").preset)
+    return ControlGroups.build(reference, find_runs(controls_root), threshold, beta, about)
+
+
+def _metric(runs, metric: str, dataset) -> list[float]:
+    out = []
+    for r in runs:
+        s = run_samples(r, dataset)
+        if s is not None:
+            out.append(float(metric_of(s.full, metric)))
+    return out
+
+
+def _row(g: ControlGroups, name: str, dataset, **cols) -> dict:
+    row = {"benchmark": "evaluation split" if dataset is None else dataset, "run": name, **cols,
+           "seeds": len(g.get(name))}
+    for m in METRICS:
+        v = _metric(g.get(name), m, dataset)
+        row[m] = float(np.mean(v)) if v else math.nan
+        row[f"{m} min"], row[f"{m} max"] = (min(v), max(v)) if v else (math.nan, math.nan)
+    return row
+
+
+def _fixed_table(g: ControlGroups, setting: str, reference: float, schedule: str, label: str) -> pd.DataFrame:
+    rows = []
+    for ds in g.datasets:
+        rows.append(_row(g, "baseline_nms085", ds, **{setting: reference}, schedule="fixed"))
+        rows += [_row(g, n, ds, **{setting: g.about[n][setting]}, schedule="fixed") for n in g.of_kind(setting)]
+        rows.append(_row(g, schedule, ds, **{setting: math.nan}, schedule=label))
+    return pd.DataFrame(rows)
+
+
+def threshold_table(g: ControlGroups) -> pd.DataFrame:
+    """AP / AP90 of the fixed thresholds (0.5: the report's baseline at RPN NMS 0.85) and of DLA."""
+    return _fixed_table(g, "threshold", REFERENCE_THRESHOLD, "dla", "DLA")
+
+
+def beta_table(g: ControlGroups) -> pd.DataFrame:
+    """AP / AP90 of the fixed betas (1.0: the report's baseline at RPN NMS 0.85) and of DSL."""
+    return _fixed_table(g, "beta", REFERENCE_BETA, "dsl", "DSL")
+
+
+def _final(run, key: str) -> float:
+    d = run.dynamic
+    return float(d.sort_values("iteration").iloc[-1][key]) if d is not None and len(d) else math.nan
+
+
+def sensitivity_table(g: ControlGroups) -> pd.DataFrame:
+    """Dynamic R-CNN with K_I, K_beta or C changed (one seed) next to the preset's (same seed):
+    AP / AP90 with the difference and an image-bootstrap interval (seed noise not included:
+    one seed per side), and the final threshold and beta."""
+    from dynrcnn.report.intervals import compare
+
+    rows = []
+    ref = g.get("dynamic")
+    for ds in g.datasets:
+        for name in g.of_kind("sensitivity"):
+            runs = g.get(name)
+            seed = int(runs[0].seed)
+            same = [r for r in ref if int(r.seed) == seed]
+            a = g.about[name]
+            row = _row(g, name, ds, setting=a["setting"], value=a["value"],
+                       **{"final threshold": _final(runs[0], "iou_threshold"), "final beta": _final(runs[0], "beta")})
+            delta = compare(same, runs, ds) if same else None
+            for m in METRICS:
+                est, lo, hi = delta.metrics[m] if delta is not None else (math.nan,) * 3
+                row[f"{m} vs preset"], row[f"{m} low"], row[f"{m} high"] = est, lo, hi
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def positives_curves(g: ControlGroups) -> list[dict]:
+    """Positives per image (before sampling) over training, mean over seeds, for the fixed
+    thresholds and DLA: the mechanism the paper names."""
+    out = []
+    names = [("baseline_nms085", f"fixed {REFERENCE_THRESHOLD:g}")]
+    names += [(n, f"fixed {g.about[n]['threshold']:g}") for n in g.of_kind("threshold")]
+    names.append(("dla", "DLA"))
+    for name, label in names:
+        frames = [r.metrics[["iteration", POSITIVE_KEYS[0]]].dropna() for r in g.get(name)
+                  if r.metrics is not None and POSITIVE_KEYS[0] in r.metrics]
+        if not frames:
+            continue
+        mean = pd.concat(frames).groupby("iteration")[POSITIVE_KEYS[0]].mean()
+        out.append({"label": label, "run": name, "iteration": mean.index.astype(int).tolist(),
+                    "positives": mean.astype(float).tolist(), "seeds": len(frames)})
+    return out
+
+
+def _best(g: ControlGroups, names: list[str], metric: str = "AP") -> str | None:
+    """The name whose seeds' mean ``metric`` on the evaluation split is highest."""
+    scored = [(np.mean(v), n) for n in names if (v := _metric(g.get(n), metric, None))]
+    return max(scored)[1] if scored else None
+
+
+def comparisons(g: ControlGroups) -> list[dict]:
+    """(claim, the schedule's runs, the fixed control's runs): the four the issue asks for, and
+    Dynamic R-CNN against DLA with DSL's final beta fixed."""
+    thr = ["baseline_nms085", *g.of_kind("threshold")]
+    betas = ["baseline_nms085", *g.of_kind("beta")]
+    at_thr = next((n for n in g.of_kind("threshold") if g.about[n]["threshold"] == g.threshold), None)
+    at_beta = next((n for n in g.of_kind("beta") if g.about[n]["beta"] == g.beta), None)
+    best_thr, best_beta = _best(g, thr), _best(g, betas)
+    dla_beta = next(iter(g.of_kind("dla_fixed_beta")), None)
+
+    def label(name):
+        if name == "baseline_nms085":
+            return "the baseline (threshold 0.5, beta 1.0)"
+        a = g.about[name]
+        return {"threshold": f"fixed threshold {a.get('threshold', 0):g}", "beta": f"fixed beta {a.get('beta', 0):g}",
+                "dla_fixed_beta": f"DLA + fixed beta {a.get('beta', 0):g}"}[a["kind"]]
+
+    out = []
+    for key, claim, schedule, fixed in (
+            ("dla_vs_best_fixed_threshold", "DLA vs the best fixed threshold", "dla", best_thr),
+            ("dla_vs_fixed_final_threshold", f"DLA vs a fixed threshold at DLA's final value ({g.threshold:g})", "dla",
+             at_thr),
+            ("dsl_vs_best_fixed_beta", "DSL vs the best fixed beta", "dsl", best_beta),
+            ("dsl_vs_fixed_final_beta", f"DSL vs a fixed beta at DSL's final value ({g.beta:g})", "dsl", at_beta),
+            ("dynamic_vs_dla_fixed_final_beta", f"DLA + DSL vs DLA + a fixed beta at DSL's final value ({g.beta:g})",
+             "dynamic", dla_beta)):
+        if fixed is None or not g.get(fixed) or not g.get(schedule):
+            continue
+        out.append({"key": key, "claim": claim, "schedule": schedule, "fixed": fixed, "fixed_label": label(fixed)})
+    return out
+
+
+def claims_table(g: ControlGroups) -> pd.DataFrame:
+    """Each comparison on each metric: the schedule minus the fixed control on every benchmark
+    with its 95 % interval, and the status word by the report's rule (``reproduced`` when the
+    schedule is better on every benchmark)."""
+    rows = []
+    for c in comparisons(g):
+        for m in METRICS:
+            est, verdict, record = interval_verdict(g.get(c["fixed"]), g.get(c["schedule"]), m, g.datasets)
+            row = {"key": c["key"], "claim": c["claim"], "against": c["fixed_label"], "metric": m, "delta": est,
+                   "status": verdict.status, "verdict": verdict.sentence}
+            for ds, iv in record.items():
+                row[f"{ds} low"], row[f"{ds} high"] = iv["low"], iv["high"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def interpretation(claims: pd.DataFrame) -> str:
+    """One sentence computed from the claims table."""
+    if claims.empty:
+        return "No control has been evaluated yet."
+    parts = []
+    for key, rows in claims.groupby("key", sort=False):
+        by = {r["metric"]: r for r in rows.to_dict("records")}
+        text = ", ".join(f"{signed(by[m]['delta'])} {m} ({by[m]['status']})" for m in METRICS if m in by)
+        parts.append(f"{rows.iloc[0]['claim']}: {text}")
+    won = claims[claims["status"] == "reproduced"]
+    lost = claims[claims["status"] == "contradicted"]
+    head = (f"The schedule beats its fixed control on {len(won)} of {len(claims)} comparisons (every benchmark's "
+            f"interval above 0), loses on {len(lost)}")
+    return head + "; " + "; ".join(parts) + "."
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    def clean(v):
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return [{k: clean(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def results(g: ControlGroups) -> dict:
+    """Everything the controls section reports (``figures/controls/results.json``)."""
+    claims = claims_table(g)
+    return {
+        "final_threshold": g.threshold, "final_beta": g.beta,
+        "runs": {n: [int(r.seed) for r in rs] for n, rs in g.runs.items()},
+        "about": g.about,
+        "thresholds": _records(threshold_table(g)), "betas": _records(beta_table(g)),
+        "sensitivity": _records(sensitivity_table(g)), "positives": positives_curves(g),
+        "claims": _records(claims), "interpretation": interpretation(claims),
+    }
+
+
+__all__ = ["final_values", "sensitivity_settings", "control_specs", "plan_controls", "load_groups", "ControlGroups", "threshold_table",
+           "beta_table", "sensitivity_table", "positives_curves", "comparisons", "claims_table", "interpretation",
+           "results"]

@@ -1,0 +1,107 @@
+"""The controls (``dynrcnn.report.controls``): which runs, that they train at their fixed setting,
+and the section's notebook on synthetic runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynrcnn.config import DynamicConfig
+from dynrcnn.model import build_model, dynamic_head
+from dynrcnn.presets import build_config
+from dynrcnn.report import controls
+from dynrcnn.report.controls_pipeline import readme_body
+from dynrcnn.report.profiles import NMS_085
+from dynrcnn.runs import find_runs
+from tests.test_plots import write_gt, write_run
+
+
+def test_the_control_runs_and_their_settings():
+    specs, about = controls.control_specs(0.65, 0.25, DynamicConfig(k_i=23, k_beta=6, interval=20), seeds=(0, 1, 2))
+    by = {s.name: s for s in specs}
+    assert by["fixed_iou65_seed2"].overrides == (NMS_085, "model.fg_iou_thresh=0.65")
+    assert by["fixed_iou60"].method == "baseline" and "fixed_iou70_seed1" in by
+    assert by["fixed_beta25_seed1"].overrides == (NMS_085, "model.box_beta=0.25") and "fixed_beta50" in by
+    assert by["dla_beta25"].method == "dla" and by["dla_beta25"].overrides[-1] == "model.box_beta=0.25"
+    assert {"dla_seed1", "dla_seed2", "dsl_seed1", "dsl_seed2"} <= set(by) and "dla" not in by  # seed 0 is the report's
+    sens = {n: (a["setting"], a["value"]) for n, a in about.items() if a["kind"] == "sensitivity"}
+    # K_I and C halved and doubled; the paper's K_beta 8 and 15 scaled as 10 -> 6
+    assert sorted(sens.values()) == [("interval", 10), ("interval", 40), ("k_beta", 5), ("k_beta", 9),
+                                     ("k_i", 12), ("k_i", 46)]
+    assert all(not n.endswith("_seed1") for n in by if n.startswith("sens_"))  # one seed each
+    assert len(specs) == 6 * 3 + 4 + 6
+    # DLA's final value equal to a fixed one: trained once
+    specs, _ = controls.control_specs(0.6, 0.5, DynamicConfig(k_i=23, k_beta=6, interval=20), seeds=(0,))
+    assert [s.name for s in specs if s.name.startswith("fixed_")] == ["fixed_iou60", "fixed_iou70", "fixed_beta50"]
+
+
+def test_a_fixed_threshold_control_assigns_at_it_from_the_first_iteration():
+    cfg = build_config("mini_smoke", "baseline", overrides=["model.fg_iou_thresh=0.6"])
+    head = dynamic_head(build_model(cfg, 3)).train()
+    assert float(head.iou_threshold) == pytest.approx(0.6) and not head.use_dla
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    # IoU with the ground truth: 0.81, 0.64, 0.55, 0.0 (and the appended ground truth itself, 1.0)
+    props = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 10.0, 5.5], [20.0, 20.0, 30.0, 30.0]])
+    head.select_training_samples([props], [{"boxes": gt, "labels": torch.tensor([1])}])
+    assert float(head.positives_per_image) == 3  # 0.81, 0.64 and the ground truth; 0.55 is background at 0.6
+
+
+def test_a_fixed_beta_control_uses_that_beta_in_the_box_loss():
+    cfg = build_config("mini_smoke", "baseline", overrides=["model.box_beta=0.25"])
+    head = dynamic_head(build_model(cfg, 3))
+    torch.manual_seed(0)
+    logits, reg = torch.randn(6, 3), torch.randn(6, 12)
+    labels, targets = [torch.tensor([1, 2, 0, 1, 0, 0])], [torch.randn(6, 4)]
+    _, box = head.box_loss(logits, reg, labels, targets)
+    pos = torch.tensor([0, 1, 3])
+    pred = reg.reshape(6, 3, 4)[pos, labels[0][pos]]
+    assert float(box) == pytest.approx(float(F.smooth_l1_loss(pred, targets[0][pos], beta=0.25, reduction="sum") / 6))
+    assert float(box) != pytest.approx(float(F.smooth_l1_loss(pred, targets[0][pos], beta=1.0, reduction="sum") / 6))
+
+
+def _reference(root, data, seeds=(0, 1, 2)):
+    for s in seeds:
+        sfx = "" if s == 0 else f"_seed{s}"
+        write_run(root, f"baseline_nms085{sfx}", "baseline", seed=s, rpn_nms=0.85, data_root=str(data), jitter=3.0)
+        write_run(root, f"dynamic{sfx}", "dynamic", seed=s, rpn_nms=0.85, data_root=str(data), jitter=1.5)
+    write_run(root, "baseline", "baseline", rpn_nms=0.7, data_root=str(data), jitter=3.0)  # not a reference
+    for m in ("dla", "dsl"):
+        write_run(root, m, m, rpn_nms=0.85, data_root=str(data), jitter=1.0)
+    return find_runs(root)
+
+
+def test_the_section_notebook_on_synthetic_runs(tmp_path):
+    """Notebook 07 (papermill) on a report of record and its controls: figures, results.json, README block."""
+    from dynrcnn.report import NOTEBOOK_DIR
+    from dynrcnn.report.pipeline import execute_notebook
+
+    data = tmp_path / "data"
+    write_gt(data, n_images=20)
+    ref = _reference(tmp_path / "ref", data)
+    threshold, beta, specs, about = controls.plan_controls(ref, "mini_long")
+    jitter = {"threshold": 4.0, "beta": 4.0, "dla_fixed_beta": 2.0, "reference": 1.0, "sensitivity": 1.2}
+    for s in specs:
+        kind = about[controls.base_name(type("R", (), {"path": tmp_path / s.name})())]["kind"]
+        write_run(tmp_path / "ctrl", s.name, s.method, seed=s.seed, rpn_nms=0.85, data_root=str(data),
+                  jitter=jitter[kind])
+    figures = tmp_path / "figures"
+    params = {"reference_root": str(tmp_path / "ref"), "controls_root": str(tmp_path / "ctrl"),
+              "figures_dir": str(figures)}
+    execute_notebook(NOTEBOOK_DIR / "07_controls.ipynb", tmp_path / "07.ipynb", params, cwd=tmp_path)
+    res = json.loads((figures / "results.json").read_text())
+    for name in ("thresholds", "betas", "positives"):
+        assert (figures / f"{name}.png").stat().st_size > 0
+    assert res["final_threshold"] == threshold and res["runs"]["dla"] == [0, 1, 2] and res["runs"]["dynamic"] == [0, 1, 2]
+    keys = {c["key"] for c in res["claims"]}
+    assert keys == {"dla_vs_best_fixed_threshold", "dla_vs_fixed_final_threshold", "dsl_vs_best_fixed_beta",
+                    "dsl_vs_fixed_final_beta", "dynamic_vs_dla_fixed_final_beta"}
+    # DLA (jitter 1.0) localises better than every fixed threshold (3.0, 4.0): reproduced on AP90
+    dla = [c for c in res["claims"] if c["key"] == "dla_vs_best_fixed_threshold" and c["metric"] == "AP90"][0]
+    assert dla["delta"] > 0 and dla["status"] == "reproduced" and dla["own low"] > 0
+    assert [c["label"] for c in res["positives"]][-1] == "DLA"
+    assert len([r for r in res["sensitivity"] if r["benchmark"] == "evaluation split"]) == 6
+    block = readme_body(res, "figures/controls", "build/report-controls/07_controls.html", 1.0)
+    assert "figures/controls/thresholds.png" in block and f"| {dla['claim']} | AP90 | {dla['delta']:+.2f}" in block
