@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick report-controls smoke venv mmdet-env mmdet clean benchmark
+.PHONY: test report report-quick report-controls smoke venv mmdet-env mmdet clean benchmark jupyter
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ smoke: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/step.py --readme README.md
+
+# the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once)
+jupyter: $(STAMP)
+	$(PY) -m pip install -e ".[notebook]"
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	rm -rf build

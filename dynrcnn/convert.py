@@ -255,6 +255,28 @@ def _json_safe(meta: dict) -> dict:
     return keep
 
 
+def converted_class_names(meta: dict, num_classes: int, data_root: str = "", split: str = "val") -> list[str] | None:
+    """The class names a converted model predicts: the checkpoint's own (``meta['CLASSES']``, or
+    ``dataset_meta['classes']`` in MMDetection 3), else those of the data a peer run trained on,
+    else COCO's 80 for an 81-way classifier; None when none of these is known."""
+    for names in (meta.get("CLASSES"), (meta.get("dataset_meta") or {}).get("classes")):
+        if names and len(names) == num_classes - 1:
+            return [str(n) for n in names]
+    if data_root:
+        from dynrcnn.data import annotation_file
+
+        path = annotation_file(data_root, split)
+        if path.is_file():
+            cats = sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])
+            if len(cats) == num_classes - 1:
+                return [str(c["name"]) for c in cats]
+    if num_classes == 81:
+        from dynrcnn.predict import coco_class_names
+
+        return coco_class_names()
+    return None
+
+
 def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str = "auto",
             data_root: str | None = None, force: bool = False, preset: str | None = None,
             method: str | None = None, seed: int | None = None) -> Path:
@@ -298,7 +320,11 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     tmp = ckpt_path.with_suffix(".tmp")
     torch.save(record, tmp)
     tmp.replace(ckpt_path)
-    (out / runs.CONFIG).write_text(cfg.to_json() + "\n")
+    record = cfg.to_dict()
+    names = converted_class_names(meta, num_classes, root if preset else "", cfg.val_split)
+    if names:
+        record[runs.DATA_RECORD] = {"class_names": names}
+    runs.write_json(out / runs.CONFIG, record)
     provenance = {
         "source_file": src.name, "source_path": str(src.resolve()), "sha256": digest,
         "source_format": "mmdet3" if preset else "mmdet2", "model": kind, "label": published["label"],

@@ -161,7 +161,7 @@ def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
              device: str = "cpu", evaluator: str = "pycocotools", progress: bool = False,
-             name: str | None = None) -> dict:
+             name: str | None = None, allow_class_mismatch: bool = False) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 
     Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict. A
@@ -170,6 +170,8 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     ``data_root`` overrides the dataset folder recorded in ``config.json``: when it is another
     folder, the results go to ``eval-<name>.json`` and ``detections-<name>.json`` (``name``: the
     folder's name, see :func:`integrity.eval_tag`) and the run's own ``eval.json`` is left alone.
+    Data whose class names differ from those the run recorded is refused unless
+    ``allow_class_mismatch`` (the count of classes is always checked).
     ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
     annotation file's SHA-256.
     """
@@ -193,6 +195,8 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         tag = runs.sanitise_tag(f"{tag}-{ckpt_path.stem}" if tag else ckpt_path.stem)
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
+    if not allow_class_mismatch:
+        integrity.check_class_names(runs.class_names(run), dataset, run / runs.CONFIG)
     data = integrity.data_record(dataset)
     if name is None:
         integrity.check_eval_target(run, tag, data)

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from dynrcnn.errors import DynrcnnError
+from dynrcnn.errors import DataError, DynrcnnError
 from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT, LOCK, TRAIN_DONE, artefacts,
                           eval_file, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir,
                           last_checkpoint, read_json, sanitise_tag)
@@ -25,11 +25,30 @@ from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOIN
 
 def data_record(dataset) -> dict:
     """What a run records of the data it read (a :class:`~dynrcnn.data.CocoDetection`):
-    ``data_root`` (resolved), ``split`` and the SHA-256 of the annotation file."""
+    ``data_root`` (resolved), ``split``, the SHA-256 of the annotation file and the class names in
+    label order (the names travel with the model: ``dynrcnn predict``, and ``eval`` refuses data
+    with other names)."""
     from dynrcnn.weights import file_sha256
 
     return {"data_root": str(Path(dataset.root).expanduser().resolve()), "split": dataset.split,
-            "annotation_sha256": file_sha256(dataset.annotation_file)}
+            "annotation_sha256": file_sha256(dataset.annotation_file), "class_names": list(dataset.class_names)}
+
+
+def check_class_names(recorded: list[str] | None, dataset, source) -> None:
+    """Refuse ``dataset`` when its class names differ from the ``recorded`` ones (``source``: the
+    file that records them), naming the first mismatch; nothing to check without a record."""
+    if not recorded:
+        return
+    have = list(dataset.class_names)
+    if have == list(recorded):
+        return
+    if len(have) != len(recorded):
+        what = f"{len(have)} classes, the model {len(recorded)}"
+    else:
+        k = next(i for i, (a, b) in enumerate(zip(recorded, have)) if a != b)
+        what = f"class {k + 1} is {have[k]!r}, the model's is {recorded[k]!r}"
+    raise DataError(f"{dataset.annotation_file} has other classes than the model ({what}; the model's are in "
+                    f"{source}); evaluate on data with the run's categories, or pass --allow-class-mismatch")
 
 
 def same_path(a, b) -> bool:

@@ -304,6 +304,13 @@ def read_config(run_dir):
     return config_from_dict(d)
 
 
+def class_names(run_dir) -> list[str] | None:
+    """The class names a run's model predicts (label k -> names[k - 1]), from its ``config.json``
+    data record; None when the run does not record them (runs older than that record)."""
+    names = ((read_json(Path(run_dir) / CONFIG) or {}).get(DATA_RECORD) or {}).get("class_names")
+    return [str(n) for n in names] if names else None
+
+
 def read_detections(run_dir, name: str | None = None) -> list[dict]:
     return json.loads(detections_file(run_dir, name).read_text())
 
