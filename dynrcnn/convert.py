@@ -102,19 +102,6 @@ def _hint(key: str) -> str:
     return ""
 
 
-def _checkpoint_api():
-    """``(CHECKPOINT_FORMAT, read_checkpoint, config_from_dict)`` wherever this version keeps them."""
-    try:
-        from dynrcnn.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
-    except ImportError:  # older layout: everything in engine
-        from dynrcnn.engine import CHECKPOINT_FORMAT, read_checkpoint
-    try:
-        from dynrcnn.config import config_from_dict
-    except ImportError:
-        from dynrcnn.engine import config_from_dict
-    return CHECKPOINT_FORMAT, read_checkpoint, config_from_dict
-
-
 def read_source(path: str | Path) -> tuple[dict, dict, str]:
     """``(state_dict, meta, sha256)`` of an MMDetection checkpoint (``{'state_dict', 'meta'}``
     or a bare state dict), read with ``weights_only=True``."""
@@ -287,9 +274,8 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     :func:`peer_config`; otherwise a published R50-FPN model (``model``)."""
     import torch
 
+    from dynrcnn.checkpoint import CHECKPOINT_FORMAT
     from dynrcnn.model import build_model
-
-    CHECKPOINT_FORMAT = _checkpoint_api()[0]
 
     src, out = Path(src), Path(out)
     if num_classes < 2:
@@ -349,9 +335,8 @@ def export_torchvision(run_dir: str | Path, out: str | Path, checkpoint: str | P
     import torch
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from dynrcnn.config import ModelConfig
-
-    _, read_checkpoint, config_from_dict = _checkpoint_api()
+    from dynrcnn.checkpoint import read_checkpoint
+    from dynrcnn.config import ModelConfig, config_from_dict
 
     run = Path(run_dir)
     if not (run / runs.CONFIG).is_file():

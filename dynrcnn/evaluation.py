@@ -102,8 +102,25 @@ def coco_metrics(gt, detections: list[dict], evaluator: str = "pycocotools", ver
     res["AP90"] = per_iou[idx90]
     if res["AP"] is None:
         res["AP"] = 0.0
+    res["per_class"] = per_class_ap(np.asarray(ev.eval["precision"]), coco_gt, list(ev.params.catIds), m, idx90)
     res["num_detections"] = len(detections)
     return res
+
+
+def per_class_ap(precision: np.ndarray, coco_gt, cat_ids: list, maxdet_index: int, idx90: int) -> list[dict]:
+    """AP, AP50 and AP90 (percent) of each category (MMDetection's ``classwise``, detectron2's
+    per-category table) from ``COCOeval.eval["precision"]``; None where a category has no ground truth."""
+    out = []
+    for k, cid in enumerate(cat_ids):
+        p = precision[:, :, k, 0, maxdet_index]  # [T, R]
+        out.append({"category_id": int(cid), "name": str(coco_gt.loadCats([cid])[0].get("name", cid)),
+                    "AP": _defined_mean(p), "AP50": _defined_mean(p[0]), "AP90": _defined_mean(p[idx90])})
+    return out
+
+
+def _defined_mean(p: np.ndarray) -> float | None:
+    """Mean precision (percent) over the defined entries (COCOeval marks undefined ones -1)."""
+    return float(p[p > -1].mean() * 100) if (p > -1).any() else None
 
 
 def detections_to_coco(outputs: list[dict], image_ids: list[int], label_to_cat_id) -> list[dict]:
@@ -222,8 +239,11 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         # the summary line is printed with or without the bar: batch logs need it
         print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
               f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
+        if metrics.get("per_class"):
+            print("per class AP: " + ", ".join(f"{c['name']} {c['AP']:.1f}" for c in metrics["per_class"]
+                                               if c["AP"] is not None))
         return metrics
 
 
-__all__ = ["evaluate", "coco_metrics", "ap_per_iou", "detections_to_coco", "predict", "EVALUATORS",
+__all__ = ["evaluate", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
            "IOU_THRESHOLDS"]

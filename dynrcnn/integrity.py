@@ -1,7 +1,6 @@
 """The integrity of a run directory: no silent overwrite (:func:`check_out_dir`,
 :func:`clear_run`), one writer at a time (:class:`RunLock`), the immutable training record
-(:func:`check_resume`), the reuse rules of the notebooks (:func:`reusable`,
-:func:`train_action`) and the provenance of the data a run read or was evaluated on
+(:func:`check_resume`), the reuse rule of the notebooks (:func:`train_action`) and the provenance of the data a run read or was evaluated on
 (:func:`data_record`, :func:`eval_tag`, :func:`check_eval_target`).
 
 File names come from :mod:`dynrcnn.runs`; this module spells none.
@@ -262,14 +261,6 @@ def _mismatch(run_dir: Path, cfg) -> str | None:
     if held and current is not None and current.is_file() and file_sha256(current) != held:
         return f"{run_dir} was trained on other data ({current} changed since)"
     return None
-
-
-def reusable(run_dir, cfg) -> tuple[bool, str]:
-    """Whether ``run_dir`` holds a complete run (train_done.json + eval.json) of ``cfg``
-    (same config and training data, see :func:`_mismatch`); the second element says why or
-    why not."""
-    action, why = train_action(run_dir, cfg)
-    return action == "reuse", why
 
 
 def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STATUSES = ("reproduced", "contradicted", "inconclusive", "not-testable")
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"  # verdict()'s words
 METRIC_INDEX = {"AP50": 0, "AP75": 5, "AP90": 8}  # positions in the 0.50:0.05:0.95 thresholds
 DEFAULT_BOOT = 1000
 
@@ -258,10 +258,10 @@ def verdict(low: float, high: float, expected_sign: int = 1) -> str:
     if expected_sign not in (1, -1):
         raise ValueError("expected_sign must be +1 or -1")
     if low > 0:
-        return "reproduced" if expected_sign > 0 else "contradicted"
+        return REPRODUCED if expected_sign > 0 else CONTRADICTED
     if high < 0:
-        return "contradicted" if expected_sign > 0 else "reproduced"
-    return "inconclusive"
+        return CONTRADICTED if expected_sign > 0 else REPRODUCED
+    return INCONCLUSIVE
 
 
 def signed(value: float, digits: int = 2) -> str:

@@ -132,3 +132,27 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     # a --checkpoint that does not exist is named, with the hint that fits it
     with pytest.raises(CheckpointError, match=r"no checkpoint .*nope\.pth; check the path passed to --checkpoint"):
         evaluate(run, checkpoint=run / "nope.pth", data_root=root)
+
+
+def test_per_class_ap_equals_cocoeval_restricted_to_that_class():
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dets = [d for d in shifted(0.8) if d["category_id"] == 3] + [d for d in perfect() if d["category_id"] == 7]
+    m = coco_metrics(gt_dict(), dets)
+    by = {c["name"]: c for c in m["per_class"]}
+    assert [c["category_id"] for c in m["per_class"]] == [3, 7]
+    assert by["b"]["AP"] == pytest.approx(100.0) and by["a"]["AP90"] == pytest.approx(0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dict()
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.params.catIds = [3]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert by["a"]["AP"] == pytest.approx(ev.stats[0] * 100) and by["a"]["AP50"] == pytest.approx(ev.stats[1] * 100)

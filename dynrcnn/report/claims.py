@@ -25,11 +25,12 @@ from dynrcnn.report.analysis import device_kind, group_runs, main_key, mean, nam
 from dynrcnn.report.intervals import compare, extra_datasets, interval
 from dynrcnn.run_summary import rpn_nms, scale_label
 from dynrcnn.runs import TRAIN_DONE
+from dynrcnn.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words (stats.verdict)
 
 COCO_TOLERANCE = 0.3
 OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}
 
-REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "contradicted", "inconclusive", "not-testable"
+NOT_TESTABLE = "not-testable"
 STATUSES = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
 CONTEXT = "context"
 

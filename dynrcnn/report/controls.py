@@ -31,7 +31,7 @@ from dynrcnn.report.claims import interval_verdict
 from dynrcnn.report.intervals import extra_datasets, run_samples
 from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
 from dynrcnn.runs import POSITIVE_KEYS
-from dynrcnn.stats import metric_of, signed
+from dynrcnn.stats import CONTRADICTED, REPRODUCED, metric_of, signed
 
 METRICS = ("AP", "AP90")
 FIXED_THRESHOLDS = (0.6, 0.7)  # besides the final value of the report of record's DLA
@@ -306,8 +306,8 @@ def interpretation(claims: pd.DataFrame) -> str:
         by = {r["metric"]: r for r in rows.to_dict("records")}
         text = ", ".join(f"{signed(by[m]['delta'])} {m} ({by[m]['status']})" for m in METRICS if m in by)
         parts.append(f"{rows.iloc[0]['claim']}: {text}")
-    won = claims[claims["status"] == "reproduced"]
-    lost = claims[claims["status"] == "contradicted"]
+    won = claims[claims["status"] == REPRODUCED]
+    lost = claims[claims["status"] == CONTRADICTED]
     head = (f"The schedule beats its fixed control on {len(won)} of {len(claims)} comparisons (every benchmark's "
             f"interval above 0), loses on {len(lost)}")
     return head + "; " + "; ".join(parts) + "."
