@@ -44,7 +44,8 @@ def cmd_train(args) -> int:
     integrity.check_out_dir(args.out, args.resume, args.overwrite)
     from dynrcnn.pretrain import resolve_backbone
 
-    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress)  # pretrained:<preset> -> a file
+    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress,  # pretrained:<preset> -> a file
+                           build=not args.no_build_backbone)
     train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress,
           overwrite=args.overwrite)
     return 0
@@ -132,6 +133,9 @@ def _register_train(subparsers, device: str) -> None:
                    help="how the dynamic statistics are computed: mmdet (default) or official "
                         "(the authors' code); see docs/method.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs are still written)")
+    p.add_argument("--no-build-backbone", action="store_true",
+                   help="refuse (exit 2) instead of building a missing pretrained backbone (looked for in "
+                        "./data/pretrained, this checkout's data/pretrained and ~/.cache/dynrcnn/pretrained)")
     p.set_defaults(func=cmd_train)
 
 

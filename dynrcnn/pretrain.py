@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -41,6 +42,21 @@ from dynrcnn.weights import extract_backbone, file_sha256
 
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
 DEFAULT_ROOT = Path(PRETRAINED_ROOT)
+# this package's checkout (when it is one): its weights are found from any working folder
+CHECKOUT_ROOT = Path(__file__).resolve().parent.parent / PRETRAINED_ROOT
+CACHE_ENV = "DYNRCNN_CACHE"  # the user cache folder, default ~/.cache/dynrcnn
+
+
+def search_roots(root: str | Path = DEFAULT_ROOT) -> list[Path]:
+    """Where existing pretrained weights are looked for, in order: ``root`` (relative to the
+    working folder), this checkout's ``data/pretrained``, and ``$DYNRCNN_CACHE/pretrained``
+    (default ``~/.cache/dynrcnn/pretrained``); new weights are built under ``root``."""
+    cache = Path(os.environ.get(CACHE_ENV) or "~/.cache/dynrcnn").expanduser() / "pretrained"
+    roots = []
+    for r in (Path(root), CHECKOUT_ROOT, cache):
+        if all(r.resolve() != q.resolve() for q in roots):
+            roots.append(r)
+    return roots
 
 
 def pretrain_preset(value: str) -> str | None:
@@ -101,20 +117,29 @@ def _checked(path: Path) -> tuple[Path, str] | None:
 
 
 def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_ROOT, device: str = "cpu",
-                      progress: bool = True, log=print) -> tuple[Path, str]:
+                      progress: bool = True, log=print, build: bool = True) -> tuple[Path, str]:
     """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
 
-    Existing weights under ``root`` are used after their checksum is verified. Building
-    generates the pretraining benchmark under ``root`` (if missing), trains the preset's
-    baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps the
+    Existing weights in any of :func:`search_roots` are used after their checksum is verified.
+    Building (never silent: it says what it draws, where, and how much it trains; refused with
+    ``build=False``) generates the pretraining benchmark under ``root`` (if missing), trains the
+    preset's baseline into ``root/run-<preset>-<hash>`` (resuming an interrupted build), keeps the
     backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
-    found = _checked(weights_path(preset, root))
-    if found is not None:
-        return found
+    for r in search_roots(root):
+        found = _checked(weights_path(preset, r))
+        if found is not None:
+            return found
     path = weights_path(preset, root)
     data = data_recipe(preset)
+    looked = ", ".join(str(r) for r in search_roots(root))
+    if not build:
+        raise CheckpointError(f"no pretrained backbone {path.name} in {looked}; build it with 'dynrcnn pretrain "
+                              f"--preset {preset} --root {root}' ({data['n_train']} images, "
+                              f"{get_preset(preset).max_iter} iterations) or point model.backbone_weights at a file")
+    log(f"no pretrained backbone {path.name} in {looked}: building it under {root} (draws {data['n_train']} images, "
+        f"trains {get_preset(preset).max_iter} iterations: minutes on a laptop CPU; --no-build-backbone refuses)")
     data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
     if not (data_root / "annotations" / "instances_val.json").is_file():
         log(f"pretraining data: drawing {data['n_train']} images (data seed {data['seed']}) into {data_root}")
@@ -146,16 +171,17 @@ def save_backbone(model_state: dict, preset: str, root: str | Path, provenance: 
 
 
 def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str = "cpu",
-                     progress: bool = True) -> Config:
+                     progress: bool = True, build: bool = True) -> Config:
     """A copy of ``cfg`` whose ``backbone_weights=pretrained:<preset>`` names a concrete,
-    checksummed file (built if missing); other configs are returned unchanged."""
+    checksummed file (found in :func:`search_roots`, built if missing unless ``build=False``);
+    other configs are returned unchanged."""
     preset = pretrain_preset(cfg.model.backbone_weights)
     if preset is None:
         return cfg
-    path, sha = ensure_pretrained(preset, root, device=device, progress=progress)
+    path, sha = ensure_pretrained(preset, root, device=device, progress=progress, build=build)
     model = dataclasses.replace(cfg.model, backbone_weights=str(Path(path).resolve()), backbone_sha256=sha)
     return dataclasses.replace(cfg, model=model)
 
 
-__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "pretrain_preset", "pretrain_config", "data_recipe",
+__all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "CHECKOUT_ROOT", "search_roots", "pretrain_preset", "pretrain_config", "data_recipe",
            "recipe", "weights_path", "ensure_pretrained", "save_backbone", "resolve_backbone"]

@@ -95,3 +95,31 @@ def test_pretrained_backbone_fits_the_mini_model(built):
     cfg = resolve_backbone(cfg, root=root, progress=False)
     assert cfg.model.backbone_sha256 == sha
     init_backbone(build_model(cfg, 7), cfg)  # checksum verified, every entry fits
+
+
+def test_weights_are_found_in_the_checkout_or_the_cache_and_building_can_be_refused(tmp_path, monkeypatch, capsys):
+    """Run from another folder, existing weights are found (no silent rebuild); with build=False a
+    missing backbone is a one-line refusal naming where it looked."""
+    import dynrcnn.pretrain as pt
+    from dynrcnn.errors import CheckpointError
+
+    monkeypatch.setattr(pt, "CHECKOUT_ROOT", tmp_path / "checkout" / "data" / "pretrained")
+    monkeypatch.setenv(pt.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    preset = "mini_pretrain_smoke"
+    with pytest.raises(CheckpointError, match="no pretrained backbone .* in .*checkout.*cache"):
+        pt.ensure_pretrained(preset, "data/pretrained", build=False)
+    assert not (tmp_path / "data").exists()  # nothing drawn, nothing trained
+    state = {"backbone.body.conv1.weight": torch.zeros(2, 3, 1, 1)}
+    cached = tmp_path / "cache" / "pretrained"
+    path, sha = pt.save_backbone(state, preset, cached, "test")
+    found, found_sha = pt.ensure_pretrained(preset, "data/pretrained", build=False)
+    assert found == path and found_sha == sha and not (tmp_path / "data").exists()
+    from dynrcnn.cli import main
+
+    capsys.readouterr()
+    assert main(["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "nodata"), "--out",
+                 str(tmp_path / "run"), "--set", "model.backbone_weights=pretrained:mini_pretrain",
+                 "--no-build-backbone"]) == 2
+    assert "no pretrained backbone backbone-mini_pretrain-" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
