@@ -64,19 +64,29 @@ def runs_caption(runs) -> str:
     return f"runs {names}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.get('preset'))}]"
 
 
-def _finish(fig: Figure, title: str, cap: str) -> Figure:
-    fig.suptitle(title, fontsize=12)
-    # wrap long captions
-    words, lines, line = cap.split(" "), [], ""
+FOOTER_PT = 9  # provenance footer font size: legible when the PNG is shown at its size
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(" "), [], ""
     for w in words:
-        if len(line) + len(w) > 130:
+        if line and len(line) + 1 + len(w) > width:
             lines.append(line)
             line = w
         else:
             line = f"{line} {w}".strip()
-    lines.append(line)
-    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=7.5, color="0.25")
-    fig.tight_layout(rect=(0, 0.035 + 0.018 * len(lines), 1, 0.95))
+    return lines + [line]
+
+
+def _finish(fig: Figure, title: str, cap: str) -> Figure:
+    """Title, and the provenance caption as a footer inside the canvas: wrapped to the figure's
+    width at :data:`FOOTER_PT` (about 0.55 em per character), with room made for it below the axes."""
+    fig.suptitle(title, fontsize=12)
+    width = max(20, int(fig.get_figwidth() * 72 / (FOOTER_PT * 0.55)))
+    lines = _wrap(cap, width)
+    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=FOOTER_PT, color="0.25")
+    footer = (len(lines) * FOOTER_PT * 1.3 + 8) / 72 / fig.get_figheight()
+    fig.tight_layout(rect=(0, min(0.45, footer), 1, 0.95))
     return fig
 
 
@@ -251,7 +261,14 @@ def losses_figure(runs) -> Figure:
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(keys) < len(axes):  # the legend in the free panel, where it covers no curve
+        spare = axes[len(keys)]
+        spare.set_visible(True)
+        spare.axis("off")
+        spare.legend(handles, labels, loc="center", fontsize=8, frameon=False)
+    else:
+        fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
     return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs))
 
 

@@ -154,9 +154,27 @@ def test_result_figures_written(two_runs, tmp_path):
                       ("proposal_iou", plots.proposal_iou_figure(two_runs[1], n_panels=3)),
                       ("stats", plots.stats_figure(two_runs[1], recompute_updates(two_runs[1])))):
         _png(plots.save_figure(fig, out / f"{name}.png"))
-        # every figure says where it came from
+        # every figure says where it came from, in a footer inside the canvas at a legible size
         texts = [t.get_text() for t in fig.texts]
         assert texts and texts[-1]
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        footer = fig.texts[-1]
+        box = footer.get_window_extent(canvas.get_renderer())
+        assert footer.get_fontsize() >= 9, name
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y0 >= 0, (name, box, fig.bbox)
+        # and no axes overlaps it
+        for ax in fig.axes:
+            if ax.get_visible() and ax.axison:
+                assert ax.get_tightbbox(canvas.get_renderer()).y0 >= box.y1 - 1, (name, ax.get_title())
+
+
+def test_the_losses_legend_sits_in_the_free_panel(two_runs):
+    fig = plots.losses_figure(two_runs)
+    with_legend = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(with_legend) == 1 and not with_legend[0].axison and not with_legend[0].lines
 
 
 def test_method_figures_need_stats(tmp_path):
