@@ -71,7 +71,7 @@ def md5sum(path, chunk: int = CHUNK, progress: bool = False) -> str:
 
 def _bar(total, desc, progress, initial=0):
     """A byte progress bar; with ``progress=False`` a disabled (no-op) one."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=not progress)
 
@@ -347,7 +347,7 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
     from dynrcnn.data import _entry, _list_files, image_size_problem
 
     present = _list_files(image_dir)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for i, im in enumerate(tqdm(data["images"], desc=f"verifying {split}", unit="img", disable=not progress)):
         path = image_dir / im["file_name"]

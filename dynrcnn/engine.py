@@ -361,7 +361,7 @@ class Trainer:
                 integrity.remove_empty_tree(self.out)
 
     def _run(self) -> TrainResult:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         self.ckpt = self.find_checkpoint()
         self.start_iter = self.iteration = int(self.ckpt["iteration"]) if self.ckpt is not None else 0

@@ -149,7 +149,7 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
     use_amp = dev.type == "cuda" and amp != "none"
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     results, n_images, busy = [], 0, 0.0
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(dataset), desc="eval", dynamic_ncols=True, disable=not progress)
     for images, targets in loader:

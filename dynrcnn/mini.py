@@ -415,7 +415,7 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
         counts = {"train": n_train, "val": n_val}
         jobs = [(int(seed), split, i, int(image_size), str(tmp)) for split in SPLITS for i in range(counts[split])]
         t0 = time.perf_counter()
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         results: dict[str, list] = {s: [] for s in SPLITS}
         with tqdm(total=len(jobs), desc="drawing mini benchmark", unit="img", disable=not progress) as bar:

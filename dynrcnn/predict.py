@@ -161,7 +161,7 @@ def predict_images(detector: Detector, files, out, keep_going: bool = False, pro
     """Detections of every image drawn to ``OUT/<stem>.png`` plus ``OUT/detections.json``
     (COCO results with ``file_name`` and ``category_name``); an unreadable image stops the run
     unless ``keep_going`` (then it is listed under ``skipped``)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     out = Path(out)
     if out.exists() and not out.is_dir():

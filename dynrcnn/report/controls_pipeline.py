@@ -65,7 +65,7 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
                  device: str = "cpu", progress: bool = True, readme: bool = True) -> dict:
     """Train what is missing of the controls, evaluate them, run the notebook, write the README
     block; returns the results (``figures/controls/results.json``)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from dynrcnn.report.pipeline import (
         _notebook_env, _resolve_data_root, _run_steps, execute_notebook, plan, prepare_backbone, render_html,

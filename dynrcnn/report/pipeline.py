@@ -198,7 +198,7 @@ class TrainingMonitor:
         return done, len(self.run_dirs), it_done, it_total
 
     def _loop(self) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         self._bar = tqdm(total=0, desc="training", unit="it", dynamic_ncols=True, smoothing=0.1)
         while not self._stop.wait(self.interval):
@@ -377,7 +377,7 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
     MMDetection checkpoints (Faster / Dynamic R-CNN R50-FPN): each is converted into a run
     directory under ``<runs_root>_published`` and evaluated next to the report's own runs.
     Outputs not given explicitly go under ``root`` (:func:`report_root`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
     t0 = time.perf_counter()
