@@ -16,7 +16,7 @@ from dynrcnn.report.analysis import ablation_table, profile_scale
 from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, REPRODUCED, TABLE_COLUMNS, claims, count_statuses,
                                    find_claim)
 from dynrcnn.report.tables import compute_table
-from dynrcnn.report.text import ap_sentence, trend_sentence
+from dynrcnn.report.text import ap_sentence, headline, trend_sentence
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
 from dynrcnn.runs import find_runs
 
@@ -31,6 +31,7 @@ STEP_TEXT = {
 _STYLE = """body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 1.5em auto; padding: 0 1em; line-height: 1.4; }
 table.t { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0 1em; }
 table.t th, table.t td { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+p.headline { border-left: 4px solid #2a7; background: #f3faf6; padding: 0.5em 0.8em; }
 figure { margin: 0.5em 0; } img { max-width: 100%; } figcaption { font-size: 0.8em; color: #555; }
 .scale { background: #fff3cd; padding: 0.4em 0.8em; border-left: 4px solid #e0a800; }"""
 
@@ -163,6 +164,7 @@ def write_index(result, profile, steps) -> Path:
 {_STYLE}
 </style></head><body>
 <h1>Dynamic R-CNN (ECCV 2020): reproducibility report — profile <code>{name}</code></h1>
+{f'<p class="headline"><b>{html.escape(line)}</b></p>' if (line := headline(items)) else ""}
 <p class="scale"><b>Scale: {html.escape(scale_text)}.</b>
 {scale_note}</p>
 <h2>Scope</h2>

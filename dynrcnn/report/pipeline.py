@@ -432,6 +432,10 @@ def main_report(args) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from dynrcnn.report.text import summary_lines
+
+    for line in summary_lines(result.runs_root):
+        print(line)
     print(f"report: {result.index}  ({result.wall_time_sec / 60:.1f} min)")
     print(f"figures: {result.figures_dir}")
     return 0

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
-from dynrcnn.report.claims import claims, claims_table, find_claim
+from dynrcnn.report.claims import claims, claims_table, count_statuses, find_claim
 from dynrcnn.report.profiles import PROFILES
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import find_runs
+from dynrcnn.stats import signed
 
 def readme_markers(tag: str) -> tuple[str, str]:
     """The comment lines around README's generated block ``tag`` (one per report profile)."""
@@ -102,11 +103,45 @@ def update_readme(readme, runs_root, figures_dir, command: str = "make report", 
         f"{readme_table(runs_root, _relative(runs_root, base))}\n"
         f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
     )
+    line = headline(claims(find_runs(runs_root)))
+    if line:  # README's first screen carries the headline too, when it has the markers
+        replace_readme_block(readme, f"{tag}-HEADLINE", f"**Result of record** (written by `{command}`): {line}")
     return replace_readme_block(readme, tag, body)
 
 
 # --------------------------------------------------------------------------------------------
 # interpretation sentences (used by the notebooks and the index page)
+
+
+HEADLINE_KEYS = (("paper_delta_ap_same_nms", "AP"), ("paper_delta_ap90_same_nms", "AP90"))
+
+
+def headline(items) -> str | None:
+    """One line: Dynamic R-CNN minus the same-NMS baseline, AP and AP90 with their 95 % intervals
+    on each benchmark and the verdicts (from the claims; None when they are not measured)."""
+    found = [(find_claim(items, key), metric) for key, metric in HEADLINE_KEYS]
+    found = [(c, m) for c, m in found if c is not None and c.intervals]
+    if not found:
+        return None
+    benchmarks = list(found[0][0].intervals)
+    parts = []
+    for b in benchmarks:
+        ivs = [(m, c.intervals.get(b)) for c, m in found if c.intervals.get(b)]
+        text = ", ".join(f"{signed(iv['estimate'])} {m} [{signed(iv['low'])}, {signed(iv['high'])}]" for m, iv in ivs)
+        parts.append(f"{text} ({'evaluation split' if b == 'own' else b})")
+    seeds = found[0][0].intervals[benchmarks[0]]["seeds"].replace("seed(s)", "seeds")
+    verdicts = "; ".join(f"{m}: {c.status}" for c, m in found)
+    return (f"Dynamic R-CNN vs Faster R-CNN at the same RPN NMS ({seeds}): " + "; ".join(parts)
+            + f". Verdicts: {verdicts}.")
+
+
+def summary_lines(runs_root) -> list[str]:
+    """What the terminal prints when a report ends: the headline and the claims' status counts."""
+    items = claims(find_runs(runs_root))
+    counts = count_statuses(items)
+    lines = [h] if (h := headline(items)) else []
+    lines.append("claims: " + ", ".join(f"{n} {st}" for st, n in counts.items() if n))
+    return lines
 
 
 def _with_dynamic_log(runs, method: str) -> list:
@@ -196,4 +231,4 @@ def ap_sentence(runs) -> str:
 
 
 __all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "markdown", "readme_table", "update_readme", "trend_sentence",
-           "ap_sentence", "why_sentence"]
+           "ap_sentence", "why_sentence", "headline", "summary_lines"]
