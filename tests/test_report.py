@@ -472,3 +472,25 @@ def test_index_counts_the_seeds_of_each_configuration():
     assert seeds_text(three) == "3 seeds per configuration"
     assert seeds_text(three + [run("dla", 0)]) == "1-3 seeds per configuration"
     assert seeds_text([run("dynamic", 0)]) == "1 seed per configuration"
+
+
+def test_the_headline_comes_from_the_same_nms_claims(mini_runs, tmp_path):
+    from dynrcnn.report.claims import claims, find_claim
+    from dynrcnn.report.text import headline, summary_lines
+    from dynrcnn.runs import find_runs
+
+    items = claims(find_runs(mini_runs))
+    line = headline(items)
+    ap = find_claim(items, "paper_delta_ap_same_nms").intervals["own"]
+    assert line.startswith("Dynamic R-CNN vs Faster R-CNN at the same RPN NMS (2 vs 2 seeds, paired): ")
+    assert f"{ap['estimate']:+.2f} AP [{ap['low']:+.2f}, {ap['high']:+.2f}]" in line and "AP90" in line
+    assert "(evaluation split)" in line and "Verdicts: AP: reproduced" in line
+    assert summary_lines(mini_runs)[-1].startswith("claims: ") and "reproduced" in summary_lines(mini_runs)[-1]
+    assert headline([]) is None
+    readme = tmp_path / "README.md"
+    from dynrcnn.report.text import readme_markers
+
+    b, e = readme_markers("RESULTS-HEADLINE")
+    readme.write_text(f"# T\n{b}\n{e}\n{report.README_BEGIN}\n{report.README_END}\n")
+    assert report.update_readme(readme, mini_runs, tmp_path / "figures", tag="RESULTS")
+    assert line in readme.read_text()
