@@ -82,7 +82,8 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
     threshold, beta, specs, _ = controls.plan_controls(reference, record.preset)
     data_root = _resolve_data_root(record, None, root)
     profile = dataclasses.replace(record, name="controls", runs=specs, readme=None, stats_methods=())
-    steps = [s for s in plan(profile, out, controls_root, data_root, device, figures_dir, force=False)
+    # each run's own figures (AP per IoU, detections) stay with the executed notebooks, out of figures/
+    steps = [s for s in plan(profile, out, controls_root, data_root, device, out / "figures", force=False)
              if s.kind in ("train", "evaluate")]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     pinned = prepare_backbone(profile, data_root, device, progress)
