@@ -212,13 +212,13 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         tag = runs.sanitise_tag(f"{tag}-{ckpt_path.stem}" if tag else ckpt_path.stem)
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
+    _check_num_classes(ckpt["model"], dataset, ckpt_path)
     if not allow_class_mismatch:
         integrity.check_class_names(runs.class_names(run), dataset, run / runs.CONFIG)
     data = integrity.data_record(dataset)
     if name is None:
         integrity.check_eval_target(run, tag, data)
     model = build_model(cfg, dataset.num_classes)
-    _check_num_classes(ckpt["model"], dataset, ckpt_path)
     model.load_state_dict(ckpt["model"])
     with integrity.RunLock(run):  # not while another process trains or evaluates this run
         detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,

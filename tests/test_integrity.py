@@ -38,8 +38,11 @@ def test_train_records_data_provenance(done_run, data_root):
     from dynrcnn.weights import file_sha256
 
     rec = json.loads((done_run / runs.CONFIG).read_text())[runs.DATA_RECORD]
+    from dynrcnn.data import load_dataset
+
     assert rec == {"data_root": str(data_root.resolve()), "split": "train",
-                   "annotation_sha256": file_sha256(data_root / "annotations" / "instances_train.json")}
+                   "annotation_sha256": file_sha256(data_root / "annotations" / "instances_train.json"),
+                   "class_names": load_dataset(data_root, "train").class_names}
     ev = json.loads(runs.eval_file(done_run).read_text())
     assert ev["data_root"] == str(data_root.resolve()) and ev["split"] == "val"
     assert ev["annotation_sha256"] == file_sha256(data_root / "annotations" / "instances_val.json")
