@@ -77,3 +77,34 @@ def test_batch_must_divide_world_size(monkeypatch, tmp_path):
     cfg.ims_per_batch = 3
     with pytest.raises(ConfigError, match="not divisible"):
         train(cfg, tmp_path / "x", progress=False)
+
+
+def test_two_nodes_of_one_process_rendezvous_on_loopback(tmp_path):
+    """README's multi-node command (torchrun --nnodes 2, c10d rendezvous) with both 'nodes' on this
+    machine: one run directory, written by rank 0, whose updates pooled both ranks' statistics."""
+    import subprocess
+    import sys
+
+    from dynrcnn.mini import generate_mini
+
+    root = tmp_path / "data"
+    generate_mini(root, seed=0, n_train=12, n_val=2, image_size=64, workers=0, progress=False)
+    out = tmp_path / "run"
+    port = _free_port()
+    train = ["-m", "dynrcnn", "train", "--preset", "mini_smoke", "--method", "dynamic", "--data-root", str(root),
+             "--out", str(out), "--device", "cpu", "--no-progress",
+             *[a for s in ("max_iter=4", "dynamic.interval=2", "checkpoint_period=4", "log_period=2",
+                           "model.min_size=64", "model.max_size=64", "ims_per_batch=2", "num_workers=0",
+                           "eval_at_end=false", "model.rpn_post_nms_top_n_train=100") for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                               "1", "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "dynrcnn-test", *train],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for node in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert '"world_size": 2' in (out / "config.json").read_text()
+    dyn = read_jsonl(out / "dynamic.jsonl")
+    assert [d["iteration"] for d in dyn] == [0, 2, 4]
+    assert all(d["num_iou_stats"] == 4 for d in dyn[1:])  # 2 iterations x (1 image on each of 2 nodes)
