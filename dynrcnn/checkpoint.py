@@ -108,12 +108,22 @@ def restore_rng(ckpt: dict, rank: int, world_size: int) -> None:
 # files
 
 
+def _serialise(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Write one checkpoint file atomically (e.g. ``best.pth``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_bytes(Path(path), _serialise(state))
+
+
 def save_checkpoint(ckpt_dir: Path, state: dict, periodic: bool, keep: int) -> None:
     """Write ``last.pth`` (and ``iter_XXXXXXX.pth`` when ``periodic``), keep the last ``keep``
     periodic ones."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
+    data = _serialise(state)
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if periodic:
@@ -189,5 +199,5 @@ def load_for_eval(path: Path | str, cfg: Config) -> dict:
 
 
 __all__ = ["CHECKPOINT_FORMAT", "get_rng_state", "set_rng_state", "make_state", "restore", "restore_rng",
-           "save_checkpoint", "read_checkpoint", "find_resume_checkpoint", "check_compatible",
+           "save_checkpoint", "write_checkpoint", "read_checkpoint", "find_resume_checkpoint", "check_compatible",
            "load_for_eval"]

@@ -169,6 +169,11 @@ class Config:
     log_stats: bool = False
     eval_at_end: bool = True
     eval_batch_size: int = 2
+    # validation during training (MMDetection's evaluation interval, detectron2's TEST.EVAL_PERIOD):
+    # every eval_period iterations the model is scored on val_split, the AP numbers go to
+    # metrics.jsonl and TensorBoard, and checkpoints/best.pth keeps the best by best_metric; 0: off
+    eval_period: int = 0
+    best_metric: str = "AP"
     # mixed precision: bf16 (CUDA; CPUs with AVX512-BF16/AMX, else float32) or fp16 (CUDA only,
     # with a gradient scaler); the losses, box coding and dynamic statistics stay float32
     amp: str = "none"
@@ -187,6 +192,10 @@ class Config:
                      "keep_checkpoints", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (--set {name}=...)")
+        if self.eval_period < 0:
+            raise ConfigError(f"eval_period must be >= 0 (0: no validation during training), got {self.eval_period}")
+        if self.best_metric not in ("AP", "AP50", "AP75", "AP90"):
+            raise ConfigError(f"best_metric must be one of AP, AP50, AP75, AP90, got {self.best_metric!r}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0 (0: load data in the training process), got "
                               f"{self.num_workers} (--set num_workers=...)")

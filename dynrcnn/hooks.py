@@ -141,7 +141,7 @@ class LogHook(HookBase):
         record = {"iteration": t.iteration, "lr": t.lr, "loss": means["loss"],
                   **{k: means.get(k) for k in runs.LOSS_KEYS},
                   "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"],
-                  **{k: means.get(k) for k in runs.POSITIVE_KEYS}, "sec_per_iter": sec,
+                  **{k: means.get(k) for k in runs.POSITIVE_KEYS}, **getattr(t, "pending_val", {}), "sec_per_iter": sec,
                   "images_per_sec": ips, "peak_memory_mb": _peak_memory_mb(t.dev),
                   "elapsed_sec": t.elapsed(now)}
         t.sec_per_iter.append(sec)
@@ -155,9 +155,59 @@ class LogHook(HookBase):
             t.bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{t.lr:.2g}", thr=f"{dyn['iou_threshold']:.3f}",
                               beta=f"{dyn['beta']:.3f}", ips=f"{t.cfg.ims_per_batch / sec:.1f}", refresh=False)
         self.sums, self.count, self.start = {}, 0, time.perf_counter()
+        t.pending_val = {}  # written once
         if not math.isfinite(means["loss"]):
             raise FloatingPointError(f"training diverged: non-finite loss at iteration {t.iteration} "
                                      f"(try a lower base_lr or amp=none)")
+
+
+class PeriodicEvalHook(HookBase):
+    """Validation every ``cfg.eval_period`` iterations (rank 0 scores, the others wait): AP,
+    AP50, AP75 and AP90 on ``cfg.val_split`` go into the next ``metrics.jsonl`` record (``val_*``)
+    and TensorBoard, and ``checkpoints/best.pth`` (+ ``best.json``) keeps the best model by
+    ``cfg.best_metric``. The random state is saved and restored around it, so validation changes
+    no trained weight; a resumed run reads the best so far from ``best.json``."""
+
+    def before_train(self, t):
+        best = runs.read_json(t.ckpt_dir / runs.BEST_RECORD) if t.main else None
+        self.best = float(best["value"]) if best else -math.inf
+        t.pending_val = {}
+        self.dataset = None
+
+    def after_step(self, t):
+        if t.iteration % t.cfg.eval_period == 0:
+            self.validate(t)
+
+    def validate(self, t) -> None:
+        from dynrcnn import checkpoint
+        from dynrcnn.evaluation import coco_metrics, predict
+
+        rng = checkpoint.get_rng_state()
+        if t.main:
+            if self.dataset is None:
+                from dynrcnn.data import load_dataset
+
+                self.dataset = load_dataset(t.cfg.data_root, t.cfg.val_split, train=False)
+            detections, _ = predict(t.model, self.dataset, batch_size=t.cfg.eval_batch_size, device=str(t.dev),
+                                    num_workers=0, amp=t.cfg.amp)
+            m = coco_metrics(self.dataset.annotation_file, detections)
+            vals = {f"val_{k}": m[k] for k in ("AP", "AP50", "AP75", "AP90")}
+            t.pending_val = {"val_iteration": t.iteration, **vals}
+            if t.tb is not None:
+                for k, v in vals.items():
+                    t.tb.add_scalar(f"val/{k[4:]}", v, t.iteration)
+            value = m[t.cfg.best_metric]
+            if value > self.best:
+                self.best = value
+                state = checkpoint.make_state(t.cfg, t.iteration, t.model, t.optimizer, t.scaler,
+                                              [rng], t.world, t.lr, t.elapsed())
+                checkpoint.write_checkpoint(t.ckpt_dir / runs.BEST_CHECKPOINT, state)
+                runs.write_json(t.ckpt_dir / runs.BEST_RECORD, {"iteration": t.iteration, "metric": t.cfg.best_metric,
+                                                                 "value": value, **vals})
+        t.ddp_model.train()
+        checkpoint.set_rng_state(rng)
+        if t.world > 1:
+            torch.distributed.barrier()
 
 
 class ProgressHook(HookBase):
@@ -182,7 +232,9 @@ class CheckpointHook(HookBase):
 
 def default_hooks(cfg: Config, main: bool) -> list[HookBase]:
     stats = [StatsHook()] if cfg.log_stats and main else []
-    return [DynamicLogHook(), *stats, LogHook(), ProgressHook(), CheckpointHook()]
+    val = [PeriodicEvalHook()] if cfg.eval_period > 0 else []  # before LogHook: its numbers go into that record
+    return [DynamicLogHook(), *stats, *val, LogHook(), ProgressHook(), CheckpointHook()]
 
 
-__all__ = ["HookBase", "DynamicLogHook", "StatsHook", "LogHook", "ProgressHook", "CheckpointHook", "default_hooks"]
+__all__ = ["HookBase", "DynamicLogHook", "StatsHook", "LogHook", "PeriodicEvalHook", "ProgressHook", "CheckpointHook",
+           "default_hooks"]

@@ -174,3 +174,23 @@ def test_resuming_a_finished_run_keeps_results(full_run, tiny_root, tmp_path):
     assert result.finished and result.iteration == 8
     assert (out / "train_done.json").read_text() == before
     assert (out / "dynamic.jsonl").read_text() == (full_run.run_dir / "dynamic.jsonl").read_text()
+
+
+def test_validation_during_training_keeps_the_best_and_changes_no_weight(full_run, tiny_root, tmp_path):
+    """eval_period: val_* numbers in metrics.jsonl, best.pth by best_metric, resumable; the trained
+    weights equal those of the same run without validation (it restores the random state)."""
+    out = tmp_path / "val"
+    first = train_model(tiny_cfg(tiny_root, "log_stats=true", "eval_period=4", "best_metric=AP50"), out,
+                        progress=False, stop_after=4)
+    assert first.iteration == 4 and (out / "checkpoints" / "best.pth").is_file()
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["iteration"] == 4 and best["metric"] == "AP50" and best["value"] == best["val_AP50"]
+    second = train_model(tiny_cfg(tiny_root, "log_stats=true", "eval_period=4", "best_metric=AP50"), out,
+                         resume=True, progress=False)
+    assert second.finished
+    assert_state_equal(full_run.model.state_dict(), second.model.state_dict())  # validation changed nothing
+    rows = [m for m in read_jsonl(out / "metrics.jsonl") if "val_AP" in m]
+    assert [m["val_iteration"] for m in rows] == [4, 8] and all(0 <= m["val_AP90"] <= 100 for m in rows)
+    after = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert after["value"] == max(m["val_AP50"] for m in rows)  # the best of both, across the resume
+    assert read_checkpoint(out / "checkpoints" / "best.pth")["iteration"] == after["iteration"]
