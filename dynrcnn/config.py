@@ -174,6 +174,9 @@ class Config:
     # metrics.jsonl and TensorBoard, and checkpoints/best.pth keeps the best by best_metric; 0: off
     eval_period: int = 0
     best_metric: str = "AP"
+    # experiment tracking besides TensorBoard: "wandb" logs losses, lr, threshold, beta and the
+    # evaluations to Weights & Biases (pip install -e ".[wandb]"; offline when no API key is set)
+    tracker: str = "none"
     # mixed precision: bf16 (CUDA; CPUs with AVX512-BF16/AMX, else float32) or fp16 (CUDA only,
     # with a gradient scaler); the losses, box coding and dynamic statistics stay float32
     amp: str = "none"
@@ -192,6 +195,8 @@ class Config:
                      "keep_checkpoints", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)} (--set {name}=...)")
+        if self.tracker not in ("none", "wandb"):
+            raise ConfigError(f"tracker must be none or wandb, got {self.tracker!r}")
         if self.eval_period < 0:
             raise ConfigError(f"eval_period must be >= 0 (0: no validation during training), got {self.eval_period}")
         if self.best_metric not in ("AP", "AP50", "AP75", "AP90"):

@@ -17,6 +17,7 @@ import torch
 
 from dynrcnn import runs
 from dynrcnn.config import Config
+from dynrcnn.errors import ConfigError
 
 # ``t`` in every hook is a dynrcnn.engine.Trainer (not imported here: the engine imports this module)
 
@@ -210,6 +211,45 @@ class PeriodicEvalHook(HookBase):
             torch.distributed.barrier()
 
 
+class WandbHook(HookBase):
+    """Weights & Biases (``cfg.tracker = "wandb"``, rank 0): the run's config, then every
+    ``metrics.jsonl`` record (losses, lr, threshold, beta, positives, ``val_*``), every dynamic
+    update. Offline (``WANDB_MODE=offline``, files under the run's
+    ``wandb/``) when no API key is configured; ``wandb sync`` uploads them later."""
+
+    def before_train(self, t):
+        import os
+
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("tracker=wandb needs the wandb package: pip install -e '.[wandb]'") from None
+        mode = None if (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")) else "offline"
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "dynrcnn"), name=t.out.name, dir=str(t.out),
+                              config=t.cfg.to_dict(), resume="allow", id=_wandb_id(t.out), mode=mode)
+        self.writer = t.writers["metrics"]
+        write = self.writer.write
+
+        def tee(record, _write=write):  # every metrics.jsonl record goes to W&B too
+            _write(record)
+            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"},
+                         step=int(record["iteration"]))
+
+        self.writer.write = tee
+        t.head.update_callbacks.append(lambda u: self.run.log(
+            {"dynamic/iou_threshold": u.iou_threshold, "dynamic/beta": u.beta}, step=int(u.iteration)))
+
+    def after_train(self, t):
+        self.run.finish()
+
+
+def _wandb_id(out) -> str:
+    """A stable W&B run id per run directory (a resume continues the same W&B run)."""
+    import hashlib
+
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+
+
 class ProgressHook(HookBase):
     def after_step(self, t):
         t.bar.update(1)
@@ -233,8 +273,10 @@ class CheckpointHook(HookBase):
 def default_hooks(cfg: Config, main: bool) -> list[HookBase]:
     stats = [StatsHook()] if cfg.log_stats and main else []
     val = [PeriodicEvalHook()] if cfg.eval_period > 0 else []  # before LogHook: its numbers go into that record
-    return [DynamicLogHook(), *stats, *val, LogHook(), ProgressHook(), CheckpointHook()]
+    track = [WandbHook()] if cfg.tracker == "wandb" and main else []
+    return [DynamicLogHook(), *stats, *val, *track, LogHook(), ProgressHook(), CheckpointHook()]
 
 
-__all__ = ["HookBase", "DynamicLogHook", "StatsHook", "LogHook", "PeriodicEvalHook", "ProgressHook", "CheckpointHook",
+__all__ = ["HookBase", "DynamicLogHook", "StatsHook", "LogHook", "PeriodicEvalHook", "WandbHook", "ProgressHook",
+           "CheckpointHook",
            "default_hooks"]

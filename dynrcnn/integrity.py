@@ -84,7 +84,7 @@ def check_eval_target(run_dir, name: str | None, data: dict) -> None:
 #: settings that may change when a run is resumed (they do not change what is trained); every
 #: other setting, and the training data (``config.json``'s ``data``), must stay as recorded
 MAY_CHANGE_ON_RESUME = ("num_workers", "log_period", "checkpoint_period", "keep_checkpoints", "log_stats",
-                        "eval_at_end", "eval_batch_size", "tf32", "eval_period", "best_metric")
+                        "eval_at_end", "eval_batch_size", "tf32", "eval_period", "best_metric", "tracker")
 
 
 def clear_run(run_dir) -> None:
@@ -202,7 +202,7 @@ class RunLock:
 
 # resolved by the engine / machine-specific / not what is trained (validation during training
 # restores the RNG it draws, so it changes no trained weight: tests/test_engine.py)
-_NOT_COMPARED = ("lr", "data_root", "num_workers", "eval_period", "best_metric")
+_NOT_COMPARED = ("lr", "data_root", "num_workers", "eval_period", "best_metric", "tracker")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -194,3 +194,28 @@ def test_validation_during_training_keeps_the_best_and_changes_no_weight(full_ru
     after = json.loads((out / "checkpoints" / "best.json").read_text())
     assert after["value"] == max(m["val_AP50"] for m in rows)  # the best of both, across the resume
     assert read_checkpoint(out / "checkpoints" / "best.pth")["iteration"] == after["iteration"]
+
+
+def test_the_wandb_tracker_logs_offline_without_a_key(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    import wandb
+
+    real_init = wandb.init
+
+    def init(**kw):
+        run = real_init(**kw)
+        log = run.log
+        run.log = lambda data, step=None: (logged.append((step, dict(data))), log(data, step=step))[1]
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    out = tmp_path / "tracked"
+    train_model(tiny_cfg(tiny_root, "tracker=wandb", "max_iter=4"), out, progress=False)
+    runs_dir = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs_dir) == 1 and list(runs_dir[0].glob("*.wandb"))[0].stat().st_size > 0
+    steps = {s for s, d in logged if "loss" in d}
+    assert steps == {2, 4}  # every metrics.jsonl record (log_period 2)
+    assert any("dynamic/iou_threshold" in d for _, d in logged) and any("lr" in d for _, d in logged)
