@@ -250,13 +250,11 @@ def converted_class_names(meta: dict, num_classes: int, data_root: str = "", spl
         if names and len(names) == num_classes - 1:
             return [str(n) for n in names]
     if data_root:
-        from dynrcnn.data import annotation_file
+        from dynrcnn.data import category_names
 
-        path = annotation_file(data_root, split)
-        if path.is_file():
-            cats = sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])
-            if len(cats) == num_classes - 1:
-                return [str(c["name"]) for c in cats]
+        names = category_names(data_root, split)
+        if names and len(names) == num_classes - 1:
+            return names
     if num_classes == 81:
         from dynrcnn.predict import coco_class_names
 

@@ -180,6 +180,15 @@ def annotation_file(root, split) -> Path:
     return Path(root) / "annotations" / f"instances_{split}.json"
 
 
+def category_names(root, split) -> list[str] | None:
+    """The category names of ``root``'s ``split`` in label order (sorted by category id, as
+    :class:`CocoDetection` numbers them 1..K); None when the annotation file is not there."""
+    path = annotation_file(root, split)
+    if not path.is_file():
+        return None
+    return [str(c["name"]) for c in sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])]
+
+
 def split_names(root) -> tuple[str, str]:
     """``("train", "val")`` (miniature benchmark) or ``("train2017", "val2017")`` (COCO 2017),
     whichever has annotation files under ``root``."""

@@ -66,7 +66,8 @@ class Detector:
         cfg.model.backbone_weights = ""  # the checkpoint holds the whole model
         model = build_model(cfg, num_classes)
         model.load_state_dict(state)
-        names = class_names(run_dir) or [f"class {k}" for k in range(1, num_classes)]
+        names = class_names(run_dir) or _names_of_training_data(cfg, num_classes) or [
+            f"class {k}" for k in range(1, num_classes)]
         if len(names) != num_classes - 1:
             raise DataError(f"{run_dir / runs.CONFIG} names {len(names)} classes but {path} predicts "
                             f"{num_classes - 1}")
@@ -95,6 +96,15 @@ class Detector:
         keep = out["scores"] >= self.score_thresh
         boxes, labels, scores = out["boxes"][keep].cpu(), out["labels"][keep].cpu(), out["scores"][keep].cpu()
         return Detections(boxes, labels, [self.names[int(k) - 1] for k in labels], scores)
+
+
+def _names_of_training_data(cfg, num_classes: int) -> list[str] | None:
+    """For a run that does not record its class names (older runs): those of the data it names,
+    while that is still on disk and has as many classes as the model."""
+    from dynrcnn.data import category_names
+
+    names = category_names(cfg.data_root, cfg.val_split) if cfg.data_root else None
+    return names if names and len(names) == num_classes - 1 else None
 
 
 def _num_classes(state: dict, path) -> int:
@@ -134,7 +144,7 @@ def image_files(paths) -> list[Path]:
 
 def draw(image: torch.Tensor, det: Detections, path) -> Path:
     """The image with its detections (box, class name, score) as a PNG; small images enlarged."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
     from torchvision.transforms.functional import to_pil_image
 
     pil = to_pil_image(image.clamp(0, 1))
@@ -142,15 +152,20 @@ def draw(image: torch.Tensor, det: Detections, path) -> Path:
     if scale > 1:
         pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), Image.NEAREST)
     canvas = ImageDraw.Draw(pil)
+    try:  # a scalable default font (Pillow >= 10.1), about 1/28 of the picture's short side
+        font = ImageFont.load_default(size=max(14, min(pil.size) // 28))
+    except TypeError:
+        font = ImageFont.load_default()
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
     for box, label, name, score in zip(det.boxes.tolist(), det.labels.tolist(), det.names, det.scores.tolist()):
         color = palette[int(label) % len(palette)]
         x0, y0, x1, y1 = (v * scale for v in box)
         canvas.rectangle((x0, y0, x1, y1), outline=color, width=3)
         text = f"{name} {score:.2f}"
-        tx, ty = x0 + 2, max(0.0, y0 - 14)
-        canvas.rectangle(canvas.textbbox((tx, ty), text), fill=color)
-        canvas.text((tx, ty), text, fill="white")
+        left, top, right, bottom = canvas.textbbox((0, 0), text, font=font)
+        tx, ty = x0 + 2, max(0.0, y0 - (bottom - top) - 4)
+        canvas.rectangle(canvas.textbbox((tx, ty), text, font=font), fill=color)
+        canvas.text((tx, ty), text, fill="white", font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)
