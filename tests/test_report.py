@@ -494,3 +494,21 @@ def test_the_headline_comes_from_the_same_nms_claims(mini_runs, tmp_path):
     readme.write_text(f"# T\n{b}\n{e}\n{report.README_BEGIN}\n{report.README_END}\n")
     assert report.update_readme(readme, mini_runs, tmp_path / "figures", tag="RESULTS")
     assert line in readme.read_text()
+
+
+def test_index_claims_table_is_compact_with_badges_and_merged_sources(mini_runs):
+    from dynrcnn.report.claims import claims
+    from dynrcnn.report.index import _results, merged_claims
+    from dynrcnn.runs import find_runs
+
+    runs = find_runs(mini_runs)
+    items = claims(runs)
+    rows = merged_claims(items)
+    testable = [c for c in items if c.status != "not-testable"]
+    assert len(rows) < len(testable)  # the abstract's and the model zoo's AP gain: one row, two sources
+    both = [r for r in rows if {s for s, _ in r["sources"]} == {"paper abstract", "MMDet model zoo"}]
+    assert both and all(r["claim"].compared == both[0]["claim"].compared for r in both[:1])
+    page = _results(runs, items)
+    assert page.split("</table>")[0].count("<tr>") == len(rows) + 1  # the claims table: header + one row each
+    assert 'class="badge reproduced"' in page and "<details><summary>why</summary>" in page
+    assert "absolute COCO numbers this scale cannot test" in page

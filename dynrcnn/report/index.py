@@ -13,7 +13,7 @@ import pandas as pd
 
 from dynrcnn import reference as ref
 from dynrcnn.report.analysis import ablation_table, profile_scale
-from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, REPRODUCED, TABLE_COLUMNS, claims, count_statuses,
+from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, claims, count_statuses,
                                    find_claim)
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.text import ap_sentence, headline, trend_sentence
@@ -32,6 +32,9 @@ _STYLE = """body { font-family: system-ui, sans-serif; max-width: 1180px; margin
 table.t { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0 1em; }
 table.t th, table.t td { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
 p.headline { border-left: 4px solid #2a7; background: #f3faf6; padding: 0.5em 0.8em; }
+.badge { display: inline-block; padding: 0 0.5em; border-radius: 0.7em; color: white; font-size: 0.85em; background: #888; }
+.badge.reproduced { background: #2a7; } .badge.contradicted { background: #c33; } .badge.inconclusive { background: #c90; }
+table.claims td { max-width: 28em; } details summary { cursor: pointer; color: #555; font-size: 0.85em; }
 figure { margin: 0.5em 0; } img { max-width: 100%; } figcaption { font-size: 0.8em; color: #555; }
 .scale { background: #fff3cd; padding: 0.4em 0.8em; border-left: 4px solid #e0a800; }"""
 
@@ -117,12 +120,59 @@ def _methodology(result, profile, hw: str) -> str:
             f"{html.escape(profile.description)}.</p>")
 
 
+def _interval_cells(c) -> str:
+    """One line per benchmark: the interval of the claim's difference (miniature scale)."""
+    parts = []
+    for bench, iv in c.intervals.items():
+        name = "eval split" if bench == "own" else bench
+        parts.append(f"{html.escape(name)}: {iv['estimate']:+.2f} [{iv['low']:+.2f}, {iv['high']:+.2f}]")
+    return "<br>".join(parts) or "-"
+
+
+def merged_claims(items) -> list[dict]:
+    """The testable claims, one row per comparison: claims that compare the same runs and get the
+    same number (the paper abstract's and the model zoo's AP gain) are one row citing both sources."""
+    rows: dict = {}
+    for c in items:
+        if c.status == NOT_TESTABLE:
+            continue
+        key = (c.compared, round(float(c.ours), 6) if math.isfinite(float(c.ours)) else c.claim)
+        if key in rows:
+            rows[key]["sources"].append((c.source, c.published))
+            continue
+        rows[key] = {"claim": c, "sources": [(c.source, c.published)]}
+    return list(rows.values())
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {html.escape(status)}">{html.escape(status)}</span>'
+
+
 def _results(runs, items) -> str:
+    """The claims as a compact table (status badge, intervals per benchmark, the full sentence on
+    demand), the absolute COCO numbers this scale cannot test folded into one short table."""
     n = count_statuses(items)
-    table = pd.DataFrame([c.row() for c in items], columns=TABLE_COLUMNS)
+    rows = []
+    for r in merged_claims(items):
+        c = r["claim"]
+        published = "; ".join(f"{html.escape(src)} {v:+.2f}" if math.isfinite(float(v)) else html.escape(src)
+                              for src, v in r["sources"])
+        ours = f"{float(c.ours):+.2f}" if math.isfinite(float(c.ours)) else "-"
+        rows.append(f"<tr><td>{html.escape(c.claim)}</td><td>{published}</td><td>{ours}</td>"
+                    f"<td>{_interval_cells(c)}</td><td>{_badge(c.status)}<details><summary>why</summary>"
+                    f"{html.escape(c.sentence)}</details></td></tr>")
+    table = ('<table class="t claims"><tr><th>claim</th><th>published (COCO)</th><th>ours</th>'
+             "<th>95 % interval per benchmark</th><th>status</th></tr>" + "".join(rows) + "</table>")
+    absolute = [c for c in items if c.status == NOT_TESTABLE]
+    folded = ""
+    if absolute:
+        df = pd.DataFrame([{"claim": c.claim, "source": c.source, "published": c.published, "ours": c.ours}
+                           for c in absolute])
+        folded = (f"<details><summary>{len(absolute)} absolute COCO numbers this scale cannot test "
+                  f"(ours are miniature-benchmark numbers)</summary>{_table_html(df)}</details>")
     return (f"<p>{n[REPRODUCED]} claim(s) reproduced (in direction at miniature scale), {n[CONTRADICTED]} not "
             f"reproduced, {n[INCONCLUSIVE]} inconclusive,\nthe rest not testable at this scale. "
-            f"{html.escape(ap_sentence(runs))} {html.escape(trend_sentence(runs))}</p>\n{_table_html(table)}")
+            f"{html.escape(ap_sentence(runs))} {html.escape(trend_sentence(runs))}</p>\n{table}\n{folded}")
 
 
 # sections run by their own commands after the report of record, each in a sibling of its OUT
