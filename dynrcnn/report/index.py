@@ -16,7 +16,8 @@ from dynrcnn.report.analysis import ablation_table, profile_scale
 from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, claims, count_statuses,
                                    find_claim)
 from dynrcnn.report.tables import compute_table
-from dynrcnn.report.text import ap_sentence, headline, trend_sentence
+from dynrcnn.report.profiles import REPO
+from dynrcnn.report.text import _relative, ap_sentence, headline, trend_sentence
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
 from dynrcnn.runs import find_runs
 
@@ -233,7 +234,8 @@ def write_index(result, profile, steps) -> Path:
 {_table_html(compute_table(runs, result.durations))}
 <h2>Notebooks (executed)</h2><ol>{links}</ol>
 <p>Sections with their own commands (they read this report's runs):</p><ul>{_companions(result.out)}</ul>
-<p>Figures: <code>{html.escape(str(figs))}</code>. Runs: <code>{html.escape(str(result.runs_root))}</code>.</p>
+<p>Figures: <code>{html.escape(_relative(figs, REPO))}</code>. Runs: <code>{html.escape(_relative(result.runs_root, REPO))}</code>
+(relative to the checkout).</p>
 </body></html>
 """
     result.index.write_text(body, encoding="utf-8")
