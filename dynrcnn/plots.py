@@ -433,9 +433,10 @@ def positives_figure(curves: list[dict], cap: str) -> Figure:
     (``curves`` from :func:`dynrcnn.report.controls.positives_curves`)."""
     fig = Figure(figsize=(8, 4.2))
     ax = fig.subplots()
+    fixed = [c for c in curves if c["label"] != "DLA"]
     for i, c in enumerate(curves):
-        color = "tab:red" if c["label"] == "DLA" else f"C{i}"
-        ax.plot(c["iteration"], c["positives"], color=color, label=f"{c['label']} ({c['seeds']} seeds)")
+        style = dict(color="black", lw=2, ls="--") if c["label"] == "DLA" else dict(color=f"C{fixed.index(c)}")
+        ax.plot(c["iteration"], c["positives"], label=f"{c['label']} ({c['seeds']} seeds)", **style)
     ax.set(xlabel="iteration", ylabel="positives per image (proposals + ground truth)",
            title="positives at the training threshold")
     ax.grid(alpha=0.3)

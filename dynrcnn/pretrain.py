@@ -90,7 +90,8 @@ def recipe(preset: str) -> dict:
     # what cannot change the weights: where things are, logging, evaluation, the dynamic head's
     # settings (a baseline does not use them)
     for key in ("data_root", "lr", "dynamic", "checkpoint_period", "keep_checkpoints", "log_period", "log_stats",
-                "eval_at_end", "eval_batch_size", "num_workers", "amp", "tf32", "val_split"):
+                "eval_at_end", "eval_batch_size", "num_workers", "amp", "tf32", "val_split", "eval_period",
+                "best_metric", "tracker"):
         d.pop(key, None)
     for key in ("backbone_weights", "backbone_sha256"):
         d["model"].pop(key, None)

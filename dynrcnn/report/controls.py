@@ -310,6 +310,9 @@ def interpretation(claims: pd.DataFrame) -> str:
     lost = claims[claims["status"] == CONTRADICTED]
     head = (f"The schedule beats its fixed control on {len(won)} of {len(claims)} comparisons (every benchmark's "
             f"interval above 0), loses on {len(lost)}")
+    if won.empty and lost.empty:
+        head += (": at this scale a threshold or beta fixed from the first iteration does as well as the schedule "
+                 "(no interval excludes 0 either way)")
     return head + "; " + "; ".join(parts) + "."
 
 
