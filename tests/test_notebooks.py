@@ -90,7 +90,7 @@ def test_smoke_index_links_every_page(smoke):
         assert html.is_file() and html.stat().st_size > 10_000
         assert f'href="{html.name}"' in index
     assert index.count("data:image/png;base64,") >= 2  # key figures embedded
-    assert "miniature benchmark (not COCO)" in index and "verdict" in index
+    assert "miniature benchmark (not COCO)" in index and 'class="badge ' in index and "<summary>why</summary>" in index
 
 
 @pytest.mark.slow

@@ -123,3 +123,12 @@ def test_weights_are_found_in_the_checkout_or_the_cache_and_building_can_be_refu
                  "--no-build-backbone"]) == 2
     assert "no pretrained backbone backbone-mini_pretrain-" in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_settings_that_do_not_change_the_weights_do_not_change_the_recipe():
+    """The backbone file is named by its recipe's hash: a setting added later that changes nothing
+    trained (validation, tracking, logging) must not rename it, or every report rebuilds it."""
+    from dynrcnn.integrity import MAY_CHANGE_ON_RESUME
+
+    config = recipe("mini_pretrain")["config"]
+    assert not set(MAY_CHANGE_ON_RESUME) & set(config), set(MAY_CHANGE_ON_RESUME) & set(config)
