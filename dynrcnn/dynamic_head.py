@@ -292,7 +292,6 @@ class DynamicRoIHeads(RoIHeads):
         # positives per image before and after sampling (device tensors; LogHook averages them):
         # the mechanism the paper names, fewer positives as the threshold rises
         self.positives_per_image = torch.stack([(lab > 0).sum() for lab in labels]).float().mean()
-        self.sampled_positives_per_image = torch.stack([(lab[i] > 0).sum() for lab, i in zip(labels, sampled_inds)]).float().mean()
         matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
         for i, inds in enumerate(sampled_inds):
             sampled_props.append(proposals[i][inds])
@@ -303,6 +302,7 @@ class DynamicRoIHeads(RoIHeads):
                 gts = torch.zeros((1, 4), dtype=dtype, device=device)
             matched_gt_boxes.append(gts[sampled_matched[i]])
         regression_targets = self.box_coder.encode(matched_gt_boxes, sampled_props)
+        self.sampled_positives_per_image = torch.stack([(lab > 0).sum() for lab in sampled_labels]).float().mean()
 
         if self.use_dsl:
             labels_cat = torch.cat(sampled_labels)

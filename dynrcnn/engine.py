@@ -192,6 +192,8 @@ class Trainer:
         self.writers: dict[str, runs.JsonlWriter] = {}
         self.tb = None
         self.sec_per_iter: list[float] = []
+        self.pending_val: dict = {}  # PeriodicEvalHook's numbers, written into LogHook's next record
+        self.last_record: dict | None = None  # LogHook's latest metrics.jsonl record (WandbHook reads it)
 
     def _device(self, device: str) -> torch.device:
         if self.cfg.ims_per_batch % self.world:

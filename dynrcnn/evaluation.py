@@ -146,8 +146,10 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
     dev = torch.device(device)
     model.eval().to(dev)
     loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    use_amp = dev.type == "cuda" and amp != "none"
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    from dynrcnn.engine import autocast_dtype
+
+    dtype = autocast_dtype(dev.type, amp) if dev.type == "cuda" else None  # CPU evaluation: float32 boxes
+    use_amp = dtype is not None
     results, n_images, busy = [], 0, 0.0
     from tqdm import tqdm
 
@@ -170,9 +172,11 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
 
 def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
     """Refuse data whose number of classes differs from the checkpoint's classifier."""
-    shapes = [tuple(v.shape) for k, v in state.items() if k.endswith("cls_score.weight")]
-    if shapes and shapes[0][0] != dataset.num_classes:
-        raise DataError(f"the checkpoint predicts {shapes[0][0] - 1} classes but {dataset.annotation_file} has "
+    from dynrcnn.model import num_classes_of
+
+    n = num_classes_of(state)
+    if n is not None and n != dataset.num_classes:
+        raise DataError(f"the checkpoint predicts {n - 1} classes but {dataset.annotation_file} has "
                         f"{dataset.num_classes - 1} ({ckpt_path}); evaluate on data with the run's categories")
 
 

@@ -142,10 +142,11 @@ class LogHook(HookBase):
         record = {"iteration": t.iteration, "lr": t.lr, "loss": means["loss"],
                   **{k: means.get(k) for k in runs.LOSS_KEYS},
                   "iou_threshold": dyn["iou_threshold"], "beta": dyn["beta"],
-                  **{k: means.get(k) for k in runs.POSITIVE_KEYS}, **getattr(t, "pending_val", {}), "sec_per_iter": sec,
+                  **{k: means.get(k) for k in runs.POSITIVE_KEYS}, **t.pending_val, "sec_per_iter": sec,
                   "images_per_sec": ips, "peak_memory_mb": _peak_memory_mb(t.dev),
                   "elapsed_sec": t.elapsed(now)}
         t.sec_per_iter.append(sec)
+        t.last_record = record
         if t.main:
             t.writers["metrics"].write(record)
             t.flush()
@@ -172,7 +173,6 @@ class PeriodicEvalHook(HookBase):
     def before_train(self, t):
         best = runs.read_json(t.ckpt_dir / runs.BEST_RECORD) if t.main else None
         self.best = float(best["value"]) if best else -math.inf
-        t.pending_val = {}
         self.dataset = None
 
     def after_step(self, t):
@@ -227,17 +227,14 @@ class WandbHook(HookBase):
         mode = None if (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")) else "offline"
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "dynrcnn"), name=t.out.name, dir=str(t.out),
                               config=t.cfg.to_dict(), resume="allow", id=_wandb_id(t.out), mode=mode)
-        self.writer = t.writers["metrics"]
-        write = self.writer.write
-
-        def tee(record, _write=write):  # every metrics.jsonl record goes to W&B too
-            _write(record)
-            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"},
-                         step=int(record["iteration"]))
-
-        self.writer.write = tee
         t.head.update_callbacks.append(lambda u: self.run.log(
             {"dynamic/iou_threshold": u.iou_threshold, "dynamic/beta": u.beta}, step=int(u.iteration)))
+
+    def after_step(self, t):  # after LogHook (default_hooks): its record of this iteration, if any
+        rec = t.last_record
+        if rec is not None and rec["iteration"] == t.iteration:
+            self.run.log({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "iteration"},
+                         step=t.iteration)
 
     def after_train(self, t):
         self.run.finish()
@@ -273,8 +270,8 @@ class CheckpointHook(HookBase):
 def default_hooks(cfg: Config, main: bool) -> list[HookBase]:
     stats = [StatsHook()] if cfg.log_stats and main else []
     val = [PeriodicEvalHook()] if cfg.eval_period > 0 else []  # before LogHook: its numbers go into that record
-    track = [WandbHook()] if cfg.tracker == "wandb" and main else []
-    return [DynamicLogHook(), *stats, *val, *track, LogHook(), ProgressHook(), CheckpointHook()]
+    track = [WandbHook()] if cfg.tracker == "wandb" and main else []  # after LogHook: it sends LogHook's record
+    return [DynamicLogHook(), *stats, *val, LogHook(), *track, ProgressHook(), CheckpointHook()]
 
 
 __all__ = ["HookBase", "DynamicLogHook", "StatsHook", "LogHook", "PeriodicEvalHook", "WandbHook", "ProgressHook",

@@ -195,6 +195,12 @@ def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
     return BUILDERS[cfg.model.arch](num_classes, cfg.method, cfg.model, cfg.dynamic)
 
 
+def num_classes_of(state: dict) -> int | None:
+    """The classes (background included) a Faster R-CNN state dict's classifier predicts, or None."""
+    shapes = [tuple(v.shape) for k, v in state.items() if k.endswith("cls_score.weight")]
+    return int(shapes[0][0]) if shapes else None
+
+
 def dynamic_head(model: nn.Module) -> DynamicRoIHeads:
     """The :class:`DynamicRoIHeads` of a detector, looking through DDP/compile wrappers."""
     for attr in ("module", "_orig_mod"):
@@ -203,4 +209,4 @@ def dynamic_head(model: nn.Module) -> DynamicRoIHeads:
     return model.roi_heads
 
 
-__all__ = ["fasterrcnn_r50_fpn", "slim_fasterrcnn", "build_model", "dynamic_head"]
+__all__ = ["fasterrcnn_r50_fpn", "slim_fasterrcnn", "build_model", "num_classes_of", "dynamic_head"]

@@ -108,10 +108,12 @@ def _names_of_training_data(cfg, num_classes: int) -> list[str] | None:
 
 
 def _num_classes(state: dict, path) -> int:
-    shapes = [tuple(v.shape) for k, v in state.items() if k.endswith("cls_score.weight")]
-    if not shapes:
+    from dynrcnn.model import num_classes_of
+
+    n = num_classes_of(state)
+    if n is None:
         raise DynrcnnError(f"{path} holds no Faster R-CNN classifier (roi_heads.box_predictor.cls_score)")
-    return int(shapes[0][0])
+    return n
 
 
 def load_image(path) -> torch.Tensor:

@@ -84,7 +84,7 @@ def test_the_section_notebook_on_synthetic_runs(tmp_path):
     threshold, beta, specs, about = controls.plan_controls(ref, "mini_long")
     jitter = {"threshold": 4.0, "beta": 4.0, "dla_fixed_beta": 2.0, "reference": 1.0, "sensitivity": 1.2}
     for s in specs:
-        kind = about[controls.base_name(type("R", (), {"path": tmp_path / s.name})())]["kind"]
+        kind = about[controls.base_name(s.name)]["kind"]
         write_run(tmp_path / "ctrl", s.name, s.method, seed=s.seed, rpn_nms=0.85, data_root=str(data),
                   jitter=jitter[kind])
     figures = tmp_path / "figures"

@@ -69,8 +69,10 @@ def test_a_level_without_rois_and_the_large_grid_fallback(monkeypatch):
     feat = torch.randn(1, 2, 8, 8, requires_grad=True)
     empty = torch.zeros(0, 5)
     out = ra.roi_align(feat, empty, (7, 7), 1.0, 2, False, backward="sparse")
-    (g,) = torch.autograd.grad(out.sum(), feat, allow_unused=True) if out.numel() else (None,)
-    assert g is None or g.abs().sum() == 0
+    assert out.shape == (0, 2, 7, 7)
+    (g,) = torch.autograd.grad(out.sum() + 0 * feat.sum(), feat)  # through the sparse backward of no RoIs
+    assert g.shape == feat.shape and not g.any()
+    assert not ra.roi_align_backward(torch.zeros(0, 2, 7, 7), empty, feat.shape, 1.0, (7, 7), 2, False).any()
     rois = torch.tensor([[0, 0.0, 0.0, 7.0, 7.0]])
     monkeypatch.setattr(ra, "MAX_SAMPLES", 10)  # forces torchvision's backward
     assert ra.sampling_matrix(rois, 8, 8, 1.0, (7, 7), 0, True) is None

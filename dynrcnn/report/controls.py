@@ -29,6 +29,7 @@ import pandas as pd
 
 from dynrcnn.report.claims import interval_verdict
 from dynrcnn.report.intervals import extra_datasets, run_samples
+from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
 from dynrcnn.runs import POSITIVE_KEYS
 from dynrcnn.stats import CONTRADICTED, REPRODUCED, metric_of, signed
@@ -97,9 +98,9 @@ def control_specs(threshold: float, beta: float, dynamic, seeds=MINI_SEEDS) -> t
     return tuple(specs), about
 
 
-def base_name(run) -> str:
-    """A run's name without its seed suffix (``fixed_iou60_seed2`` -> ``fixed_iou60``)."""
-    return re.sub(r"_seed\d+$", "", run.path.name)
+def base_name(name: str) -> str:
+    """A run directory's name without its seed suffix (``fixed_iou60_seed2`` -> ``fixed_iou60``)."""
+    return re.sub(r"_seed\d+$", "", name)
 
 
 @dataclass
@@ -116,7 +117,7 @@ class ControlGroups:
     def build(cls, reference_runs, control_runs, threshold: float, beta: float, about: dict) -> "ControlGroups":
         groups: dict[str, list] = {}
         for r in list(reference_runs) + list(control_runs):
-            name = base_name(r)
+            name = base_name(r.path.name)
             if r.eval and (name in about or name in REFERENCE_RUNS):
                 groups.setdefault(name, []).append(r)
         for name in groups:
@@ -141,7 +142,7 @@ def plan_controls(reference_runs, preset: str, seeds=MINI_SEEDS):
     from dynrcnn.reference import DYNAMIC_RPN_NMS
     from dynrcnn.run_summary import rpn_nms
 
-    dyn = [r for r in reference_runs if base_name(r) == "dynamic" and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
+    dyn = [r for r in reference_runs if base_name(r.path.name) == "dynamic" and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
     threshold, beta = final_values(dyn)
     specs, about = control_specs(threshold, beta, get_preset(preset).dynamic, seeds)
     return threshold, beta, specs, about
@@ -316,15 +317,6 @@ def interpretation(claims: pd.DataFrame) -> str:
     return head + "; " + "; ".join(parts) + "."
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
-    def clean(v):
-        if isinstance(v, (np.floating, np.integer)):
-            v = v.item()
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    return [{k: clean(v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
 def results(g: ControlGroups) -> dict:
     """Everything the controls section reports (``figures/controls/results.json``)."""
     claims = claims_table(g)
@@ -332,9 +324,9 @@ def results(g: ControlGroups) -> dict:
         "final_threshold": g.threshold, "final_beta": g.beta,
         "runs": {n: [int(r.seed) for r in rs] for n, rs in g.runs.items()},
         "about": g.about,
-        "thresholds": _records(threshold_table(g)), "betas": _records(beta_table(g)),
-        "sensitivity": _records(sensitivity_table(g)), "positives": positives_curves(g),
-        "claims": _records(claims), "interpretation": interpretation(claims),
+        "thresholds": json_records(threshold_table(g)), "betas": json_records(beta_table(g)),
+        "sensitivity": json_records(sensitivity_table(g)), "positives": positives_curves(g),
+        "claims": json_records(claims), "interpretation": interpretation(claims),
     }
 
 

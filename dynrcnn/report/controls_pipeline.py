@@ -33,7 +33,7 @@ def _reference_runs(runs_root: Path):
     from dynrcnn.runs import find_runs, is_complete
 
     runs = [r for r in find_runs(runs_root) if is_complete(r.path)]
-    have = {(controls.base_name(r), int(r.seed)) for r in runs}
+    have = {(controls.base_name(r.path.name), int(r.seed)) for r in runs}
     missing = [f"{n} seed {s}" for n in ("baseline_nms085", "dynamic") for s in MINI_SEEDS if (n, s) not in have]
     missing += [f"{n} seed {MINI_SEEDS[0]}" for n in ("dla", "dsl") if (n, MINI_SEEDS[0]) not in have]
     if missing:

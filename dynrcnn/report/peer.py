@@ -24,6 +24,7 @@ import pandas as pd
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.run_summary import rpn_nms
 from dynrcnn.runs import read_json
+from dynrcnn.report.tables import json_records, json_value
 from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast, signed
 
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
@@ -183,37 +184,25 @@ def speed_ratio(groups: Groups) -> dict:
             "dynrcnn_train_min_per_run": minutes["dynrcnn"], "mmdet_train_min_per_run": minutes["mmdet"]}
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    return v
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    return [{k: _clean(v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
 def results(groups: Groups, datasets=(None,), versions: dict | None = None, n_boot: int = DEFAULT_BOOT) -> dict:
     """Everything the side-by-side section reports, as JSON-ready data (``figures/mmdet/results.json``)."""
     per_run = []
     for (impl, method), runs in groups.runs.items():
         for r in runs:
             per_run.append({"implementation": impl, "method": method, "seed": int(r.seed), "run": r.path.name,
-                            "metrics": {m: _clean((r.eval or {}).get(m)) for m in (*METRICS, "APs", "APm", "APl")},
+                            "metrics": {m: json_value((r.eval or {}).get(m)) for m in (*METRICS, "APs", "APm", "APl")},
                             "AP_per_iou": (r.eval or {}).get("AP_per_iou"),
                             "mmdet_coco_metric": read_json(r.path / PEER_EVAL) if impl == "mmdet" else None,
-                            "sec_per_iter_median": _clean((r.done or {}).get("sec_per_iter_median"))})
+                            "sec_per_iter_median": json_value((r.done or {}).get("sec_per_iter_median"))})
     benchmarks = {}
     for ds in datasets:
         table = agreement(groups, ds, n_boot)
-        benchmarks[ds or "evaluation split"] = {"agreement": _records(table.drop(columns=["sentence"])),
+        benchmarks[ds or "evaluation split"] = {"agreement": json_records(table.drop(columns=["sentence"])),
                                                 "sentences": list(table["sentence"]),
-                                                "metrics": _records(metrics_table(groups, ds))}
+                                                "metrics": json_records(metrics_table(groups, ds))}
     return {"runs": per_run, "seeds": {f"{i}/{m}": groups.seeds(i, m) for i, m in groups.runs},
-            "trajectories": trajectories(groups), "trajectory_end": _records(trajectory_table(groups)),
-            "benchmarks": benchmarks, "evaluator_agreement": _records(evaluator_agreement(groups[("mmdet", "baseline")]
+            "trajectories": trajectories(groups), "trajectory_end": json_records(trajectory_table(groups)),
+            "benchmarks": benchmarks, "evaluator_agreement": json_records(evaluator_agreement(groups[("mmdet", "baseline")]
                                                                                           + groups[("mmdet", "dynamic")])),
             "speed": speed_ratio(groups), "versions": versions or {}, "n_boot": n_boot}
 

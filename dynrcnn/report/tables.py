@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dynrcnn.config import resolved_lr
@@ -146,6 +147,18 @@ def environment_table(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def json_value(v):
+    """A table cell as JSON: numpy scalars as Python numbers, NaN/inf as None."""
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def json_records(df: pd.DataFrame) -> list[dict]:
+    """A table's rows for a ``results.json`` (:func:`json_value` per cell)."""
+    return [{k: json_value(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
 def styled(df: pd.DataFrame, digits: int = 2):
     """A DataFrame styled for notebooks/HTML: floats to ``digits`` decimals, NaN as '-'."""
     fmt = {c: (lambda v, d=digits: "-" if v is None or (isinstance(v, float) and not math.isfinite(v))
@@ -153,5 +166,5 @@ def styled(df: pd.DataFrame, digits: int = 2):
     return df.style.format(fmt, na_rep="-").hide(axis="index")
 
 
-__all__ = ["config_table", "dataset_table", "eval_table", "ap_per_iou_table", "notebook_durations",
+__all__ = ["json_value", "json_records", "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "notebook_durations",
            "compute_table", "environment_table", "styled"]
