@@ -17,8 +17,8 @@ venv: $(STAMP)
 # MMDetection, run side by side with dynrcnn in its own environment (peer_mmdet/, README)
 MMDET_VENV := .venv-mmdet
 MMDET_STAMP := $(MMDET_VENV)/.installed
-$(MMDET_STAMP): pyproject.toml peer_mmdet/requirements.txt peer_mmdet/runtime.txt peer_mmdet/mmcv_ext.py peer_mmdet/build_env.sh
-	PYTHON=$(PYTHON) peer_mmdet/build_env.sh $(MMDET_VENV)
+$(MMDET_STAMP): $(STAMP) peer_mmdet/requirements.txt peer_mmdet/runtime.txt peer_mmdet/mmcv_ext.py peer_mmdet/build_env.sh
+	PYTHON=$(PYTHON) BASE=$(VENV) peer_mmdet/build_env.sh $(MMDET_VENV)
 	touch $(MMDET_STAMP)
 
 mmdet-env: $(MMDET_STAMP)

@@ -24,3 +24,13 @@ def test_mmdet_dynamic_roi_head_parity():
     sys.stdout.write(proc.stdout[-4000:])
     assert proc.returncode == 0, f"MMDetection parity failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
     assert " passed" in proc.stdout and "skipped" not in proc.stdout and "failed" not in proc.stdout
+
+
+def test_peer_environment_runs_the_suites_torch_and_dynrcnn():
+    """The peer layers on .venv: MMDetection runs the very torch / torchvision / dynrcnn under test."""
+    assert PEER_PYTHON.exists(), f"no MMDetection peer environment at {PEER_PYTHON}: run `make mmdet-env`"
+    probe = "import torch, torchvision, dynrcnn; print(torch.__file__, torchvision.__file__, dynrcnn.__file__)"
+    peer = subprocess.run([str(PEER_PYTHON), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert peer.returncode == 0, peer.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert peer.stdout.split() == ours.stdout.split()
