@@ -249,5 +249,25 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         return metrics
 
 
-__all__ = ["evaluate", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
+def missing_evaluations(run_dir: str | Path, data_root=None, extra_data_roots=()) -> list:
+    """The data roots a run has no evaluation on yet: ``None`` for its own validation split
+    (``eval.json``), then each of ``extra_data_roots`` without its ``eval-<tag>.json``. The
+    reuse rule of the report's evaluation step (training's lives in :mod:`dynrcnn.integrity`)."""
+    run = runs.load_run(Path(run_dir))
+    missing = [] if run.eval else [data_root]
+    return missing + [e for e in extra_data_roots if run.eval_on(integrity.eval_tag(run_dir, e)) is None]
+
+
+def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), device: str = "cpu",
+                     force: bool = False):
+    """Evaluate a finished run where it has no results yet (everything with ``force``): on its
+    own validation split (or ``data_root``) and on each of ``extra_data_roots``; returns the
+    reloaded :class:`~dynrcnn.runs.Run`."""
+    roots = [data_root, *extra_data_roots] if force else missing_evaluations(run_dir, data_root, extra_data_roots)
+    for root in roots:
+        evaluate(run_dir, data_root=None if root is None else str(root), device=device)
+    return runs.load_run(Path(run_dir))
+
+
+__all__ = ["evaluate", "ensure_evaluated", "missing_evaluations", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
            "IOU_THRESHOLDS"]

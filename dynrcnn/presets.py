@@ -67,7 +67,7 @@ def _mini(**over) -> Config:
             max_size=128,
             fpn_channels=64,
             representation_size=256,
-            anchor_sizes=(16, 32, 64, 128, 256),  # 4x each FPN level's stride (README: the miniature regime)
+            anchor_sizes=(16, 32, 64, 128, 256),  # 4x each FPN level's stride (docs/regime.md)
             rpn_nms_thresh=0.7,
             rpn_pre_nms_top_n_train=1000,
             rpn_post_nms_top_n_train=300,
@@ -84,7 +84,7 @@ def _mini(**over) -> Config:
 
 def _mini_long() -> Config:
     # The mini preset with a three times longer fine-tune (900 iterations, lr steps at the same
-    # fractions). Baseline AP90 grows with the fine-tune's length (README: the miniature regime),
+    # fractions). Baseline AP90 grows with the fine-tune's length (docs/regime.md),
     # and this is the length at which it passes 10; 'make report-long' runs it (~3x the time).
     return _mini(preset="mini_long", max_iter=900, lr_steps=(675, 810), checkpoint_period=300)
 

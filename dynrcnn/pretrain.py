@@ -117,6 +117,21 @@ def _checked(path: Path) -> tuple[Path, str] | None:
     return path, sha
 
 
+def find_pretrained(preset: str, root: str | Path = DEFAULT_ROOT) -> tuple[Path, str] | None:
+    """``(path, sha256)`` of ``preset``'s checked weights in the first of :func:`search_roots`
+    that holds them; None when none does (a build is needed)."""
+    for r in search_roots(root):
+        found = _checked(weights_path(preset, r))
+        if found is not None:
+            return found
+    return None
+
+
+def build_dir(preset: str, root: str | Path = DEFAULT_ROOT) -> Path:
+    """The run folder a build of ``preset``'s weights under ``root`` trains into (and resumes)."""
+    return Path(root) / ("run-" + weights_path(preset, root).stem[len("backbone-"):])
+
+
 def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_ROOT, device: str = "cpu",
                       progress: bool = True, log=print, build: bool = True) -> tuple[Path, str]:
     """Return ``(path, sha256)`` of ``preset``'s backbone weights, building them if missing.
@@ -128,10 +143,9 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
     backbone and writes ``backbone-<preset>-<hash>.pth`` plus its ``.json`` record.
     """
     root = Path(root)
-    for r in search_roots(root):
-        found = _checked(weights_path(preset, r))
-        if found is not None:
-            return found
+    found = find_pretrained(preset, root)
+    if found is not None:
+        return found
     path = weights_path(preset, root)
     data = data_recipe(preset)
     looked = ", ".join(str(r) for r in search_roots(root))
@@ -147,7 +161,7 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
         generate_mini(data_root, seed=data["seed"], n_train=data["n_train"], n_val=data["n_val"],
                       image_size=data["image_size"], progress=progress)
     cfg = pretrain_config(preset, data_root)
-    run_dir = root / ("run-" + path.stem[len("backbone-"):])
+    run_dir = build_dir(preset, root)
     log(f"pretraining the backbone: {cfg.max_iter} iterations of {preset} into {run_dir}")
     result = train_model(cfg, run_dir, resume=run_dir.exists(), device=device, progress=progress)
     path, sha = save_backbone(result.model.state_dict(), preset, root, f"trained by dynrcnn pretrain into {run_dir}")
@@ -185,4 +199,4 @@ def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str =
 
 
 __all__ = ["PRETRAIN_DATA_SEED", "DEFAULT_ROOT", "CHECKOUT_ROOT", "search_roots", "pretrain_preset", "pretrain_config", "data_recipe",
-           "recipe", "weights_path", "ensure_pretrained", "save_backbone", "resolve_backbone"]
+           "recipe", "weights_path", "find_pretrained", "build_dir", "ensure_pretrained", "save_backbone", "resolve_backbone"]

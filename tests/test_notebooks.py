@@ -177,3 +177,33 @@ def test_smoke_second_benchmark_pretrained_backbone_and_results(smoke):
     assert {c["status"] for c in res["claims"]} <= {"reproduced", "contradicted", "inconclusive", "not-testable",
                                                    "context"}
     assert any(c["benchmark"] == "data-seed2" for c in res["comparisons"])
+
+
+def test_notebook_defaults_are_the_report_of_record():
+    """Each notebook opened as it is (Jupyter, papermill without -p) runs what ``make report``
+    runs: its parameters' defaults are the ``mini`` profile's plan, but for the per-run ones."""
+    import papermill as pm
+
+    from dynrcnn.report.pipeline import plan
+
+    per_run = {"method", "run_dir", "num_threads"}  # which run a notebook shows, and its thread count
+    per_run_by_notebook = {"04_evaluate": {"data_root"}}  # "" = the run's own data
+    root = report.REPO
+    steps = plan(report.get_profile("mini"), root / "build" / "report", root / "runs" / "mini", root / "data" / "mini",
+                 "cpu", root / "figures", False)
+    checked = set()
+    for step in steps:
+        if step.notebook in checked:
+            continue
+        checked.add(step.notebook)
+        defaults = {k: v["default"] for k, v in pm.inspect_notebook(str(report.NOTEBOOK_DIR / f"{step.notebook}.ipynb")).items()}
+        for key, value in step.params.items():
+            if key in per_run | per_run_by_notebook.get(step.notebook, set()):
+                continue
+            assert key in defaults, (step.notebook, key)
+            default = eval(defaults[key])  # a literal of the parameters cell
+            if key.endswith(("_root", "_dir", "_roots")) and value:
+                as_path = lambda v: [report.repo_path(x).resolve() for x in v] if isinstance(v, list) else report.repo_path(v).resolve()
+                default, value = as_path(default), as_path(value)
+            assert default == value, (step.notebook, key, default, value)
+    assert checked == {"01_data", "02_method", "03_train", "04_evaluate", "05_results"}

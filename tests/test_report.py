@@ -416,19 +416,44 @@ def test_ap_samples_are_cached_beside_the_runs(mini_runs):
     assert intervals.samples_file(runs[0], n_boot=60) != path  # other settings: another file
 
 
-def test_training_monitor_reads_progress(mini_runs, tmp_path):
-    from dynrcnn.report.pipeline import TrainingMonitor
+def test_report_progress_counts_work_not_reuse(mini_runs, tmp_path):
+    from dynrcnn.report.progress import ReportProgress, Tracked, iterations_done
 
     done = mini_runs / "dynamic"  # finished: train_done.json
     running = tmp_path / "running"
     running.mkdir()
     (running / "config.json").write_text(json.dumps({"max_iter": 300}))
     (running / "metrics.jsonl").write_text(json.dumps({"iteration": 120}) + "\n")
-    pending = tmp_path / "pending"  # not started: counts as a run, no iterations yet
-    assert TrainingMonitor([done, running, pending], progress=False).state() == (1, 3, 100 + 120, 100 + 300)
-    # a run that has not started counts with its planned iterations, so the ETA covers every run
-    planned = TrainingMonitor([done, running, pending], progress=False, planned=[100, 300, 250])
-    assert planned.state() == (1, 3, 100 + 120, 100 + 300 + 250)
+    pending = tmp_path / "pending"  # not started: counts with its planned iterations
+    assert iterations_done(done, 5)[:2] == (True, True)
+    assert iterations_done(running, 5) == (True, False, 120, 300)  # config.json's max_iter, not the plan
+    assert iterations_done(pending, 250) == (False, False, 0, 250)
+    bar = ReportProgress("t", work=200, tracked=[Tracked(done, 100), Tracked(running, 300),
+                                                 Tracked(pending, 250, start=40)], progress=False)
+    # the finished run is reused: no work, so it neither fills the bar nor speeds up the ETA
+    s = bar.state()
+    assert (s["runs_done"], s["runs"], s["iterations"], s["iterations_total"]) == (0, 2, 120, 550)
+    assert (s["units"], s["units_total"]) == (120, 550 + 40 + 200)
+    bar.done(100)
+    (pending / "checkpoints").mkdir(parents=True)
+    (pending / "config.json").write_text(json.dumps({"max_iter": 250}))  # started: what it needed first is done
+    assert bar.state()["units"] == 120 + 100 + 40
+
+
+def test_report_progress_units_of_a_report(tmp_path):
+    """Every step of a plan has its share: evaluations with results on disk and existing data cost a kernel."""
+    from dynrcnn.report.pipeline import plan, report_progress
+    from dynrcnn.report.progress import WORK
+
+    profile = report.get_profile("smoke")
+    steps = plan(profile, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "f", False)
+    bar = report_progress("t", steps, progress=False, extra_work=7)
+    kinds = [s.kind for s in steps]
+    expected = (WORK["data"] + kinds.count("evaluate") * (WORK["evaluate"] + WORK["bootstrap"]) + WORK["method"]
+                + WORK["results"] + WORK["render"] * len(steps) + 7)
+    iterations = sum(t.planned for t in bar.tracked)
+    assert len(bar.tracked) == kinds.count("train") and iterations > 0
+    assert bar.state()["units_total"] == expected + iterations
 
 
 def test_seed_summaries_read_as_sentences():

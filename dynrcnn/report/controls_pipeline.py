@@ -65,11 +65,10 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
                  device: str = "cpu", progress: bool = True, readme: bool = True) -> dict:
     """Train what is missing of the controls, evaluate them, run the notebook, write the README
     block; returns the results (``figures/controls/results.json``)."""
-    from tqdm import tqdm
-
     from dynrcnn.report.pipeline import (
         _notebook_env, _resolve_data_root, _run_steps, execute_notebook, plan, prepare_backbone, render_html,
-        report_root)
+        report_progress, report_root)
+    from dynrcnn.report.progress import WORK
 
     t0 = time.perf_counter()
     record = get_profile("mini")  # the report of record
@@ -86,30 +85,28 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
     steps = [s for s in plan(profile, out, controls_root, data_root, device, out / "figures", force=False)
              if s.kind in ("train", "evaluate")]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    pinned = prepare_backbone(profile, data_root, device, progress)
-    for s in steps:
-        if s.kind == "train":
-            s.params["num_threads"] = threads
-            s.params["overrides"] = [*s.params["overrides"], *pinned]
     for p in (out, controls_root, figures_dir):
         p.mkdir(parents=True, exist_ok=True)
     print(f"controls of {runs_root}: DLA ends at {threshold:g}, DSL at {beta:g}; {len(specs)} runs in {controls_root}",
           file=sys.stderr)
-    bar = tqdm(total=len(steps) + 1, desc="report[controls]", unit="step", disable=not progress, dynamic_ncols=True)
     executed: list[Path] = []
-    try:
+    with report_progress("report[controls]", steps, progress, extra_work=WORK["notebook"] + WORK["render"]) as bar:
+        pinned = prepare_backbone(profile, data_root, device, bar)
+        for s in steps:
+            if s.kind == "train":
+                s.params["num_threads"] = threads
+                s.params["overrides"] = [*s.params["overrides"], *pinned]
         with _notebook_env(threads):
             _run_steps(steps, out, max(1, jobs), bar, executed)
         with _notebook_env(os.cpu_count() or 1):
-            bar.set_postfix_str("controls notebook")
+            bar.phase("controls notebook")
             nb = execute_notebook(NOTEBOOK_DIR / "07_controls.ipynb", out / "07_controls.ipynb",
                                   {"reference_root": str(runs_root), "controls_root": str(controls_root),
                                    "figures_dir": str(figures_dir)}, cwd=out)
+            bar.done(WORK["notebook"], "rendering HTML")
             for path in [*executed, nb]:
                 render_html(path)
-            bar.update(1)
-    finally:
-        bar.close()
+            bar.done(WORK["render"] * (len(steps) + 1), "done")
     res = json.loads((figures_dir / "results.json").read_text())
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:

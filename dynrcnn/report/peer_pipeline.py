@@ -123,7 +123,8 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     from dynrcnn.data import load_dataset
     from dynrcnn.weights import file_sha256
     from dynrcnn.report.pipeline import (
-        TrainingMonitor, _notebook_env, execute_notebook, render_html, report_root, second_root)
+        _notebook_env, execute_notebook, render_html, report_root, second_root)
+    from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 
     t0 = time.perf_counter()
     profile = get_profile("mini")  # the report of record
@@ -150,7 +151,10 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
           f"training {len(pending)}, {jobs} at a time, from {backbone}", file=sys.stderr)
     from dynrcnn.presets import build_config
 
-    planned = [build_config(profile.preset, "baseline", overrides=list(overrides)).max_iter] * len(pending)
+    planned = build_config(profile.preset, "baseline", overrides=list(overrides)).max_iter
+    # an MMDetection run's conversion and evaluation on every benchmark: about one of ours
+    work = WORK["evaluate"] * len(pending) + WORK["notebook"] + WORK["render"]
+    bar = ReportProgress("report[mmdet]", work, [Tracked(r.run_dir, planned) for r in pending], progress)
 
     def one(run: PeerRun) -> None:
         from dynrcnn.runs import TRAIN_DONE
@@ -158,15 +162,19 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
         if not (run.run_dir / TRAIN_DONE).is_file():
             _train(run, data_root, backbone, overrides, python)
         _convert_and_evaluate(run, profile.preset, data_root, extra, num_classes, "cpu")
+        bar.done(WORK["evaluate"])
 
-    with TrainingMonitor([r.run_dir for r in pending], progress=progress, planned=planned):
+    with bar:
+        bar.phase(f"training {len(pending)} MMDetection runs and evaluating them, {jobs} at a time")
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(one, pending))
-    out.mkdir(parents=True, exist_ok=True)
-    params = {"ours_root": str(runs_root), "peer_root": str(peer_root), "figures_dir": str(figures_dir)}
-    with _notebook_env(max(1, (os.cpu_count() or 1))):
-        nb = execute_notebook(NOTEBOOK_DIR / "06_mmdet.ipynb", out / "06_mmdet.ipynb", params, cwd=out)
-        render_html(nb)
+        out.mkdir(parents=True, exist_ok=True)
+        params = {"ours_root": str(runs_root), "peer_root": str(peer_root), "figures_dir": str(figures_dir)}
+        with _notebook_env(max(1, (os.cpu_count() or 1))):
+            bar.phase("MMDetection notebook")
+            nb = execute_notebook(NOTEBOOK_DIR / "06_mmdet.ipynb", out / "06_mmdet.ipynb", params, cwd=out)
+            render_html(nb)
+            bar.done(WORK["notebook"] + WORK["render"], "done")
     res = json.loads((figures_dir / "results.json").read_text())
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report.index import write_index
-from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile
+from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, repo_path, shown_path
+from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import update_readme
 
@@ -41,6 +42,7 @@ class Step:
     output: str  # executed notebook stem in OUT
     params: dict
     title: str
+    work: float = 0.0  # its share of the report's bar (:func:`step_work`)
 
 
 @dataclass
@@ -56,7 +58,8 @@ class PipelineResult:
 
 
 def _abs(p) -> str:
-    return str(Path(p).expanduser().resolve())
+    """A path parameter of a notebook: relative to the checkout when inside it (:func:`shown_path`)."""
+    return shown_path(Path(p).expanduser().resolve())
 
 
 def published_root(runs_root) -> Path:
@@ -136,23 +139,27 @@ def second_root(profile: Profile, data_root) -> Path:
     return data_root.parent / f"{data_root.name}-seed{profile.second_benchmark[0]}"
 
 
-def prepare_backbone(profile: Profile, data_root, device: str, progress: bool) -> list[str]:
+def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgress) -> list[str]:
     """Build (or find and check) the pretrained backbone the profile's preset starts from, using
     every core, before the runs start in parallel; return the ``--set`` overrides that pin the
-    file and its SHA-256 in every run's config (nothing when the preset trains from scratch)."""
+    file and its SHA-256 in every run's config (nothing when the preset trains from scratch).
+    A build is part of the report's bar: its iterations, and the drawing of its benchmark."""
     import torch
 
-    from dynrcnn.presets import build_config
-    from dynrcnn.pretrain import ensure_pretrained, pretrain_preset
+    from dynrcnn.presets import build_config, get_preset
+    from dynrcnn.pretrain import build_dir, ensure_pretrained, find_pretrained, pretrain_preset
 
     preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)
     if preset is None:
         return []
+    root = Path(data_root).parent / "pretrained"
+    if find_pretrained(preset, root) is None:
+        bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, start=WORK["pretrain_data"])])
+        bar.phase(f"pretraining the backbone ({preset})")
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        path, sha = ensure_pretrained(preset, Path(data_root).parent / "pretrained", device=device,
-                                      progress=progress, log=lambda m: print(m, file=sys.stderr))
+        path, sha = ensure_pretrained(preset, root, device=device, progress=False, log=bar.write)
     finally:
         torch.set_num_threads(threads)
     return [f"model.backbone_weights={path.resolve()}", f"model.backbone_sha256={sha}"]
@@ -166,63 +173,38 @@ def _planned_iterations(params: dict) -> int:
                         overrides=params["overrides"]).max_iter
 
 
-class TrainingMonitor:
-    """Live progress of the training runs the notebooks execute in parallel: polls each run
-    directory's logs and shows runs done / total, iterations done / total and an ETA."""
+def step_work(step: Step) -> float:
+    """What ``step`` adds to the report's bar beside training iterations (:data:`WORK`): an
+    evaluation with results already on disk, or a data step whose benchmarks exist, costs only
+    its kernel; a training step counts through its run's iterations."""
+    p = step.params
+    if step.kind == "train":
+        return 0.0
+    if step.kind == "evaluate":
+        from dynrcnn.evaluation import missing_evaluations
 
-    def __init__(self, run_dirs: list[Path], progress: bool, interval: float = 5.0, planned=None):
-        import threading
+        from dynrcnn.runs import CONFIG
 
-        self.run_dirs, self.interval = [Path(p) for p in run_dirs], interval
-        self.planned = list(planned) if planned is not None else [0] * len(self.run_dirs)  # max_iter of each
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True) if progress else None
-        self._bar = None
+        run_dir = repo_path(p["run_dir"])
+        if (run_dir / CONFIG).is_file() and not p["force"] and not missing_evaluations(
+                run_dir, repo_path(p["data_root"]), [repo_path(e) for e in p["extra_data_roots"]]):
+            return WORK["kernel"]
+        return WORK["evaluate"] + WORK["bootstrap"]
+    if step.kind == "data":
+        roots = [p["data_root"], p["second_root"]] if p["second_root"] else [p["data_root"]]
+        return WORK["kernel"] if all((repo_path(r) / "annotations").is_dir() for r in roots) else WORK["data"]
+    return WORK[step.kind]
 
-    def state(self) -> tuple[int, int, int, int]:
-        """``(runs done, runs, iterations done, iterations planned)`` read from the run folders."""
-        from dynrcnn import runs as runs_mod
 
-        done = it_done = it_total = 0
-        for d, planned in zip(self.run_dirs, self.planned):
-            cfg = runs_mod.read_json(d / runs_mod.CONFIG) or {}
-            total = int(cfg.get("max_iter") or planned)
-            finished = (d / runs_mod.TRAIN_DONE).is_file()
-            done += finished
-            it_total += total
-            if finished:
-                it_done += total
-            elif (d / runs_mod.METRICS).is_file():
-                last = runs_mod.read_jsonl(d / runs_mod.METRICS)[-1:]
-                it_done += int(last[0]["iteration"]) if last else 0
-        return done, len(self.run_dirs), it_done, it_total
-
-    def _loop(self) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, desc="training", unit="it", dynamic_ncols=True, smoothing=0.1)
-        while not self._stop.wait(self.interval):
-            self._refresh()
-        self._refresh()
-        self._bar.close()
-
-    def _refresh(self) -> None:
-        done, n, it_done, it_total = self.state()
-        self._bar.total = max(it_total, it_done)
-        self._bar.n = it_done
-        self._bar.set_postfix_str(f"runs done {done}/{n}", refresh=False)
-        self._bar.refresh()
-
-    def __enter__(self):
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(timeout=10)
-        return False
+def report_progress(desc: str, steps: list[Step], progress: bool, extra_work: float = 0.0) -> ReportProgress:
+    """The one bar of a report made of ``steps``: each training run's iterations (runs already
+    trained are left out: a reused run is no work and must not speed up the ETA), every other
+    step's :func:`step_work`, its HTML page, and ``extra_work``."""
+    for s in steps:
+        s.work = step_work(s)
+    trains = [Tracked(repo_path(s.params["run_dir"]), _planned_iterations(s.params)) for s in steps if s.kind == "train"]
+    return ReportProgress(desc, sum(s.work for s in steps) + WORK["render"] * len(steps) + extra_work,
+                          trains, progress)
 
 
 def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path:
@@ -246,13 +228,22 @@ def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path
     return output
 
 
+# a rendered page fits its window: long code lines (papermill's parameters cell) wrap, wide
+# tables (the environment, the runs) scroll inside their own box instead of running off the page
+PAGE_STYLE = (".jp-InputArea-editor pre, .highlight pre { white-space: pre-wrap; overflow-wrap: anywhere; }\n"
+              ".jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }\n"
+              ".jp-RenderedMarkdown p { text-align: left; }")
+
+
 def render_html(notebook: Path) -> Path:
-    """Render an executed notebook to ``<same name>.html`` next to it (images embedded)."""
+    """Render an executed notebook to ``<same name>.html`` next to it (images embedded, the
+    page's own :data:`PAGE_STYLE`)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
     body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    body = body.replace("</head>", f"<style>{PAGE_STYLE}</style>\n</head>", 1)
     out = notebook.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
@@ -319,7 +310,7 @@ def _run_parallel(run_step, group: list[Step], jobs: int, bar, executed: list[Pa
                     error = error or e
                     for g in pending:
                         g.cancel()
-                bar.update(1)
+                bar.done(step.work)
                 follow = after.pop(step.params.get("run_dir"), None) if step.kind == "train" else None
                 if follow is not None and error is None:
                     pending[pool.submit(run_step, follow)] = follow
@@ -334,9 +325,9 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
 
     def sequential(group: list[Step]) -> None:
         for s in group:
-            bar.set_postfix_str(s.title)
+            bar.phase(s.title)
             executed.append(run_step(s))
-            bar.update(1)
+            bar.done(s.work)
 
     of = {kind: [s for s in steps if s.kind == kind] for kind in STEP_KINDS}
     sequential(of["data"])
@@ -346,11 +337,8 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         trained = {s.params["run_dir"] for s in trains}
         after = {s.params["run_dir"]: s for s in evals if s.params["run_dir"] in trained}
         first = trains + [s for s in evals if s.params["run_dir"] not in trained]
-        bar.set_postfix_str(f"training {len(trains)} runs and evaluating them, {jobs} at a time")
-        planned = [_planned_iterations(s.params) for s in trains]
-        with TrainingMonitor([Path(s.params["run_dir"]) for s in trains], progress=not bar.disable,
-                             planned=planned):
-            _run_parallel(run_step, first, jobs, bar, executed, after=after)
+        bar.phase(f"training {len(trains)} runs and evaluating them, {jobs} at a time")
+        _run_parallel(run_step, first, jobs, bar, executed, after=after)
     else:
         sequential(trains + evals)
     if evals:
@@ -364,8 +352,8 @@ def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
     from dynrcnn.report.intervals import precompute
     from dynrcnn.runs import load_run
 
-    bar.set_postfix_str(f"bootstrap samples of {len(group)} runs, {jobs} at a time")
-    precompute([load_run(Path(s.params["run_dir"])) for s in group], jobs=jobs)
+    bar.phase(f"bootstrap samples of {len(group)} runs, {jobs} at a time")
+    precompute([load_run(repo_path(s.params["run_dir"])) for s in group], jobs=jobs)
 
 
 def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
@@ -377,8 +365,6 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
     MMDetection checkpoints (Faster / Dynamic R-CNN R50-FPN): each is converted into a run
     directory under ``<runs_root>_published`` and evaluated next to the report's own runs.
     Outputs not given explicitly go under ``root`` (:func:`report_root`)."""
-    from tqdm import tqdm
-
     profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
     t0 = time.perf_counter()
     root = report_root(root)
@@ -395,19 +381,18 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
     steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed,
                  published=convert_published(published, runs_root))
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
-    pinned = prepare_backbone(profile, data_root, device, progress)
-    for s in steps:
-        if s.kind == "train":
-            s.params["num_threads"] = threads
-            s.params["overrides"] = [*s.params["overrides"], *pinned]
     result = PipelineResult(out=out, index=out / "index.html", figures_dir=figures_dir, runs_root=runs_root)
-    bar = tqdm(total=len(steps) + 1, desc=f"report[{profile.name}]", unit="step", disable=not progress,
-               dynamic_ncols=True)
-    try:
+    with report_progress(f"report[{profile.name}]", steps, progress, extra_work=WORK["index"]) as bar:
+        pinned = prepare_backbone(profile, data_root, device, bar)
+        for s in steps:
+            if s.kind == "train":
+                s.params["num_threads"] = threads
+                s.params["overrides"] = [*s.params["overrides"], *pinned]
         with _notebook_env(threads):
             _run_steps(steps, out, jobs, bar, result.executed)
-            bar.set_postfix_str("rendering HTML")
+            bar.phase("rendering HTML")
             result.html = [render_html(nb) for nb in result.executed]
+            bar.done(WORK["render"] * len(steps))
             result.durations = notebook_durations(out)
             result.wall_time_sec = time.perf_counter() - t0
             write_index(result, profile, steps)
@@ -416,9 +401,7 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
                     f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
                 update_readme(root / "README.md", runs_root, figures_dir, command,  # only with its markers
                               tag=profile.readme, title=profile.readme_title, index=result.index)
-            bar.update(1)
-    finally:
-        bar.close()
+            bar.done(WORK["index"], "done")
     return result
 
 

@@ -8,6 +8,7 @@ assembled by :func:`dynrcnn.presets.build_config`; this module only says *which*
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +142,7 @@ PROFILES: dict[str, Profile] = {
         description="pipeline check: 48/24 generated images, 30 iterations per run; numbers meaningless",
     ),
     # the report of record (``make report``): 900-iteration fine-tunes, the length at which the
-    # baseline's AP90 is measurable (README: the miniature regime)
+    # baseline's AP90 is measurable (docs/regime.md)
     "mini": _mini_profile("mini", "mini_long", "figures", what="900-iteration fine-tunes", readme="RESULTS"),
     # the same runs at 300 iterations (``make report-quick``): outside the regime (baseline AP90 ~3.5)
     "mini_quick": _mini_profile(
@@ -176,10 +177,21 @@ def repo_path(p) -> Path:
     return (REPO if NOTEBOOK_DIR.is_dir() else Path.cwd()) / p
 
 
+def shown_path(p) -> str:
+    """``p`` as a page shows it, and as the pipeline passes it to a notebook: relative to the
+    repository root when inside it (:func:`repo_path` reads it back), else absolute. A rendered
+    report then names no machine path and can be shared as it is."""
+    p = Path(os.path.abspath(Path(str(p)).expanduser()))
+    root = Path(os.path.abspath(REPO)) if NOTEBOOK_DIR.is_dir() else None
+    if root is not None and (p == root or root in p.parents):
+        return p.relative_to(root).as_posix() or "."
+    return str(p)
+
+
 def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
     """Where the train notebook puts a run when no ``run_dir`` is given (the pipeline's naming)."""
     return repo_path(Path("runs") / profile / seed_run_name(method, seed))
 
 
 __all__ = ["REPO", "NOTEBOOK_DIR", "NOTEBOOKS", "RunSpec", "Profile", "PROFILES", "NMS_085", "get_profile",
-           "repo_path", "default_run_dir", "seed_run_name", "seeded_runs", "MINI_SEEDS"]
+           "repo_path", "shown_path", "default_run_dir", "seed_run_name", "seeded_runs", "MINI_SEEDS"]
