@@ -242,7 +242,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         path = runs.write_eval(run, metrics, tag)
         # the summary line is printed with or without the bar: batch logs need it
         print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
-              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {path}")
+              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {runs.shown_path(path)}")
         if metrics.get("per_class"):
             print("per class AP: " + ", ".join(f"{c['name']} {c['AP']:.1f}" for c in metrics["per_class"]
                                                if c["AP"] is not None))

@@ -15,7 +15,7 @@ from pathlib import Path
 from dynrcnn.errors import DataError, DynrcnnError
 from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT, LOCK, TRAIN_DONE, artefacts,
                           eval_file, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir,
-                          last_checkpoint, read_json, sanitise_tag)
+                          last_checkpoint, read_json, sanitise_tag, shown_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -276,8 +276,8 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
     resumable = last_checkpoint(run_dir).is_file() and is_run_dir(run_dir)
     mismatch = _mismatch(run_dir, cfg) if complete or resumable else None  # hashes the annotations once
     if complete and mismatch is None:
-        return "reuse", f"reusing the complete run {run_dir} (same config; pass force=True to retrain)"
+        return "reuse", f"reusing the complete run {shown_path(run_dir)} (same config; pass force=True to retrain)"
     if resumable and mismatch is None:
-        return "resume", f"resuming the interrupted run {run_dir} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
-    why = mismatch or f"{run_dir} is not complete (no {TRAIN_DONE}/{EVAL})"
+        return "resume", f"resuming the interrupted run {shown_path(run_dir)} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
+    why = mismatch or f"{shown_path(run_dir)} is not complete (no {TRAIN_DONE}/{EVAL})"
     return "train", why + ": training from scratch"

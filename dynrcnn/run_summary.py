@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dynrcnn.runs import Run
+from dynrcnn.runs import Run, shown_path
 
 
 def run_name(run) -> str:
@@ -62,7 +62,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         done = r.done or {}
         wall = done.get("wall_time_sec")
         rows.append({
-            "run": str(r.path), "method": r.method, "preset": r.preset, "convention": r.convention,
+            "run": shown_path(r.path), "method": r.method, "preset": r.preset, "convention": r.convention,
             "seed": r.seed, "iterations": r.iterations, "finished": r.finished,
             **{k: ev.get(k) for k in ("AP", "AP50", "AP75", "AP90")},
             "wall_min": None if wall is None else wall / 60.0,

@@ -56,6 +56,28 @@ DETECTIONS = "detections.json"
 EVAL = "eval.json"
 PROVENANCE = "provenance.json"  # where a run converted from published weights came from (dynrcnn convert)
 LOCK = "dynrcnn.lock"  # while one process writes the run (integrity.RunLock)
+#: the checkout the package runs from (paths inside it are shown relative to it)
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def relative_path(p, *bases) -> str:
+    """``p`` relative to the first of ``bases`` that holds it (POSIX form, "." for the base
+    itself), else absolute. Symbolic links are not followed: a path is shown as it was given."""
+    p = Path(os.path.abspath(Path(str(p)).expanduser()))
+    for base in bases:
+        base = Path(os.path.abspath(base))
+        if p == base or base in p.parents:
+            return p.relative_to(base).as_posix() or "."
+    return str(p)
+
+
+def shown_path(p) -> str:
+    """``p`` as a message, a table or a rendered page shows it: relative to the working folder
+    when inside it, else to the checkout when inside it, else absolute; so a report names no
+    machine path and can be shared as it is."""
+    return relative_path(p, Path.cwd(), CHECKOUT)
+
+
 #: the key of config.json that records the training data (:func:`~dynrcnn.integrity.data_record`)
 DATA_RECORD = "data"
 

@@ -537,3 +537,17 @@ def test_index_claims_table_is_compact_with_badges_and_merged_sources(mini_runs)
     assert page.split("</table>")[0].count("<tr>") == len(rows) + 1  # the claims table: header + one row each
     assert 'class="badge reproduced"' in page and "<details><summary>why</summary>" in page
     assert "absolute COCO numbers this scale cannot test" in page
+
+
+def test_plan_passes_checkout_paths_relative():
+    """A report inside the checkout (``make report``) passes every path relative to it, so the
+    rendered parameters cells name no machine folder; the notebooks read them back."""
+    from dynrcnn.report.pipeline import plan
+
+    root = report.REPO
+    steps = plan(report.get_profile("smoke"), root / "build" / "x", root / "build" / "x-runs", root / "build" / "x-data",
+                 "cpu", root / "build" / "x-figures", False)
+    paths = [v for s in steps for k, v in s.params.items() if k.endswith(("_root", "_dir")) and v]
+    assert paths and all(not str(v).startswith("/") for v in paths), paths
+    assert all(report.repo_path(v) == root / v for v in paths)
+    assert report.param_path("/elsewhere/data") == "/elsewhere/data"

@@ -82,3 +82,17 @@ def test_cli_defaults_and_help():
     assert args.evaluator == "pycocotools" and args.checkpoint is None
     for action in parser._subparsers._group_actions[0].choices["train"]._actions:
         assert action.help, action.dest
+
+
+def test_shown_paths_name_no_machine_folder(tmp_path, monkeypatch):
+    from dynrcnn.runs import CHECKOUT, relative_path, shown_path
+
+    assert relative_path(tmp_path / "a" / "b", tmp_path) == "a/b"
+    assert relative_path(tmp_path, tmp_path) == "."
+    assert relative_path(tmp_path / "a", tmp_path / "other", tmp_path / "a") == "."  # the first base that holds it
+    assert relative_path("/elsewhere/x", tmp_path) == "/elsewhere/x"  # outside every base: absolute
+    assert relative_path(tmp_path / "ab", tmp_path / "a") == str(tmp_path / "ab")  # a prefix is not a parent
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "runs" / "x") == "runs/x"  # the working folder first
+    assert shown_path(CHECKOUT / "runs" / "mini") == "runs/mini"  # then the checkout
+    assert shown_path("/elsewhere/x") == "/elsewhere/x"

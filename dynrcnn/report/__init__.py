@@ -21,14 +21,14 @@ from dynrcnn.report.claims import (STATUSES, Claim, claims, claims_table, count_
 from dynrcnn.report.results import write_results
 from dynrcnn.report.pipeline import ReportError, execute_notebook, main_report, plan, run_pipeline
 from dynrcnn.report.profiles import (NMS_085, NOTEBOOK_DIR, NOTEBOOKS, PROFILES, REPO, Profile, RunSpec,
-                                     default_run_dir, get_profile, repo_path, shown_path)
+                                     default_run_dir, get_profile, param_path, repo_path)
 from dynrcnn.report.tables import (ap_per_iou_table, compute_table, config_table, dataset_table,
                                    environment_table, eval_table, notebook_durations, styled)
 from dynrcnn.report.text import (README_BEGIN, README_END, ap_sentence, readme_table, trend_sentence, update_readme,
                                  why_sentence)
 
 __all__ = [
-    "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "shown_path", "default_run_dir",
+    "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "param_path", "default_run_dir",
     "recompute_updates", "proposal_quality", "smooth_l1_gradient", "ablation_table", "profile_scale",
     "dynamic_facts_table", "ap_curves", "gain_curves", "trajectories", "authors_trajectory", "write_results",
     "count_statuses", "why_sentence",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report.index import write_index
-from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, repo_path, shown_path
+from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import update_readme
@@ -58,8 +58,8 @@ class PipelineResult:
 
 
 def _abs(p) -> str:
-    """A path parameter of a notebook: relative to the checkout when inside it (:func:`shown_path`)."""
-    return shown_path(Path(p).expanduser().resolve())
+    """A path parameter of a notebook: relative to the checkout when inside it (:func:`param_path`)."""
+    return param_path(Path(p).expanduser().resolve())
 
 
 def published_root(runs_root) -> Path:

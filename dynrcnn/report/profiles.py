@@ -8,7 +8,6 @@ assembled by :func:`dynrcnn.presets.build_config`; this module only says *which*
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,15 +176,13 @@ def repo_path(p) -> Path:
     return (REPO if NOTEBOOK_DIR.is_dir() else Path.cwd()) / p
 
 
-def shown_path(p) -> str:
-    """``p`` as a page shows it, and as the pipeline passes it to a notebook: relative to the
-    repository root when inside it (:func:`repo_path` reads it back), else absolute. A rendered
-    report then names no machine path and can be shared as it is."""
-    p = Path(os.path.abspath(Path(str(p)).expanduser()))
-    root = Path(os.path.abspath(REPO)) if NOTEBOOK_DIR.is_dir() else None
-    if root is not None and (p == root or root in p.parents):
-        return p.relative_to(root).as_posix() or "."
-    return str(p)
+def param_path(p) -> str:
+    """A path as the pipeline passes it to a notebook: relative to the repository root when
+    inside it (:func:`repo_path` reads it back), else absolute; a rendered parameters cell then
+    names no machine path."""
+    from dynrcnn.runs import relative_path
+
+    return relative_path(p, REPO) if NOTEBOOK_DIR.is_dir() else relative_path(p)
 
 
 def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
@@ -194,4 +191,4 @@ def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
 
 
 __all__ = ["REPO", "NOTEBOOK_DIR", "NOTEBOOKS", "RunSpec", "Profile", "PROFILES", "NMS_085", "get_profile",
-           "repo_path", "shown_path", "default_run_dir", "seed_run_name", "seeded_runs", "MINI_SEEDS"]
+           "repo_path", "param_path", "default_run_dir", "seed_run_name", "seeded_runs", "MINI_SEEDS"]

@@ -13,7 +13,7 @@ import pandas as pd
 from dynrcnn.config import resolved_lr
 from dynrcnn.report.analysis import iou_thresholds
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
-from dynrcnn.runs import ENV
+from dynrcnn.runs import ENV, shown_path
 
 
 def config_table(cfg) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def config_table(cfg) -> pd.DataFrame:
         ("iterations", cfg.max_iter), ("images per iteration", cfg.ims_per_batch),
         ("learning rate (linearly scaled)", f"{lr:g} (base {cfg.base_lr:g} at {cfg.reference_ims_per_batch} img/iter)"),
         ("lr steps", list(cfg.lr_steps)), ("seed", cfg.seed), ("log_stats", cfg.log_stats),
-        ("data root", cfg.data_root),
+        ("data root", shown_path(cfg.data_root)),
     ]
     return pd.DataFrame(rows, columns=["setting", "value"]).astype({"value": str})
 
