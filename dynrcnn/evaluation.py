@@ -249,6 +249,23 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         return metrics
 
 
+def tight_flags(detections: list[dict], ground_truth: list[dict], iou: float = 0.9) -> list[bool]:
+    """For each COCO-format detection of one image: does a ground-truth box of its class
+    overlap it at IoU >= ``iou``? (The test AP at that threshold applies, without the
+    one-to-one matching: a figure's and a sentence's measure of tight boxes.)"""
+    from torchvision.ops import box_iou
+
+    def xyxy(items):
+        return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in items)],
+                            dtype=torch.float32).reshape(-1, 4)
+
+    if not detections or not ground_truth:
+        return [False] * len(detections)
+    overlap = box_iou(xyxy(detections), xyxy(ground_truth)) >= iou
+    same = torch.tensor([[d["category_id"] == g["category_id"] for g in ground_truth] for d in detections])
+    return (overlap & same).any(dim=1).tolist()
+
+
 def missing_evaluations(run_dir: str | Path, data_root=None, extra_data_roots=()) -> list:
     """The data roots a run has no evaluation on yet: ``None`` for its own validation split
     (``eval.json``), then each of ``extra_data_roots`` without its ``eval-<tag>.json``. The
@@ -269,5 +286,5 @@ def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), d
     return runs.load_run(Path(run_dir))
 
 
-__all__ = ["evaluate", "ensure_evaluated", "missing_evaluations", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
+__all__ = ["evaluate", "ensure_evaluated", "missing_evaluations", "tight_flags", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
            "IOU_THRESHOLDS"]

@@ -464,9 +464,13 @@ def ap_per_iou_run_figure(run) -> Figure:
 # detections
 
 
-def detections_figure(run, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0) -> Figure:
-    """Ground truth (left) next to the run's detections with score >= ``score_thresh``
-    (right) on ``n`` validation images (``detections.json``, images read from the data root)."""
+def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0,
+                      labels=None, tight_iou: float = 0.9) -> Figure:
+    """Ground truth (left) next to the detections with score >= ``score_thresh`` of one run, or
+    of each of several runs on the same ``n`` validation images (``detections.json``, images
+    read from the first run's data root). A box drawn solid overlaps a ground-truth box of its
+    class at IoU >= ``tight_iou`` (AP90's threshold), a dashed one does not; each panel's title
+    counts both, so where Dynamic R-CNN localises better shows as more solid boxes."""
     import contextlib
     import io
 
@@ -474,38 +478,52 @@ def detections_figure(run, data_root=None, n: int = 4, score_thresh: float = 0.5
     from pycocotools.coco import COCO
 
     from dynrcnn.data import annotation_file
+    from dynrcnn.evaluation import tight_flags
 
-    data_root = Path(data_root or run.config.get("data_root"))
-    split = run.config.get("val_split", "val")
+    runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
+    labels = list(labels) if labels is not None else [run_name(r) for r in runs]
+    first = runs[0]
+    data_root = Path(data_root or first.config.get("data_root"))
+    split = first.config.get("val_split", "val")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(annotation_file(data_root, split)))
-    dets = rundir.read_detections(run.path)
-    by_image: dict[int, list] = {}
-    for d in dets:
-        by_image.setdefault(int(d["image_id"]), []).append(d)
+    by_run = []
+    for run in runs:
+        by_image: dict[int, list] = {}
+        for d in rundir.read_detections(run.path):
+            by_image.setdefault(int(d["image_id"]), []).append(d)
+        by_run.append(by_image)
     ids = sorted(coco.getImgIds())
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-    fig = Figure(figsize=(6, 3 * len(chosen)))
-    axes = np.atleast_2d(fig.subplots(len(chosen), 2))
+
+    fig = Figure(figsize=(3 * (1 + len(runs)), 3 * len(chosen)))
+    axes = np.atleast_2d(fig.subplots(len(chosen), 1 + len(runs)))
     for row, img_id in zip(axes, chosen):
         info = coco.loadImgs(img_id)[0]
         img = np.asarray(Image.open(data_root / split / info["file_name"]).convert("RGB"))
         gts = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None))
-        det = [d for d in by_image.get(img_id, []) if d["score"] >= score_thresh]
-        for ax, items, title, color in ((row[0], gts, f"ground truth ({len(gts)})", "lime"),
-                                        (row[1], det, f"detections >= {score_thresh} ({len(det)})", "red")):
+        panels = [(row[0], gts, f"ground truth ({len(gts)})", "lime", [True] * len(gts))]
+        for ax, label, by_image in zip(row[1:], labels, by_run):
+            det = [d for d in by_image.get(img_id, []) if d["score"] >= score_thresh]
+            tight = tight_flags(det, gts, tight_iou)
+            panels.append((ax, det, f"{label}: {len(det)}, {sum(tight)} at IoU >= {tight_iou:g}", "red", tight))
+        for ax, items, title, color, solid in panels:
             ax.imshow(img)
-            for a in items:
+            for a, full in zip(items, solid):
                 x, y, w, h = a["bbox"]
-                ax.add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, color=color, lw=1.2))
+                ax.add_patch(matplotlib.patches.Rectangle((x, y), w, h, fill=False, color=color, lw=1.2,
+                                                          ls="-" if full else "--"))
                 label = names.get(a["category_id"], a["category_id"])
                 if "score" in a:
                     label = f"{label} {a['score']:.2f}"
                 ax.text(x, y, label, color="white", fontsize=5, va="bottom",
                         bbox=dict(facecolor=color, alpha=0.6, pad=0.5, lw=0))
-            ax.set_title(f"image {img_id}: {title}", fontsize=8)
+            ax.set_title(f"image {img_id}: {title}", fontsize=7)
             ax.axis("off")
-    return _finish(fig, "Detections next to ground truth (validation images)", caption(run))
+    what = "next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
+    return _finish(fig, f"Detections {what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
+                        f"{tight_iou:g}; dashed: none",
+                   caption(first) if len(runs) == 1 else runs_caption(runs))
 

@@ -217,7 +217,33 @@ def test_detections_figure(tmp_path):
     fig = plots.detections_figure(load_run(run), n=2, score_thresh=0.5)
     _png(plots.save_figure(fig, tmp_path / "det.png"))
     titles = [ax.get_title() for ax in fig.axes]
-    assert any("detections >= 0.5 (1)" in t for t in titles) and any("ground truth (1)" in t for t in titles)
+    # IoU of [6, 5, 20, 11] with [5, 5, 20, 10]: 190 / 230 = 0.83, under 0.9
+    assert "image 1: dynamic: 1, 0 at IoU >= 0.9" in titles and "image 1: ground truth (1)" in titles
+    assert "image 2: dynamic: 0, 0 at IoU >= 0.9" in titles  # the 0.1 detection is under the score threshold
+    # two runs on the same images: one column each, tight boxes drawn solid
+    base = write_run(tmp_path / "runs", "baseline", "baseline", data_root=str(root))
+    (base / "detections.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 10],
+                                                       "score": 0.8}]))
+    fig = plots.detections_figure([load_run(base), load_run(run)], n=2, labels=["B", "D"])
+    assert len(fig.axes) == 6
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "image 1: B: 1, 1 at IoU >= 0.9" in titles and "image 1: D: 1, 0 at IoU >= 0.9" in titles
+    styles = {ax.get_title(): [p.get_linestyle() for p in ax.patches] for ax in fig.axes}
+    assert styles["image 1: B: 1, 1 at IoU >= 0.9"] == ["-"] and styles["image 1: D: 1, 0 at IoU >= 0.9"] == ["--"]
+
+
+def test_tight_flags_hand_computed():
+    from dynrcnn.evaluation import tight_flags
+
+    gt = [{"bbox": [0, 0, 10, 9], "category_id": 1}, {"bbox": [50, 50, 10, 10], "category_id": 2}]
+    dets = [{"bbox": [0, 0, 10, 10], "category_id": 1},  # IoU 90 / 100 = 0.9: counts at 0.9
+            {"bbox": [0, 0, 10, 10], "category_id": 2},  # the same box, another class: no
+            {"bbox": [50, 50, 10, 11], "category_id": 2},  # IoU 100 / 110 = 0.909
+            {"bbox": [52, 50, 10, 10], "category_id": 2}]  # IoU 80 / 120 = 0.667
+    assert tight_flags(dets, gt, 0.9) == [True, False, True, False]
+    assert tight_flags(dets, gt, 0.95) == [False, False, False, False]
+    assert tight_flags(dets, gt, 0.6) == [True, False, True, True]
+    assert tight_flags(dets, [], 0.9) == [False] * 4 and tight_flags([], gt) == []
 
 
 def test_group_figures_from_curves(tmp_path):

@@ -14,9 +14,9 @@ This package re-exports the surface the notebooks use.
 """
 
 from dynrcnn.report.analysis import (ablation_table, dynamic_facts_table, profile_scale, proposal_quality,
-                                     recompute_updates, smooth_l1_gradient)
+                                     recompute_updates, same_nms_pair, smooth_l1_gradient, tight_share)
 from dynrcnn.report.curves import ap_curves, authors_trajectory, gain_curves, trajectories
-from dynrcnn.report.claims import (STATUSES, Claim, claims, claims_table, count_statuses, interval_verdict,
+from dynrcnn.report.claims import (STATUSES, Claim, claims, claims_table, count_statuses, find_claim, interval_verdict,
                                    verdict_absolute, verdict_delta, verdict_overhead)
 from dynrcnn.report.results import write_results
 from dynrcnn.report.pipeline import ReportError, execute_notebook, main_report, plan, run_pipeline
@@ -29,9 +29,9 @@ from dynrcnn.report.text import (README_BEGIN, README_END, ap_sentence, readme_t
 
 __all__ = [
     "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "param_path", "default_run_dir",
-    "recompute_updates", "proposal_quality", "smooth_l1_gradient", "ablation_table", "profile_scale",
+    "recompute_updates", "proposal_quality", "smooth_l1_gradient", "ablation_table", "same_nms_pair", "tight_share", "profile_scale",
     "dynamic_facts_table", "ap_curves", "gain_curves", "trajectories", "authors_trajectory", "write_results",
-    "count_statuses", "why_sentence",
+    "count_statuses", "find_claim", "why_sentence",
     "Claim", "STATUSES", "claims", "claims_table", "interval_verdict", "verdict_delta", "verdict_absolute",
     "verdict_overhead",
     "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "compute_table", "environment_table",

@@ -45,6 +45,40 @@ def main_key(groups, method: str):
     return keys[0] if keys else None
 
 
+def same_nms_pair(runs) -> tuple | None:
+    """``(baseline, dynamic)``: the first seed of Dynamic R-CNN and of the baseline at its RPN
+    NMS (the headline comparison), for figures that show the two on the same images; None when
+    either is missing."""
+    groups = group_runs(runs)
+    dyn = main_key(groups, "dynamic")
+    if dyn is None or ("baseline", dyn[1]) not in groups:
+        return None
+    return tuple(min(groups[k], key=lambda r: r.config.get("seed") or 0) for k in (("baseline", dyn[1]), dyn))
+
+
+def tight_share(run, score_thresh: float = 0.5, iou: float = 0.9) -> float:
+    """The share of a run's detections with score >= ``score_thresh`` on its validation split
+    that overlap a ground-truth box of their class at IoU >= ``iou`` (nan without detections)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from dynrcnn.data import annotation_file
+    from dynrcnn.evaluation import tight_flags
+    from dynrcnn.runs import read_detections
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(annotation_file(run.config.get("data_root"), run.config.get("val_split", "val"))))
+    by_image: dict[int, list] = {}
+    for d in read_detections(run.path):
+        if d["score"] >= score_thresh:
+            by_image.setdefault(int(d["image_id"]), []).append(d)
+    flags = [f for img, dets in by_image.items()
+             for f in tight_flags(dets, coco.loadAnns(coco.getAnnIds(imgIds=img, iscrowd=None)), iou)]
+    return float(np.mean(flags)) if flags else float("nan")
+
+
 def values(runs, metric: str) -> list[float]:
     """The finite values of ``metric`` (an eval.json key, or ``sec_per_iter``) over ``runs``."""
     out = []
@@ -253,7 +287,7 @@ def smooth_l1_gradient(x: float, betas) -> dict[float, float]:
     return out
 
 
-__all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "group_runs", "main_key", "values", "mean", "names",
+__all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "group_runs", "main_key", "same_nms_pair", "tight_share", "values", "mean", "names",
            "profile_scale", "device_kind", "ablation_table", "iou_thresholds", "ap_gain_per_iou",
            "recompute_updates", "proposal_quality", "smooth_l1_gradient", "CROSSING", "dynamic_facts",
            "dynamic_facts_table"]

@@ -30,19 +30,21 @@ STEP_TEXT = {
 }
 
 _STYLE = """body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 1.5em auto; padding: 0 1em; line-height: 1.4; }
-table.t { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0 1em; }
+table.t { border-collapse: collapse; font-size: 0.82em; margin: 0.5em 0 1em; display: block; max-width: 100%; overflow-x: auto; }
 table.t th, table.t td { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
 p.headline { border-left: 4px solid #2a7; background: #f3faf6; padding: 0.5em 0.8em; }
 .badge { display: inline-block; padding: 0 0.5em; border-radius: 0.7em; color: white; font-size: 0.85em; background: #888; }
 .badge.reproduced { background: #2a7; } .badge.contradicted { background: #c33; } .badge.inconclusive { background: #c90; }
 table.claims td { max-width: 28em; } details summary { cursor: pointer; color: #555; font-size: 0.85em; }
-figure { margin: 0.5em 0; } img { max-width: 100%; } figcaption { font-size: 0.8em; color: #555; }
+figure { margin: 0.5em 0; } img { max-width: 100%; height: auto; } figcaption { font-size: 0.8em; color: #555; }
 .scale { background: #fff3cd; padding: 0.4em 0.8em; border-left: 4px solid #e0a800; }"""
 
 
-def _img_tag(path: Path, alt: str) -> str:
+def _img_tag(path: Path, alt: str, optional: bool = False) -> str:
+    """The figure embedded; a missing one is said, unless ``optional`` (drawn only when the
+    profile has the runs it needs)."""
     if not path.is_file():
-        return f"<p><em>figure {html.escape(path.name)} missing</em></p>"
+        return "" if optional else f"<p><em>figure {html.escape(path.name)} missing</em></p>"
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
@@ -218,16 +220,17 @@ def write_index(result, profile, steps) -> Path:
 {f'<p class="headline"><b>{html.escape(line)}</b></p>' if (line := headline(items)) else ""}
 <p class="scale"><b>Scale: {html.escape(scale_text)}.</b>
 {scale_note}</p>
+<h2>Results</h2>
+{_results(runs, items)}
+{_img_tag(figs / 'ap_vs_iou.png', 'AP against IoU threshold (figures/ap_vs_iou.png)')}
+{_img_tag(figs / 'detections_compare.png', 'The baseline and Dynamic R-CNN on the same validation images; solid boxes reach IoU 0.9 with their ground truth (figures/detections_compare.png)', optional=True)}
+{_img_tag(figs / 'trend.png', 'IoU threshold and beta against iteration (figures/trend.png)')}
+<h3>Ablation</h3>
+{_table_html(ablation)}
 <h2>Scope</h2>
 {_scope()}
 <h2>Methodology</h2>
 {_methodology(result, profile, hw)}
-<h2>Results</h2>
-{_results(runs, items)}
-<h3>Ablation</h3>
-{_table_html(ablation)}
-{_img_tag(figs / 'trend.png', 'IoU threshold and beta against iteration (figures/trend.png)')}
-{_img_tag(figs / 'ap_vs_iou.png', 'AP against IoU threshold (figures/ap_vs_iou.png)')}
 <h2>What was easy</h2><ul>{_items(_easy(items))}</ul>
 <h2>What was difficult</h2><ul>{_items(_difficult(runs, len(ablation), scale))}</ul>
 <h2>Compute cost</h2>
