@@ -24,7 +24,6 @@ otherwise from random images with random boxes.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics

@@ -1,7 +1,7 @@
 """The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``predict``, ``report``, ``convert``, ``export``.
 
-Each group of subcommands lives next to the code it drives (``cli_data``, ``cli_train``,
-``cli_predict``, ``cli_report``) and registers itself here; this module only assembles the parser and turns
+Each group of subcommands lives next to the code it drives (``cli_data``, ``cli_train``, ``cli_eval``,
+``cli_predict``, ``cli_report``, ``cli_convert``) and registers itself here; this module only assembles the parser and turns
 :class:`~dynrcnn.errors.DynrcnnError` into a one-line message and exit code 2.
 """
 
@@ -14,7 +14,7 @@ import sys
 from dynrcnn import __version__
 from dynrcnn.errors import DynrcnnError
 
-COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_predict", "dynrcnn.cli_report", "dynrcnn.convert")
+COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_eval", "dynrcnn.cli_predict", "dynrcnn.cli_report", "dynrcnn.cli_convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

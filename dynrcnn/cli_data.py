@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-
-def _mini_size() -> int:
-    from dynrcnn.presets import get_preset
-
-    return get_preset("mini").model.min_size
+from dynrcnn.mini import IMAGE_SIZE, N_TRAIN, N_VAL
 
 
 def _mini(args) -> int:
     from dynrcnn.mini import generate_mini
 
     s = generate_mini(args.out, seed=args.seed, n_train=args.train, n_val=args.val,
-                      image_size=args.image_size or _mini_size(), workers=args.workers, progress=not args.quiet)
+                      image_size=args.image_size or IMAGE_SIZE, workers=args.workers, progress=not args.quiet)
     print(f"miniature benchmark written to {s['out']} in {s['seconds']:.1f} s: "
           f"train {s['train']['images']} images / {s['train']['annotations']} boxes, "
           f"val {s['val']['images']} images / {s['val']['annotations']} boxes, "
@@ -59,11 +55,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "arguments always give byte-identical files.")
     p.add_argument("--out", required=True, help="folder to write the benchmark into (created if missing)")
     p.add_argument("--seed", type=int, default=0, help="random seed; each image is drawn from (seed, split, index) (default: %(default)s)")
-    p.add_argument("--train", type=int, default=2000, metavar="N", help="number of training images (default: %(default)s)")
-    p.add_argument("--val", type=int, default=500, metavar="M", help="number of validation images (default: %(default)s)")
+    p.add_argument("--train", type=int, default=N_TRAIN, metavar="N", help="number of training images (default: %(default)s)")
+    p.add_argument("--val", type=int, default=N_VAL, metavar="M", help="number of validation images (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="side of the square images, pixels (default: the size the mini preset trains at, "
-                        f"{_mini_size()})")
+                        f"{IMAGE_SIZE})")
     p.add_argument("--workers", type=int, default=None, metavar="W",
                    help="drawing processes (default: one per CPU core; 0 draws in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,13 +1,11 @@
-"""``dynrcnn train``, ``dynrcnn pretrain``, ``dynrcnn eval`` and ``dynrcnn runs``."""
+"""``dynrcnn train`` and ``dynrcnn pretrain`` (``eval`` and ``runs``: :mod:`dynrcnn.cli_eval`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dynrcnn import integrity, run_summary, runs
+from dynrcnn import integrity, runs
 from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
-from dynrcnn.errors import DataError
 from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
 
@@ -63,43 +61,17 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from dynrcnn.evaluation import evaluate
-
-    evaluate(args.run_dir, checkpoint=args.checkpoint, data_root=args.data_root, device=args.device,
-             evaluator=args.evaluator, progress=not args.no_progress, name=args.name,
-             allow_class_mismatch=args.allow_class_mismatch)
-    return 0
-
-
-def cmd_runs(args) -> int:
-    if not Path(args.dir).is_dir():
-        raise DataError(f"{args.dir}: no such folder (pass the folder that holds the runs, e.g. runs/mini)")
-    table = run_summary.runs_table(runs.find_runs(args.dir))
-    if args.csv:
-        print(table.to_csv(index=False), end="")
-    else:
-        print(run_summary.format_table(table))
-    return 0
-
-
 _FMT = argparse.RawDescriptionHelpFormatter
-
-
-def _last_checkpoint_name() -> str:
-    return f"{runs.CHECKPOINTS}/{runs.LAST_CHECKPOINT}"
 
 
 def register(subparsers) -> None:
     device = default_device()
     _register_train(subparsers, device)
     _register_pretrain(subparsers, device)
-    _register_eval(subparsers, device)
-    _register_runs(subparsers)
 
 
 def _register_train(subparsers, device: str) -> None:
-    last = _last_checkpoint_name()
+    last = runs.LAST_CHECKPOINT_PATH
     p = subparsers.add_parser(
         "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
         description="Train Faster R-CNN with the chosen method and write a run directory ("
@@ -157,42 +129,3 @@ def _register_pretrain(subparsers, device: str) -> None:
                    help="CPU threads for the pretraining run (default: PyTorch's choice, all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
-
-
-def _register_eval(subparsers, device: str) -> None:
-    last = _last_checkpoint_name()
-    p = subparsers.add_parser(
-        "eval", help=f"COCO-evaluate a run's checkpoint (writes {runs.DETECTIONS} and {runs.EVAL})",
-        description="Run the run's detector over its validation split and compute COCO bbox AP, AP50, AP75, "
-                    "AP_S/M/L and AP at each IoU 0.50:0.05:0.95 (AP90 included), in percent.",
-        formatter_class=_FMT)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'dynrcnn train'")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help=f"checkpoint to evaluate (default: RUN_DIR/{last}); another checkpoint's results go to "
-                        "eval-<checkpoint name>.json and never replace the final model's eval.json")
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help=f"dataset folder (default: the one recorded in RUN_DIR/{runs.CONFIG})")
-    p.add_argument("--name", default=None, metavar="NAME",
-                   help=f"store the results as {runs.eval_file('RUN_DIR', 'NAME').name} and "
-                        f"{runs.detections_file('RUN_DIR', 'NAME').name} (default: {runs.EVAL} on the run's own "
-                        "data; on another --data-root, that folder's name: the run's own results are never replaced)")
-    p.add_argument("--evaluator", default="pycocotools", choices=("pycocotools", "faster-coco-eval"),
-                   help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
-                        "pip install faster-coco-eval)")
-    p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line is still printed)")
-    p.add_argument("--allow-class-mismatch", action="store_true",
-                   help="evaluate on data whose class names differ from the run's (same count); refused by default")
-    p.set_defaults(func=cmd_eval)
-
-
-def _register_runs(subparsers) -> None:
-    p = subparsers.add_parser(
-        "runs", help="list the runs under a folder (method, preset, iterations, AP, AP90, time)",
-        description="Print one line per run directory found under DIR: method, preset, convention, seed, "
-                    "iterations, whether training finished, AP, AP50, AP75, AP90 (percent), wall time "
-                    "(minutes) and training images/s.",
-        formatter_class=_FMT)
-    p.add_argument("dir", metavar="DIR", help="folder searched recursively for run directories")
-    p.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
-    p.set_defaults(func=cmd_runs)

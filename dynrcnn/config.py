@@ -199,7 +199,7 @@ class Config:
             raise ConfigError(f"tracker must be none or wandb, got {self.tracker!r}")
         if self.eval_period < 0:
             raise ConfigError(f"eval_period must be >= 0 (0: no validation during training), got {self.eval_period}")
-        if self.best_metric not in ("AP", "AP50", "AP75", "AP90"):
+        if self.best_metric not in REPORTED_METRICS:
             raise ConfigError(f"best_metric must be one of AP, AP50, AP75, AP90, got {self.best_metric!r}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0 (0: load data in the training process), got "
@@ -270,6 +270,21 @@ def resolve_lr(cfg: Config) -> tuple[Config, str]:
 
 #: COCO's IoU thresholds 0.50:0.05:0.95, the order of ``AP_per_iou`` in eval.json
 IOU_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+#: the metrics the report compares (AP90: AP at IoU 0.90, the paper's high-IoU measure) and the
+#: six of COCOeval's summary that eval.json also records
+REPORTED_METRICS = ("AP", "AP50", "AP75", "AP90")
+
+
+def iou_index(iou: float) -> int:
+    """Where IoU ``iou`` sits in :data:`IOU_THRESHOLDS` (and so in ``AP_per_iou``)."""
+    return IOU_THRESHOLDS.index(round(float(iou), 2))
+
+
+#: AP90's place in ``AP_per_iou``
+AP90_INDEX = iou_index(0.9)
+COCO_SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: the COCO evaluators ``dynrcnn eval --evaluator`` accepts (the first is the default)
+EVALUATORS = ("pycocotools", "faster-coco-eval")
 
 #: top-level fields the engine adds to the recorded config (not Config fields)
 CONFIG_EXTRAS = ("images_per_update", "world_size", "data")  # "data": runs.DATA_RECORD

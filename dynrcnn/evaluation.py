@@ -25,10 +25,8 @@ import torch
 
 from dynrcnn import integrity, runs
 from dynrcnn.checkpoint import load_for_eval
-from dynrcnn.config import IOU_THRESHOLDS, check_device
+from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
-
-EVALUATORS = ("pycocotools", "faster-coco-eval")
 
 
 def _coco_classes(evaluator: str):
@@ -72,13 +70,13 @@ def ap_per_iou(precision: np.ndarray, area_index: int = 0, maxdet_index: int = -
     return out
 
 
-def coco_metrics(gt, detections: list[dict], evaluator: str = "pycocotools", verbose: bool = False) -> dict:
+def coco_metrics(gt, detections: list[dict], evaluator: str = EVALUATORS[0], verbose: bool = False) -> dict:
     """COCO bbox metrics of ``detections`` (results format, xywh) against ``gt`` (annotation
     file path, dataset dict or COCO object). AP values in percent; undefined ones
     (e.g. no small objects) are ``None``; no detections at all give AP 0."""
     COCO, COCOeval = _coco_classes(evaluator)
     coco_gt = _load_gt(gt, COCO)
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    keys = COCO_SUMMARY
     if not detections:
         res = {k: 0.0 for k in keys}
         res.update({"AP_per_iou": [0.0] * 10, "iou_thresholds": IOU_THRESHOLDS, "AP90": 0.0, "num_detections": 0})
@@ -181,7 +179,7 @@ def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
-             device: str = "cpu", evaluator: str = "pycocotools", progress: bool = False,
+             device: str = "cpu", evaluator: str = EVALUATORS[0], progress: bool = False,
              name: str | None = None, allow_class_mismatch: bool = False) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 from dynrcnn import runs
-from dynrcnn.config import Config
+from dynrcnn.config import REPORTED_METRICS, Config
 from dynrcnn.errors import ConfigError
 
 # ``t`` in every hook is a dynrcnn.engine.Trainer (not imported here: the engine imports this module)
@@ -192,7 +192,7 @@ class PeriodicEvalHook(HookBase):
             detections, _ = predict(t.model, self.dataset, batch_size=t.cfg.eval_batch_size, device=str(t.dev),
                                     num_workers=0, amp=t.cfg.amp)
             m = coco_metrics(self.dataset.annotation_file, detections)
-            vals = {f"val_{k}": m[k] for k in ("AP", "AP50", "AP75", "AP90")}
+            vals = {f"val_{k}": m[k] for k in REPORTED_METRICS}
             t.pending_val = {"val_iteration": t.iteration, **vals}
             if t.tb is not None:
                 for k, v in vals.items():

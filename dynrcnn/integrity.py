@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from dynrcnn.errors import DataError, DynrcnnError
-from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT, LOCK, TRAIN_DONE, artefacts,
+from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts,
                           eval_file, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir,
                           last_checkpoint, read_json, sanitise_tag, shown_path)
 
@@ -278,6 +278,6 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
     if complete and mismatch is None:
         return "reuse", f"reusing the complete run {shown_path(run_dir)} (same config; pass force=True to retrain)"
     if resumable and mismatch is None:
-        return "resume", f"resuming the interrupted run {shown_path(run_dir)} from {CHECKPOINTS}/{LAST_CHECKPOINT}"
+        return "resume", f"resuming the interrupted run {shown_path(run_dir)} from {LAST_CHECKPOINT_PATH}"
     why = mismatch or f"{shown_path(run_dir)} is not complete (no {TRAIN_DONE}/{EVAL})"
     return "train", why + ": training from scratch"

@@ -37,12 +37,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dynrcnn.data import annotation_file
 from dynrcnn.errors import DataError
 
 CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
 SPLITS = ("train", "val")
 _SPLIT_CODE = {"train": 1, "val": 2}
 FORMAT_VERSION = 4
+#: the benchmark of the report of record: training and validation images, and their side in pixels
+#: (the ``mini`` preset's ``min_size``; tests/test_mini.py checks that they agree)
+N_TRAIN, N_VAL, IMAGE_SIZE = 2000, 500, 128
 SIZE_MIX = (0.15, 0.5, 0.35)  # how often an object is drawn small, medium, large (COCO ranges)
 BACKGROUND_CONTRAST = 0.4  # backgrounds keep this fraction of their contrast around their mean
 MIN_CONTRAST = 180  # summed |RGB difference| an object keeps from what lies beneath (if it can)
@@ -242,7 +246,7 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> tuple
     return ys, xs
 
 
-def render_image(seed: int, split: str, index: int, image_size: int = 192,
+def render_image(seed: int, split: str, index: int, image_size: int = IMAGE_SIZE,
                  min_objects: int = 2, max_objects: int = 6, return_masks: bool = False):
     """Draw image ``index`` of ``split``: a uint8 ``[H, W, 3]`` array and its objects.
 
@@ -346,7 +350,7 @@ def _foreign_files(out: Path) -> list[str]:
     files and the images they list), as paths relative to ``out``."""
     ours = set()
     for split in SPLITS:
-        ann = Path("annotations") / f"instances_{split}.json"
+        ann = annotation_file("", split)  # relative to out
         try:
             data = json.loads((out / ann).read_text())
             if "dynrcnn data mini" in str(data["info"]["url"]):
@@ -373,8 +377,19 @@ def _publish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
-                  image_size: int = 192, workers: int | None = None, progress: bool = True) -> dict:
+def ensure_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL, image_size: int = IMAGE_SIZE,
+                split: str = "val", progress: bool = False) -> bool:
+    """Generate the miniature benchmark under ``out`` unless its ``split`` annotations are
+    already there (a finished generation: :func:`generate_mini` publishes atomically); returns
+    whether it generated."""
+    if annotation_file(out, split).is_file():
+        return False
+    generate_mini(out, seed=seed, n_train=n_train, n_val=n_val, image_size=image_size, progress=progress)
+    return True
+
+
+def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL,
+                  image_size: int = IMAGE_SIZE, workers: int | None = None, progress: bool = True) -> dict:
     """Generate the miniature benchmark under ``out``; returns a summary dict.
 
     Writes ``out/annotations/instances_{train,val}.json`` and ``out/{train,val}/NNNNNN.png``.
@@ -406,7 +421,7 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
         raise DataError(f"cannot write the miniature benchmark to {out}: {e}; "
                         "choose another --out or fix the folder's permissions") from e
     try:
-        (tmp / "annotations").mkdir()
+        annotation_file(tmp, SPLITS[0]).parent.mkdir()
         for split in SPLITS:
             (tmp / split).mkdir()
         if workers is None:
@@ -435,7 +450,7 @@ def generate_mini(out, seed: int = 0, n_train: int = 2000, n_val: int = 500,
         summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(CLASSES)}
         for split in SPLITS:
             coco = _coco_dict(split, int(seed), int(image_size), results[split])
-            _dump_json(coco, tmp / "annotations" / f"instances_{split}.json")
+            _dump_json(coco, annotation_file(tmp, split))
             summary[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> what mkdir would have given
         _publish(tmp, out)

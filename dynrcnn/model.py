@@ -22,7 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
-from dynrcnn.config import Config, DynamicConfig, ModelConfig, method_switches
+from dynrcnn.config import ARCHS, Config, DynamicConfig, ModelConfig, method_switches
 from dynrcnn.dynamic_head import DynamicRoIHeads
 from dynrcnn.roi_align import roi_align
 
@@ -186,6 +186,7 @@ def slim_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfi
 
 BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn,
             "slim_r10_fpn": partial(slim_fasterrcnn, blocks=(1, 1, 1, 1))}
+assert tuple(BUILDERS) == ARCHS, "config.ARCHS names the architectures; each needs a builder here"
 
 
 def build_model(cfg: Config, num_classes: int) -> FasterRCNN:

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from dynrcnn import runs as rundir  # noqa: E402
 from dynrcnn.config import IOU_THRESHOLDS  # noqa: E402
+from dynrcnn.datastats import dataset_statistics  # noqa: E402
 from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
 
@@ -99,10 +100,7 @@ def save_figure(fig: Figure, path) -> Path:
 
 
 def _color(run, i: int = 0):
-    m = run.config.get("method")
-    if m == "baseline" and rpn_nms(run) not in (None, BASELINE_RPN_NMS):
-        return "black"
-    return METHOD_COLORS.get(m, f"C{i}")
+    return _group_color(run.config.get("method"), rpn_nms(run), i)
 
 
 def _label(run) -> str:
@@ -300,6 +298,7 @@ def ap_vs_iou_figure(runs, baseline=None) -> Figure:
 
 
 def _group_color(method: str, nms, i: int = 0):
+    """A configuration's colour: the method's, black for a baseline at another RPN NMS."""
     if method == "baseline" and nms not in (None, BASELINE_RPN_NMS):
         return "black"
     return METHOD_COLORS.get(method, f"C{i}")
@@ -462,6 +461,86 @@ def ap_per_iou_run_figure(run) -> Figure:
 
 # --------------------------------------------------------------------------------------------
 # detections
+
+
+# --------------------------------------------------------------------------------------------
+# the data (notebook 01)
+
+
+def plot_box_size_histogram(source, ax=None, bins: int = 40):
+    """Histogram of sqrt(area) of the objects with COCO's 32 / 96 px limits; returns the Figure."""
+    stats = source if isinstance(source, dict) and "areas" in source else dataset_statistics(source)
+    if ax is None:
+        fig = Figure(figsize=(5, 3.2), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    side = np.sqrt(stats["areas"])
+    if side.size:
+        ax.hist(side, bins=np.geomspace(max(1.0, side.min()), side.max() + 1, bins), color="#4c72b0")
+        ax.set_xscale("log")
+    for x, lab in ((32, "32 px"), (96, "96 px")):
+        ax.axvline(x, color="k", ls="--", lw=1)
+        ax.text(x, 0.97, f" {lab}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    s = stats["sizes"]
+    ax.set_title(f"object sizes: small {s['small']}, medium {s['medium']}, large {s['large']}", fontsize=9)
+    ax.set_xlabel("sqrt(object area), pixels")
+    ax.set_ylabel("objects")
+    fig.tight_layout()
+    return fig
+
+
+def draw_samples(dataset, n: int = 8, seed: int = 0, cols: int = 4, figure=None, size: float = 2.4):
+    """Draw ``n`` random images of a :class:`~dynrcnn.data.CocoDetection` with their boxes and
+    class names; returns the matplotlib Figure (never shown)."""
+    n = min(n, len(dataset))
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(dataset), size=n, replace=False).tolist()) if n else []
+    rows = max(1, (n + cols - 1) // cols)
+    fig = figure if figure is not None else Figure(figsize=(cols * size, rows * size), dpi=100)
+    colours = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
+    for k, idx in enumerate(picks):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        image, target = dataset[idx]
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+        for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            x0, y0, x1, y1 = box
+            c = colours[(label - 1) % len(colours)]
+            ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=c, lw=1.2))
+            ax.text(x0, y0 - 1, dataset.class_names[label - 1], color="white", fontsize=6, va="bottom",
+                    bbox={"facecolor": c, "alpha": 0.8, "pad": 0.5, "lw": 0})
+        ax.set_title(f"image {target['image_id']}", fontsize=7)
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def save_sample_figure(root, path, split: str = "val", n: int = 8, seed: int = 0, dpi: int = 80,
+                       colours: int | None = 256) -> Path:
+    """Draw :func:`draw_samples` for ``root``'s ``split`` and save it as a PNG at ``path``.
+
+    ``colours``: quantise to a palette of this many colours to keep the file small (None: keep
+    full colour).
+    """
+    import io
+
+    from PIL import Image
+
+    from dynrcnn.data import load_dataset
+
+    ds = load_dataset(root, split, train=False)
+    fig = draw_samples(ds, n=n, seed=seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im = im.convert("RGB")
+        if colours:
+            im = im.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        im.save(path, format="PNG", optimize=True)
+    return path
 
 
 def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0,

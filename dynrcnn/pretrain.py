@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from dynrcnn.config import PRETRAINED_PREFIX, Config
+from dynrcnn.data import annotation_file
 from dynrcnn.engine import train_model
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.mini import FORMAT_VERSION, generate_mini
@@ -156,7 +157,7 @@ def ensure_pretrained(preset: str = "mini_pretrain", root: str | Path = DEFAULT_
     log(f"no pretrained backbone {path.name} in {looked}: building it under {root} (draws {data['n_train']} images, "
         f"trains {get_preset(preset).max_iter} iterations: minutes on a laptop CPU; --no-build-backbone refuses)")
     data_root = root / f"data-seed{data['seed']}-v{data['format_version']}-{data['image_size']}px-{data['n_train']}"
-    if not (data_root / "annotations" / "instances_val.json").is_file():
+    if not annotation_file(data_root, "val").is_file():
         log(f"pretraining data: drawing {data['n_train']} images (data seed {data['seed']}) into {data_root}")
         generate_mini(data_root, seed=data["seed"], n_train=data["n_train"], n_val=data["n_val"],
                       image_size=data["image_size"], progress=progress)
@@ -194,6 +195,9 @@ def resolve_backbone(cfg: Config, root: str | Path = DEFAULT_ROOT, device: str =
     if preset is None:
         return cfg
     path, sha = ensure_pretrained(preset, root, device=device, progress=progress, build=build)
+    if cfg.model.backbone_sha256 and cfg.model.backbone_sha256 != sha:
+        raise CheckpointError(f"model.backbone_sha256 pins {cfg.model.backbone_sha256[:12]}, but {path} (the "
+                              f"{preset} backbone found) has {sha[:12]}; set model.backbone_weights to the pinned file")
     model = dataclasses.replace(cfg.model, backbone_weights=str(Path(path).resolve()), backbone_sha256=sha)
     return dataclasses.replace(cfg, model=model)
 

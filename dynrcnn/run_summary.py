@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dynrcnn.config import REPORTED_METRICS
 from dynrcnn.runs import Run, shown_path
 
 
@@ -64,14 +65,14 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         rows.append({
             "run": shown_path(r.path), "method": r.method, "preset": r.preset, "convention": r.convention,
             "seed": r.seed, "iterations": r.iterations, "finished": r.finished,
-            **{k: ev.get(k) for k in ("AP", "AP50", "AP75", "AP90")},
+            **{k: ev.get(k) for k in REPORTED_METRICS},
             "wall_min": None if wall is None else wall / 60.0,
             "img_per_s": done.get("images_per_sec"),
         })
-    columns = ["run", "method", "preset", "convention", "seed", "iterations", "finished", "AP", "AP50",
-               "AP75", "AP90", "wall_min", "img_per_s"]
+    columns = ["run", "method", "preset", "convention", "seed", "iterations", "finished", *REPORTED_METRICS,
+               "wall_min", "img_per_s"]
     table = pd.DataFrame(rows, columns=columns)
-    for c in ("AP", "AP50", "AP75", "AP90", "wall_min", "img_per_s"):
+    for c in (*REPORTED_METRICS, "wall_min", "img_per_s"):
         table[c] = pd.to_numeric(table[c], errors="coerce")
     return table
 

@@ -48,6 +48,7 @@ STATS = "stats.jsonl"
 PROPOSAL_IOUS = "proposal_ious.jsonl"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.pth"
+LAST_CHECKPOINT_PATH = f"{CHECKPOINTS}/{LAST_CHECKPOINT}"  # in a run directory, as messages name it
 BEST_CHECKPOINT = "best.pth"  # the best model by cfg.best_metric when cfg.eval_period > 0
 BEST_RECORD = "best.json"  # which iteration best.pth holds, and its metrics
 TENSORBOARD = "tensorboard"

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynrcnn.config import AP90_INDEX, REPORTED_METRICS, iou_index
+
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"  # verdict()'s words
-METRIC_INDEX = {"AP50": 0, "AP75": 5, "AP90": 8}  # positions in the 0.50:0.05:0.95 thresholds
+METRIC_INDEX = {"AP50": iou_index(0.5), "AP75": iou_index(0.75), "AP90": AP90_INDEX}  # in IOU_THRESHOLDS
 DEFAULT_BOOT = 1000
 
 
@@ -229,7 +231,7 @@ def bootstrap_contrast(groups: list[dict], weights, n_boot: int = DEFAULT_BOOT, 
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     lo, hi = np.percentile(reps, q, axis=0)
     metrics = {}
-    for name in ("AP", "AP50", "AP75", "AP90"):
+    for name in REPORTED_METRICS:
         r = metric_of(reps, name)
         mlo, mhi = np.percentile(r, q)
         metrics[name] = (float(metric_of(point, name)), float(mlo), float(mhi))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from dynrcnn.cli import main
 from dynrcnn.config import Config, ModelConfig
-from dynrcnn.convert import convert, convert_mmdet_state, converted_config, published_weights_rows
+from dynrcnn.convert import convert, convert_mmdet_state, converted_config
+from dynrcnn.report.tables import published_weights_rows
 from dynrcnn.errors import CheckpointError
 from dynrcnn.model import MMDetAnchorGenerator, RoIAlignPooler, build_model
 from tests.fixtures.data_helpers import CATEGORIES, write_dataset

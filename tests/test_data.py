@@ -270,7 +270,8 @@ def test_collate():
 def test_dataset_statistics_and_plots(simple):
     import matplotlib.figure
 
-    from dynrcnn.datastats import dataset_statistics, draw_samples, plot_box_size_histogram, size_category
+    from dynrcnn.datastats import dataset_statistics, size_category
+    from dynrcnn.plots import draw_samples, plot_box_size_histogram
 
     s = dataset_statistics(simple / "annotations" / "instances_train.json")
     assert s["images"] == 4 and s["instances"] == 5 and s["crowd"] == 2 and s["classes"] == 3

@@ -121,3 +121,12 @@ def test_cli_mini_and_verify(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "train" in out and "val" in out and "ok" in out
+
+
+def test_the_benchmark_size_is_the_mini_presets():
+    """The benchmark is drawn at the size the ``mini`` preset trains at (one fact, checked here)."""
+    from dynrcnn.mini import IMAGE_SIZE
+    from dynrcnn.presets import get_preset
+
+    model = get_preset("mini").model
+    assert model.min_size == model.max_size == IMAGE_SIZE

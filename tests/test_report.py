@@ -406,12 +406,10 @@ def test_ap_samples_are_cached_beside_the_runs(mini_runs):
     intervals.precompute(runs, jobs=1, n_boot=50)
     files = sorted((mini_runs / intervals.CACHE_DIR).glob("*.npz"))
     assert len(files) == len(runs)  # one per run and benchmark (here: the own split only)
-    intervals._SAMPLES.clear()
     first = intervals.run_samples(runs[0], n_boot=50)
     assert np.array_equal(first.boot, intervals.ap_samples(intervals.run_matches(runs[0]), 50, 0).boot)
     path = intervals.samples_file(runs[0], n_boot=50)
     path.write_bytes(b"torn")  # a damaged cache file is recomputed, not trusted
-    intervals._SAMPLES.clear()
     assert np.array_equal(intervals.run_samples(runs[0], n_boot=50).boot, first.boot)
     assert intervals.samples_file(runs[0], n_boot=60) != path  # other settings: another file
 
@@ -551,3 +549,52 @@ def test_plan_passes_checkout_paths_relative():
     assert paths and all(not str(v).startswith("/") for v in paths), paths
     assert all(report.repo_path(v) == root / v for v in paths)
     assert report.param_path("/elsewhere/data") == "/elsewhere/data"
+
+
+def test_backbone_pin_names_the_checkouts_file_and_pins_its_hash(tmp_path, monkeypatch):
+    from dynrcnn import pretrain
+    from dynrcnn.report.pipeline import backbone_pin
+
+    built = tmp_path / "backbone-x.pth"
+    built.write_bytes(b"w")
+    monkeypatch.setattr(pretrain, "find_pretrained", lambda preset, root: (built, "ab" * 32))
+    # the training notebook finds the very file: pinned by name, so no machine path on the page
+    assert backbone_pin("mini_pretrain", built, "ab" * 32) == [
+        "model.backbone_weights=pretrained:mini_pretrain", f"model.backbone_sha256={'ab' * 32}"]
+    other = tmp_path / "elsewhere.pth"
+    assert backbone_pin("mini_pretrain", other, "cd" * 32)[0] == f"model.backbone_weights={other.resolve()}"
+    monkeypatch.setattr(pretrain, "find_pretrained", lambda preset, root: None)
+    assert backbone_pin("mini_pretrain", built, "ab" * 32)[0] == f"model.backbone_weights={built.resolve()}"
+
+
+def test_resolve_backbone_refuses_another_file_than_the_pinned_one(tmp_path, monkeypatch):
+    import dataclasses
+
+    from dynrcnn import pretrain
+    from dynrcnn.errors import CheckpointError
+    from dynrcnn.presets import build_config
+
+    monkeypatch.setattr(pretrain, "ensure_pretrained", lambda *a, **k: (tmp_path / "b.pth", "11" * 32))
+    cfg = build_config("mini", "dynamic")
+    assert pretrain.resolve_backbone(cfg).model.backbone_sha256 == "11" * 32
+    pinned = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone_sha256="22" * 32))
+    with pytest.raises(CheckpointError, match="pins 222222222222"):
+        pretrain.resolve_backbone(pinned)
+
+
+def test_evidence_makes_each_comparison_once_and_keeps_nothing_at_module_level(mini_runs, monkeypatch):
+    from dynrcnn.report import evidence as ev_mod, intervals
+
+    runs = find_runs(mini_runs)
+    calls = []
+    real = intervals.bootstrap_delta
+    monkeypatch.setattr(intervals, "bootstrap_delta", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ev = ev_mod.Evidence(runs, n_boot=50)
+    assert len(ev) == len(runs) and list(ev) == runs and ev[0] is runs[0]
+    base, dyn = ev.groups[ev.key("baseline")], ev.groups[ev.key("dynamic")]
+    first = ev.compare(base, dyn)
+    assert ev.compare(base, dyn) is first and len(calls) == 1  # made once per evidence
+    again = ev_mod.Evidence(runs, n_boot=50).compare(base, dyn)  # a new evidence reads the runs anew
+    assert len(calls) == 2 and np.array_equal(again.per_iou, first.per_iou)
+    assert report.claims(ev) == report.claims(ev) and report.claims(ev) is not ev.claims  # a copy of the one list
+    assert not [n for n, v in vars(intervals).items() if n.startswith("_") and not n.startswith("__") and isinstance(v, dict)]

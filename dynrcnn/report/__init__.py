@@ -16,6 +16,7 @@ This package re-exports the surface the notebooks use.
 from dynrcnn.report.analysis import (ablation_table, dynamic_facts_table, profile_scale, proposal_quality,
                                      recompute_updates, same_nms_pair, smooth_l1_gradient, tight_share)
 from dynrcnn.report.curves import ap_curves, authors_trajectory, gain_curves, trajectories
+from dynrcnn.report.evidence import Evidence, evidence_of
 from dynrcnn.report.claims import (STATUSES, Claim, claims, claims_table, count_statuses, find_claim, interval_verdict,
                                    verdict_absolute, verdict_delta, verdict_overhead)
 from dynrcnn.report.results import write_results
@@ -23,19 +24,19 @@ from dynrcnn.report.pipeline import ReportError, execute_notebook, main_report, 
 from dynrcnn.report.profiles import (NMS_085, NOTEBOOK_DIR, NOTEBOOKS, PROFILES, REPO, Profile, RunSpec,
                                      default_run_dir, get_profile, param_path, repo_path)
 from dynrcnn.report.tables import (ap_per_iou_table, compute_table, config_table, dataset_table,
-                                   environment_table, eval_table, notebook_durations, styled)
+                                   environment_table, eval_table, notebook_durations, published_weights_rows, styled)
 from dynrcnn.report.text import (README_BEGIN, README_END, ap_sentence, readme_table, trend_sentence, update_readme,
                                  why_sentence)
 
 __all__ = [
-    "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "param_path", "default_run_dir",
+    "Evidence", "evidence_of", "Profile", "RunSpec", "PROFILES", "NMS_085", "NOTEBOOK_DIR", "NOTEBOOKS", "REPO", "get_profile", "repo_path", "param_path", "default_run_dir",
     "recompute_updates", "proposal_quality", "smooth_l1_gradient", "ablation_table", "same_nms_pair", "tight_share", "profile_scale",
     "dynamic_facts_table", "ap_curves", "gain_curves", "trajectories", "authors_trajectory", "write_results",
     "count_statuses", "find_claim", "why_sentence",
     "Claim", "STATUSES", "claims", "claims_table", "interval_verdict", "verdict_delta", "verdict_absolute",
     "verdict_overhead",
     "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "compute_table", "environment_table",
-    "notebook_durations", "styled",
+    "notebook_durations", "published_weights_rows", "styled",
     "readme_table", "update_readme", "README_BEGIN", "README_END", "trend_sentence", "ap_sentence",
     "run_pipeline", "plan", "execute_notebook", "main_report", "ReportError",
 ]

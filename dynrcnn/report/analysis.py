@@ -13,13 +13,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from dynrcnn.config import IOU_THRESHOLDS, method_switches
+from dynrcnn.config import IOU_THRESHOLDS, REPORTED_METRICS, method_switches
 from dynrcnn.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
-from dynrcnn.report.intervals import compare, interval
-from dynrcnn.run_summary import is_miniature, rpn_nms, run_name, scale_label, threshold_at
+from dynrcnn.report.evidence import evidence_of, group_runs, main_key
+from dynrcnn.report.intervals import interval
+from dynrcnn.run_summary import is_miniature, run_name, scale_label, threshold_at
 
-METRICS = ("AP", "AP50", "AP75", "AP90")
+METRICS = REPORTED_METRICS
 ABLATION_ORDER = ("baseline", "dla", "dsl", "dynamic")
 ABLATION_NAMES = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL"}
 
@@ -28,28 +29,11 @@ ABLATION_NAMES = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", 
 # groups of runs and their values
 
 
-def group_runs(runs) -> dict[tuple[str, float], list]:
-    """Runs with an eval.json grouped by (method, RPN NMS threshold)."""
-    groups: dict[tuple[str, float], list] = {}
-    for r in runs:
-        if not r.eval:
-            continue
-        groups.setdefault((r.config.get("method"), rpn_nms(r)), []).append(r)
-    return groups
-
-
-def main_key(groups, method: str):
-    """The (method, nms) group that stands for ``method``: RPN NMS 0.7 (the reference
-    baselines' value) when present, else the first."""
-    keys = sorted((k for k in groups if k[0] == method), key=lambda k: (k[1] != BASELINE_RPN_NMS, k[1]))
-    return keys[0] if keys else None
-
-
 def same_nms_pair(runs) -> tuple | None:
     """``(baseline, dynamic)``: the first seed of Dynamic R-CNN and of the baseline at its RPN
     NMS (the headline comparison), for figures that show the two on the same images; None when
     either is missing."""
-    groups = group_runs(runs)
+    groups = evidence_of(runs).groups
     dyn = main_key(groups, "dynamic")
     if dyn is None or ("baseline", dyn[1]) not in groups:
         return None
@@ -115,7 +99,8 @@ def device_kind(runs) -> str:
 # the ablation and AP per IoU
 
 
-def _ablation_row(groups, key, base_key) -> dict:
+def _ablation_row(ev, key, base_key) -> dict:
+    groups = ev.groups
     method, nms = key
     rs = groups[key]
     use_dla, use_dsl = method_switches(method) if method in ABLATION_ORDER else (False, False)
@@ -128,7 +113,7 @@ def _ablation_row(groups, key, base_key) -> dict:
         row[m] = mean(values(rs, m))
     ref_key = ("baseline", nms) if ("baseline", nms) in groups else base_key
     base = {m: mean(values(groups[ref_key], m)) for m in ("AP", "AP90")} if ref_key else {}
-    delta = compare(groups[ref_key], rs) if ref_key and ref_key != key else None
+    delta = ev.compare(groups[ref_key], rs) if ref_key and ref_key != key else None
     for m in ("AP", "AP90"):
         row[f"Δ{m} vs baseline"] = row[m] - base[m] if base else float("nan")
         iv = interval(delta, m)
@@ -143,11 +128,12 @@ def ablation_table(runs) -> pd.DataFrame:
     AP, AP50, AP75, AP90 (mean over seeds), the gain over the baseline *at the same RPN NMS*
     when there is one (else the reference baseline), so a row shows the method's own effect,
     with its 95 % interval (paired bootstrap over seeds and images, :mod:`.intervals`)."""
-    groups = group_runs(runs)
+    ev = evidence_of(runs)
+    groups = ev.groups
     base_key = main_key(groups, "baseline")
     order = {m: i for i, m in enumerate(ABLATION_ORDER)}
     keys = sorted(groups, key=lambda k: (k[1] != BASELINE_RPN_NMS and k[0] == "baseline", order.get(k[0], 9), k[1]))
-    rows = [_ablation_row(groups, key, base_key) for key in keys]
+    rows = [_ablation_row(ev, key, base_key) for key in keys]
     cols = ["configuration", "DLA", "DSL", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
             "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs", "runs", "scale"]
     return pd.DataFrame(rows, columns=cols)
@@ -161,7 +147,7 @@ def iou_thresholds(run) -> list[float]:
 def ap_gain_per_iou(runs):
     """``(thresholds, dynamic - baseline AP at each, scale label)`` of the main baseline and
     dynamic groups (means over seeds), or ``None`` when either is missing."""
-    groups = group_runs(runs)
+    groups = evidence_of(runs).groups
     b, d = main_key(groups, "baseline"), main_key(groups, "dynamic")
     if not b or not d:
         return None

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from dynrcnn import reference as ref
-from dynrcnn.report.analysis import device_kind, group_runs, main_key, mean, names, profile_scale, values
-from dynrcnn.report.intervals import compare, extra_datasets, interval
+from dynrcnn.report.analysis import device_kind, mean, names, profile_scale, values
+from dynrcnn.report.evidence import evidence_of, main_key
+from dynrcnn.report.intervals import interval
 from dynrcnn.run_summary import rpn_nms, scale_label
 from dynrcnn.runs import TRAIN_DONE
 from dynrcnn.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words (stats.verdict)
@@ -139,9 +140,10 @@ class _Sides:
     timing every finished run of the same method and RPN NMS. ``datasets`` are the benchmarks
     the runs were evaluated on (None: their own split; else the names of extra evaluations)."""
 
-    def __init__(self, runs):
-        self.runs = list(runs)
-        self.groups = group_runs(self.runs)
+    def __init__(self, ev):
+        self.ev = ev
+        self.runs = ev.runs
+        self.groups = ev.groups
         self.scale = profile_scale(self.runs)
         self.scale_text = scale_label("coco" if self.scale == "COCO" else "mini")
         self.b_key, self.d_key = main_key(self.groups, "baseline"), main_key(self.groups, "dynamic")
@@ -153,7 +155,7 @@ class _Sides:
         self.compared = f"{names(self.dyn)} vs {names(self.base)}"
         if self.b_key and self.d_key:
             self.compared += f" (RPN NMS {self.d_key[1]:g} vs {self.b_key[1]:g})"
-        self.datasets = [None, *extra_datasets(self.runs)]
+        self.datasets = ev.datasets
 
     def all_of(self, method: str, key) -> list:
         return [r for r in self.runs if r.config.get("method") == method and rpn_nms(r) == (key or (0, 0))[1]]
@@ -168,11 +170,12 @@ def dataset_label(dataset: str | None) -> str:
     return "the evaluation split" if dataset is None else f"benchmark {dataset}"
 
 
-def intervals_on(base, other, metric: str, datasets, expected_sign: int = 1) -> dict:
-    """``other - base`` with its 95 % interval on each benchmark where both were evaluated."""
+def intervals_on(ev, base, other, metric: str, expected_sign: int = 1) -> dict:
+    """``other - base`` with its 95 % interval on each of the evidence's benchmarks where both
+    were evaluated (``ev``: an :class:`~dynrcnn.report.evidence.Evidence`)."""
     found = {}
-    for ds in datasets:
-        iv = interval(compare(base, other, ds), metric, expected_sign)
+    for ds in ev.datasets:
+        iv = interval(ev.compare(base, other, ds), metric, expected_sign)
         if iv is not None:
             found[ds] = iv
     return found
@@ -197,10 +200,10 @@ _WORDS = {REPRODUCED: ("direction reproduced at miniature scale", "the 95% inter
           INCONCLUSIVE: ("inconclusive at miniature scale", "the 95% interval includes 0")}
 
 
-def interval_verdict(base, other, metric: str, datasets, expected_sign: int = 1) -> tuple[float, Verdict, dict]:
-    """``other - base`` on every benchmark with its 95 % interval, and the verdict that holds on
-    all of them; returns ``(estimate on the own split, verdict, {benchmark: interval dict})``."""
-    found = intervals_on(base, other, metric, datasets, expected_sign)
+def interval_verdict(ev, base, other, metric: str, expected_sign: int = 1) -> tuple[float, Verdict, dict]:
+    """``other - base`` on every benchmark of ``ev`` with its 95 % interval, and the verdict that
+    holds on all of them; returns ``(estimate on the own split, verdict, {benchmark: interval dict})``."""
+    found = intervals_on(ev, base, other, metric, expected_sign)
     if not found:
         return float("nan"), Verdict(NOT_TESTABLE, "not measured (runs or their per-image detections missing)"), {}
     status = combined_status(found)
@@ -226,7 +229,7 @@ def _delta_claim(s: _Sides, r: ref.Reference, same_nms: bool = False) -> Claim:
         tol_text = f"±{COCO_TOLERANCE:g} {r.metric} (seed spread at COCO scale)"
         return s.claim(r, ours, ours - r.value, tol_text, verdict_delta(ours, r.value, COCO_TOLERANCE, r.metric),
                        compared, key, desc)
-    ours, verdict, record = interval_verdict(base, s.dyn, r.metric, s.datasets)
+    ours, verdict, record = interval_verdict(s.ev, base, s.dyn, r.metric)
     return s.claim(r, ours, float("nan"), "95% interval excludes 0 (paired bootstrap over seeds and images)",
                    verdict, compared, key, desc, record)
 
@@ -281,7 +284,7 @@ def _context_claims(s: _Sides) -> list[Claim]:
                 v = verdict_context(ours, COCO_TOLERANCE, m)
                 tol_text = f"±{COCO_TOLERANCE:g}"
             else:
-                found = intervals_on(s.base, other, m, s.datasets)
+                found = intervals_on(s.ev, s.base, other, m)
                 ours = found[None].estimate if None in found else float("nan")
                 record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
                 effect = context_effect(found)
@@ -297,9 +300,15 @@ _BY_KIND = {"delta": _delta_claim, "ratio": _overhead_claim, "absolute": _absolu
 
 
 def claims(runs) -> list[Claim]:
-    """Every claim of :data:`dynrcnn.reference.CLAIM_KEYS` checked on ``runs``, then the
-    context rows (baselines at another RPN NMS)."""
-    s = _Sides(runs)
+    """Every claim of :data:`dynrcnn.reference.CLAIM_KEYS` checked on ``runs`` (a list, or an
+    :class:`~dynrcnn.report.evidence.Evidence`, which checks them once), then the context rows
+    (baselines at another RPN NMS)."""
+    return list(evidence_of(runs).claims)
+
+
+def check_claims(ev) -> list[Claim]:
+    """:func:`claims` computed from ``ev`` (what :attr:`Evidence.claims` caches)."""
+    s = _Sides(ev)
     out = []
     for key in ref.CLAIM_KEYS:
         r = ref.get(key)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from dynrcnn.report.claims import interval_verdict
-from dynrcnn.report.intervals import extra_datasets, run_samples
+from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
 from dynrcnn.runs import POSITIVE_KEYS
@@ -130,9 +131,15 @@ class ControlGroups:
     def of_kind(self, kind: str) -> list[str]:
         return [n for n, a in self.about.items() if a.get("kind") == kind and self.get(n)]
 
+    @cached_property
+    def evidence(self) -> Evidence:
+        """The :class:`~dynrcnn.report.evidence.Evidence` of every run here (samples and
+        comparisons made once)."""
+        return Evidence([r for rs in self.runs.values() for r in rs])
+
     @property
     def datasets(self) -> list:
-        return [None] + extra_datasets([r for rs in self.runs.values() for r in rs])
+        return self.evidence.datasets
 
 
 def plan_controls(reference_runs, preset: str, seeds=MINI_SEEDS):
@@ -159,10 +166,10 @@ def load_groups(reference_root, controls_root, preset: str | None = None) -> Con
     return ControlGroups.build(reference, find_runs(controls_root), threshold, beta, about)
 
 
-def _metric(runs, metric: str, dataset) -> list[float]:
+def _metric(g: ControlGroups, runs, metric: str, dataset) -> list[float]:
     out = []
     for r in runs:
-        s = run_samples(r, dataset)
+        s = g.evidence.samples(r, dataset)
         if s is not None:
             out.append(float(metric_of(s.full, metric)))
     return out
@@ -172,7 +179,7 @@ def _row(g: ControlGroups, name: str, dataset, **cols) -> dict:
     row = {"benchmark": "evaluation split" if dataset is None else dataset, "run": name, **cols,
            "seeds": len(g.get(name))}
     for m in METRICS:
-        v = _metric(g.get(name), m, dataset)
+        v = _metric(g, g.get(name), m, dataset)
         row[m] = float(np.mean(v)) if v else math.nan
         row[f"{m} min"], row[f"{m} max"] = (min(v), max(v)) if v else (math.nan, math.nan)
     return row
@@ -206,8 +213,6 @@ def sensitivity_table(g: ControlGroups) -> pd.DataFrame:
     """Dynamic R-CNN with K_I, K_beta or C changed (one seed) next to the preset's (same seed):
     AP / AP90 with the difference and an image-bootstrap interval (seed noise not included:
     one seed per side), and the final threshold and beta."""
-    from dynrcnn.report.intervals import compare
-
     rows = []
     ref = g.get("dynamic")
     for ds in g.datasets:
@@ -218,7 +223,7 @@ def sensitivity_table(g: ControlGroups) -> pd.DataFrame:
             a = g.about[name]
             row = _row(g, name, ds, setting=a["setting"], value=a["value"],
                        **{"final threshold": _final(runs[0], "iou_threshold"), "final beta": _final(runs[0], "beta")})
-            delta = compare(same, runs, ds) if same else None
+            delta = g.evidence.compare(same, runs, ds) if same else None
             for m in METRICS:
                 est, lo, hi = delta.metrics[m] if delta is not None else (math.nan,) * 3
                 row[f"{m} vs preset"], row[f"{m} low"], row[f"{m} high"] = est, lo, hi
@@ -246,7 +251,7 @@ def positives_curves(g: ControlGroups) -> list[dict]:
 
 def _best(g: ControlGroups, names: list[str], metric: str = "AP") -> str | None:
     """The name whose seeds' mean ``metric`` on the evaluation split is highest."""
-    scored = [(np.mean(v), n) for n in names if (v := _metric(g.get(n), metric, None))]
+    scored = [(np.mean(v), n) for n in names if (v := _metric(g, g.get(n), metric, None))]
     return max(scored)[1] if scored else None
 
 
@@ -289,7 +294,7 @@ def claims_table(g: ControlGroups) -> pd.DataFrame:
     rows = []
     for c in comparisons(g):
         for m in METRICS:
-            est, verdict, record = interval_verdict(g.get(c["fixed"]), g.get(c["schedule"]), m, g.datasets)
+            est, verdict, record = interval_verdict(g.evidence, g.get(c["fixed"]), g.get(c["schedule"]), m)
             row = {"key": c["key"], "claim": c["claim"], "against": c["fixed_label"], "metric": m, "delta": est,
                    "status": verdict.status, "verdict": verdict.sentence}
             for ds, iv in record.items():

@@ -13,8 +13,8 @@ import pandas as pd
 
 from dynrcnn.config import IOU_THRESHOLDS
 from dynrcnn.reference import AUTHORS_TRAJECTORY
-from dynrcnn.report.analysis import ABLATION_NAMES, group_runs, main_key
-from dynrcnn.report.intervals import compare
+from dynrcnn.report.analysis import ABLATION_NAMES
+from dynrcnn.report.evidence import evidence_of, main_key
 
 
 def config_label(key) -> str:
@@ -26,7 +26,7 @@ def ap_curves(runs) -> list[dict]:
     """Per configuration: ``label``, ``method``, ``nms``, ``x`` (IoU thresholds), ``mean``,
     ``low``/``high`` (the seeds' min and max) of AP at each threshold, ``seeds``."""
     out = []
-    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for key, rs in sorted(evidence_of(runs).groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         y = np.array([r.eval["AP_per_iou"] for r in rs], dtype=float)
         out.append({"label": config_label(key), "method": key[0], "nms": key[1], "x": list(IOU_THRESHOLDS),
                     "mean": y.mean(axis=0), "low": y.min(axis=0), "high": y.max(axis=0), "seeds": len(rs)})
@@ -36,7 +36,8 @@ def ap_curves(runs) -> list[dict]:
 def gain_curves(runs, dataset: str | None = None) -> list[dict]:
     """Dynamic R-CNN minus each baseline (the one at its RPN NMS and the reference one) at each
     IoU threshold, with the 95 % interval: ``label``, ``x``, ``estimate``, ``low``, ``high``."""
-    groups = group_runs(runs)
+    ev = evidence_of(runs)
+    groups = ev.groups
     d_key = main_key(groups, "dynamic")
     out = []
     if not d_key:
@@ -44,7 +45,7 @@ def gain_curves(runs, dataset: str | None = None) -> list[dict]:
     for b_key in dict.fromkeys([("baseline", d_key[1]), main_key(groups, "baseline")]):
         if not b_key or b_key not in groups:
             continue
-        delta = compare(groups[b_key], groups[d_key], dataset)
+        delta = ev.compare(groups[b_key], groups[d_key], dataset)
         if delta is None:
             continue
         out.append({"label": f"{config_label(d_key)} - {config_label(b_key)}", "x": list(IOU_THRESHOLDS),
@@ -72,7 +73,7 @@ def trajectories(runs) -> list[dict]:
     """Per dynamic configuration: ``label``, ``method``, ``max_iter`` and, for ``iou_threshold``,
     ``beta`` and ``fg_fraction``, the update iterations and the mean over seeds."""
     out = []
-    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for key, rs in sorted(evidence_of(runs).groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if key[0] == "baseline":
             continue
         item = {"label": config_label(key), "method": key[0], "seeds": len(rs),

@@ -15,6 +15,7 @@ from dynrcnn import reference as ref
 from dynrcnn.report.analysis import ablation_table, profile_scale
 from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, claims, count_statuses,
                                    find_claim)
+from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.profiles import REPO
 from dynrcnn.report.text import _relative, ap_sentence, headline, trend_sentence
@@ -195,8 +196,9 @@ def _companions(out: Path) -> str:
 
 def write_index(result, profile, steps) -> Path:
     """The one-screen summary linking every notebook page (``result``: the pipeline's
-    :class:`~dynrcnn.report.pipeline.PipelineResult`, ``steps``: its steps)."""
-    runs = find_runs(result.runs_root)
+    :class:`~dynrcnn.report.pipeline.PipelineResult`, ``steps``: its steps). Everything on the
+    page is read from the result's :class:`~dynrcnn.report.evidence.Evidence` (built once)."""
+    runs = result.evidence if result.evidence is not None else Evidence(find_runs(result.runs_root))
     scale = profile_scale(runs)
     items = claims(runs)
     ablation = ablation_table(runs)

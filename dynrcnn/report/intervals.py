@@ -26,25 +26,19 @@ import numpy as np
 
 from dynrcnn import runs as runs_mod
 from dynrcnn.data import annotation_file
+from dynrcnn.weights import file_sha256
 from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta,
                            image_matches, signed, verdict)
 
 CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
-_CACHE: dict[tuple[str, str | None, float], ImageMatches] = {}
-_SAMPLES: dict[str, APSamples] = {}
-_GT: dict[str, object] = {}
-_DELTAS: dict[tuple, Delta] = {}  # keyed by the (cached, so stable) sample objects of both sides
 
 
 def _gt(path: Path):
     from pycocotools.coco import COCO
 
-    key = str(path.resolve())
-    if key not in _GT:
-        with contextlib.redirect_stdout(io.StringIO()):
-            _GT[key] = COCO(key)
-    return _GT[key]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
 
 
 def evaluation_files(run, dataset: str | None = None) -> tuple[Path, Path] | None:
@@ -67,27 +61,12 @@ def extra_datasets(runs) -> list[str]:
 
 
 def run_matches(run, dataset: str | None = None) -> ImageMatches | None:
-    """The per-image matches of ``run`` on ``dataset`` (cached by file and modification time)."""
+    """The per-image matches of ``run`` on ``dataset`` (None when that evaluation is missing)."""
     files = evaluation_files(run, dataset)
     if files is None:
         return None
     ann, det = files
-    key = (str(det.resolve()), dataset, det.stat().st_mtime)
-    if key not in _CACHE:
-        _CACHE[key] = image_matches(_gt(ann), json.loads(det.read_text()))
-    return _CACHE[key]
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    """SHA-256 of a file, read once per process while its size and modification time stay."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _HASHES:
-        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _HASHES[key]
+    return image_matches(_gt(ann), json.loads(det.read_text()))
 
 
 def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Path | None:
@@ -96,19 +75,17 @@ def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, se
     if files is None:
         return None
     ann, det = files
-    key = hashlib.sha256(json.dumps([_sha256(ann), _sha256(det), n_boot, seed, SAMPLES_VERSION]).encode())
+    key = hashlib.sha256(json.dumps([file_sha256(ann), file_sha256(det), n_boot, seed, SAMPLES_VERSION]).encode())
     return Path(run.path).parent / CACHE_DIR / f"{key.hexdigest()[:24]}.npz"
 
 
 def run_samples(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> APSamples | None:
-    """``run``'s :class:`~dynrcnn.stats.APSamples` on ``dataset``: from this process's memory,
-    else from the disk cache, else computed and cached (``None`` when that evaluation is missing)."""
+    """``run``'s :class:`~dynrcnn.stats.APSamples` on ``dataset``: from the disk cache, else
+    computed and cached there (``None`` when that evaluation is missing). Within one report,
+    :class:`~dynrcnn.report.evidence.Evidence` reads each once."""
     path = samples_file(run, dataset, n_boot, seed)
     if path is None:
         return None
-    key = str(path)  # the file name already encodes n_boot and seed
-    if key in _SAMPLES:
-        return _SAMPLES[key]
     samples = None
     if path.is_file():
         try:
@@ -122,7 +99,6 @@ def run_samples(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, see
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, image_ids=np.asarray(samples.image_ids), full=samples.full, boot=samples.boot)
         os.replace(tmp, path)
-    _SAMPLES[key] = samples
     return samples
 
 
@@ -147,17 +123,19 @@ def precompute(runs, jobs: int = 1, n_boot: int = DEFAULT_BOOT) -> None:
         list(pool.map(_precompute_one, work))
 
 
-def compare(runs_a, runs_b, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Delta | None:
+def compare(runs_a, runs_b, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0,
+            samples=None) -> Delta | None:
     """``B - A`` with its interval, or ``None`` when a side has no evaluated run on ``dataset``.
-    Runs are keyed by their training seed (the same seeds on both sides are paired)."""
-    a = {int(r.seed): m for r in runs_a if (m := run_samples(r, dataset, n_boot, seed)) is not None}
-    b = {int(r.seed): m for r in runs_b if (m := run_samples(r, dataset, n_boot, seed)) is not None}
+    Runs are keyed by their training seed (the same seeds on both sides are paired).
+    ``samples(run, dataset)`` gives a run's AP samples (default :func:`run_samples`)."""
+    def get(r):
+        return samples(r, dataset) if samples is not None else run_samples(r, dataset, n_boot, seed)
+
+    a = {int(r.seed): m for r in runs_a if (m := get(r)) is not None}
+    b = {int(r.seed): m for r in runs_b if (m := get(r)) is not None}
     if not a or not b:
         return None
-    key = (tuple(sorted(id(m) for m in a.values())), tuple(sorted(id(m) for m in b.values())), n_boot, seed)
-    if key not in _DELTAS:
-        _DELTAS[key] = bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
-    return _DELTAS[key]
+    return bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from dynrcnn.config import REPORTED_METRICS
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.run_summary import rpn_nms
 from dynrcnn.runs import read_json
@@ -30,7 +31,7 @@ from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast, signed
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
 LABELS = {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}
 METHODS = ("baseline", "dynamic")  # Faster R-CNN (both at RPN NMS 0.85) and Dynamic R-CNN
-METRICS = ("AP", "AP50", "AP75", "AP90")
+METRICS = REPORTED_METRICS
 PEER_EVAL = "mmdet_eval.json"  # MMDetection's own CocoMetric on the checkpoint (peer_mmdet/train.py)
 VERDICTS = ("agrees", "differs")
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
+from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.index import write_index
 from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 from dynrcnn.report.tables import notebook_durations
+from dynrcnn.runs import find_runs
 from dynrcnn.report.text import update_readme
 
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
@@ -55,6 +57,7 @@ class PipelineResult:
     runs_root: Path | None = None
     durations: dict[str, float] = field(default_factory=dict)
     wall_time_sec: float = 0.0
+    evidence: Evidence | None = None  # the report's runs and what they show, built once the notebooks ran
 
 
 def _abs(p) -> str:
@@ -146,13 +149,13 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
     A build is part of the report's bar: its iterations, and the drawing of its benchmark."""
     import torch
 
-    from dynrcnn.presets import build_config, get_preset
+    from dynrcnn.presets import PRETRAINED_ROOT, build_config, get_preset
     from dynrcnn.pretrain import build_dir, ensure_pretrained, find_pretrained, pretrain_preset
 
     preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)
     if preset is None:
         return []
-    root = Path(data_root).parent / "pretrained"
+    root = Path(data_root).parent / Path(PRETRAINED_ROOT).name  # beside the data: <data>/../pretrained
     if find_pretrained(preset, root) is None:
         bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, start=WORK["pretrain_data"])])
         bar.phase(f"pretraining the backbone ({preset})")
@@ -162,7 +165,22 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
         path, sha = ensure_pretrained(preset, root, device=device, progress=False, log=bar.write)
     finally:
         torch.set_num_threads(threads)
-    return [f"model.backbone_weights={path.resolve()}", f"model.backbone_sha256={sha}"]
+    return backbone_pin(preset, path, sha)
+
+
+def backbone_pin(preset: str, path: Path, sha: str) -> list[str]:
+    """The overrides that make every run start from ``path``: by name (``pretrained:<preset>``,
+    the file the training notebook finds in the checkout's ``data/pretrained``) when that is the
+    file, so a rendered parameters cell names no machine path, else by its absolute path; the
+    SHA-256 always (:func:`dynrcnn.pretrain.resolve_backbone` refuses another file)."""
+    from dynrcnn.config import PRETRAINED_PREFIX
+    from dynrcnn.presets import PRETRAINED_ROOT
+    from dynrcnn.pretrain import find_pretrained
+
+    found = find_pretrained(preset, repo_path(PRETRAINED_ROOT))
+    same = found is not None and Path(found[0]).resolve() == Path(path).resolve()
+    weights = f"{PRETRAINED_PREFIX}{preset}" if same else str(Path(path).resolve())
+    return [f"model.backbone_weights={weights}", f"model.backbone_sha256={sha}"]
 
 
 def _planned_iterations(params: dict) -> int:
@@ -191,8 +209,11 @@ def step_work(step: Step) -> float:
             return WORK["kernel"]
         return WORK["evaluate"] + WORK["bootstrap"]
     if step.kind == "data":
+        from dynrcnn.data import annotation_file
+
         roots = [p["data_root"], p["second_root"]] if p["second_root"] else [p["data_root"]]
-        return WORK["kernel"] if all((repo_path(r) / "annotations").is_dir() for r in roots) else WORK["data"]
+        there = all(annotation_file(repo_path(r), p["val_split"]).is_file() for r in roots)
+        return WORK["kernel"] if there else WORK["data"]
     return WORK[step.kind]
 
 
@@ -395,12 +416,14 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
             bar.done(WORK["render"] * len(steps))
             result.durations = notebook_durations(out)
             result.wall_time_sec = time.perf_counter() - t0
+            result.evidence = Evidence(find_runs(runs_root))
             write_index(result, profile, steps)
             if profile.readme:
                 command = f"dynrcnn report --profile {profile.name}" + (
                     f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
                 update_readme(root / "README.md", runs_root, figures_dir, command,  # only with its markers
-                              tag=profile.readme, title=profile.readme_title, index=result.index)
+                              tag=profile.readme, title=profile.readme_title, index=result.index,
+                              evidence=result.evidence)
             bar.done(WORK["index"], "done")
     return result
 
@@ -417,7 +440,7 @@ def main_report(args) -> int:
         return 1
     from dynrcnn.report.text import summary_lines
 
-    for line in summary_lines(result.runs_root):
+    for line in summary_lines(result.runs_root, result.evidence):
         print(line)
     print(f"report: {result.index}  ({result.wall_time_sec / 60:.1f} min)")
     print(f"figures: {result.figures_dir}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dynrcnn.config import default_device
 from dynrcnn.errors import DynrcnnError
+from dynrcnn.mini import N_TRAIN, N_VAL
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -115,9 +116,9 @@ def _mini_profile(name: str, preset: str, figures_dir: str, what: str = "", **re
                           RunSpec("dynamic", "dynamic", overrides=(NMS_085,))), MINI_SEEDS)
         + (RunSpec("dla", "dla", overrides=(NMS_085,)), RunSpec("dsl", "dsl", overrides=(NMS_085,))),
         data_root="data/mini",
-        generate=(2000, 500),
+        generate=(N_TRAIN, N_VAL),
         figures_dir=figures_dir,
-        description="miniature benchmark (2000/500 generated images), slim R10-FPN from the project's "
+        description=f"miniature benchmark ({N_TRAIN}/{N_VAL} generated images), slim R10-FPN from the project's "
                     f"pretrained backbone{', ' + what if what else ''}, {len(MINI_SEEDS)} seeds for the headline "
                     "comparisons, one for DLA/DSL alone, CPU",
         seed_runs=("baseline", "baseline_nms085", "dynamic", "dla", "dsl"),

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from dynrcnn import run_summary
 from dynrcnn import runs as runs_mod
-from dynrcnn.report.analysis import ABLATION_NAMES, METRICS, dynamic_facts, group_runs, main_key
+from dynrcnn.report.analysis import METRICS, dynamic_facts
+from dynrcnn.report.evidence import evidence_of, main_key
+from dynrcnn.report.curves import config_label
 from dynrcnn.report.claims import claims
-from dynrcnn.report.intervals import compare, extra_datasets, interval, per_iou
-from dynrcnn.stats import DEFAULT_BOOT
+from dynrcnn.report.intervals import interval, per_iou
 
 SCHEMA_VERSION = 1
 
@@ -47,15 +48,11 @@ def _metrics(record: dict | None) -> dict | None:
             "iou_thresholds": record.get("iou_thresholds")}
 
 
-def _config_name(key) -> str:
-    method, nms = key
-    return f"{ABLATION_NAMES.get(method, method)} (RPN NMS {nms:g})"
-
-
 def configurations(runs) -> list[dict]:
+    ev = evidence_of(runs)
     out = []
-    datasets = extra_datasets(runs)
-    for key, rs in sorted(group_runs(runs).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    datasets = ev.datasets[1:]
+    for key, rs in sorted(ev.groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         per_seed = []
         for r in sorted(rs, key=lambda r: r.seed):
             per_seed.append({"run": run_summary.run_name(r), "seed": r.seed, "iterations": r.iterations,
@@ -64,7 +61,7 @@ def configurations(runs) -> list[dict]:
                              "dynamic": dynamic_facts(r),
                              "sec_per_iter_median": (r.done or {}).get("sec_per_iter_median")})
         means = {m: sum(p["metrics"][m] for p in per_seed) / len(per_seed) for m in METRICS}
-        out.append({"name": _config_name(key), "method": key[0], "rpn_nms": key[1],
+        out.append({"name": config_label(key), "method": key[0], "rpn_nms": key[1],
                     "seeds": [p["seed"] for p in per_seed], "mean": means, "runs": per_seed})
     return out
 
@@ -73,7 +70,7 @@ def comparison_pairs(runs) -> list[tuple[str, tuple, tuple]]:
     """``(label, baseline key, other key)`` of every comparison the report states: each
     configuration against the baseline at its RPN NMS, and Dynamic R-CNN against the
     reference baseline (RPN NMS 0.7, the paper's comparison)."""
-    groups = group_runs(runs)
+    groups = evidence_of(runs).groups
     ref = main_key(groups, "baseline")
     pairs = []
     for key in sorted(groups, key=lambda k: (k[1], k[0])):
@@ -82,18 +79,19 @@ def comparison_pairs(runs) -> list[tuple[str, tuple, tuple]]:
             pairs.append((same, key))
         if ref and key != ref and (key[0] == "dynamic" or key[0] == "baseline") and (ref, key) not in pairs:
             pairs.append((ref, key))
-    return [(f"{_config_name(b)} - {_config_name(a)}", a, b) for a, b in pairs]
+    return [(f"{config_label(b)} - {config_label(a)}", a, b) for a, b in pairs]
 
 
-def comparisons(runs, n_boot: int = DEFAULT_BOOT) -> list[dict]:
-    groups = group_runs(runs)
+def comparisons(runs) -> list[dict]:
+    ev = evidence_of(runs)
+    groups = ev.groups
     out = []
-    for label, a, b in comparison_pairs(runs):
-        for ds in [None, *extra_datasets(runs)]:
-            delta = compare(groups[a], groups[b], ds, n_boot=n_boot)
+    for label, a, b in comparison_pairs(ev):
+        for ds in ev.datasets:
+            delta = ev.compare(groups[a], groups[b], ds)
             if delta is None:
                 continue
-            out.append({"comparison": label, "baseline": _config_name(a), "other": _config_name(b),
+            out.append({"comparison": label, "baseline": config_label(a), "other": config_label(b),
                         "benchmark": "own" if ds is None else ds,
                         "metrics": {m: interval(delta, m).as_dict() for m in METRICS},
                         "per_iou": per_iou(delta), "n_boot": delta.n_boot, "paired_seeds": delta.paired_seeds})
@@ -102,6 +100,7 @@ def comparisons(runs, n_boot: int = DEFAULT_BOOT) -> list[dict]:
 
 def results(runs, command: str = "") -> dict:
     """Everything above as one JSON-ready dict."""
+    runs = evidence_of(runs)
     return _clean({
         "schema_version": SCHEMA_VERSION,
         "generated_by": command,
@@ -110,7 +109,7 @@ def results(runs, command: str = "") -> dict:
                            "replacement (the same draw for every run) and training seeds resampled with "
                            "replacement (paired by seed when both sides share them); AP recomputed exactly as "
                            "pycocotools does on each resample",
-        "benchmarks": ["own", *extra_datasets(runs)],
+        "benchmarks": ["own", *runs.datasets[1:]],
         "configurations": configurations(runs),
         "comparisons": comparisons(runs),
         "claims": [{"key": c.key, "claim": c.claim, "source": c.source, "published": c.published, "ours": c.ours,

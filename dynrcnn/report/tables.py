@@ -3,6 +3,7 @@ compute cost, environment, and papermill's notebook durations (all DataFrames)."
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dynrcnn.config import resolved_lr
+from dynrcnn.config import COCO_SUMMARY, resolved_lr
 from dynrcnn.report.analysis import iou_thresholds
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
-from dynrcnn.runs import ENV, shown_path
+from dynrcnn.runs import ENV, EVAL, PROVENANCE, shown_path
 
 
 def config_table(cfg) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def eval_table(runs) -> pd.DataFrame:
     for r in runs:
         e = r.eval or {}
         rows.append({"run": run_name(r), "method": r.config.get("method"),
-                     **{k: e.get(k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP90")},
+                     **{k: e.get(k) for k in (*COCO_SUMMARY, "AP90")},
                      "images": e.get("num_images"), "evaluator": e.get("evaluator"),
                      "scale": scale_label(r.config.get("preset"))})
     return pd.DataFrame(rows)
@@ -166,5 +167,30 @@ def styled(df: pd.DataFrame, digits: int = 2):
     return df.style.format(fmt, na_rep="-").hide(axis="index")
 
 
-__all__ = ["json_value", "json_records", "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "notebook_durations",
+
+def published_weights_rows(run_dirs) -> list[dict]:
+    """One row per converted run directory that has been evaluated: the published model, its
+    source file and SHA-256, the published AP and our AP, AP50, AP75, AP_S/M/L, AP90 and AP at
+    every IoU 0.50:0.05:0.95 (``AP_per_iou``), and ``delta_ap`` (ours - published).
+    Run directories without ``provenance.json`` or ``eval.json`` are skipped."""
+    rows = []
+    for run in map(Path, run_dirs):
+        try:
+            prov = json.loads((run / PROVENANCE).read_text())
+            ev = json.loads((run / EVAL).read_text())
+        except (OSError, ValueError):
+            continue
+        row = {"run": shown_path(run), "model": prov.get("model"), "label": prov.get("label"),
+               "source_file": prov.get("source_file"), "sha256": prov.get("sha256"),
+               "mapping_version": prov.get("mapping_version"), "published_ap": prov.get("published_ap"),
+               "split": ev.get("split"), "num_images": ev.get("num_images")}
+        for k in (*COCO_SUMMARY, "AP90", "AP_per_iou", "iou_thresholds"):
+            row[k] = ev.get(k)
+        pub = prov.get("published_ap")
+        row["delta_ap"] = None if pub is None or ev.get("AP") is None else ev["AP"] - pub
+        rows.append(row)
+    return rows
+
+
+__all__ = ["published_weights_rows", "json_value", "json_records", "config_table", "dataset_table", "eval_table", "ap_per_iou_table", "notebook_durations",
            "compute_table", "environment_table", "styled"]

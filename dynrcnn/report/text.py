@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from dynrcnn.config import iou_index
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
 from dynrcnn.report.claims import claims, claims_table, count_statuses, find_claim
+from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.profiles import PROFILES
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import find_runs
@@ -44,11 +46,15 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def readme_table(runs_root, label: str | None = None) -> str:
+def _evidence(runs_root, evidence) -> Evidence:
+    return evidence if evidence is not None else Evidence(find_runs(runs_root))
+
+
+def readme_table(runs_root, label: str | None = None, evidence: Evidence | None = None) -> str:
     """The README's numbers, as markdown, generated from the runs under ``runs_root``
     (shown as ``label``, default the path): the ablation table and the claims table with
-    verdicts (scale in every row)."""
-    runs = find_runs(runs_root)
+    verdicts (scale in every row). ``evidence``: those runs' evidence, when already built."""
+    runs = _evidence(runs_root, evidence)
     if not runs:
         return f"(no runs under {runs_root})"
     ab = ablation_table(runs)
@@ -89,21 +95,23 @@ def replace_readme_block(readme, tag: str, body: str) -> bool:
 
 
 def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
-                  title: str = _MAIN.readme_title, index="build/report/index.html") -> bool:
+                  title: str = _MAIN.readme_title, index="build/report/index.html",
+                  evidence: Evidence | None = None) -> bool:
     """Replace README's block between the ``tag`` markers (default the main profile's) with the
     key figures and :func:`readme_table` of ``runs_root``, under the heading ``title``, so
     README's numbers always come from the runs. Returns False (and changes nothing) when the
     file has no such markers."""
     base = Path(readme).parent
     fig = _relative(figures_dir, base)
+    evidence = _evidence(runs_root, evidence)
     body = (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
         f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
-        f"{readme_table(runs_root, _relative(runs_root, base))}\n"
+        f"{readme_table(runs_root, _relative(runs_root, base), evidence)}\n"
         f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
     )
-    line = headline(claims(find_runs(runs_root)))
+    line = headline(evidence.claims)
     if line:  # README's first screen carries the headline too, when it has the markers
         replace_readme_block(readme, f"{tag}-HEADLINE", f"**Result of record** (written by `{command}`): {line}")
     return replace_readme_block(readme, tag, body)
@@ -135,9 +143,9 @@ def headline(items) -> str | None:
             + f". Verdicts: {verdicts}.")
 
 
-def summary_lines(runs_root) -> list[str]:
+def summary_lines(runs_root, evidence: Evidence | None = None) -> list[str]:
     """What the terminal prints when a report ends: the headline and the claims' status counts."""
-    items = claims(find_runs(runs_root))
+    items = _evidence(runs_root, evidence).claims
     counts = count_statuses(items)
     lines = [h] if (h := headline(items)) else []
     lines.append("claims: " + ", ".join(f"{n} {st}" for st, n in counts.items() if n))
@@ -226,7 +234,8 @@ def ap_sentence(runs) -> str:
         return "Baseline or dynamic evaluation missing: no comparison."
     ious, diff, scale = gain
     i = int(diff.argmax())
-    return (f"Dynamic minus baseline AP: {diff[0]:+.1f} at IoU 0.50, {diff[5]:+.1f} at 0.75, {diff[8]:+.1f} at "
+    at = {iou: diff[iou_index(iou)] for iou in (0.5, 0.75, 0.9)}
+    return (f"Dynamic minus baseline AP: {at[0.5]:+.1f} at IoU 0.50, {at[0.75]:+.1f} at 0.75, {at[0.9]:+.1f} at "
             f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
 
 
