@@ -601,8 +601,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
                         bbox=dict(facecolor=color, alpha=0.6, pad=0.5, lw=0))
             ax.set_title(f"image {img_id}: {title}", fontsize=7)
             ax.axis("off")
-    what = "next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
-    return _finish(fig, f"Detections {what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
+    what = " next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
+    return _finish(fig, f"Detections{what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
                         f"{tight_iou:g}; dashed: none",
                    caption(first) if len(runs) == 1 else runs_caption(runs))
 

@@ -157,7 +157,8 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
         return []
     root = Path(data_root).parent / Path(PRETRAINED_ROOT).name  # beside the data: <data>/../pretrained
     if find_pretrained(preset, root) is None:
-        bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, start=WORK["pretrain_data"])])
+        bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, weight=WORK["pretrain_iteration"],
+                           start=WORK["pretrain_data"])])
         bar.phase(f"pretraining the backbone ({preset})")
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)

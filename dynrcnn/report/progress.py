@@ -4,13 +4,12 @@ The pipelines train in other processes (each ``03_train`` notebook is a papermil
 MMDetection run a subprocess), so the bar cannot be fed by the training loops: a poller thread
 reads every tracked run folder's ``metrics.jsonl`` (and ``train_done.json``) every few seconds.
 
-The unit is one training iteration. On the 2-core machine one fine-tune iteration costs about
-0.10 s of wall time (0.21 s per process, two processes side by side), one iteration of the
-backbone's pretraining about 0.13 s (one process, both cores): the same unit within the
-precision an ETA needs. Every other piece of work counts as the iterations its wall time is
-worth (:data:`WORK`, measured on the report of record), so the bar's rate, and tqdm's ETA from
-it, hold across pretraining, training, evaluation and the notebooks, and the bar no longer
-sits at 100 % while evaluations run.
+The unit is one fine-tune iteration: on the 2-core machine about 0.10 s of wall time (0.21 s
+per process, two processes side by side). Every other piece of work counts as the iterations
+its wall time is worth (:data:`WORK`, measured on the report of record): an iteration of the
+backbone's pretraining (0.13 s, one process on both cores) counts 1.25, an evaluation 100. So
+the bar's rate, and tqdm's ETA from it, hold across pretraining, training, evaluation and the
+notebooks, and the bar no longer sits at 100 % while evaluations run.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from pathlib import Path
 WORK = {
     "data": 170,  # 01_data: drawing both benchmarks (2500 + 500 images at 128 px: 11 s) and its figures
     "pretrain_data": 90,  # the pretraining benchmark (2500 images: 9 s), before its first iteration
+    "pretrain_iteration": 1.25,  # one pretraining iteration (0.13 s, one process on both cores)
     "evaluate": 100,  # one 04_evaluate: both benchmarks, one thread, two side by side
     "bootstrap": 15,  # one run's bootstrap AP samples (credited with its evaluation)
     "method": 60,  # 02_method
