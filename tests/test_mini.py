@@ -21,8 +21,9 @@ def two_runs(tmp_path_factory):
     a = tmp_path_factory.mktemp("mini_a")
     b = tmp_path_factory.mktemp("mini_b")
     # one run in this process, one with two worker processes: the files must not depend on it
-    generate_mini(a, seed=3, n_train=40, n_val=30, workers=0, progress=False)
-    generate_mini(b, seed=3, n_train=40, n_val=30, workers=2, progress=False)
+    # (192 px, larger than the preset's 128, so that all three COCO size ranges occur)
+    generate_mini(a, seed=3, n_train=40, n_val=30, image_size=192, workers=0, progress=False)
+    generate_mini(b, seed=3, n_train=40, n_val=30, image_size=192, workers=2, progress=False)
     return a, b
 
 
@@ -36,7 +37,7 @@ def test_same_arguments_give_identical_files(two_runs):
 
 
 def test_another_seed_gives_other_images(tmp_path, two_runs):
-    generate_mini(tmp_path, seed=4, n_train=2, n_val=0, workers=0, progress=False)
+    generate_mini(tmp_path, seed=4, n_train=2, n_val=0, image_size=192, workers=0, progress=False)
     assert (tmp_path / "train" / "000000.png").read_bytes() != (two_runs[0] / "train" / "000000.png").read_bytes()
 
 

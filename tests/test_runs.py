@@ -49,11 +49,11 @@ def test_load_find_and_table(tmp_path, capsys):
     assert "baseline" in text and "38.50" in text
     assert format_table(runs_table([])) == "(no runs)"
 
-    from dynrcnn import cli_train
+    from dynrcnn import cli_eval
     import argparse
 
     parser = argparse.ArgumentParser()
-    cli_train.register(parser.add_subparsers())
+    cli_eval.register(parser.add_subparsers())
     args = parser.parse_args(["runs", str(tmp_path)])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -71,10 +71,12 @@ def test_runs_of_a_missing_folder_is_an_error_not_an_empty_table(tmp_path, capsy
 def test_cli_defaults_and_help():
     import argparse
 
-    from dynrcnn import cli_train
+    from dynrcnn import cli_eval, cli_train
 
     parser = argparse.ArgumentParser()
-    cli_train.register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    cli_train.register(sub)
+    cli_eval.register(sub)
     args = parser.parse_args(["train", "--data-root", "/tmp/mini", "--out", "runs/x"])
     assert args.method == "dynamic" and args.preset == "mini" and args.device in ("cpu", "cuda")
     assert not args.resume and args.set == []
