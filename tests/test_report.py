@@ -551,20 +551,16 @@ def test_plan_passes_checkout_paths_relative():
     assert report.param_path("/elsewhere/data") == "/elsewhere/data"
 
 
-def test_backbone_pin_names_the_checkouts_file_and_pins_its_hash(tmp_path, monkeypatch):
-    from dynrcnn import pretrain
-    from dynrcnn.report.pipeline import backbone_pin
+def test_backbone_pin_is_a_name_and_a_hash_looked_up_where_the_pipeline_built_it(tmp_path):
+    from dynrcnn.report.pipeline import backbone_pin, plan, pretrained_root
 
-    built = tmp_path / "backbone-x.pth"
-    built.write_bytes(b"w")
-    monkeypatch.setattr(pretrain, "find_pretrained", lambda preset, root: (built, "ab" * 32))
-    # the training notebook finds the very file: pinned by name, so no machine path on the page
-    assert backbone_pin("mini_pretrain", built, "ab" * 32) == [
+    assert backbone_pin("mini_pretrain", "ab" * 32) == [
         "model.backbone_weights=pretrained:mini_pretrain", f"model.backbone_sha256={'ab' * 32}"]
-    other = tmp_path / "elsewhere.pth"
-    assert backbone_pin("mini_pretrain", other, "cd" * 32)[0] == f"model.backbone_weights={other.resolve()}"
-    monkeypatch.setattr(pretrain, "find_pretrained", lambda preset, root: None)
-    assert backbone_pin("mini_pretrain", built, "ab" * 32)[0] == f"model.backbone_weights={built.resolve()}"
+    assert pretrained_root(tmp_path / "data" / "mini") == tmp_path / "data" / "pretrained"
+    steps = plan(report.get_profile("smoke"), tmp_path / "out", tmp_path / "runs", tmp_path / "data" / "x", "cpu",
+                 tmp_path / "f", False)
+    trains = [s for s in steps if s.kind == "train"]
+    assert trains and all(s.params["pretrained_root"] == str(tmp_path / "data" / "pretrained") for s in trains)
 
 
 def test_resolve_backbone_refuses_another_file_than_the_pinned_one(tmp_path, monkeypatch):

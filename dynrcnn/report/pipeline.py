@@ -110,8 +110,8 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
         steps.append(Step("train", "03_train", f"train_{spec.name}", {
             "profile": profile.name, "preset": profile.preset, "method": spec.method,
             "seed": spec.seed if seed is None else seed, "data_root": _abs(data_root),
-            "run_dir": _abs(Path(runs_root) / spec.name), "device": device,
-            "overrides": profile.run_overrides(spec), "convention": "", "force": bool(force), "num_threads": 1,
+            "run_dir": _abs(Path(runs_root) / spec.name), "pretrained_root": _abs(pretrained_root(data_root)),
+            "device": device, "overrides": profile.run_overrides(spec), "convention": "", "force": bool(force), "num_threads": 1,
         }, f"train {spec.name}"))
     for spec in profile.runs:
         steps.append(Step("evaluate", "04_evaluate", f"evaluate_{spec.name}", {
@@ -149,13 +149,13 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
     A build is part of the report's bar: its iterations, and the drawing of its benchmark."""
     import torch
 
-    from dynrcnn.presets import PRETRAINED_ROOT, build_config, get_preset
+    from dynrcnn.presets import build_config, get_preset
     from dynrcnn.pretrain import build_dir, ensure_pretrained, find_pretrained, pretrain_preset
 
     preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)
     if preset is None:
         return []
-    root = Path(data_root).parent / Path(PRETRAINED_ROOT).name  # beside the data: <data>/../pretrained
+    root = pretrained_root(data_root)
     if find_pretrained(preset, root) is None:
         bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, weight=WORK["pretrain_iteration"],
                            start=WORK["pretrain_data"])])
@@ -163,25 +163,28 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        path, sha = ensure_pretrained(preset, root, device=device, progress=False, log=bar.write)
+        _, sha = ensure_pretrained(preset, root, device=device, progress=False, log=bar.write)
     finally:
         torch.set_num_threads(threads)
-    return backbone_pin(preset, path, sha)
+    return backbone_pin(preset, sha)
 
 
-def backbone_pin(preset: str, path: Path, sha: str) -> list[str]:
-    """The overrides that make every run start from ``path``: by name (``pretrained:<preset>``,
-    the file the training notebook finds in the checkout's ``data/pretrained``) when that is the
-    file, so a rendered parameters cell names no machine path, else by its absolute path; the
-    SHA-256 always (:func:`dynrcnn.pretrain.resolve_backbone` refuses another file)."""
-    from dynrcnn.config import PRETRAINED_PREFIX
+def pretrained_root(data_root) -> Path:
+    """Where a report builds and finds its pretrained backbone: beside its data,
+    ``<data root>/../pretrained`` (``data/pretrained`` for the checkout's ``data/mini``)."""
     from dynrcnn.presets import PRETRAINED_ROOT
-    from dynrcnn.pretrain import find_pretrained
 
-    found = find_pretrained(preset, repo_path(PRETRAINED_ROOT))
-    same = found is not None and Path(found[0]).resolve() == Path(path).resolve()
-    weights = f"{PRETRAINED_PREFIX}{preset}" if same else str(Path(path).resolve())
-    return [f"model.backbone_weights={weights}", f"model.backbone_sha256={sha}"]
+    return Path(data_root).parent / Path(PRETRAINED_ROOT).name
+
+
+def backbone_pin(preset: str, sha: str) -> list[str]:
+    """The overrides that make every run start from the same backbone: by name
+    (``pretrained:<preset>``, which the training notebook looks up in its ``pretrained_root``,
+    the folder the pipeline built it in), so a rendered parameters cell names no machine path,
+    and by SHA-256 (:func:`dynrcnn.pretrain.resolve_backbone` refuses another file)."""
+    from dynrcnn.config import PRETRAINED_PREFIX
+
+    return [f"model.backbone_weights={PRETRAINED_PREFIX}{preset}", f"model.backbone_sha256={sha}"]
 
 
 def _planned_iterations(params: dict) -> int:
