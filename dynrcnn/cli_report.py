@@ -46,9 +46,26 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from dynrcnn.report.pipeline import main_report
+    """``dynrcnn report``: the pipeline, then the headline, the status counts and where it went.
+    A failing notebook exits 1 (its message names the notebook and the cell)."""
+    import sys
 
-    return main_report(args)
+    from dynrcnn.report.pipeline import ReportError, run_pipeline
+    from dynrcnn.report.text import summary_lines
+
+    try:
+        result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
+                              device=args.device, jobs=args.jobs, force=args.force,
+                              extra_seeds=args.extra_seeds or (), root=args.root,
+                              published=args.published_weights or ())
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for line in summary_lines(result.runs_root, result.evidence):
+        print(line)
+    print(f"report: {result.index}  ({result.wall_time_sec / 60:.1f} min)")
+    print(f"figures: {result.figures_dir}")
+    return 0
 
 
 def register_mmdet(subparsers) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 from dynrcnn.config import IOU_THRESHOLDS, REPORTED_METRICS, method_switches
 from dynrcnn.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
-from dynrcnn.report.evidence import evidence_of, group_runs, main_key
+from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.intervals import interval
 from dynrcnn.run_summary import is_miniature, run_name, scale_label, threshold_at
 
@@ -273,7 +273,7 @@ def smooth_l1_gradient(x: float, betas) -> dict[float, float]:
     return out
 
 
-__all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "group_runs", "main_key", "same_nms_pair", "tight_share", "values", "mean", "names",
+__all__ = ["METRICS", "ABLATION_ORDER", "ABLATION_NAMES", "same_nms_pair", "tight_share", "values", "mean", "names",
            "profile_scale", "device_kind", "ablation_table", "iou_thresholds", "ap_gain_per_iou",
            "recompute_updates", "proposal_quality", "smooth_l1_gradient", "CROSSING", "dynamic_facts",
            "dynamic_facts_table"]

@@ -11,7 +11,6 @@ processes) -> ``02_method`` -> ``05_results``; then renders every executed noteb
 from __future__ import annotations
 
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -432,24 +431,5 @@ def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data
     return result
 
 
-def main_report(args) -> int:
-    """``dynrcnn report`` (see :mod:`dynrcnn.cli_report`)."""
-    try:
-        result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
-                              device=args.device, jobs=args.jobs, force=args.force,
-                              extra_seeds=args.extra_seeds or (), root=args.root,
-                              published=args.published_weights or ())
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    from dynrcnn.report.text import summary_lines
-
-    for line in summary_lines(result.runs_root, result.evidence):
-        print(line)
-    print(f"report: {result.index}  ({result.wall_time_sec / 60:.1f} min)")
-    print(f"figures: {result.figures_dir}")
-    return 0
-
-
 __all__ = ["ReportError", "Step", "PipelineResult", "plan", "execute_notebook", "render_html", "run_pipeline",
-           "main_report", "STEP_KINDS", "published_root", "convert_published"]
+           "STEP_KINDS", "published_root", "convert_published"]
