@@ -39,11 +39,11 @@ METHOD_LABELS = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "
 
 def caption(run) -> str:
     """``run <name>: preset P, method M, seed S, N iterations, device D``."""
-    conv = (run.config.get("dynamic") or {}).get("convention")
-    extra = f", convention {conv}" if conv and run.config.get("method") != "baseline" else ""
-    return (f"run {run_name(run)}: preset {run.config.get('preset')}, method {run.config.get('method')}, "
-            f"seed {run.config.get('seed')}, {run_iterations(run)} iterations, device {run_device(run)}, "
-            f"RPN NMS {rpn_nms(run)}{extra} [{scale_label(run.config.get('preset'))}]")
+    conv = run.config.dynamic.convention
+    extra = f", convention {conv}" if conv and run.config.method != "baseline" else ""
+    return (f"run {run_name(run)}: preset {run.config.preset}, method {run.config.method}, "
+            f"seed {run.config.seed}, {run_iterations(run)} iterations, device {run_device(run)}, "
+            f"RPN NMS {rpn_nms(run)}{extra} [{scale_label(run.config.preset)}]")
 
 
 def runs_caption(runs) -> str:
@@ -52,8 +52,8 @@ def runs_caption(runs) -> str:
     if not runs:
         return "no runs"
     fields = {
-        "preset": [r.config.get("preset") for r in runs],
-        "seed": [r.config.get("seed") for r in runs],
+        "preset": [r.config.preset for r in runs],
+        "seed": [r.config.seed for r in runs],
         "iterations": [run_iterations(r) for r in runs],
         "device": [run_device(r) for r in runs],
     }
@@ -61,8 +61,8 @@ def runs_caption(runs) -> str:
     for k, vals in fields.items():
         uniq = list(dict.fromkeys(vals))
         parts.append(f"{k} {uniq[0]}" if len(uniq) == 1 else f"{k} " + "/".join(map(str, vals)))
-    names = ", ".join(f"{run_name(r)} ({r.config.get('method')})" for r in runs)
-    return f"runs {names}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.get('preset'))}]"
+    names = ", ".join(f"{run_name(r)} ({r.config.method})" for r in runs)
+    return f"runs {names}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.preset)}]"
 
 
 FOOTER_PT = 9  # provenance footer font size: legible when the PNG is shown at its size
@@ -100,11 +100,11 @@ def save_figure(fig: Figure, path) -> Path:
 
 
 def _color(run, i: int = 0):
-    return _group_color(run.config.get("method"), rpn_nms(run), i)
+    return _group_color(run.config.method, rpn_nms(run), i)
 
 
 def _label(run) -> str:
-    m = run.config.get("method")
+    m = run.config.method
     lab = METHOD_LABELS.get(m, m)
     name = run_name(run)
     return lab if name == m else f"{lab} [{name}]"
@@ -226,7 +226,7 @@ def trend_figure(runs) -> Figure:
         if d is None or not len(d):
             continue
         last = run_iterations(run) or int(d["iteration"].max())
-        fixed = run.config.get("method") == "baseline"
+        fixed = run.config.method == "baseline"
         for ax, key in ((ax1, "iou_threshold"), (ax2, "beta")):
             its = list(d["iteration"]) + [last]
             vals = list(d[key]) + [d[key].iloc[-1]]
@@ -275,7 +275,7 @@ def ap_vs_iou_figure(runs, baseline=None) -> Figure:
     difference to ``baseline`` (a run; default the first run whose method is baseline)."""
     runs = [r for r in runs if r.eval]
     if baseline is None:
-        base = [r for r in runs if r.config.get("method") == "baseline"]
+        base = [r for r in runs if r.config.method == "baseline"]
         baseline = min(base, key=lambda r: (rpn_nms(r) != BASELINE_RPN_NMS, run_name(r))) if base else None
     fig = Figure(figsize=(11, 4))
     ax1, ax2 = fig.subplots(1, 2)
@@ -562,8 +562,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     labels = list(labels) if labels is not None else [run_name(r) for r in runs]
     first = runs[0]
-    data_root = Path(data_root or first.config.get("data_root"))
-    split = first.config.get("val_split", "val")
+    data_root = Path(data_root or first.config.data_root)
+    split = first.config.val_split
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(annotation_file(data_root, split)))
     by_run = []

@@ -20,7 +20,7 @@ def run_name(run) -> str:
 
 def run_iterations(run) -> int | None:
     """Iterations trained, or the configured ``max_iter`` when nothing was logged."""
-    return run.iterations or run.config.get("max_iter")
+    return run.iterations or run.config.max_iter
 
 
 def run_device(run) -> str:
@@ -33,7 +33,7 @@ def run_device(run) -> str:
 
 
 def rpn_nms(run) -> float | None:
-    return (run.config.get("model") or {}).get("rpn_nms_thresh")
+    return run.config.model.rpn_nms_thresh
 
 
 def is_miniature(preset: str | None) -> bool:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dynrcnn.errors import DynrcnnError
+from dynrcnn.config import Config, config_from_dict
+from dynrcnn.errors import ConfigError, DynrcnnError
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -362,7 +363,8 @@ class Run:
     """One run directory, read."""
 
     path: Path
-    config: dict
+    config: Config  # config.json, typed (:func:`dynrcnn.config.config_from_dict`)
+    record: dict = field(default_factory=dict)  # config.json as written, extras included (the data record, ...)
     env: dict = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     dynamic: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -373,19 +375,19 @@ class Run:
 
     @property
     def method(self) -> str:
-        return self.config.get("method", "?")
+        return self.config.method
 
     @property
     def preset(self) -> str:
-        return self.config.get("preset", "?")
+        return self.config.preset
 
     @property
     def seed(self) -> int:
-        return self.config.get("seed", 0)
+        return self.config.seed
 
     @property
     def convention(self) -> str:
-        return self.config.get("dynamic", {}).get("convention", "?")
+        return self.config.dynamic.convention
 
     @property
     def iterations(self) -> int:
@@ -427,13 +429,18 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (it must hold ``config.json``)."""
     path = Path(run_dir)
-    config = read_json(path / CONFIG)
-    if config is None:
+    record = read_json(path / CONFIG)
+    if record is None:
         raise DynrcnnError(f"{path} is not a run directory (no readable {CONFIG})")
+    try:
+        config = config_from_dict(record)
+    except ConfigError as e:
+        raise DynrcnnError(f"{path / CONFIG}: {e} (written by another version of dynrcnn?)") from None
     stats = read_jsonl(path / STATS)
     return Run(
         path=path,
         config=config,
+        record=record,
         env=read_json(path / ENV) or {},
         metrics=pd.DataFrame(read_jsonl(path / METRICS)),
         dynamic=pd.DataFrame(read_jsonl(path / DYNAMIC)),

@@ -104,14 +104,14 @@ def test_smoke_figures_written(smoke):
 @pytest.mark.slow
 def test_smoke_runs_and_tables(smoke):
     runs = find_runs(smoke.runs_root)
-    assert sorted(r.config["method"] for r in runs) == ["baseline", "dynamic"]
+    assert sorted(r.config.method for r in runs) == ["baseline", "dynamic"]
     for r in runs:
         ev = json.loads((r.path / "eval.json").read_text())
         for k in ("AP", "AP50", "AP75", "AP90"):
             assert math.isfinite(ev[k]) and 0 <= ev[k] <= 100
         assert len(ev["AP_per_iou"]) == 10 and ev["AP90"] == ev["AP_per_iou"][8]
         assert (r.path / "train_done.json").is_file()
-    dyn = next(r for r in runs if r.config["method"] == "dynamic")
+    dyn = next(r for r in runs if r.config.method == "dynamic")
     assert dyn.stats is not None and dyn.proposal_ious
     claims = report.claims_table(runs)
     assert len(claims) >= len(reference.CLAIM_KEYS) and claims["verdict"].map(bool).all()
@@ -129,16 +129,16 @@ def test_smoke_reuses_complete_runs(smoke):
     assert len(injected) == 1 and "run_dir" in injected[0].source
     # the same config again is reused, not retrained
     run = find_runs(smoke.runs_root)
-    dyn = next(r for r in run if r.config["method"] == "dynamic")
+    dyn = next(r for r in run if r.config.method == "dynamic")
     p = report.get_profile("smoke")
     spec = next(s for s in p.runs if s.method == "dynamic")
-    cfg = build_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config["data_root"],
+    cfg = build_config(p.preset, spec.method, seed=spec.seed, data_root=dyn.config.data_root,
                        overrides=p.run_overrides(spec))
     # the pipeline pinned the pretrained backbone (file and checksum) into every run's config
-    pinned = dyn.config["model"]
+    pinned = dyn.config.model
     assert "model.backbone_weights=pretrained:mini_pretrain_smoke" in p.run_overrides(spec)
-    assert pinned["backbone_weights"].endswith(".pth") and len(pinned["backbone_sha256"]) == 64
-    cfg.model.backbone_weights, cfg.model.backbone_sha256 = pinned["backbone_weights"], pinned["backbone_sha256"]
+    assert pinned.backbone_weights.endswith(".pth") and len(pinned.backbone_sha256) == 64
+    cfg.model.backbone_weights, cfg.model.backbone_sha256 = pinned.backbone_weights, pinned.backbone_sha256
     assert train_action(dyn.path, cfg)[0] == "reuse"
 
 
@@ -170,7 +170,7 @@ def test_smoke_second_benchmark_pretrained_backbone_and_results(smoke):
     runs = find_runs(smoke.runs_root)
     assert runs and all(r.eval_names == ["data-seed2"] for r in runs)  # every run evaluated on both benchmarks
     assert all(r.eval_on("data-seed2")["num_images"] == 12 for r in runs)
-    shas = {r.config["model"]["backbone_sha256"] for r in runs}
+    shas = {r.config.model.backbone_sha256 for r in runs}
     assert len(shas) == 1 and len(shas.pop()) == 64  # one pretrained backbone, pinned in every run
     res = json.loads((smoke.figures_dir / "results.json").read_text())
     assert res["benchmarks"] == ["own", "data-seed2"]

@@ -63,7 +63,7 @@ def mini_runs(tmp_path):
 
 
 def _mean(runs, method, nms, key):
-    vals = [r.eval[key] for r in runs if r.method == method and r.config["model"]["rpn_nms_thresh"] == nms]
+    vals = [r.eval[key] for r in runs if r.method == method and r.config.model.rpn_nms_thresh == nms]
     return sum(vals) / len(vals)
 
 
@@ -137,7 +137,7 @@ def test_second_benchmark_must_agree(mini_runs, tmp_path):
         jitter = 4.0 if r.method == "dynamic" else 1.0
         write_detections(r.path, other, jitter, r.seed)
         (r.path / "detections.json").rename(r.path / "detections-other.json")
-        write_detections(r.path, r.config["data_root"], 1.0 if r.method == "dynamic" else 3.0, r.seed)
+        write_detections(r.path, r.config.data_root, 1.0 if r.method == "dynamic" else 3.0, r.seed)
         (r.path / "eval-other.json").write_text(json.dumps({**r.eval, "data_root": str(other), "split": "val"}))
     items = {c.key: c for c in report.claims(find_runs(mini_runs))}
     ap = items["paper_delta_ap"]
@@ -489,7 +489,7 @@ def test_index_counts_the_seeds_of_each_configuration():
     from dynrcnn.report.index import seeds_text
 
     def run(method, seed, nms=0.85):
-        return SimpleNamespace(method=method, seed=seed, config={"model": {"rpn_nms_thresh": nms}})
+        return SimpleNamespace(method=method, seed=seed, config=SimpleNamespace(model=SimpleNamespace(rpn_nms_thresh=nms)))
 
     three = [run(m, s) for m in ("baseline", "dynamic") for s in (0, 1, 2)]
     assert seeds_text(three) == "3 seeds per configuration"

@@ -37,7 +37,7 @@ def same_nms_pair(runs) -> tuple | None:
     dyn = main_key(groups, "dynamic")
     if dyn is None or ("baseline", dyn[1]) not in groups:
         return None
-    return tuple(min(groups[k], key=lambda r: r.config.get("seed") or 0) for k in (("baseline", dyn[1]), dyn))
+    return tuple(min(groups[k], key=lambda r: r.config.seed or 0) for k in (("baseline", dyn[1]), dyn))
 
 
 def tight_share(run, score_thresh: float = 0.5, iou: float = 0.9) -> float:
@@ -53,7 +53,7 @@ def tight_share(run, score_thresh: float = 0.5, iou: float = 0.9) -> float:
     from dynrcnn.runs import read_detections
 
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(annotation_file(run.config.get("data_root"), run.config.get("val_split", "val"))))
+        coco = COCO(str(annotation_file(run.config.data_root, run.config.val_split)))
     by_image: dict[int, list] = {}
     for d in read_detections(run.path):
         if d["score"] >= score_thresh:
@@ -86,7 +86,7 @@ def names(runs) -> str:
 
 
 def profile_scale(runs) -> str:
-    presets = {r.config.get("preset") for r in runs}
+    presets = {r.config.preset for r in runs}
     return "COCO" if presets and not any(is_miniature(p) for p in presets) else "miniature"
 
 
@@ -119,7 +119,7 @@ def _ablation_row(ev, key, base_key) -> dict:
         iv = interval(delta, m)
         row[f"Δ{m} 95% CI"] = f"[{iv.low:+.2f}, {iv.high:+.2f}]" if iv else "-"
     row["Δ vs"] = f"baseline (RPN NMS {ref_key[1]:g})" if ref_key else "-"
-    row["scale"] = scale_label(rs[0].config.get("preset"))
+    row["scale"] = scale_label(rs[0].config.preset)
     return row
 
 
@@ -153,7 +153,7 @@ def ap_gain_per_iou(runs):
         return None
     base = np.mean([r.eval["AP_per_iou"] for r in groups[b]], axis=0)
     dyn = np.mean([r.eval["AP_per_iou"] for r in groups[d]], axis=0)
-    return np.asarray(IOU_THRESHOLDS), dyn - base, scale_label(groups[d][0].config.get("preset"))
+    return np.asarray(IOU_THRESHOLDS), dyn - base, scale_label(groups[d][0].config.preset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def dynamic_facts(run) -> dict:
     if d is None or not len(d) or "iou_threshold" not in d:
         return out
     d = d.sort_values("iteration")
-    total = int(run.config.get("max_iter") or d["iteration"].max() or 1)
+    total = int(run.config.max_iter or d["iteration"].max() or 1)
     out["iou_threshold_end"] = float(d["iou_threshold"].iloc[-1])
     out["beta_end"] = float(d["beta"].iloc[-1])
     out["updates"] = int(len(d) - 1)
@@ -188,8 +188,8 @@ def dynamic_facts(run) -> dict:
 
 def dynamic_facts_table(runs) -> pd.DataFrame:
     """:func:`dynamic_facts` of every run that uses DLA or DSL, one row per run."""
-    rows = [{"run": run_name(r), "method": r.config.get("method"), "seed": r.seed, **dynamic_facts(r)}
-            for r in runs if r.config.get("method") in ("dla", "dsl", "dynamic")]
+    rows = [{"run": run_name(r), "method": r.config.method, "seed": r.seed, **dynamic_facts(r)}
+            for r in runs if r.config.method in ("dla", "dsl", "dynamic")]
     return pd.DataFrame(rows)
 
 
@@ -217,9 +217,9 @@ def recompute_updates(run) -> pd.DataFrame:
             "beta_logged", "beta_recomputed"]
     if d is None or stats is None or not len(d) or not len(stats):
         return pd.DataFrame(columns=cols)
-    dyn = run.config.get("dynamic", {})
-    use_dla, use_dsl = method_switches(run.config.get("method"))
-    t_init, b_init = float(dyn.get("init_iou", 0.4)), float(dyn.get("init_beta", 1.0))
+    dyn = run.config.dynamic
+    use_dla, use_dsl = method_switches(run.config.method)
+    t_init, b_init = float(dyn.init_iou), float(dyn.init_beta)
     d = d.sort_values("iteration")
     thr, beta = float(d.iloc[0]["iou_threshold"]), float(d.iloc[0]["beta"])
     prev, rows = int(d.iloc[0]["iteration"]), []
@@ -231,7 +231,7 @@ def recompute_updates(run) -> pd.DataFrame:
         if use_dla and len(ious):
             thr = max(t_init, float(np.mean(ious)))
         if use_dsl and len(errs):
-            med = convention_median(errs, dyn.get("convention", "mmdet"))
+            med = convention_median(errs, dyn.convention)
             if med >= 1e-15:
                 beta = min(b_init, med)
         rows.append({"iteration": it, "n_iou": len(ious), "n_beta": len(errs),

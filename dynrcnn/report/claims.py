@@ -158,7 +158,7 @@ class _Sides:
         self.datasets = ev.datasets
 
     def all_of(self, method: str, key) -> list:
-        return [r for r in self.runs if r.config.get("method") == method and rpn_nms(r) == (key or (0, 0))[1]]
+        return [r for r in self.runs if r.config.method == method and rpn_nms(r) == (key or (0, 0))[1]]
 
     def claim(self, r: ref.Reference, ours, difference, tolerance, verdict: Verdict, compared,
               key=None, description=None, intervals=None) -> Claim:

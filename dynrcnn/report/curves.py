@@ -77,7 +77,7 @@ def trajectories(runs) -> list[dict]:
         if key[0] == "baseline":
             continue
         item = {"label": config_label(key), "method": key[0], "seeds": len(rs),
-                "max_iter": int(rs[0].config.get("max_iter") or 1)}
+                "max_iter": int(rs[0].config.max_iter or 1)}
         for col in ("iou_threshold", "beta", "fg_fraction"):
             item[col] = _mean_trajectory(rs, col)
         out.append(item)

@@ -27,7 +27,7 @@ def group_runs(runs) -> dict[tuple[str, float], list]:
     for r in runs:
         if not r.eval:
             continue
-        groups.setdefault((r.config.get("method"), rpn_nms(r)), []).append(r)
+        groups.setdefault((r.config.method, rpn_nms(r)), []).append(r)
     return groups
 
 

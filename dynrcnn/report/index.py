@@ -210,7 +210,7 @@ def write_index(result, profile, steps) -> Path:
     figs = result.figures_dir
     scale_note = ("Numbers on this page come from the miniature benchmark; they test the <i>direction</i> of "
                   "the paper's claims, never its COCO numbers.") if scale != "COCO" else ""
-    scale_text = scale_label(first.config.get("preset") if first else profile.preset)
+    scale_text = scale_label(first.config.preset if first else profile.preset)
     name = html.escape(profile.name)
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -46,12 +46,12 @@ def evaluation_files(run, dataset: str | None = None) -> tuple[Path, Path] | Non
     own split), or ``None`` when that evaluation is missing."""
     det = runs_mod.detections_file(run.path, dataset)
     if dataset is None:
-        ann = annotation_file(run.config.get("data_root", ""), run.config.get("val_split", "val"))
+        ann = annotation_file(run.config.data_root, run.config.val_split)
     else:
         record = run.eval_on(dataset)
         if not record or not record.get("data_root"):
             return None
-        ann = annotation_file(record["data_root"], record.get("split", run.config.get("val_split", "val")))
+        ann = annotation_file(record["data_root"], record.get("split", run.config.val_split))
     return (ann, det) if det.is_file() and ann.is_file() else None
 
 

@@ -52,8 +52,8 @@ def _ours(runs_root: Path, seeds) -> tuple[list, str, str]:
     if missing:
         raise DynrcnnError(f"{runs_root} lacks complete runs of the report of record ({', '.join(missing)}); "
                            "run 'make report' first")
-    model = groups[("dynrcnn", "dynamic")][0].config["model"]
-    return ours, model["backbone_weights"], model.get("backbone_sha256", "")
+    model = groups[("dynrcnn", "dynamic")][0].config.model
+    return ours, model.backbone_weights, model.backbone_sha256
 
 
 def _complete(run: PeerRun, datasets: list[str]) -> bool:
@@ -137,10 +137,10 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     if not python.is_file():
         raise DynrcnnError(f"no MMDetection peer environment at {python}: run 'make mmdet-env'")
     ours, backbone, backbone_sha = _ours(runs_root, seeds)
-    data_root = Path(ours[0].config["data_root"]).resolve()
+    data_root = Path(ours[0].config.data_root).resolve()
     extra = [second_root(profile, data_root)] if profile.second_benchmark else []
     extra = [p for p in extra if p.is_dir()]
-    num_classes = len(load_dataset(data_root, ours[0].config.get("val_split", "val")).class_names) + 1
+    num_classes = len(load_dataset(data_root, ours[0].config.val_split).class_names) + 1
     todo = [PeerRun(m, int(s), peer_root / peer.peer_run_name(m, s)) for s in seeds for m in peer.METHODS]
     backbone_sha = backbone_sha or file_sha256(backbone)
     for run in todo:

@@ -61,10 +61,10 @@ def eval_table(runs) -> pd.DataFrame:
     rows = []
     for r in runs:
         e = r.eval or {}
-        rows.append({"run": run_name(r), "method": r.config.get("method"),
+        rows.append({"run": run_name(r), "method": r.config.method,
                      **{k: e.get(k) for k in (*COCO_SUMMARY, "AP90")},
                      "images": e.get("num_images"), "evaluator": e.get("evaluator"),
-                     "scale": scale_label(r.config.get("preset"))})
+                     "scale": scale_label(r.config.preset)})
     return pd.DataFrame(rows)
 
 
@@ -106,10 +106,10 @@ def compute_table(runs, durations: dict[str, float] | None = None) -> pd.DataFra
         name = run_name(r)
         wall = done.get("wall_time_sec")
         rows.append({
-            "run": name, "method": r.config.get("method"), "preset": r.config.get("preset"),
+            "run": name, "method": r.config.method, "preset": r.config.preset,
             "device": run_device(r), "processes": (r.env or {}).get("num_processes"),
             "threads": (r.env or {}).get("torch_threads"),
-            "iterations": run_iterations(r), "images/iter": r.config.get("ims_per_batch"),
+            "iterations": run_iterations(r), "images/iter": r.config.ims_per_batch,
             "train wall (min)": None if wall is None else wall / 60,
             "s/iter (median)": done.get("sec_per_iter_median"),
             "train img/s": done.get("images_per_sec"),

@@ -60,9 +60,9 @@ def readme_table(runs_root, label: str | None = None, evidence: Evidence | None 
     ab = ablation_table(runs)
     cl = claims_table(runs)
     first = runs[0]
-    head = (f"Runs under `{label or runs_root}`: preset {first.config.get('preset')}, "
+    head = (f"Runs under `{label or runs_root}`: preset {first.config.preset}, "
             f"{run_iterations(first)} iterations, device {run_device(first)}, "
-            f"scale: **{scale_label(first.config.get('preset'))}**.\n\n")
+            f"scale: **{scale_label(first.config.preset)}**.\n\n")
     ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
                          "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs"]])
     scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
@@ -153,7 +153,7 @@ def summary_lines(runs_root, evidence: Evidence | None = None) -> list[str]:
 
 
 def _with_dynamic_log(runs, method: str) -> list:
-    return [r for r in runs if r.config.get("method") == method and r.dynamic is not None and len(r.dynamic)]
+    return [r for r in runs if r.config.method == method and r.dynamic is not None and len(r.dynamic)]
 
 
 def _trend_comparison(rose: bool, fell: bool) -> str:
@@ -206,7 +206,7 @@ def why_sentence(runs) -> str:
     """What the dynamic runs did, from their logs, and how it bears on the AP90 verdict: when
     the threshold crossed the baseline's 0.5, where threshold and beta ended, and the share of
     proposals at or above the threshold at the end."""
-    dyn = [r for r in runs if r.config.get("method") == "dynamic" and r.dynamic is not None and len(r.dynamic)]
+    dyn = [r for r in runs if r.config.method == "dynamic" and r.dynamic is not None and len(r.dynamic)]
     if not dyn:
         return "No dynamic run: nothing to explain."
     facts = [dynamic_facts(r) for r in dyn]
