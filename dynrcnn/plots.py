@@ -304,6 +304,26 @@ def _group_color(method: str, nms, i: int = 0):
     return METHOD_COLORS.get(method, f"C{i}")
 
 
+def tight_share_figure(shares: list[dict], cap: str, iou: float = 0.9) -> Figure:
+    """One bar per configuration: the share of its detections at IoU >= ``iou`` with their
+    ground truth (mean over seeds; whiskers: the seeds' range). ``shares`` come from
+    :func:`dynrcnn.report.curves.tight_shares`."""
+    fig = Figure(figsize=(max(6.0, 1.6 * len(shares)), 3.8))
+    ax = fig.subplots()
+    for i, s in enumerate(shares):
+        ax.bar(i, 100 * s["mean"], color=_group_color(s["method"], s["nms"], i), alpha=0.85)
+        ax.errorbar(i, 100 * s["mean"], yerr=[[100 * (s["mean"] - s["low"])], [100 * (s["high"] - s["mean"])]],
+                    color="k", capsize=3, lw=1)
+        ax.text(i, 100 * s["high"] + 0.5, f"{100 * s['mean']:.1f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(shares)), [f"{s['label'].replace(' (', chr(10) + '(')}\n{s['seeds']} seed(s)"
+                                       for s in shares], fontsize=7)
+    ax.set_ylabel(f"detections at IoU >= {iou:g} (%)")
+    if shares:  # room for the labels above the whiskers
+        ax.set_ylim(0, 115 * max(s["high"] for s in shares) + 1)
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, f"Detections (score >= 0.5) at IoU >= {iou:g} with their ground truth", cap)
+
+
 def ap_gain_figure(curves: list[dict], gains: list[dict], cap: str) -> Figure:
     """Left: AP at each IoU threshold per configuration (mean over seeds, band: the seeds'
     range). Right: the AP difference at each threshold with its 95 % interval (band).

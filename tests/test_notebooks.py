@@ -96,7 +96,7 @@ def test_smoke_index_links_every_page(smoke):
 @pytest.mark.slow
 def test_smoke_figures_written(smoke):
     for name in ("trend", "losses", "ap_vs_iou", "smooth_l1", "proposal_iou", "stats_to_threshold",
-                 "data_samples", "detections_dynamic"):
+                 "data_samples", "detections_dynamic", "detections_compare", "tight_share"):
         path = smoke.figures_dir / f"{name}.png"
         assert path.is_file() and path.stat().st_size > 5000, path
 

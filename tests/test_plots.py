@@ -262,3 +262,15 @@ def test_group_figures_from_curves(tmp_path):
     authors = authors_trajectory()
     assert authors["progress"][0] == pytest.approx(100 / 90000)
     _png(plots.save_figure(plots.trajectory_figure(traj, authors, "caption"), tmp_path / "traj.png"))
+
+
+def test_tight_share_figure_one_bar_per_configuration(tmp_path):
+    shares = [{"label": "baseline (RPN NMS 0.7)", "method": "baseline", "nms": 0.7, "mean": 0.2, "low": 0.18,
+               "high": 0.22, "seeds": 3},
+              {"label": "DLA + DSL (RPN NMS 0.85)", "method": "dynamic", "nms": 0.85, "mean": 0.3, "low": 0.3,
+               "high": 0.3, "seeds": 1}]
+    fig = plots.tight_share_figure(shares, "runs a, b")
+    _png(plots.save_figure(fig, tmp_path / "tight.png"))
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [20.0, 30.0]
+    assert [t.get_text() for t in ax.texts] == ["20.0%", "30.0%"] and ax.get_ylim()[1] > 30.0 * 1.1

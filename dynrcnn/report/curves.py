@@ -13,7 +13,7 @@ import pandas as pd
 
 from dynrcnn.config import IOU_THRESHOLDS
 from dynrcnn.reference import AUTHORS_TRAJECTORY
-from dynrcnn.report.analysis import ABLATION_NAMES
+from dynrcnn.report.analysis import ABLATION_NAMES, tight_share
 from dynrcnn.report.evidence import evidence_of, main_key
 
 
@@ -84,6 +84,19 @@ def trajectories(runs) -> list[dict]:
     return out
 
 
+def tight_shares(runs, iou: float = 0.9) -> list[dict]:
+    """Per configuration: the share of its detections (score >= 0.5, validation split) that
+    overlap a ground-truth box of their class at IoU >= ``iou`` (:func:`~.analysis.tight_share`),
+    the mean over seeds and the seeds' range: ``label``, ``method``, ``nms``, ``mean``, ``low``,
+    ``high``, ``seeds``."""
+    out = []
+    for key, rs in sorted(evidence_of(runs).groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        shares = np.array([tight_share(r, iou=iou) for r in rs], dtype=float)
+        out.append({"label": config_label(key), "method": key[0], "nms": key[1], "mean": float(np.nanmean(shares)),
+                    "low": float(np.nanmin(shares)), "high": float(np.nanmax(shares)), "seeds": len(rs)})
+    return out
+
+
 def authors_trajectory() -> dict:
     """The authors' published threshold points as fractions of their schedule."""
     a = AUTHORS_TRAJECTORY
@@ -92,4 +105,4 @@ def authors_trajectory() -> dict:
             "iou_threshold": np.asarray(a["iou_threshold"], dtype=float)}
 
 
-__all__ = ["config_label", "ap_curves", "gain_curves", "trajectories", "authors_trajectory"]
+__all__ = ["tight_shares", "config_label", "ap_curves", "gain_curves", "trajectories", "authors_trajectory"]
