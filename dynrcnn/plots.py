@@ -318,8 +318,9 @@ def tight_share_figure(shares: list[dict], cap: str, iou: float = 0.9) -> Figure
     ax.set_xticks(range(len(shares)), [f"{s['label'].replace(' (', chr(10) + '(')}\n{s['seeds']} seed(s)"
                                        for s in shares], fontsize=7)
     ax.set_ylabel(f"detections at IoU >= {iou:g} (%)")
-    if shares:  # room for the labels above the whiskers
-        ax.set_ylim(0, 115 * max(s["high"] for s in shares) + 1)
+    highs = [s["high"] for s in shares if math.isfinite(s["high"])]
+    if highs:  # room for the labels above the whiskers
+        ax.set_ylim(0, 115 * max(highs) + 1)
     ax.grid(axis="y", alpha=0.3)
     return _finish(fig, f"Detections (score >= 0.5) at IoU >= {iou:g} with their ground truth", cap)
 

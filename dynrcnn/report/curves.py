@@ -92,8 +92,10 @@ def tight_shares(runs, iou: float = 0.9) -> list[dict]:
     out = []
     for key, rs in sorted(evidence_of(runs).groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         shares = np.array([tight_share(r, iou=iou) for r in rs], dtype=float)
-        out.append({"label": config_label(key), "method": key[0], "nms": key[1], "mean": float(np.nanmean(shares)),
-                    "low": float(np.nanmin(shares)), "high": float(np.nanmax(shares)), "seeds": len(rs)})
+        shares = shares[np.isfinite(shares)]  # a run without detections above the score has no share
+        mean, low, high = (shares.mean(), shares.min(), shares.max()) if len(shares) else (np.nan,) * 3
+        out.append({"label": config_label(key), "method": key[0], "nms": key[1], "mean": float(mean),
+                    "low": float(low), "high": float(high), "seeds": len(rs)})
     return out
 
 
