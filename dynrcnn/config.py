@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from dynrcnn.errors import ConfigError
 
 METHODS = ("baseline", "dla", "dsl", "dynamic")
+#: how tables and figures name each method (the ablation's rows)
+METHOD_NAMES = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL"}
 CONVENTIONS = ("mmdet", "official")
 PRETRAINED_PREFIX = "pretrained:"  # model.backbone_weights=pretrained:<preset>: the project's own weights
 

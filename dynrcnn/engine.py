@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynrcnn import checkpoint, integrity, runs
+from dynrcnn import checkpoint, integrity, provenance, runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
 from dynrcnn.hooks import HookBase, default_hooks
@@ -237,7 +237,7 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
         self.dataset = load_dataset(cfg.data_root, cfg.train_split, train=True)
-        self.data = integrity.data_record(self.dataset)
+        self.data = provenance.data_record(self.dataset)
         if self.ckpt is not None:
             integrity.check_resume(self.out, cfg, self.data)  # the run's record stays true
         self.model = build_model(cfg, self.dataset.num_classes)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynrcnn import integrity, runs
+from dynrcnn import integrity, provenance, runs
 from dynrcnn.checkpoint import load_for_eval
 from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
@@ -188,7 +188,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     (``eval-<data name>-<checkpoint name>.json`` on other data), marked ``final_model: false``.
     ``data_root`` overrides the dataset folder recorded in ``config.json``: when it is another
     folder, the results go to ``eval-<name>.json`` and ``detections-<name>.json`` (``name``: the
-    folder's name, see :func:`integrity.eval_tag`) and the run's own ``eval.json`` is left alone.
+    folder's name, see :func:`provenance.eval_tag`) and the run's own ``eval.json`` is left alone.
     Data whose class names differ from those the run recorded is refused unless
     ``allow_class_mismatch`` (the count of classes is always checked).
     ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
@@ -201,7 +201,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     check_device(device)
     run = Path(run_dir)
     cfg = runs.read_config(run)
-    tag = runs.sanitise_tag(name) if name is not None else integrity.eval_tag(run, data_root)
+    tag = runs.sanitise_tag(name) if name is not None else provenance.eval_tag(run, data_root)
     if data_root is not None:
         cfg.data_root = str(data_root)
     ckpt_path = Path(checkpoint) if checkpoint is not None else runs.last_checkpoint(run)
@@ -216,10 +216,10 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
     _check_num_classes(ckpt["model"], dataset, ckpt_path)
     if not allow_class_mismatch:
-        integrity.check_class_names(runs.class_names(run), dataset, run / runs.CONFIG)
-    data = integrity.data_record(dataset)
+        provenance.check_class_names(runs.class_names(run), dataset, run / runs.CONFIG)
+    data = provenance.data_record(dataset)
     if name is None:
-        integrity.check_eval_target(run, tag, data)
+        provenance.check_eval_target(run, tag, data)
     model = build_model(cfg, dataset.num_classes)
     model.load_state_dict(ckpt["model"])
     with integrity.RunLock(run):  # not while another process trains or evaluates this run
@@ -270,7 +270,7 @@ def missing_evaluations(run_dir: str | Path, data_root=None, extra_data_roots=()
     reuse rule of the report's evaluation step (training's lives in :mod:`dynrcnn.integrity`)."""
     run = runs.load_run(Path(run_dir))
     missing = [] if run.eval else [data_root]
-    return missing + [e for e in extra_data_roots if run.eval_on(integrity.eval_tag(run_dir, e)) is None]
+    return missing + [e for e in extra_data_roots if run.eval_on(provenance.eval_tag(run_dir, e)) is None]
 
 
 def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), device: str = "cpu",

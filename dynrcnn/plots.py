@@ -23,14 +23,14 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from dynrcnn import runs as rundir  # noqa: E402
-from dynrcnn.config import IOU_THRESHOLDS  # noqa: E402
+from dynrcnn.config import IOU_THRESHOLDS, METHOD_NAMES  # noqa: E402
 from dynrcnn.datastats import dataset_statistics  # noqa: E402
 from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
 
 LOSS_KEYS = ("loss", *rundir.LOSS_KEYS)
 METHOD_COLORS = {"baseline": "tab:gray", "dla": "tab:blue", "dsl": "tab:green", "dynamic": "tab:red"}
-METHOD_LABELS = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL (Dynamic R-CNN)"}
+METHOD_LABELS = {**METHOD_NAMES, "dynamic": f"{METHOD_NAMES['dynamic']} (Dynamic R-CNN)"}
 
 
 # --------------------------------------------------------------------------------------------

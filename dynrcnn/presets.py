@@ -157,6 +157,21 @@ PRESET_HELP = {
 }
 
 
+#: what a preset's numbers are, as pages say it (:func:`scale_of`)
+SCALE_LABELS = {"COCO": "COCO", "miniature": "miniature benchmark (not COCO)", "own dataset": "own dataset (not COCO)"}
+
+
+def scale_of(preset: str | None) -> str:
+    """``COCO`` for the paper's recipes (``coco_*``), ``own dataset`` for ``custom_*``, else
+    ``miniature`` (the generated benchmark): only COCO numbers are compared with the paper's."""
+    name = str(preset or "")
+    return "COCO" if name.startswith("coco") else "own dataset" if name.startswith("custom") else "miniature"
+
+
+def scale_label(preset: str | None) -> str:
+    return SCALE_LABELS[scale_of(preset)]
+
+
 def get_preset(name: str) -> Config:
     """A fresh copy of a named preset."""
     if name not in PRESETS:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynrcnn.config import REPORTED_METRICS
+from dynrcnn.presets import scale_label  # noqa: F401 (captions and notebooks read it here)
 from dynrcnn.runs import Run, shown_path
 
 
@@ -34,15 +35,6 @@ def run_device(run) -> str:
 
 def rpn_nms(run) -> float | None:
     return run.config.model.rpn_nms_thresh
-
-
-def is_miniature(preset: str | None) -> bool:
-    """Whether a preset trains on the miniature benchmark (anything not ``coco_*``)."""
-    return not str(preset or "").startswith("coco")
-
-
-def scale_label(preset: str | None) -> str:
-    return "miniature benchmark (not COCO)" if is_miniature(preset) else "COCO"
 
 
 def threshold_at(run, iteration: int) -> tuple[float, float]:

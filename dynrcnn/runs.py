@@ -21,8 +21,8 @@ A run directory holds (see the README's "Run directory" section)::
     detections-<name>.json                                                    evaluation
 
 An evaluation on data other than the run's own (``config.json``'s ``data_root``) never replaces
-``eval.json``: it is tagged with the data folder's name (:func:`~dynrcnn.integrity.eval_tag`),
-and every eval file records what it was evaluated on (:func:`~dynrcnn.integrity.data_record`).
+``eval.json``: it is tagged with the data folder's name (:func:`~dynrcnn.provenance.eval_tag`),
+and every eval file records what it was evaluated on (:func:`~dynrcnn.provenance.data_record`).
 
 ``load_run(dir)`` returns a :class:`Run` with the config, environment, logs as pandas
 DataFrames and the evaluation; ``find_runs(root)`` finds every run under a folder.
@@ -80,7 +80,7 @@ def shown_path(p) -> str:
     return relative_path(p, Path.cwd(), CHECKOUT)
 
 
-#: the key of config.json that records the training data (:func:`~dynrcnn.integrity.data_record`)
+#: the key of config.json that records the training data (:func:`~dynrcnn.provenance.data_record`)
 DATA_RECORD = "data"
 
 LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
@@ -196,7 +196,7 @@ def write_json(path: Path, obj, indent: int | None = 2) -> None:
 
 def write_config(run_dir, cfg, world_size: int, data: dict | None = None) -> None:
     """``config.json``: the resolved config plus the engine's extras (see ``config_record``);
-    ``data``: where the training data came from (:func:`~dynrcnn.integrity.data_record` of the
+    ``data``: where the training data came from (:func:`~dynrcnn.provenance.data_record` of the
     train split)."""
     from dynrcnn.config import config_record
 

@@ -139,3 +139,14 @@ def test_slim_r10_is_resnet18_with_one_block_per_stage():
     assert [t.shape for t in r10(x).values()] == [t.shape for t in r18(x).values()]  # same FPN inputs
     with pytest.raises(ConfigError, match="no ImageNet|not for slim_r10_fpn"):
         apply_overrides(get_preset("mini"), ["model.arch=slim_r10_fpn", "model.pretrained_backbone=true"]).validate()
+
+
+def test_each_preset_says_what_its_numbers_are():
+    from dynrcnn.presets import scale_label, scale_of
+
+    assert {name: scale_of(name) for name in PRESETS} == {
+        "coco_r50_fpn_1x": "COCO", "coco_r50_fpn_1x_1gpu": "COCO", "coco_r50_fpn_2x": "COCO",
+        "custom_r50_fpn": "own dataset", "mini": "miniature", "mini_long": "miniature", "mini_smoke": "miniature",
+        "mini_pretrain": "miniature", "mini_pretrain_smoke": "miniature"}
+    # a run on the user's own data is never labelled as the miniature benchmark, nor compared as COCO
+    assert scale_label("custom_r50_fpn") == "own dataset (not COCO)" and scale_label(None) == "miniature benchmark (not COCO)"

@@ -13,16 +13,17 @@ import math
 import numpy as np
 import pandas as pd
 
-from dynrcnn.config import IOU_THRESHOLDS, REPORTED_METRICS, method_switches
+from dynrcnn.config import IOU_THRESHOLDS, METHOD_NAMES, REPORTED_METRICS, method_switches
 from dynrcnn.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.intervals import interval
-from dynrcnn.run_summary import is_miniature, run_name, scale_label, threshold_at
+from dynrcnn.presets import scale_label, scale_of
+from dynrcnn.run_summary import run_name, threshold_at
 
 METRICS = REPORTED_METRICS
 ABLATION_ORDER = ("baseline", "dla", "dsl", "dynamic")
-ABLATION_NAMES = {"baseline": "baseline", "dla": "DLA only", "dsl": "DSL only", "dynamic": "DLA + DSL"}
+ABLATION_NAMES = METHOD_NAMES  # config.METHOD_NAMES: the rows of the ablation
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,8 +87,10 @@ def names(runs) -> str:
 
 
 def profile_scale(runs) -> str:
-    presets = {r.config.preset for r in runs}
-    return "COCO" if presets and not any(is_miniature(p) for p in presets) else "miniature"
+    """The runs' common :func:`~dynrcnn.presets.scale_of` (``COCO`` only when every run is);
+    ``miniature`` for none or a mix."""
+    scales = {scale_of(r.config.preset) for r in runs}
+    return scales.pop() if len(scales) == 1 else "miniature"
 
 
 def device_kind(runs) -> str:

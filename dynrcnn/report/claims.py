@@ -24,7 +24,8 @@ from dynrcnn import reference as ref
 from dynrcnn.report.analysis import device_kind, mean, names, profile_scale, values
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.intervals import interval
-from dynrcnn.run_summary import rpn_nms, scale_label
+from dynrcnn.presets import SCALE_LABELS
+from dynrcnn.run_summary import rpn_nms
 from dynrcnn.runs import TRAIN_DONE
 from dynrcnn.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words (stats.verdict)
 
@@ -145,7 +146,7 @@ class _Sides:
         self.runs = ev.runs
         self.groups = ev.groups
         self.scale = profile_scale(self.runs)
-        self.scale_text = scale_label("coco" if self.scale == "COCO" else "mini")
+        self.scale_text = SCALE_LABELS[self.scale]
         self.b_key, self.d_key = main_key(self.groups, "baseline"), main_key(self.groups, "dynamic")
         self.base = self.groups.get(self.b_key, []) if self.b_key else []
         self.dyn = self.groups.get(self.d_key, []) if self.d_key else []

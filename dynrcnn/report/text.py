@@ -65,7 +65,7 @@ def readme_table(runs_root, label: str | None = None, evidence: Evidence | None 
             f"scale: **{scale_label(first.config.preset)}**.\n\n")
     ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
                          "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs"]])
-    scale = "COCO" if profile_scale(runs) == "COCO" else "miniature"
+    scale = profile_scale(runs)
     cl_md = markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
         columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
     return head + "Ablation (AP in %, COCO-style metrics on the evaluated split):\n\n" + ab_md + \
