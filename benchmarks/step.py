@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import cpu_name, make_batch  # noqa: E402  (the sibling benchmark's helpers)
 
 from dynrcnn.config import ARCHS  # noqa: E402
-from dynrcnn.engine import autocast_dtype  # noqa: E402
+from dynrcnn.model import autocast_dtype  # noqa: E402
 from dynrcnn.model import build_model  # noqa: E402
 from dynrcnn.presets import get_preset  # noqa: E402
 from dynrcnn.report.profiles import get_profile  # noqa: E402

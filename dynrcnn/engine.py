@@ -49,7 +49,7 @@ from dynrcnn import checkpoint, integrity, provenance, runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
 from dynrcnn.hooks import HookBase, default_hooks
-from dynrcnn.model import build_model, dynamic_head
+from dynrcnn.model import autocast_dtype, build_model, dynamic_head
 from dynrcnn.weights import init_backbone
 
 
@@ -68,26 +68,6 @@ def lr_at(cfg: Config, iteration: int) -> float:
         factor = cfg.warmup_factor * (1 - alpha) + alpha
     decays = sum(1 for s in cfg.lr_steps if iteration >= s)
     return resolved_lr(cfg) * factor * cfg.lr_gamma ** decays
-
-
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions/matmuls in hardware here (AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def autocast_dtype(device_type: str, amp: str) -> torch.dtype | None:
-    """The dtype ``torch.autocast`` runs the forward in for ``amp`` on this device, or None for
-    float32. CUDA: bf16 or fp16. CPU: bf16 only where oneDNN has bf16 hardware (AVX512-BF16 /
-    AMX); elsewhere, and for fp16 (no CPU kernels worth it), the float32 path. Autocast keeps the
-    losses, the box coding and the dynamic statistics in float32 (they run outside its
-    lower-precision op list)."""
-    if amp == "none":
-        return None
-    if device_type == "cuda":
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device_type == "cpu" and amp == "bf16" and cpu_has_bf16():
-        return torch.bfloat16
-    return None
 
 
 def seed_everything(seed: int) -> None:

@@ -144,7 +144,7 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
     dev = torch.device(device)
     model.eval().to(dev)
     loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    from dynrcnn.engine import autocast_dtype
+    from dynrcnn.model import autocast_dtype
 
     dtype = autocast_dtype(dev.type, amp) if dev.type == "cuda" else None  # CPU evaluation: float32 boxes
     use_amp = dtype is not None

@@ -210,4 +210,28 @@ def dynamic_head(model: nn.Module) -> DynamicRoIHeads:
     return model.roi_heads
 
 
-__all__ = ["fasterrcnn_r50_fpn", "slim_fasterrcnn", "build_model", "num_classes_of", "dynamic_head"]
+# --------------------------------------------------------------------------------------------
+# precision: the dtype a forward runs in (training and evaluation alike)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions/matmuls in hardware here (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(device_type: str, amp: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs the forward in for ``amp`` on this device, or None for
+    float32. CUDA: bf16 or fp16. CPU: bf16 only where oneDNN has bf16 hardware (AVX512-BF16 /
+    AMX); elsewhere, and for fp16 (no CPU kernels worth it), the float32 path. Autocast keeps the
+    losses, the box coding and the dynamic statistics in float32 (they run outside its
+    lower-precision op list)."""
+    if amp == "none":
+        return None
+    if device_type == "cuda":
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device_type == "cpu" and amp == "bf16" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+__all__ = ["autocast_dtype", "cpu_has_bf16", "fasterrcnn_r50_fpn", "slim_fasterrcnn", "build_model", "num_classes_of", "dynamic_head"]

@@ -56,7 +56,7 @@ def _mini(**over) -> Config:
         tf32=False,
         # bf16 autocast and channels-last: 0.53x the float32 step time with the sparse RoIAlign
         # backward on a 2-core AVX512-BF16 CPU (benchmarks/step.py); a CPU without bf16 trains
-        # in float32 (engine.autocast_dtype)
+        # in float32 (model.autocast_dtype)
         amp="bf16",
         channels_last=True,
         model=ModelConfig(

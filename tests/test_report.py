@@ -592,5 +592,8 @@ def test_evidence_makes_each_comparison_once_and_keeps_nothing_at_module_level(m
     assert ev.compare(base, dyn) is first and len(calls) == 1  # made once per evidence
     again = ev_mod.Evidence(runs, n_boot=50).compare(base, dyn)  # a new evidence reads the runs anew
     assert len(calls) == 2 and np.array_equal(again.per_iou, first.per_iou)
-    assert report.claims(ev) == report.claims(ev) and report.claims(ev) is not ev.claims  # a copy of the one list
+    first_claims = report.claims(ev)
+    n = len(calls)
+    assert first_claims == report.claims(ev) and first_claims is not report.claims(ev)  # copies of the one list
+    assert len(calls) == n  # checked once per evidence: no comparison made again
     assert not [n for n, v in vars(intervals).items() if n.startswith("_") and not n.startswith("__") and isinstance(v, dict)]

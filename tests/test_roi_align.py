@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from dynrcnn import engine, roi_align as ra
+from dynrcnn import model as model_mod, roi_align as ra
 from dynrcnn.model import RoIAlignPooler, build_model
 from dynrcnn.presets import get_preset
 
@@ -110,14 +110,14 @@ def test_the_pooler_gives_torchvisions_gradients(aligned):
 
 
 def test_autocast_dtype_falls_back_to_float32(monkeypatch):
-    assert engine.autocast_dtype("cpu", "none") is None
-    assert engine.autocast_dtype("cpu", "fp16") is None
-    assert engine.autocast_dtype("cuda", "fp16") is torch.float16
-    assert engine.autocast_dtype("cuda", "bf16") is torch.bfloat16
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
-    assert engine.autocast_dtype("cpu", "bf16") is None
-    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
-    assert engine.autocast_dtype("cpu", "bf16") is torch.bfloat16
+    assert model_mod.autocast_dtype("cpu", "none") is None
+    assert model_mod.autocast_dtype("cpu", "fp16") is None
+    assert model_mod.autocast_dtype("cuda", "fp16") is torch.float16
+    assert model_mod.autocast_dtype("cuda", "bf16") is torch.bfloat16
+    monkeypatch.setattr(model_mod, "cpu_has_bf16", lambda: False)
+    assert model_mod.autocast_dtype("cpu", "bf16") is None
+    monkeypatch.setattr(model_mod, "cpu_has_bf16", lambda: True)
+    assert model_mod.autocast_dtype("cpu", "bf16") is torch.bfloat16
 
 
 def test_under_bf16_autocast_the_predictors_and_losses_stay_float32():

@@ -304,11 +304,12 @@ def claims(runs) -> list[Claim]:
     """Every claim of :data:`dynrcnn.reference.CLAIM_KEYS` checked on ``runs`` (a list, or an
     :class:`~dynrcnn.report.evidence.Evidence`, which checks them once), then the context rows
     (baselines at another RPN NMS)."""
-    return list(evidence_of(runs).claims)
+    ev = evidence_of(runs)
+    return list(ev.once("claims", lambda: check_claims(ev)))
 
 
 def check_claims(ev) -> list[Claim]:
-    """:func:`claims` computed from ``ev`` (what :attr:`Evidence.claims` caches)."""
+    """:func:`claims` computed from ``ev`` (what the evidence keeps, :meth:`Evidence.once`)."""
     s = _Sides(ev)
     out = []
     for key in ref.CLAIM_KEYS:

@@ -13,7 +13,6 @@ disk, :mod:`.intervals`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.intervals import compare, extra_datasets, run_samples
@@ -50,6 +49,7 @@ class Evidence(Sequence):
         self.datasets: list[str | None] = [None, *extra_datasets(self.runs)]
         self._samples: dict[tuple[str, str | None], APSamples | None] = {}
         self._deltas: dict[tuple, Delta | None] = {}
+        self._derived: dict[str, object] = {}
 
     # a sequence of runs
     def __getitem__(self, i):
@@ -76,12 +76,12 @@ class Evidence(Sequence):
             self._deltas[k] = compare(runs_a, runs_b, dataset, n_boot=self.n_boot, samples=self.samples)
         return self._deltas[k]
 
-    @cached_property
-    def claims(self) -> list:
-        """Every claim checked on these runs (:func:`dynrcnn.report.claims.claims`)."""
-        from dynrcnn.report.claims import check_claims
-
-        return check_claims(self)
+    def once(self, key: str, compute):
+        """``compute()`` the first time ``key`` is asked for, the same value after (what the
+        modules above derive from the evidence, e.g. the claims: :func:`~.claims.claims`)."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
 
 def evidence_of(runs) -> Evidence:

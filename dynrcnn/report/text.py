@@ -111,7 +111,7 @@ def update_readme(readme, runs_root, figures_dir, command: str = "make report", 
         f"{readme_table(runs_root, _relative(runs_root, base), evidence)}\n"
         f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
     )
-    line = headline(evidence.claims)
+    line = headline(claims(evidence))
     if line:  # README's first screen carries the headline too, when it has the markers
         replace_readme_block(readme, f"{tag}-HEADLINE", f"**Result of record** (written by `{command}`): {line}")
     return replace_readme_block(readme, tag, body)
@@ -145,7 +145,7 @@ def headline(items) -> str | None:
 
 def summary_lines(runs_root, evidence: Evidence | None = None) -> list[str]:
     """What the terminal prints when a report ends: the headline and the claims' status counts."""
-    items = _evidence(runs_root, evidence).claims
+    items = claims(_evidence(runs_root, evidence))
     counts = count_statuses(items)
     lines = [h] if (h := headline(items)) else []
     lines.append("claims: " + ", ".join(f"{n} {st}" for st, n in counts.items() if n))
