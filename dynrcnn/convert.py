@@ -43,9 +43,6 @@ from dynrcnn.weights import file_sha256
 #: bump when the key mapping or the tensor transforms change (recorded in provenance.json)
 MAPPING_VERSION = 1
 
-#: ResNet-50 blocks per stage
-R50_BLOCKS = (3, 4, 6, 3)
-
 #: the published models this converter knows: test settings from MMDetection's configs
 #: (configs/_base_/models/faster_rcnn_r50_fpn.py, configs/dynamic_rcnn/dynamic_rcnn_r50_fpn_1x_coco.py)
 PUBLISHED = {

@@ -19,11 +19,6 @@ def _source_dict(source) -> tuple[dict, str]:
     return load_annotations(source), str(source)
 
 
-def size_category(area: float) -> str:
-    """COCO's size range of an object area: ``small`` (< 32^2), ``medium``, ``large`` (>= 96^2)."""
-    return "small" if area < SMALL_MAX else "large" if area >= LARGE_MIN else "medium"
-
-
 def dataset_statistics(source) -> dict:
     """Statistics of a COCO-format split (a :class:`~dynrcnn.data.CocoDetection`, an annotation
     file path, or a parsed dict). Crowd annotations are not counted as instances.

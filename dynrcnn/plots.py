@@ -270,33 +270,6 @@ def losses_figure(runs) -> Figure:
     return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs))
 
 
-def ap_vs_iou_figure(runs, baseline=None) -> Figure:
-    """AP at each IoU threshold 0.50:0.05:0.95 (``eval.json``), one line per run, and the
-    difference to ``baseline`` (a run; default the first run whose method is baseline)."""
-    runs = [r for r in runs if r.eval]
-    if baseline is None:
-        base = [r for r in runs if r.config.method == "baseline"]
-        baseline = min(base, key=lambda r: (rpn_nms(r) != BASELINE_RPN_NMS, run_name(r))) if base else None
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    for i, run in enumerate(runs):
-        e = run.eval
-        x = np.asarray(e.get("iou_thresholds") or IOU_THRESHOLDS, dtype=float)
-        y = np.asarray(e["AP_per_iou"], dtype=float)
-        ax1.plot(x, y, "o-", color=_color(run, i), label=_label(run), ms=4)
-        if baseline is not None and run is not baseline:
-            yb = np.asarray(baseline.eval["AP_per_iou"], dtype=float)
-            ax2.plot(x, y - yb, "o-", color=_color(run, i), label=_label(run), ms=4)
-    ax1.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP at each IoU threshold")
-    ax2.axhline(0, color="0.3", lw=1)
-    ax2.set(xlabel="IoU threshold", ylabel="AP - baseline AP (points)",
-            title=f"difference to {run_name(baseline) if baseline is not None else '(no baseline)'}")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _finish(fig, "Where the gain is: AP against IoU threshold", runs_caption(runs))
-
-
 def _group_color(method: str, nms, i: int = 0):
     """A configuration's colour: the method's, black for a baseline at another RPN NMS."""
     if method == "baseline" and nms not in (None, BASELINE_RPN_NMS):

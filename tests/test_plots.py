@@ -148,7 +148,6 @@ def test_caption_names_the_run(two_runs):
 def test_result_figures_written(two_runs, tmp_path):
     out = tmp_path / "figures"
     for name, fig in (("trend", plots.trend_figure(two_runs)), ("losses", plots.losses_figure(two_runs)),
-                      ("ap_vs_iou", plots.ap_vs_iou_figure(two_runs)),
                       ("ap_run", plots.ap_per_iou_run_figure(two_runs[1])),
                       ("smooth_l1", plots.smooth_l1_figure()),
                       ("proposal_iou", plots.proposal_iou_figure(two_runs[1], n_panels=3)),

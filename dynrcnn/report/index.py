@@ -17,7 +17,7 @@ from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REP
                                    find_claim)
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import compute_table
-from dynrcnn.report.profiles import REPO
+from dynrcnn.report.profiles import FIGURE_FILES, REPO
 from dynrcnn.report.text import _relative, ap_sentence, headline, trend_sentence
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
 from dynrcnn.runs import find_runs
@@ -47,7 +47,8 @@ def _img_tag(path: Path, alt: str, optional: bool = False) -> str:
     if not path.is_file():
         return "" if optional else f"<p><em>figure {html.escape(path.name)} missing</em></p>"
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    caption = f"{alt} ({path.parent.name}/{path.name})"
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -224,9 +225,9 @@ def write_index(result, profile, steps) -> Path:
 {scale_note}</p>
 <h2>Results</h2>
 {_results(runs, items)}
-{_img_tag(figs / 'ap_vs_iou.png', 'AP against IoU threshold (figures/ap_vs_iou.png)')}
-{_img_tag(figs / 'detections_compare.png', 'The baseline and Dynamic R-CNN on the same validation images; solid boxes reach IoU 0.9 with their ground truth (figures/detections_compare.png)', optional=True)}
-{_img_tag(figs / 'trend.png', 'IoU threshold and beta against iteration (figures/trend.png)')}
+{_img_tag(figs / FIGURE_FILES['ap_vs_iou'], 'AP against IoU threshold')}
+{_img_tag(figs / FIGURE_FILES['detections_compare'], 'The baseline and Dynamic R-CNN on the same validation images; solid boxes reach IoU 0.9 with their ground truth', optional=True)}
+{_img_tag(figs / FIGURE_FILES['trend'], 'IoU threshold and beta against iteration')}
 <h3>Ablation</h3>
 {_table_html(ablation)}
 <h2>Scope</h2>

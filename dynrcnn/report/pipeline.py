@@ -20,7 +20,7 @@ from pathlib import Path
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.index import write_index
-from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path
+from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path, step_output
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.runs import find_runs
@@ -106,14 +106,14 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
         "second_n_val": profile.second_benchmark[1] if profile.second_benchmark else 0,
     }, "data")]
     for spec in profile.runs:
-        steps.append(Step("train", "03_train", f"train_{spec.name}", {
+        steps.append(Step("train", "03_train", step_output("train", spec.name), {
             "profile": profile.name, "preset": profile.preset, "method": spec.method,
             "seed": spec.seed if seed is None else seed, "data_root": _abs(data_root),
             "run_dir": _abs(Path(runs_root) / spec.name), "pretrained_root": _abs(pretrained_root(data_root)),
             "device": device, "overrides": profile.run_overrides(spec), "convention": "", "force": bool(force), "num_threads": 1,
         }, f"train {spec.name}"))
     for spec in profile.runs:
-        steps.append(Step("evaluate", "04_evaluate", f"evaluate_{spec.name}", {
+        steps.append(Step("evaluate", "04_evaluate", step_output("evaluate", spec.name), {
             "run_dir": _abs(Path(runs_root) / spec.name), "data_root": _abs(data_root), "device": device,
             "force": False, "figures_dir": figs, "n_images": 3,
             "extra_data_roots": [_abs(second_root(profile, data_root))] if profile.second_benchmark else [],

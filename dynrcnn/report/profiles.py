@@ -19,6 +19,14 @@ from dynrcnn.reference import DYNAMIC_RPN_NMS
 REPO = Path(__file__).resolve().parent.parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls")
+#: the results notebook's figures that the summary page and README embed (file names in the figures folder)
+FIGURE_FILES = {"trend": "trend.png", "ap_vs_iou": "ap_vs_iou.png", "detections_compare": "detections_compare.png",
+                "tight_share": "tight_share.png"}
+
+
+def step_output(kind: str, run_name: str) -> str:
+    """The executed notebook's name of a run's ``train`` or ``evaluate`` step (``train_dynamic``)."""
+    return f"{kind}_{run_name}"
 
 
 def seed_run_name(name: str, seed: int) -> str:
@@ -191,5 +199,5 @@ def default_run_dir(profile: str, method: str, seed: int = 0) -> Path:
     return repo_path(Path("runs") / profile / seed_run_name(method, seed))
 
 
-__all__ = ["REPO", "NOTEBOOK_DIR", "NOTEBOOKS", "RunSpec", "Profile", "PROFILES", "NMS_085", "get_profile",
+__all__ = ["REPO", "NOTEBOOK_DIR", "NOTEBOOKS", "FIGURE_FILES", "step_output", "RunSpec", "Profile", "PROFILES", "NMS_085", "get_profile",
            "repo_path", "param_path", "default_run_dir", "seed_run_name", "seeded_runs", "MINI_SEEDS"]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from dynrcnn.config import COCO_SUMMARY, resolved_lr
 from dynrcnn.report.analysis import iou_thresholds
+from dynrcnn.report.profiles import step_output
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import ENV, EVAL, PROVENANCE, shown_path
 
@@ -115,8 +116,8 @@ def compute_table(runs, durations: dict[str, float] | None = None) -> pd.DataFra
             "train img/s": done.get("images_per_sec"),
             "eval img/s": ev.get("images_per_sec"),
             "peak memory (MB)": peak,
-            "train notebook (min)": durations.get(f"train_{name}", float("nan")) / 60,
-            "evaluate notebook (min)": durations.get(f"evaluate_{name}", float("nan")) / 60,
+            "train notebook (min)": durations.get(step_output("train", name), float("nan")) / 60,
+            "evaluate notebook (min)": durations.get(step_output("evaluate", name), float("nan")) / 60,
         })
     return pd.DataFrame(rows)
 

@@ -12,7 +12,7 @@ from dynrcnn.config import iou_index
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
 from dynrcnn.report.claims import claims, claims_table, count_statuses, find_claim
 from dynrcnn.report.evidence import Evidence
-from dynrcnn.report.profiles import PROFILES
+from dynrcnn.report.profiles import FIGURE_FILES, PROFILES
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.runs import find_runs
 from dynrcnn.stats import signed
@@ -106,8 +106,8 @@ def update_readme(readme, runs_root, figures_dir, command: str = "make report", 
     evidence = _evidence(runs_root, evidence)
     body = (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
-        f"![IoU threshold and SmoothL1 beta against iteration]({fig}/trend.png)\n\n"
-        f"![AP at every IoU threshold per method]({fig}/ap_vs_iou.png)\n\n"
+        f"![IoU threshold and SmoothL1 beta against iteration]({fig}/{FIGURE_FILES['trend']})\n\n"
+        f"![AP at every IoU threshold per method]({fig}/{FIGURE_FILES['ap_vs_iou']})\n\n"
         f"{readme_table(runs_root, _relative(runs_root, base), evidence)}\n"
         f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
     )
