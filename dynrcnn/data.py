@@ -176,6 +176,11 @@ def coco_from_dict(data: dict):
     return coco
 
 
+def load_coco(path):
+    """pycocotools' ``COCO`` of an annotation file (silently, :func:`coco_from_dict`)."""
+    return coco_from_dict(json.loads(Path(path).read_text()))
+
+
 def annotation_file(root, split) -> Path:
     return Path(root) / "annotations" / f"instances_{split}.json"
 

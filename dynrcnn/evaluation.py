@@ -268,9 +268,8 @@ def missing_evaluations(run_dir: str | Path, data_root=None, extra_data_roots=()
     """The data roots a run has no evaluation on yet: ``None`` for its own validation split
     (``eval.json``), then each of ``extra_data_roots`` without its ``eval-<tag>.json``. The
     reuse rule of the report's evaluation step (training's lives in :mod:`dynrcnn.integrity`)."""
-    run = runs.load_run(Path(run_dir))
-    missing = [] if run.eval else [data_root]
-    return missing + [e for e in extra_data_roots if run.eval_on(provenance.eval_tag(run_dir, e)) is None]
+    wanted = [(None, data_root)] + [(provenance.eval_tag(run_dir, e), e) for e in extra_data_roots]
+    return [root for tag, root in wanted if runs.read_json(runs.eval_file(run_dir, tag)) is None]
 
 
 def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), device: str = "cpu",

@@ -544,13 +544,9 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     read from the first run's data root). A box drawn solid overlaps a ground-truth box of its
     class at IoU >= ``tight_iou`` (AP90's threshold), a dashed one does not; each panel's title
     counts both, so where Dynamic R-CNN localises better shows as more solid boxes."""
-    import contextlib
-    import io
-
     from PIL import Image
-    from pycocotools.coco import COCO
 
-    from dynrcnn.data import annotation_file
+    from dynrcnn.data import annotation_file, load_coco
     from dynrcnn.evaluation import tight_flags
 
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
@@ -558,14 +554,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     first = runs[0]
     data_root = Path(data_root or first.config.data_root)
     split = first.config.val_split
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(annotation_file(data_root, split)))
-    by_run = []
-    for run in runs:
-        by_image: dict[int, list] = {}
-        for d in rundir.read_detections(run.path):
-            by_image.setdefault(int(d["image_id"]), []).append(d)
-        by_run.append(by_image)
+    coco = load_coco(annotation_file(data_root, split))
+    by_run = [rundir.detections_by_image(run.path, min_score=score_thresh) for run in runs]
     ids = sorted(coco.getImgIds())
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
@@ -579,7 +569,7 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
         gts = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None))
         panels = [(row[0], gts, f"ground truth ({len(gts)})", "lime", [True] * len(gts))]
         for ax, label, by_image in zip(row[1:], labels, by_run):
-            det = [d for d in by_image.get(img_id, []) if d["score"] >= score_thresh]
+            det = by_image.get(img_id, [])
             tight = tight_flags(det, gts, tight_iou)
             panels.append((ax, det, f"{label}: {len(det)}, {sum(tight)} at IoU >= {tight_iou:g}", "red", tight))
         for ax, items, title, color, solid in panels:

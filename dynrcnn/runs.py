@@ -214,6 +214,16 @@ def write_train_done(run_dir, done: dict) -> None:
     write_json(Path(run_dir) / TRAIN_DONE, done)
 
 
+def detections_by_image(run_dir, name: str | None = None, min_score: float = 0.0) -> dict[int, list[dict]]:
+    """A run's detections (``detections.json``, or those of evaluation ``name``) with score
+    >= ``min_score``, by image id."""
+    by_image: dict[int, list[dict]] = {}
+    for d in read_detections(run_dir, name):
+        if d["score"] >= min_score:
+            by_image.setdefault(int(d["image_id"]), []).append(d)
+    return by_image
+
+
 def write_detections(run_dir, detections: list[dict], name: str | None = None) -> Path:
     path = detections_file(run_dir, name)
     write_json(path, detections, indent=None)

@@ -587,7 +587,7 @@ def test_evidence_makes_each_comparison_once_and_keeps_nothing_at_module_level(m
     monkeypatch.setattr(intervals, "bootstrap_delta", lambda *a, **k: calls.append(1) or real(*a, **k))
     ev = ev_mod.Evidence(runs, n_boot=50)
     assert len(ev) == len(runs) and list(ev) == runs and ev[0] is runs[0]
-    base, dyn = ev.groups[ev.key("baseline")], ev.groups[ev.key("dynamic")]
+    base, dyn = ev.groups[ev_mod.main_key(ev.groups, "baseline")], ev.groups[ev_mod.main_key(ev.groups, "dynamic")]
     first = ev.compare(base, dyn)
     assert ev.compare(base, dyn) is first and len(calls) == 1  # made once per evidence
     again = ev_mod.Evidence(runs, n_boot=50).compare(base, dyn)  # a new evidence reads the runs anew
@@ -597,3 +597,14 @@ def test_evidence_makes_each_comparison_once_and_keeps_nothing_at_module_level(m
     assert first_claims == report.claims(ev) and first_claims is not report.claims(ev)  # copies of the one list
     assert len(calls) == n  # checked once per evidence: no comparison made again
     assert not [n for n, v in vars(intervals).items() if n.startswith("_") and not n.startswith("__") and isinstance(v, dict)]
+
+
+def test_styled_tables_left_align_text_and_keep_numbers_right():
+    import pandas as pd
+
+    import re
+
+    html = report.styled(pd.DataFrame({"claim": ["a sentence"], "ours": [1.2345]})).to_html()
+    left = re.findall(r"_row0_(col\d)[^{]*\{\s*text-align: left", html)
+    assert left == ["col0"]  # the sentence column only; the number keeps the default right alignment
+    assert "1.23" in html and "a sentence" in html

@@ -44,22 +44,12 @@ def same_nms_pair(runs) -> tuple | None:
 def tight_share(run, score_thresh: float = 0.5, iou: float = 0.9) -> float:
     """The share of a run's detections with score >= ``score_thresh`` on its validation split
     that overlap a ground-truth box of their class at IoU >= ``iou`` (nan without detections)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    from dynrcnn.data import annotation_file
+    from dynrcnn.data import annotation_file, load_coco
     from dynrcnn.evaluation import tight_flags
-    from dynrcnn.runs import read_detections
+    from dynrcnn.runs import detections_by_image
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(annotation_file(run.config.data_root, run.config.val_split)))
-    by_image: dict[int, list] = {}
-    for d in read_detections(run.path):
-        if d["score"] >= score_thresh:
-            by_image.setdefault(int(d["image_id"]), []).append(d)
-    flags = [f for img, dets in by_image.items()
+    coco = load_coco(annotation_file(run.config.data_root, run.config.val_split))
+    flags = [f for img, dets in detections_by_image(run.path, min_score=score_thresh).items()
              for f in tight_flags(dets, coco.loadAnns(coco.getAnnIds(imgIds=img, iscrowd=None)), iou)]
     return float(np.mean(flags)) if flags else float("nan")
 

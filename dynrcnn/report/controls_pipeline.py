@@ -23,7 +23,8 @@ from pathlib import Path
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report import controls
 from dynrcnn.report.profiles import NOTEBOOK_DIR, get_profile
-from dynrcnn.report.text import _relative, replace_readme_block
+from dynrcnn.report.text import replace_readme_block
+from dynrcnn.runs import relative_path
 
 README_TAG = "CONTROLS"
 
@@ -110,7 +111,7 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
     res = json.loads((figures_dir / "results.json").read_text())
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:
-        body = readme_body(res, _relative(figures_dir, root), _relative(out / "07_controls.html", root),
+        body = readme_body(res, relative_path(figures_dir, root), relative_path(out / "07_controls.html", root),
                            res["wall_time_sec"] / 60)
         replace_readme_block(root / "README.md", README_TAG, body)
     return res

@@ -58,10 +58,6 @@ class Evidence(Sequence):
     def __len__(self) -> int:
         return len(self.runs)
 
-    def key(self, method: str):
-        """:func:`main_key` of ``method`` among this evidence's groups."""
-        return main_key(self.groups, method)
-
     def samples(self, run, dataset: str | None = None) -> APSamples | None:
         """``run``'s bootstrap AP samples on ``dataset`` (read or computed once)."""
         k = (str(run.path), dataset)

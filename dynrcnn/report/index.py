@@ -18,9 +18,9 @@ from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REP
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.profiles import FIGURE_FILES, REPO
-from dynrcnn.report.text import _relative, ap_sentence, headline, trend_sentence
+from dynrcnn.report.text import ap_sentence, headline, trend_sentence
 from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
-from dynrcnn.runs import find_runs
+from dynrcnn.runs import find_runs, relative_path
 
 STEP_TEXT = {
     "data": "the dataset: generation/check, statistics, sample images",
@@ -240,7 +240,7 @@ def write_index(result, profile, steps) -> Path:
 {_table_html(compute_table(runs, result.durations))}
 <h2>Notebooks (executed)</h2><ol>{links}</ol>
 <p>Sections with their own commands (they read this report's runs):</p><ul>{_companions(result.out)}</ul>
-<p>Figures: <code>{html.escape(_relative(figs, REPO))}</code>. Runs: <code>{html.escape(_relative(result.runs_root, REPO))}</code>
+<p>Figures: <code>{html.escape(relative_path(figs, REPO))}</code>. Runs: <code>{html.escape(relative_path(result.runs_root, REPO))}</code>
 (relative to the checkout).</p>
 </body></html>
 """

@@ -14,9 +14,7 @@ compute it for all runs in parallel (:func:`precompute`) before either needs it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dynrcnn import runs as runs_mod
-from dynrcnn.data import annotation_file
+from dynrcnn.data import annotation_file, load_coco
 from dynrcnn.weights import file_sha256
 from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta,
                            image_matches, signed, verdict)
@@ -34,11 +32,6 @@ CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
 
 
-def _gt(path: Path):
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
 
 
 def evaluation_files(run, dataset: str | None = None) -> tuple[Path, Path] | None:
@@ -66,7 +59,7 @@ def run_matches(run, dataset: str | None = None) -> ImageMatches | None:
     if files is None:
         return None
     ann, det = files
-    return image_matches(_gt(ann), json.loads(det.read_text()))
+    return image_matches(load_coco(ann), json.loads(det.read_text()))
 
 
 def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Path | None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report import peer
 from dynrcnn.report.profiles import MINI_SEEDS, NOTEBOOK_DIR, REPO, get_profile
-from dynrcnn.report.text import _relative, replace_readme_block
+from dynrcnn.report.text import replace_readme_block
+from dynrcnn.runs import relative_path
 
 PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 TRAIN_SCRIPT = REPO / "peer_mmdet" / "train.py"
@@ -179,8 +180,8 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:
         base = root
-        body = peer.readme_body(res, _relative(figures_dir, base), "make mmdet")
-        body += (f"\nThe section's notebook is `{_relative(out / '06_mmdet.html', base)}`; this run took "
+        body = peer.readme_body(res, relative_path(figures_dir, base), "make mmdet")
+        body += (f"\nThe section's notebook is `{relative_path(out / '06_mmdet.html', base)}`; this run took "
                  f"{res['wall_time_sec'] / 60:.1f} min.\n")
         replace_readme_block(root / "README.md", README_TAG, body)
     return res

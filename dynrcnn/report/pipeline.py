@@ -204,11 +204,8 @@ def step_work(step: Step) -> float:
     if step.kind == "evaluate":
         from dynrcnn.evaluation import missing_evaluations
 
-        from dynrcnn.runs import CONFIG
-
-        run_dir = repo_path(p["run_dir"])
-        if (run_dir / CONFIG).is_file() and not p["force"] and not missing_evaluations(
-                run_dir, repo_path(p["data_root"]), [repo_path(e) for e in p["extra_data_roots"]]):
+        if not p["force"] and not missing_evaluations(repo_path(p["run_dir"]), repo_path(p["data_root"]),
+                                                      [repo_path(e) for e in p["extra_data_roots"]]):
             return WORK["kernel"]
         return WORK["evaluate"] + WORK["bootstrap"]
     if step.kind == "data":
@@ -255,8 +252,7 @@ def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path
 # a rendered page fits its window: long code lines (papermill's parameters cell) wrap, wide
 # tables (the environment, the runs) scroll inside their own box instead of running off the page
 PAGE_STYLE = (".jp-InputArea-editor pre, .highlight pre { white-space: pre-wrap; overflow-wrap: anywhere; }\n"
-              ".jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }\n"
-              ".jp-RenderedMarkdown p { text-align: left; }")
+              ".jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }")
 
 
 def render_html(notebook: Path) -> Path:

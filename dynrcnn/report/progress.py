@@ -81,11 +81,6 @@ class ReportProgress:
         self.track(tracked)
 
     # what the pipeline says
-    def plan(self, units: float) -> None:
-        """Declare more work (units) that will be credited with :meth:`done`."""
-        with self._lock:
-            self.work += units
-
     def track(self, runs) -> None:
         """Count these :class:`Tracked` runs' iterations; a run already finished is no work (it
         is reused) and is left out, so that it neither fills the bar nor speeds up the ETA."""
@@ -139,10 +134,6 @@ class ReportProgress:
         runs = f"runs trained {s['runs_done']}/{s['runs']}" if s["runs"] else ""
         self._bar.set_postfix_str(" · ".join(filter(None, [self._text, runs])), refresh=False)
         self._bar.refresh()
-
-    # the pipelines' older bar interface (sequential steps call these)
-    def set_postfix_str(self, text: str) -> None:
-        self.phase(text)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -162,11 +162,12 @@ def json_records(df: pd.DataFrame) -> list[dict]:
 
 
 def styled(df: pd.DataFrame, digits: int = 2):
-    """A DataFrame styled for notebooks/HTML: floats to ``digits`` decimals, NaN as '-'."""
+    """A DataFrame styled for notebooks/HTML: floats to ``digits`` decimals, NaN as '-', text
+    left-aligned (a sentence right-aligned in its cell reads badly; numbers stay right-aligned)."""
     fmt = {c: (lambda v, d=digits: "-" if v is None or (isinstance(v, float) and not math.isfinite(v))
                else f"{v:.{d}f}") for c in df.columns if pd.api.types.is_float_dtype(df[c])}
-    return df.style.format(fmt, na_rep="-").hide(axis="index")
-
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    return df.style.format(fmt, na_rep="-").hide(axis="index").set_properties(subset=text, **{"text-align": "left"})
 
 
 def published_weights_rows(run_dirs) -> list[dict]:

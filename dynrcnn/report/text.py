@@ -14,7 +14,7 @@ from dynrcnn.report.claims import claims, claims_table, count_statuses, find_cla
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.profiles import FIGURE_FILES, PROFILES
 from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
-from dynrcnn.runs import find_runs
+from dynrcnn.runs import find_runs, relative_path
 from dynrcnn.stats import signed
 
 def readme_markers(tag: str) -> tuple[str, str]:
@@ -72,14 +72,6 @@ def readme_table(runs_root, label: str | None = None, evidence: Evidence | None 
         "\n\nClaims:\n\n" + cl_md + "\n"
 
 
-def _relative(path, base) -> str:
-    """``path`` relative to ``base`` when it lies below it (README links), else as given."""
-    try:
-        return Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
 def replace_readme_block(readme, tag: str, body: str) -> bool:
     """Replace README's block between the ``tag`` markers (:func:`readme_markers`) with
     ``body``. Returns False (and changes nothing) when the file has no such markers."""
@@ -102,14 +94,14 @@ def update_readme(readme, runs_root, figures_dir, command: str = "make report", 
     README's numbers always come from the runs. Returns False (and changes nothing) when the
     file has no such markers."""
     base = Path(readme).parent
-    fig = _relative(figures_dir, base)
+    fig = relative_path(figures_dir, base)
     evidence = _evidence(runs_root, evidence)
     body = (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/{FIGURE_FILES['trend']})\n\n"
         f"![AP at every IoU threshold per method]({fig}/{FIGURE_FILES['ap_vs_iou']})\n\n"
-        f"{readme_table(runs_root, _relative(runs_root, base), evidence)}\n"
-        f"The full report (every notebook, figure and table) is `{_relative(index, base)}`.\n"
+        f"{readme_table(runs_root, relative_path(runs_root, base), evidence)}\n"
+        f"The full report (every notebook, figure and table) is `{relative_path(index, base)}`.\n"
     )
     line = headline(claims(evidence))
     if line:  # README's first screen carries the headline too, when it has the markers
