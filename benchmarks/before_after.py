@@ -16,8 +16,8 @@ import sys
 
 from dynrcnn.report.analysis import group_runs
 from dynrcnn.report.intervals import compare, extra_datasets, run_samples
-from dynrcnn.runs import find_runs
-from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast, metric_of, signed
+from dynrcnn.rundir.runs import find_runs
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, bootstrap_contrast, metric_of, signed
 
 METRICS = ("AP", "AP90")
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 from dynrcnn.config import ARCHS
-from dynrcnn.model import build_model
+from dynrcnn.modeling.model import build_model
 from dynrcnn.presets import get_preset
 
 MINI = get_preset("mini")  # the slim model and image size the miniature report trains

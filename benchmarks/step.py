@@ -5,7 +5,7 @@
    per variant, all built from the same seed, their steps interleaved (the order rotates
    every step) on the same batches, medians over the timed steps after a warm-up.
    The reference ``fp32`` is the float32 eager step with torchvision's RoIAlign backward; the
-   levers, alone and combined: ``sparse`` (the RoIAlign backward of ``dynrcnn/roi_align.py``),
+   levers, alone and combined: ``sparse`` (the RoIAlign backward of ``dynrcnn/modeling/roi_align.py``),
    ``bf16`` autocast (CPU: oneDNN's bf16 convolutions/matmuls; the losses, box coding and the
    dynamic statistics stay float32), ``channels_last`` for the backbone + FPN, and
    ``torch.compile`` of the backbone + FPN (its compile time is the first step's, apart).
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import cpu_name, make_batch  # noqa: E402  (the sibling benchmark's helpers)
 
 from dynrcnn.config import ARCHS  # noqa: E402
-from dynrcnn.model import autocast_dtype  # noqa: E402
-from dynrcnn.model import build_model  # noqa: E402
+from dynrcnn.modeling.model import autocast_dtype  # noqa: E402
+from dynrcnn.modeling.model import build_model  # noqa: E402
 from dynrcnn.presets import get_preset  # noqa: E402
 from dynrcnn.report.profiles import get_profile  # noqa: E402
 
@@ -55,7 +55,7 @@ VARIANTS = ("fp32", "bf16", "channels_last", "compile", "sparse", "sparse+bf16",
 def load_batches(root: str, n_batches: int, images: int, device: str):
     """``n_batches`` training batches of the benchmark at ``root`` (None when it is not there),
     and the median seconds to decode one batch from its PNGs."""
-    from dynrcnn.data import collate, load_dataset
+    from dynrcnn.data.datasets import collate, load_dataset
 
     try:
         ds = load_dataset(root, "train", train=True)

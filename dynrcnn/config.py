@@ -62,7 +62,7 @@ class DynamicConfig:
 
 
 ARCHS = ("r50_fpn", "slim_r18_fpn", "slim_r10_fpn")
-ROI_ALIGN_BACKWARDS = ("auto", "sparse", "torchvision")  # dynrcnn/roi_align.py
+ROI_ALIGN_BACKWARDS = ("auto", "sparse", "torchvision")  # dynrcnn/modeling/roi_align.py
 
 
 @dataclass
@@ -93,7 +93,7 @@ class ModelConfig:
     anchor_style: str = "torchvision"  # or "mmdet"
     roi_align_aligned: bool = False
     roi_sampling_ratio: int = 2
-    # RoIAlign's input gradient (dynrcnn/roi_align.py): 'auto' is the sparse-product backward on
+    # RoIAlign's input gradient (dynrcnn/modeling/roi_align.py): 'auto' is the sparse-product backward on
     # CPU (5x faster than torchvision's there, equal to float rounding) and torchvision's on CUDA
     roi_align_backward: str = "auto"
     rpn_nms_thresh: float = 0.7

@@ -34,7 +34,7 @@ def _coco_1x(**over) -> Config:
 def _mini(**over) -> Config:
     # The slim model on the generated miniature benchmark (128 px images, ~2.8 objects each),
     # fine-tuned from the project's pretrained backbone (as the paper fine-tunes from ImageNet):
-    # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/pretrain.py); RPN and R-CNN head
+    # model.backbone_weights=pretrained:mini_pretrain (dynrcnn/engine/pretrain.py); RPN and R-CNN head
     # start fresh in every run.
     # K_I = 23, K_beta = 6, C = 20: derived from the real proposal pool in docs/method.md sec. 5.
     cfg = Config(
@@ -98,7 +98,7 @@ def _mini_smoke() -> Config:
 
 
 def _mini_pretrain(**over) -> Config:
-    # The backbone every mini run starts from (dynrcnn/pretrain.py): the mini baseline at RPN NMS
+    # The backbone every mini run starts from (dynrcnn/engine/pretrain.py): the mini baseline at RPN NMS
     # 0.7, trained from scratch for 2500 iterations at a constant lr (after warm-up) on a benchmark
     # drawn with its own data seed; only its ResNet body and FPN are kept.
     cfg = _mini(preset="mini_pretrain", method="baseline", max_iter=2500, lr_steps=(),

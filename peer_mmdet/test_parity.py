@@ -36,7 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 
 from dynrcnn.config import DynamicConfig
-from dynrcnn.dynamic_head import DynamicRoIHeads
+from dynrcnn.modeling.dynamic_head import DynamicRoIHeads
 
 register_all_modules()
 

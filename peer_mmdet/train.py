@@ -25,7 +25,7 @@ What is taken from the preset (and where it goes in MMDetection's config):
   process); the resolved lr (``dynrcnn.config.resolved_lr``), ``momentum``, ``weight_decay`` -> SGD
   (``OptimWrapper``, no paramwise rules, no gradient clipping: our engine does not clip);
   ``warmup_iters``/``warmup_factor`` -> ``LinearLR(start_factor, end=warmup_iters + 1)`` (mmengine
-  ends the ramp one step before ``end``; with the +1 it is ``dynrcnn.engine.lr_at``'s ramp: the script
+  ends the ramp one step before ``end``; with the +1 it is ``dynrcnn.engine.trainer.lr_at``'s ramp: the script
   steps both schedules over every iteration and refuses a difference, ``train_done.json``);
   ``lr_steps``/``lr_gamma`` -> ``MultiStepLR`` (by iteration); ``seed`` -> ``randomness.seed`` and
   the ``InfiniteSampler`` seed; ``num_workers``; ``log_period``.
@@ -52,7 +52,7 @@ What is taken from the preset (and where it goes in MMDetection's config):
   ``update_iter_interval = dynamic.interval``, ``initial_iou = dynamic.init_iou``,
   ``initial_beta = dynamic.init_beta``.
 * weights: ``--backbone`` (our backbone state dict, ``torch.load(weights_only=True)``, SHA-256 checked
-  when the preset pins one) renamed with ``dynrcnn.convert.mmdet_name`` and loaded into the built
+  when the preset pins one) renamed with ``dynrcnn.checkpoint.convert.mmdet_name`` and loaded into the built
   model after MMDetection's weight init; every backbone and neck tensor is checked to be loaded
   exactly (missing / unexpected keys are reported in ``train_done.json`` and refused when they
   touch the backbone or neck). RPN and R-CNN head start from MMDetection's initialisation.
@@ -87,7 +87,7 @@ Kept as MMDetection has it, hence different from our torchvision implementation:
   it implements; ``official`` is refused). Its first ``C`` iterations train at the assigner's 0.5.
 * Evaluation: MMDetection's ``CocoMetric`` (pycocotools, maxDets (100, 300, 1000), rounded to 0.1
   AP); ``mmdet_eval.json`` also holds the unrounded numbers, AP90 and AP per IoU recomputed from the
-  very detections ``CocoMetric`` wrote, with ``dynrcnn.evaluation.coco_metrics`` (our eval's code).
+  very detections ``CocoMetric`` wrote, with ``dynrcnn.evaluation.coco_eval.coco_metrics`` (our eval's code).
 
 Outputs in ``--out``: ``dynamic.jsonl`` (the initial threshold/beta, then every update of
 ``DynamicRoIHead``; one ``"fixed": true`` line for faster), ``metrics.jsonl`` (every ``log_period``
@@ -122,11 +122,12 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
 from dynrcnn.config import Config, resolved_lr
-from dynrcnn.convert import mmdet_name
-from dynrcnn.data import annotation_file
+from dynrcnn.checkpoint.convert import mmdet_name
+from dynrcnn.data.datasets import annotation_file
 from dynrcnn.presets import build_config
 from dynrcnn.reference import DYNAMIC_RPN_NMS
-from dynrcnn.weights import file_sha256, load_backbone_state
+from dynrcnn.io import file_sha256
+from dynrcnn.checkpoint.weights import load_backbone_state
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / ".mim" / "configs"
 BASE_CONFIG = {
@@ -142,7 +143,7 @@ ARCH_BLOCKS = {"slim_r10_fpn": (10, (1, 1, 1, 1)), "slim_r18_fpn": (18, (2, 2, 2
 # ImageNet mean / std in 0-255 RGB: torchvision's 0-1 values x 255
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
-# MMDetection's loss names -> ours (dynrcnn.runs.LOSS_KEYS, torchvision's names)
+# MMDetection's loss names -> ours (dynrcnn.rundir.runs.LOSS_KEYS, torchvision's names)
 LOSS_ALIASES = {"loss_cls": "loss_classifier", "loss_bbox": "loss_box_reg",
                 "loss_rpn_cls": "loss_objectness", "loss_rpn_bbox": "loss_rpn_box_reg"}
 
@@ -181,7 +182,7 @@ def read_categories(ann_path: Path) -> list[str]:
 
 
 def data_check(ann_path: Path) -> dict:
-    """How many boxes MMDetection's CocoDataset ignores vs our loader (dynrcnn.data) drops."""
+    """How many boxes MMDetection's CocoDataset ignores vs our loader (dynrcnn.data.datasets) drops."""
     data = json.loads(ann_path.read_text())
     size = {im["id"]: (float(im["width"]), float(im["height"])) for im in data["images"]}
     mm_drop = ours_drop = outside = 0
@@ -293,7 +294,7 @@ def mmdet_config(ours: Config, method: str, data_root: Path, out: Path, classes:
     schedulers = []
     if ours.warmup_iters > 0:
         # mmengine's LinearLR reaches its end factor at step end - begin - 1; end = warmup_iters + 1 gives
-        # ours (dynrcnn.engine.lr_at): factor warmup_factor + (1 - warmup_factor) * i / warmup_iters
+        # ours (dynrcnn.engine.trainer.lr_at): factor warmup_factor + (1 - warmup_factor) * i / warmup_iters
         schedulers.append(dict(type="LinearLR", start_factor=ours.warmup_factor, by_epoch=False, begin=0,
                                end=ours.warmup_iters + 1))
     if ours.lr_steps:
@@ -349,10 +350,10 @@ def method_difference(seed: int, overrides: list[str], preset: str, data_root: P
 
 def check_schedule(ours: Config, cfg: MMConfig) -> float:
     """Step the config's mmengine schedulers on a dummy optimizer and return the largest relative
-    difference from our engine's lr (``dynrcnn.engine.lr_at``) over all iterations (refused > 1e-9)."""
+    difference from our engine's lr (``dynrcnn.engine.trainer.lr_at``) over all iterations (refused > 1e-9)."""
     from mmengine.registry import PARAM_SCHEDULERS
 
-    from dynrcnn.engine import lr_at
+    from dynrcnn.engine.trainer import lr_at
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
     scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=opt)) for s in cfg.param_scheduler]
@@ -522,7 +523,7 @@ class MetricsHook(Hook):
 
 
 def write_eval(out: Path, metrics: dict, ann_file: Path) -> dict:
-    from dynrcnn.evaluation import coco_metrics
+    from dynrcnn.evaluation.coco_eval import coco_metrics
 
     det_file = out / "mmdet_results.bbox.json"
     dets = json.loads(det_file.read_text()) if det_file.exists() else []
@@ -541,7 +542,7 @@ def write_eval(out: Path, metrics: dict, ann_file: Path) -> dict:
         "AP90": full.get("AP90"), "AP_per_iou": full.get("AP_per_iou"), "iou_thresholds": full.get("iou_thresholds"),
         "num_detections": full.get("num_detections"), "split_annotations": str(ann_file),
         "num_images": len(json.loads(ann_file.read_text())["images"]),
-        "evaluator": "mmdet CocoMetric (pycocotools); unrounded/AP90/AP_per_iou: dynrcnn.evaluation.coco_metrics "
+        "evaluator": "mmdet CocoMetric (pycocotools); unrounded/AP90/AP_per_iou: dynrcnn.evaluation.coco_eval.coco_metrics "
                      "on the same detections",
         "mmdet_metric": {k: float(v) for k, v in metrics.items()},
     })

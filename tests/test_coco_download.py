@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dynrcnn import coco
-from dynrcnn.coco import check_archive, prepare_coco, verify_dataset
-from dynrcnn.data import CocoDetection
+from dynrcnn.data import coco
+from dynrcnn.data.coco import check_archive, prepare_coco, verify_dataset
+from dynrcnn.data.datasets import CocoDetection
 from dynrcnn.errors import DataError
-from dynrcnn.mini import generate_mini
+from dynrcnn.data.mini import generate_mini
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -269,7 +269,7 @@ def test_verify_good_and_broken(good_folder):
 
 
 def test_verify_bad_json_and_cli(good_folder, capsys):
-    from dynrcnn import cli_data
+    from dynrcnn.cli import data as cli_data
 
     ann = good_folder / "annotations" / "instances_val.json"
     data = json.loads(ann.read_text())
@@ -288,7 +288,7 @@ def test_verify_bad_json_and_cli(good_folder, capsys):
 
 
 def test_cli_coco_parses(tmp_path):
-    from dynrcnn import cli_data
+    from dynrcnn.cli import data as cli_data
 
     parser = argparse.ArgumentParser(prog="dynrcnn")
     cli_data.register(parser.add_subparsers(dest="command"))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dynrcnn.config import Config, apply_overrides, config_from_dict, resolve_lr, scaled_lr, valid_keys
-from dynrcnn.engine import lr_at
+from dynrcnn.engine.trainer import lr_at
 from dynrcnn.errors import ConfigError
 from dynrcnn.presets import PRESET_HELP, PRESETS, build_config, get_preset
 
@@ -129,7 +129,7 @@ def test_build_config_is_the_one_assembly():
 def test_slim_r10_is_resnet18_with_one_block_per_stage():
     import torch
 
-    from dynrcnn.model import build_model
+    from dynrcnn.modeling.model import build_model
 
     r18 = build_model(apply_overrides(get_preset("mini"), ["model.arch=slim_r18_fpn"]), 7).backbone.body
     r10 = build_model(apply_overrides(get_preset("mini"), ["model.arch=slim_r10_fpn"]), 7).backbone.body

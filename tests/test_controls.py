@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from dynrcnn.config import DynamicConfig
-from dynrcnn.model import build_model, dynamic_head
+from dynrcnn.modeling.model import build_model, dynamic_head
 from dynrcnn.presets import build_config
 from dynrcnn.report import controls
 from dynrcnn.report.controls_pipeline import readme_body
 from dynrcnn.report.profiles import NMS_085
-from dynrcnn.runs import find_runs
+from dynrcnn.rundir.runs import find_runs
 from tests.test_plots import write_gt, write_run
 
 

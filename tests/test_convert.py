@@ -16,10 +16,10 @@ import torch
 
 from dynrcnn.cli import main
 from dynrcnn.config import Config, ModelConfig
-from dynrcnn.convert import convert, convert_mmdet_state, converted_config
+from dynrcnn.checkpoint.convert import convert, convert_mmdet_state, converted_config
 from dynrcnn.report.tables import published_weights_rows
 from dynrcnn.errors import CheckpointError
-from dynrcnn.model import MMDetAnchorGenerator, RoIAlignPooler, build_model
+from dynrcnn.modeling.model import MMDetAnchorGenerator, RoIAlignPooler, build_model
 from tests.fixtures.data_helpers import CATEGORIES, write_dataset
 
 NUM_CLASSES = len(CATEGORIES) + 1  # the fixture dataset's 3 classes + background
@@ -363,7 +363,7 @@ def test_convert_a_peer_checkpoint_of_the_slim_preset(tmp_path):
     """A checkpoint MMDetection trained with the mini_long preset's settings (peer_mmdet/train.py:
     slim_r10_fpn, trainable BatchNorm, a bare state dict) converts into a run of that preset with
     MMDetection's anchors and RoIAlign, every tensor in place."""
-    from dynrcnn.convert import peer_config
+    from dynrcnn.checkpoint.convert import peer_config
 
     cfg = peer_config("mini_long", "dynamic")
     assert (cfg.preset, cfg.method, cfg.model.arch) == ("mini_long", "dynamic", "slim_r10_fpn")

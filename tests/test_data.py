@@ -7,8 +7,7 @@ import logging
 import pytest
 import torch
 
-from dynrcnn.data import (CocoDetection, TrainSampler, build_eval_loader, build_train_loader, collate,
-                          load_dataset, split_names)
+from dynrcnn.data.datasets import CocoDetection, TrainSampler, build_eval_loader, build_train_loader, collate, load_dataset, split_names
 from dynrcnn.errors import DataError
 from tests.fixtures.data_helpers import simple_dataset, write_dataset
 
@@ -270,8 +269,8 @@ def test_collate():
 def test_dataset_statistics_and_plots(simple):
     import matplotlib.figure
 
-    from dynrcnn.datastats import dataset_statistics
-    from dynrcnn.plots import draw_samples, plot_box_size_histogram
+    from dynrcnn.data.datastats import dataset_statistics
+    from dynrcnn.report.plots import draw_samples, plot_box_size_histogram
 
     s = dataset_statistics(simple / "annotations" / "instances_train.json")
     assert s["images"] == 4 and s["instances"] == 5 and s["crowd"] == 2 and s["classes"] == 3

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dynrcnn.runs import read_jsonl
+from dynrcnn.io import read_jsonl
 
 
 def _free_port() -> int:
@@ -21,8 +21,8 @@ def _worker(rank, world, port, root, out, result_dir):
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     from dynrcnn.config import apply_overrides
-    from dynrcnn.engine import train_model
-    from dynrcnn.model import dynamic_head
+    from dynrcnn.engine.trainer import train_model
+    from dynrcnn.modeling.model import dynamic_head
     from dynrcnn.presets import get_preset
 
     cfg = get_preset("mini_smoke")
@@ -37,7 +37,7 @@ def _worker(rank, world, port, root, out, result_dir):
 
 
 def test_two_gloo_ranks_end_identical(tmp_path):
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path / "data"
     generate_mini(root, seed=0, n_train=12, n_val=2, image_size=64, workers=0, progress=False)
@@ -68,9 +68,9 @@ def test_two_gloo_ranks_end_identical(tmp_path):
 
 def test_batch_must_divide_world_size(monkeypatch, tmp_path):
     from dynrcnn.presets import get_preset
-    from dynrcnn.engine import train
+    from dynrcnn.engine.trainer import train
     from dynrcnn.errors import ConfigError
-    import dynrcnn.engine as engine
+    import dynrcnn.engine.trainer as engine
 
     monkeypatch.setattr(engine, "setup_distributed", lambda device: engine.DistInfo(0, 2, 0, False))
     cfg = get_preset("mini_smoke")
@@ -85,7 +85,7 @@ def test_two_nodes_of_one_process_rendezvous_on_loopback(tmp_path):
     import subprocess
     import sys
 
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path / "data"
     generate_mini(root, seed=0, n_train=12, n_val=2, image_size=64, workers=0, progress=False)

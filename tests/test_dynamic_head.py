@@ -12,8 +12,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign
 
 from dynrcnn.config import DynamicConfig
-from dynrcnn.dynamic_head import DynamicRoIHeads, kth_largest, kth_smallest_masked, smooth_l1
-from dynrcnn.model import build_model
+from dynrcnn.modeling.dynamic_head import DynamicRoIHeads, kth_largest, kth_smallest_masked, smooth_l1
+from dynrcnn.modeling.model import build_model
 from dynrcnn.presets import get_preset
 
 torch.set_num_threads(1)

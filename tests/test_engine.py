@@ -6,13 +6,14 @@ import shutil
 import pytest
 import torch
 
-from dynrcnn.checkpoint import find_resume_checkpoint, read_checkpoint
+from dynrcnn.checkpoint.state import find_resume_checkpoint, read_checkpoint
 from dynrcnn.config import apply_overrides
-from dynrcnn.engine import train, train_model
+from dynrcnn.engine.trainer import train, train_model
 from dynrcnn.errors import CheckpointError, DynrcnnError
-from dynrcnn.model import dynamic_head
+from dynrcnn.modeling.model import dynamic_head
 from dynrcnn.presets import get_preset
-from dynrcnn.runs import load_run, read_jsonl
+from dynrcnn.rundir.runs import load_run
+from dynrcnn.io import read_jsonl
 
 TINY = ["max_iter=8", "dynamic.interval=2", "checkpoint_period=4", "log_period=2", "model.min_size=64",
         "model.max_size=64", "ims_per_batch=2", "num_workers=0", "eval_at_end=false", "warmup_iters=2",
@@ -22,7 +23,7 @@ TINY = ["max_iter=8", "dynamic.interval=2", "checkpoint_period=4", "log_period=2
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path_factory.mktemp("tiny_data")
     generate_mini(root, seed=0, n_train=16, n_val=6, image_size=64, workers=0, progress=False)

@@ -7,7 +7,7 @@ import pytest
 
 from dynrcnn.config import apply_overrides
 from dynrcnn.errors import CheckpointError, ConfigError
-from dynrcnn.evaluation import IOU_THRESHOLDS, ap_per_iou, coco_metrics, evaluate
+from dynrcnn.evaluation.coco_eval import IOU_THRESHOLDS, ap_per_iou, coco_metrics, evaluate
 from dynrcnn.presets import get_preset
 
 # three 100x100 images, two categories with non-contiguous ids, boxes of all three sizes
@@ -101,8 +101,8 @@ def test_unknown_or_missing_evaluator():
 
 
 def test_evaluate_end_to_end(tmp_path, capsys):
-    from dynrcnn.engine import train
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.engine.trainer import train
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path / "data"
     generate_mini(root, seed=1, n_train=8, n_val=4, image_size=64, workers=0, progress=False)

@@ -6,16 +6,18 @@ import shutil
 
 import pytest
 
-from dynrcnn import integrity, runs
-from dynrcnn.engine import train
+from dynrcnn.rundir import integrity
+from dynrcnn.rundir import runs
+from dynrcnn.engine.trainer import train
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.evaluation import evaluate
+from dynrcnn.io import atomic_write_bytes
+from dynrcnn.evaluation.coco_eval import evaluate
 from tests.test_engine import tiny_cfg
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path_factory.mktemp("integrity") / "mini"
     generate_mini(root, seed=0, n_train=12, n_val=4, image_size=64, workers=0, progress=False)
@@ -35,10 +37,10 @@ def snapshot(folder):
 
 
 def test_train_records_data_provenance(done_run, data_root):
-    from dynrcnn.weights import file_sha256
+    from dynrcnn.io import file_sha256
 
     rec = json.loads((done_run / runs.CONFIG).read_text())[runs.DATA_RECORD]
-    from dynrcnn.data import load_dataset
+    from dynrcnn.data.datasets import load_dataset
 
     assert rec == {"data_root": str(data_root.resolve()), "split": "train",
                    "annotation_sha256": file_sha256(data_root / "annotations" / "instances_train.json"),
@@ -105,7 +107,7 @@ def test_eval_on_other_data_never_replaces_the_runs_own(done_run, data_root, tmp
 
 def test_mini_refuses_a_folder_with_foreign_files(tmp_path):
     from dynrcnn.errors import DataError
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     out = tmp_path / "data"
     (out / "train").mkdir(parents=True)
@@ -123,7 +125,7 @@ def test_mini_refuses_a_folder_with_foreign_files(tmp_path):
 
 
 def test_mini_interrupted_leaves_the_target_as_it_was(tmp_path, monkeypatch):
-    from dynrcnn import mini
+    from dynrcnn.data import mini
 
     out = tmp_path / "data"
     mini.generate_mini(out, n_train=3, n_val=2, image_size=64, workers=0, progress=False)
@@ -145,10 +147,10 @@ def test_mini_interrupted_leaves_the_target_as_it_was(tmp_path, monkeypatch):
 def test_image_size_checked_by_verify_and_at_load_time(tmp_path, capsys):
     from PIL import Image
 
-    from dynrcnn.coco import verify_dataset
-    from dynrcnn.data import load_dataset
+    from dynrcnn.data.coco import verify_dataset
+    from dynrcnn.data.datasets import load_dataset
     from dynrcnn.errors import DataError
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     root = tmp_path / "d"
     generate_mini(root, n_train=2, n_val=2, image_size=64, workers=0, progress=False)
@@ -187,7 +189,7 @@ def test_set_lr_is_honoured_and_unknown_keys_get_the_closest_name():
 
 
 def test_resume_refuses_changed_settings_and_keeps_the_record(done_run, data_root, tmp_path):
-    from dynrcnn.engine import train_model
+    from dynrcnn.engine.trainer import train_model
 
     out = tmp_path / "run"
     cfg = tiny_cfg(data_root, "max_iter=8", "eval_at_end=false")
@@ -276,7 +278,7 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "last.pth"
     target.mkdir()  # the final rename fails
     with pytest.raises(DynrcnnError, match=r"cannot write last.pth"):
-        runs.atomic_write_bytes(target, b"data")
+        atomic_write_bytes(target, b"data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
 
 

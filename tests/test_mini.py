@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dynrcnn.errors import DataError
-from dynrcnn.mini import CLASSES, generate_mini, render_image
+from dynrcnn.data.mini import CLASSES, generate_mini, render_image
 
 
 def _files(root):
@@ -84,7 +84,7 @@ def test_boxes_are_tight_and_objects_mostly_visible():
 
 
 def test_loads_as_training_dataset(two_runs):
-    from dynrcnn.data import CocoDetection
+    from dynrcnn.data.datasets import CocoDetection
 
     ds = CocoDetection(two_runs[0], "train")
     assert len(ds) == 40 and ds.num_classes == len(CLASSES) + 1 and ds.dropped_boxes == 0
@@ -110,7 +110,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli_mini_and_verify(tmp_path, capsys):
-    from dynrcnn import cli_data
+    from dynrcnn.cli import data as cli_data
 
     parser = argparse.ArgumentParser(prog="dynrcnn")
     cli_data.register(parser.add_subparsers(dest="command"))
@@ -126,7 +126,7 @@ def test_cli_mini_and_verify(tmp_path, capsys):
 
 def test_the_benchmark_size_is_the_mini_presets():
     """The benchmark is drawn at the size the ``mini`` preset trains at (one fact, checked here)."""
-    from dynrcnn.mini import IMAGE_SIZE
+    from dynrcnn.data.mini import IMAGE_SIZE
     from dynrcnn.presets import get_preset
 
     model = get_preset("mini").model

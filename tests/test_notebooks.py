@@ -14,9 +14,9 @@ import nbformat
 import pytest
 
 from dynrcnn import reference, report
-from dynrcnn.integrity import train_action
+from dynrcnn.rundir.integrity import train_action
 from dynrcnn.presets import build_config
-from dynrcnn.runs import find_runs
+from dynrcnn.rundir.runs import find_runs
 
 SOURCES = sorted(report.NOTEBOOK_DIR.glob("*.ipynb"))
 

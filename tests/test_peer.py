@@ -9,7 +9,7 @@ import json
 import pandas as pd
 
 from dynrcnn.report import peer
-from dynrcnn.runs import find_runs
+from dynrcnn.rundir.runs import find_runs
 from tests.test_plots import write_gt, write_run
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynrcnn import plots
+from dynrcnn.report import plots
 from dynrcnn.report import recompute_updates
-from dynrcnn.run_summary import threshold_at
-from dynrcnn.runs import load_run
+from dynrcnn.rundir.run_summary import threshold_at
+from dynrcnn.rundir.runs import load_run
 
 IOUS = [float(t) for t in np.linspace(0.5, 0.95, 10)]
 
@@ -51,7 +51,7 @@ def write_detections(run: Path, data_root, jitter: float, seed: int) -> None:
 def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=None, sec_per_iter=0.5,
               rpn_nms=0.7, iters=100, interval=10, log_stats=True, device="cpu", data_root="",
               jitter=None) -> Path:
-    """A complete run directory as dynrcnn.engine/evaluation write it (values synthetic). With
+    """A complete run directory as dynrcnn.engine.trainer/evaluation write it (values synthetic). With
     ``jitter`` (and a ``data_root`` holding :func:`write_gt`'s annotations), ``detections.json``
     and eval.json's AP come from ground-truth boxes moved by that many pixels."""
     from dynrcnn.presets import build_config as make_config
@@ -109,7 +109,7 @@ def write_run(root, name, method, *, seed=0, preset="mini", ap=30.0, ap_per_iou=
                                                       "sec_per_iter_median": sec_per_iter,
                                                       "images_per_sec": 4 / sec_per_iter}))
     if jitter is not None:
-        from dynrcnn.evaluation import coco_metrics
+        from dynrcnn.evaluation.coco_eval import coco_metrics
 
         write_detections(run, data_root, jitter, seed * 1000 + len(name))
         m = coco_metrics(Path(data_root) / "annotations" / "instances_val.json",
@@ -232,7 +232,7 @@ def test_detections_figure(tmp_path):
 
 
 def test_tight_flags_hand_computed():
-    from dynrcnn.evaluation import tight_flags
+    from dynrcnn.evaluation.coco_eval import tight_flags
 
     gt = [{"bbox": [0, 0, 10, 9], "category_id": 1}, {"bbox": [50, 50, 10, 10], "category_id": 2}]
     dets = [{"bbox": [0, 0, 10, 10], "category_id": 1},  # IoU 90 / 100 = 0.9: counts at 0.9

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from dynrcnn.cli import main
-from dynrcnn.convert import convert, converted_config
-from dynrcnn.engine import train_model
+from dynrcnn.checkpoint.convert import convert, converted_config
+from dynrcnn.engine.trainer import train_model
 from dynrcnn.errors import DataError
-from dynrcnn.model import build_model
-from dynrcnn.predict import Detector, coco_class_names, image_files, predict_images
-from dynrcnn.runs import class_names
+from dynrcnn.modeling.model import build_model
+from dynrcnn.evaluation.predict import Detector, image_files, predict_images
+from dynrcnn.data.datasets import coco_class_names
+from dynrcnn.rundir.runs import class_names
 from tests.test_convert import to_mmdet_layout
 from tests.test_engine import tiny_cfg, tiny_root  # noqa: F401  (the module's tiny benchmark fixture)
 
@@ -28,7 +29,7 @@ def run(tiny_root, tmp_path_factory):  # noqa: F811
 
 
 def test_the_run_records_its_class_names_and_predict_draws_them(run, tiny_root, tmp_path, capsys):  # noqa: F811
-    from dynrcnn.data import load_dataset
+    from dynrcnn.data.datasets import load_dataset
 
     names = load_dataset(tiny_root, "val", train=False).class_names
     assert class_names(run) == names

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dynrcnn.errors import CheckpointError, ConfigError
-from dynrcnn.model import build_model
+from dynrcnn.modeling.model import build_model
 from dynrcnn.presets import build_config, get_preset
-from dynrcnn.pretrain import ensure_pretrained, pretrain_preset, recipe, resolve_backbone, weights_path
-from dynrcnn.weights import file_sha256, init_backbone
+from dynrcnn.engine.pretrain import ensure_pretrained, pretrain_preset, recipe, resolve_backbone, weights_path
+from dynrcnn.io import file_sha256
+from dynrcnn.checkpoint.weights import init_backbone
 
 torch.set_num_threads(1)
 
@@ -100,7 +101,7 @@ def test_pretrained_backbone_fits_the_mini_model(built):
 def test_weights_are_found_in_the_checkout_or_the_cache_and_building_can_be_refused(tmp_path, monkeypatch, capsys):
     """Run from another folder, existing weights are found (no silent rebuild); with build=False a
     missing backbone is a one-line refusal naming where it looked."""
-    import dynrcnn.pretrain as pt
+    import dynrcnn.engine.pretrain as pt
     from dynrcnn.errors import CheckpointError
 
     monkeypatch.setattr(pt, "CHECKOUT_ROOT", tmp_path / "checkout" / "data" / "pretrained")
@@ -128,7 +129,7 @@ def test_weights_are_found_in_the_checkout_or_the_cache_and_building_can_be_refu
 def test_settings_that_do_not_change_the_weights_do_not_change_the_recipe():
     """The backbone file is named by its recipe's hash: a setting added later that changes nothing
     trained (validation, tracking, logging) must not rename it, or every report rebuilds it."""
-    from dynrcnn.integrity import MAY_CHANGE_ON_RESUME
+    from dynrcnn.rundir.integrity import MAY_CHANGE_ON_RESUME
 
     config = recipe("mini_pretrain")["config"]
     assert not set(MAY_CHANGE_ON_RESUME) & set(config), set(MAY_CHANGE_ON_RESUME) & set(config)

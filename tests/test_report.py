@@ -11,9 +11,9 @@ import pytest
 
 from dynrcnn import reference, report
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.integrity import train_action
+from dynrcnn.rundir.integrity import train_action
 from dynrcnn.presets import build_config
-from dynrcnn.runs import find_runs, load_run
+from dynrcnn.rundir.runs import find_runs, load_run
 from tests.test_plots import write_gt, write_run  # synthetic run directories
 
 
@@ -478,7 +478,7 @@ def test_context_effect_says_what_each_benchmark_shows_when_they_disagree():
 
 
 def test_signed_never_prints_negative_zero():
-    from dynrcnn.stats import signed
+    from dynrcnn.evaluation.stats import signed
 
     assert [signed(v) for v in (-0.004, -0.0, 0.0, 1.266, -0.006)] == ["+0.00", "+0.00", "+0.00", "+1.27", "-0.01"]
 
@@ -500,7 +500,7 @@ def test_index_counts_the_seeds_of_each_configuration():
 def test_the_headline_comes_from_the_same_nms_claims(mini_runs, tmp_path):
     from dynrcnn.report.claims import claims, find_claim
     from dynrcnn.report.text import headline, summary_lines
-    from dynrcnn.runs import find_runs
+    from dynrcnn.rundir.runs import find_runs
 
     items = claims(find_runs(mini_runs))
     line = headline(items)
@@ -522,7 +522,7 @@ def test_the_headline_comes_from_the_same_nms_claims(mini_runs, tmp_path):
 def test_index_claims_table_is_compact_with_badges_and_merged_sources(mini_runs):
     from dynrcnn.report.claims import claims
     from dynrcnn.report.index import _results, merged_claims
-    from dynrcnn.runs import find_runs
+    from dynrcnn.rundir.runs import find_runs
 
     runs = find_runs(mini_runs)
     items = claims(runs)
@@ -566,7 +566,7 @@ def test_backbone_pin_is_a_name_and_a_hash_looked_up_where_the_pipeline_built_it
 def test_resolve_backbone_refuses_another_file_than_the_pinned_one(tmp_path, monkeypatch):
     import dataclasses
 
-    from dynrcnn import pretrain
+    from dynrcnn.engine import pretrain
     from dynrcnn.errors import CheckpointError
     from dynrcnn.presets import build_config
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from dynrcnn import model as model_mod, roi_align as ra
-from dynrcnn.model import RoIAlignPooler, build_model
+from dynrcnn.modeling import model as model_mod
+from dynrcnn.modeling import roi_align as ra
+from dynrcnn.modeling.model import RoIAlignPooler, build_model
 from dynrcnn.presets import get_preset
 
 # boxes on the border, beyond it, degenerate (zero area, a line), inverted, and one inside; on the

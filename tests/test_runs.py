@@ -2,8 +2,9 @@
 
 import json
 
-from dynrcnn.run_summary import format_table, runs_table
-from dynrcnn.runs import find_runs, load_run, read_jsonl
+from dynrcnn.rundir.run_summary import format_table, runs_table
+from dynrcnn.rundir.runs import find_runs, load_run
+from dynrcnn.io import read_jsonl
 
 
 def make_run(path, method, seed=0, ap=None, done=True):
@@ -49,7 +50,7 @@ def test_load_find_and_table(tmp_path, capsys):
     assert "baseline" in text and "38.50" in text
     assert format_table(runs_table([])) == "(no runs)"
 
-    from dynrcnn import cli_eval
+    from dynrcnn.cli import eval as cli_eval
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -71,7 +72,8 @@ def test_runs_of_a_missing_folder_is_an_error_not_an_empty_table(tmp_path, capsy
 def test_cli_defaults_and_help():
     import argparse
 
-    from dynrcnn import cli_eval, cli_train
+    from dynrcnn.cli import eval as cli_eval
+    from dynrcnn.cli import train as cli_train
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
@@ -87,7 +89,7 @@ def test_cli_defaults_and_help():
 
 
 def test_shown_paths_name_no_machine_folder(tmp_path, monkeypatch):
-    from dynrcnn.runs import CHECKOUT, relative_path, shown_path
+    from dynrcnn.io import CHECKOUT, relative_path, shown_path
 
     assert relative_path(tmp_path / "a" / "b", tmp_path) == "a/b"
     assert relative_path(tmp_path, tmp_path) == "."

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from dynrcnn.evaluation import coco_metrics
-from dynrcnn.stats import ap_samples, bootstrap_delta, image_matches, verdict, weighted_ap
+from dynrcnn.evaluation.coco_eval import coco_metrics
+from dynrcnn.evaluation.stats import ap_samples, bootstrap_delta, image_matches, verdict, weighted_ap
 
 
 def make_gt(images):
@@ -148,7 +148,7 @@ def test_verdict_rule(low, high, sign, status):
 def test_contrast_of_two_differences_is_exact_on_shifted_samples():
     """Difference of two gains (implementation 2's gain minus implementation 1's): equal gains give
     exactly 0 with the interval [0, 0]; a gain larger by c on every image resample gives c."""
-    from dynrcnn.stats import APSamples, bootstrap_contrast
+    from dynrcnn.evaluation.stats import APSamples, bootstrap_contrast
 
     rng = np.random.default_rng(0)
 

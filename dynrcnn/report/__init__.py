@@ -2,7 +2,7 @@
 
 ``dynrcnn report --profile smoke|mini|coco`` runs the notebooks in ``notebooks/`` with
 papermill (:mod:`.pipeline`) and writes ``index.html`` (:mod:`.index`). All numbers are read
-from run directories (:mod:`dynrcnn.runs`); the published numbers come from
+from run directories (:mod:`dynrcnn.rundir.runs`); the published numbers come from
 :mod:`dynrcnn.reference` with their source. Miniature-benchmark results are labelled as such
 and never compared with COCO numbers as if they were COCO numbers: at miniature scale a
 relative claim can only be checked for its *direction*.

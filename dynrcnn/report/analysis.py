@@ -2,7 +2,7 @@
 AP differences per IoU threshold, and the checks of the method on a run's logs (dynamic
 updates recomputed from the logged statistics, proposal quality, SmoothL1 gradients).
 
-Every function reads :class:`dynrcnn.runs.Run` objects and returns numbers or DataFrames;
+Every function reads :class:`dynrcnn.rundir.runs.Run` objects and returns numbers or DataFrames;
 nothing here decides a verdict (:mod:`.claims`) or writes text (:mod:`.text`).
 """
 
@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from dynrcnn.config import IOU_THRESHOLDS, METHOD_NAMES, REPORTED_METRICS, method_switches
-from dynrcnn.dynamic_head import convention_median
+from dynrcnn.modeling.dynamic_head import convention_median
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.intervals import interval
 from dynrcnn.presets import scale_label, scale_of
-from dynrcnn.run_summary import run_name, threshold_at
+from dynrcnn.rundir.run_summary import run_name, threshold_at
 
 METRICS = REPORTED_METRICS
 ABLATION_ORDER = ("baseline", "dla", "dsl", "dynamic")
@@ -44,9 +44,9 @@ def same_nms_pair(runs) -> tuple | None:
 def tight_share(run, score_thresh: float = 0.5, iou: float = 0.9) -> float:
     """The share of a run's detections with score >= ``score_thresh`` on its validation split
     that overlap a ground-truth box of their class at IoU >= ``iou`` (nan without detections)."""
-    from dynrcnn.data import annotation_file, load_coco
-    from dynrcnn.evaluation import tight_flags
-    from dynrcnn.runs import detections_by_image
+    from dynrcnn.data.datasets import annotation_file, load_coco
+    from dynrcnn.evaluation.coco_eval import tight_flags
+    from dynrcnn.rundir.runs import detections_by_image
 
     coco = load_coco(annotation_file(run.config.data_root, run.config.val_split))
     flags = [f for img, dets in detections_by_image(run.path, min_score=score_thresh).items()
@@ -253,10 +253,10 @@ def proposal_quality(run, thresholds=(0.5, 0.7, 0.9)) -> pd.DataFrame:
 
 
 def smooth_l1_gradient(x: float, betas) -> dict[float, float]:
-    """d SmoothL1(x; beta) / dx for each beta (``dynrcnn.dynamic_head.smooth_l1``, autograd)."""
+    """d SmoothL1(x; beta) / dx for each beta (``dynrcnn.modeling.dynamic_head.smooth_l1``, autograd)."""
     import torch
 
-    from dynrcnn.dynamic_head import smooth_l1
+    from dynrcnn.modeling.dynamic_head import smooth_l1
 
     out = {}
     for b in betas:

@@ -7,7 +7,7 @@ carry no published claim (the RPN NMS change alone) have status :data:`CONTEXT`.
 Tolerances. At COCO scale a published number is "reproduced" within the seed-to-seed spread
 of a 1x R50-FPN run (~0.3 AP). At miniature scale only the direction of a relative claim is
 testable, and the verdict follows from the 95 % interval of the difference (a paired
-bootstrap over training seeds and evaluation images, :mod:`dynrcnn.stats`): ``reproduced``
+bootstrap over training seeds and evaluation images, :mod:`dynrcnn.evaluation.stats`): ``reproduced``
 when it excludes 0 in the paper's direction, ``contradicted`` when it excludes 0 the other
 way, ``inconclusive`` otherwise. When the runs were also evaluated on a second benchmark
 (another data seed), the verdict must hold on every benchmark, else it is ``inconclusive``.
@@ -25,9 +25,9 @@ from dynrcnn.report.analysis import device_kind, mean, names, profile_scale, val
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.intervals import interval
 from dynrcnn.presets import SCALE_LABELS
-from dynrcnn.run_summary import rpn_nms
-from dynrcnn.runs import TRAIN_DONE
-from dynrcnn.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words (stats.verdict)
+from dynrcnn.rundir.run_summary import rpn_nms
+from dynrcnn.rundir.runs import TRAIN_DONE
+from dynrcnn.evaluation.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words stats.verdict
 
 COCO_TOLERANCE = 0.3
 OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}

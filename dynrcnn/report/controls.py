@@ -32,8 +32,8 @@ from dynrcnn.report.claims import interval_verdict
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
-from dynrcnn.runs import POSITIVE_KEYS
-from dynrcnn.stats import CONTRADICTED, REPRODUCED, metric_of, signed
+from dynrcnn.rundir.runs import POSITIVE_KEYS
+from dynrcnn.evaluation.stats import CONTRADICTED, REPRODUCED, metric_of, signed
 
 METRICS = ("AP", "AP90")
 FIXED_THRESHOLDS = (0.6, 0.7)  # besides the final value of the report of record's DLA
@@ -147,7 +147,7 @@ def plan_controls(reference_runs, preset: str, seeds=MINI_SEEDS):
     (its complete runs; the final values are read from its Dynamic R-CNN runs at RPN NMS 0.85)."""
     from dynrcnn.presets import get_preset
     from dynrcnn.reference import DYNAMIC_RPN_NMS
-    from dynrcnn.run_summary import rpn_nms
+    from dynrcnn.rundir.run_summary import rpn_nms
 
     dyn = [r for r in reference_runs if base_name(r.path.name) == "dynamic" and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
     threshold, beta = final_values(dyn)
@@ -159,7 +159,7 @@ def load_groups(reference_root, controls_root, preset: str | None = None) -> Con
     """The :class:`ControlGroups` of the report of record's runs folder and the controls' folder
     (what the notebook and the pipeline read)."""
     from dynrcnn.report.profiles import get_profile
-    from dynrcnn.runs import find_runs
+    from dynrcnn.rundir.runs import find_runs
 
     reference = find_runs(reference_root)
     threshold, beta, _, about = plan_controls(reference, preset or get_profile("mini").preset)

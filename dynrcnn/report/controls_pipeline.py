@@ -24,14 +24,14 @@ from dynrcnn.errors import DynrcnnError
 from dynrcnn.report import controls
 from dynrcnn.report.profiles import NOTEBOOK_DIR, get_profile
 from dynrcnn.report.text import replace_readme_block
-from dynrcnn.runs import relative_path
+from dynrcnn.io import relative_path
 
 README_TAG = "CONTROLS"
 
 
 def _reference_runs(runs_root: Path):
     from dynrcnn.report.profiles import MINI_SEEDS
-    from dynrcnn.runs import find_runs, is_complete
+    from dynrcnn.rundir.runs import find_runs, is_complete
 
     runs = [r for r in find_runs(runs_root) if is_complete(r.path)]
     have = {(controls.base_name(r.path.name), int(r.seed)) for r in runs}

@@ -1,4 +1,4 @@
-"""The data behind the report's group figures (:mod:`dynrcnn.plots` draws them).
+"""The data behind the report's group figures (:mod:`dynrcnn.report.plots` draws them).
 
 With several seeds per configuration, the figures show configurations, not runs: AP at each
 IoU threshold (mean over seeds, with the seeds' range), the AP difference at each threshold

@@ -1,7 +1,7 @@
 """The report's evidence, built once: the runs, their configuration groups, the benchmarks they
 were evaluated on, each run's bootstrap AP samples, every comparison made of them and the claims.
 
-Every report function takes ``runs`` (a list of :class:`~dynrcnn.runs.Run`) or an
+Every report function takes ``runs`` (a list of :class:`~dynrcnn.rundir.runs.Run`) or an
 :class:`Evidence`, which is a sequence of runs as well: given a list, a function builds the
 evidence it needs (:func:`evidence_of`); given an :class:`Evidence`, it reuses what the object
 already computed. The pipeline builds one for ``index.html`` and README's block, the results
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.intervals import compare, extra_datasets, run_samples
-from dynrcnn.run_summary import rpn_nms
-from dynrcnn.stats import DEFAULT_BOOT, APSamples, Delta
+from dynrcnn.rundir.run_summary import rpn_nms
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples, Delta
 
 
 def group_runs(runs) -> dict[tuple[str, float], list]:

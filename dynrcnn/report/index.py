@@ -19,8 +19,9 @@ from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import compute_table
 from dynrcnn.report.profiles import FIGURE_FILES, REPO
 from dynrcnn.report.text import ap_sentence, headline, trend_sentence
-from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, scale_label
-from dynrcnn.runs import find_runs, relative_path
+from dynrcnn.rundir.run_summary import rpn_nms, run_device, run_iterations, scale_label
+from dynrcnn.rundir.runs import find_runs
+from dynrcnn.io import relative_path
 
 STEP_TEXT = {
     "data": "the dataset: generation/check, statistics, sample images",

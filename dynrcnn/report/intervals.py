@@ -1,11 +1,11 @@
-"""The report's comparisons with 95 % intervals (:func:`dynrcnn.stats.bootstrap_delta`).
+"""The report's comparisons with 95 % intervals (:func:`dynrcnn.evaluation.stats.bootstrap_delta`).
 
 A comparison is ``B - A`` for two groups of runs (each group: one configuration, one run per
 training seed), evaluated on one dataset: the run's own evaluation split (``dataset=None``) or
 another benchmark it was evaluated on with ``dynrcnn eval RUN --data-root OTHER`` (``dataset``
 is that evaluation's name).
 
-The costly part, each run's AP on every image resample (:func:`dynrcnn.stats.ap_samples`), is
+The costly part, each run's AP on every image resample (:func:`dynrcnn.evaluation.stats.ap_samples`), is
 computed once per run and benchmark and kept on disk beside the runs
 (``<runs root>/.cache/ap-samples/``, named by the SHA-256 of the detections, the annotations and
 the bootstrap settings), so the results notebook and ``index.html`` share it and the pipeline can
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dynrcnn import runs as runs_mod
-from dynrcnn.data import annotation_file, load_coco
-from dynrcnn.weights import file_sha256
-from dynrcnn.stats import (DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta,
-                           image_matches, signed, verdict)
+from dynrcnn.rundir import runs as runs_mod
+from dynrcnn.data.datasets import annotation_file, load_coco
+from dynrcnn.io import file_sha256
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta, image_matches, signed, verdict
 
 CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
@@ -73,7 +72,7 @@ def samples_file(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, se
 
 
 def run_samples(run, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> APSamples | None:
-    """``run``'s :class:`~dynrcnn.stats.APSamples` on ``dataset``: from the disk cache, else
+    """``run``'s :class:`~dynrcnn.evaluation.stats.APSamples` on ``dataset``: from the disk cache, else
     computed and cached there (``None`` when that evaluation is missing). Within one report,
     :class:`~dynrcnn.report.evidence.Evidence` reads each once."""
     path = samples_file(run, dataset, n_boot, seed)

@@ -9,7 +9,7 @@ our evaluation, so both implementations' runs are read and compared by the same 
 
 Comparisons (:func:`agreement`): each implementation's Dynamic-minus-Faster gain with its 95 %
 interval (the report's paired bootstrap over seeds and images) and the difference of the two
-gains (MMDetection's minus ours) with its interval, from one :func:`~dynrcnn.stats.bootstrap_contrast`.
+gains (MMDetection's minus ours) with its interval, from one :func:`~dynrcnn.evaluation.stats.bootstrap_contrast`.
 A quantity ``agrees`` when that interval contains 0, else it ``differs``.
 """
 
@@ -23,10 +23,10 @@ import pandas as pd
 
 from dynrcnn.config import REPORTED_METRICS
 from dynrcnn.reference import DYNAMIC_RPN_NMS
-from dynrcnn.run_summary import rpn_nms
-from dynrcnn.runs import read_json
+from dynrcnn.rundir.run_summary import rpn_nms
+from dynrcnn.io import read_json
 from dynrcnn.report.tables import json_records, json_value
-from dynrcnn.stats import DEFAULT_BOOT, bootstrap_contrast, signed
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, bootstrap_contrast, signed
 
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
 LABELS = {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}

@@ -28,7 +28,7 @@ from dynrcnn.errors import DynrcnnError
 from dynrcnn.report import peer
 from dynrcnn.report.profiles import MINI_SEEDS, NOTEBOOK_DIR, REPO, get_profile
 from dynrcnn.report.text import replace_readme_block
-from dynrcnn.runs import relative_path
+from dynrcnn.io import relative_path
 
 PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 TRAIN_SCRIPT = REPO / "peer_mmdet" / "train.py"
@@ -45,7 +45,7 @@ class PeerRun:
 
 def _ours(runs_root: Path, seeds) -> tuple[list, str, str]:
     """Our complete runs of the comparison, and the backbone file (path, SHA-256) they start from."""
-    from dynrcnn.runs import find_runs, is_complete
+    from dynrcnn.rundir.runs import find_runs, is_complete
 
     ours = [r for r in find_runs(runs_root) if is_complete(r.path)]
     groups = peer.Groups.build(ours, [])
@@ -58,7 +58,7 @@ def _ours(runs_root: Path, seeds) -> tuple[list, str, str]:
 
 
 def _complete(run: PeerRun, datasets: list[str]) -> bool:
-    from dynrcnn import runs
+    from dynrcnn.rundir import runs
 
     d = run.run_dir
     return all((d / f).is_file() for f in (runs.TRAIN_DONE, runs.CONFIG, runs.EVAL, peer.PEER_EVAL)) and all(
@@ -69,7 +69,8 @@ def _set_aside_if_stale(run: PeerRun, backbone_sha256: str, peer_root: Path) -> 
     """A peer run trained from another backbone than our runs start from (a rebuilt pretraining)
     is no longer side by side with them: move it, untouched, to ``stale/<its backbone's
     SHA-256[:12]>/`` under ``peer_root`` so that it is trained again from the current one."""
-    from dynrcnn.runs import TRAIN_DONE, read_json
+    from dynrcnn.rundir.runs import TRAIN_DONE
+    from dynrcnn.io import read_json
 
     done = read_json(run.run_dir / TRAIN_DONE) or {}
     held = (done.get("backbone") or {}).get("sha256")
@@ -101,8 +102,8 @@ def _train(run: PeerRun, data_root: Path, backbone: str, overrides, python: Path
 
 def _convert_and_evaluate(run: PeerRun, preset: str, data_root: Path, extra_roots: list[Path],
                           num_classes: int, device: str) -> None:
-    from dynrcnn.convert import convert
-    from dynrcnn.runs import last_checkpoint
+    from dynrcnn.checkpoint.convert import convert
+    from dynrcnn.rundir.runs import last_checkpoint
 
     if not last_checkpoint(run.run_dir).is_file():
         convert(run.run_dir / "model_state.pth", run.run_dir, num_classes=num_classes, preset=preset,
@@ -121,8 +122,8 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
                      overrides=(), jobs: int = 2, python=None, progress: bool = True, readme: bool = True) -> dict:
     """Train what is missing of MMDetection's side, evaluate it, run the notebook, write the
     README block; returns the results (``figures/mmdet/results.json``)."""
-    from dynrcnn.data import load_dataset
-    from dynrcnn.weights import file_sha256
+    from dynrcnn.data.datasets import load_dataset
+    from dynrcnn.io import file_sha256
     from dynrcnn.report.pipeline import (
         _notebook_env, execute_notebook, render_html, report_root, second_root)
     from dynrcnn.report.progress import WORK, ReportProgress, Tracked
@@ -158,7 +159,7 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     bar = ReportProgress("report[mmdet]", work, [Tracked(r.run_dir, planned) for r in pending], progress)
 
     def one(run: PeerRun) -> None:
-        from dynrcnn.runs import TRAIN_DONE
+        from dynrcnn.rundir.runs import TRAIN_DONE
 
         if not (run.run_dir / TRAIN_DONE).is_file():
             _train(run, data_root, backbone, overrides, python)

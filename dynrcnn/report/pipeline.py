@@ -23,7 +23,7 @@ from dynrcnn.report.index import write_index
 from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path, step_output
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 from dynrcnn.report.tables import notebook_durations
-from dynrcnn.runs import find_runs
+from dynrcnn.rundir.runs import find_runs
 from dynrcnn.report.text import update_readme
 
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
@@ -76,9 +76,10 @@ def convert_published(files, runs_root, num_classes: int = 81) -> list[Path]:
     already there and was converted from the same file); returns the run directories."""
     if not files:
         return []
-    from dynrcnn.convert import convert
-    from dynrcnn.runs import PROVENANCE, read_json
-    from dynrcnn.weights import file_sha256
+    from dynrcnn.checkpoint.convert import convert
+    from dynrcnn.rundir.runs import PROVENANCE
+    from dynrcnn.io import read_json
+    from dynrcnn.io import file_sha256
 
     out = []
     for f in map(Path, files):
@@ -149,7 +150,7 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
     import torch
 
     from dynrcnn.presets import build_config, get_preset
-    from dynrcnn.pretrain import build_dir, ensure_pretrained, find_pretrained, pretrain_preset
+    from dynrcnn.engine.pretrain import build_dir, ensure_pretrained, find_pretrained, pretrain_preset
 
     preset = pretrain_preset(build_config(profile.preset, "baseline", overrides=profile.overrides).model.backbone_weights)
     if preset is None:
@@ -180,7 +181,7 @@ def backbone_pin(preset: str, sha: str) -> list[str]:
     """The overrides that make every run start from the same backbone: by name
     (``pretrained:<preset>``, which the training notebook looks up in its ``pretrained_root``,
     the folder the pipeline built it in), so a rendered parameters cell names no machine path,
-    and by SHA-256 (:func:`dynrcnn.pretrain.resolve_backbone` refuses another file)."""
+    and by SHA-256 (:func:`dynrcnn.engine.pretrain.resolve_backbone` refuses another file)."""
     from dynrcnn.config import PRETRAINED_PREFIX
 
     return [f"model.backbone_weights={PRETRAINED_PREFIX}{preset}", f"model.backbone_sha256={sha}"]
@@ -202,14 +203,14 @@ def step_work(step: Step) -> float:
     if step.kind == "train":
         return 0.0
     if step.kind == "evaluate":
-        from dynrcnn.evaluation import missing_evaluations
+        from dynrcnn.evaluation.coco_eval import missing_evaluations
 
         if not p["force"] and not missing_evaluations(repo_path(p["run_dir"]), repo_path(p["data_root"]),
                                                       [repo_path(e) for e in p["extra_data_roots"]]):
             return WORK["kernel"]
         return WORK["evaluate"] + WORK["bootstrap"]
     if step.kind == "data":
-        from dynrcnn.data import annotation_file
+        from dynrcnn.data.datasets import annotation_file
 
         roots = [p["data_root"], p["second_root"]] if p["second_root"] else [p["data_root"]]
         there = all(annotation_file(repo_path(r), p["val_split"]).is_file() for r in roots)
@@ -370,7 +371,7 @@ def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
     """Every evaluated run's bootstrap AP samples, ``jobs`` at a time, cached for the results
     notebook and the index (:func:`dynrcnn.report.intervals.precompute`)."""
     from dynrcnn.report.intervals import precompute
-    from dynrcnn.runs import load_run
+    from dynrcnn.rundir.runs import load_run
 
     bar.phase(f"bootstrap samples of {len(group)} runs, {jobs} at a time")
     precompute([load_run(repo_path(s.params["run_dir"])) for s in group], jobs=jobs)

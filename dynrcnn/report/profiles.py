@@ -13,10 +13,11 @@ from pathlib import Path
 
 from dynrcnn.config import default_device
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.mini import N_TRAIN, N_VAL
+from dynrcnn.io import CHECKOUT
+from dynrcnn.data.mini import N_TRAIN, N_VAL
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = CHECKOUT  # the checkout root, under its report name
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls")
 #: the results notebook's figures that the summary page and README embed (file names in the figures folder)
@@ -189,7 +190,7 @@ def param_path(p) -> str:
     """A path as the pipeline passes it to a notebook: relative to the repository root when
     inside it (:func:`repo_path` reads it back), else absolute; a rendered parameters cell then
     names no machine path."""
-    from dynrcnn.runs import relative_path
+    from dynrcnn.io import relative_path
 
     return relative_path(p, REPO) if NOTEBOOK_DIR.is_dir() else relative_path(p)
 

@@ -49,15 +49,16 @@ class Tracked:
 def iterations_done(run_dir: Path, planned: int) -> tuple[bool, bool, int, int]:
     """``(started, finished, iterations done, iterations planned)`` of one run folder, read from
     its files (``planned`` until its ``config.json`` says ``max_iter``)."""
-    from dynrcnn import runs
+    from dynrcnn.io import read_json, read_jsonl
+    from dynrcnn.rundir import runs
 
     run_dir = Path(run_dir)
-    cfg = runs.read_json(run_dir / runs.CONFIG)
+    cfg = read_json(run_dir / runs.CONFIG)
     total = int((cfg or {}).get("max_iter") or planned)
     if (run_dir / runs.TRAIN_DONE).is_file():
         return True, True, total, total
     if (run_dir / runs.METRICS).is_file():
-        last = runs.read_jsonl(run_dir / runs.METRICS)[-1:]
+        last = read_jsonl(run_dir / runs.METRICS)[-1:]
         return True, False, int(last[0]["iteration"]) if last else 0, total
     return cfg is not None, False, 0, total
 

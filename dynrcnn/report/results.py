@@ -17,8 +17,8 @@ import json
 import math
 from pathlib import Path
 
-from dynrcnn import run_summary
-from dynrcnn import runs as runs_mod
+from dynrcnn.rundir import run_summary
+from dynrcnn.io import atomic_write_bytes
 from dynrcnn.report.analysis import METRICS, dynamic_facts
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.curves import config_label
@@ -122,7 +122,7 @@ def write_results(runs, path, command: str = "") -> Path:
     """Write :func:`results` of ``runs`` to ``path`` (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runs_mod.atomic_write_bytes(path, (json.dumps(results(runs, command), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(results(runs, command), indent=1) + "\n").encode())
     return path
 
 

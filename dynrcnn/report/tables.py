@@ -14,8 +14,9 @@ import pandas as pd
 from dynrcnn.config import COCO_SUMMARY, resolved_lr
 from dynrcnn.report.analysis import iou_thresholds
 from dynrcnn.report.profiles import step_output
-from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
-from dynrcnn.runs import ENV, EVAL, PROVENANCE, shown_path
+from dynrcnn.rundir.run_summary import run_device, run_iterations, run_name, scale_label
+from dynrcnn.rundir.runs import ENV, EVAL, PROVENANCE
+from dynrcnn.io import shown_path
 
 
 def config_table(cfg) -> pd.DataFrame:
@@ -39,7 +40,7 @@ def config_table(cfg) -> pd.DataFrame:
 
 
 def dataset_table(stats: dict) -> pd.DataFrame:
-    """Summary of ``dynrcnn.datastats.dataset_statistics`` results, one column per split
+    """Summary of ``dynrcnn.data.datastats.dataset_statistics`` results, one column per split
     (``stats`` maps split name -> statistics dict)."""
     rows = {}
     for split, st in stats.items():

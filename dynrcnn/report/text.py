@@ -13,9 +13,10 @@ from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_p
 from dynrcnn.report.claims import claims, claims_table, count_statuses, find_claim
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.profiles import FIGURE_FILES, PROFILES
-from dynrcnn.run_summary import run_device, run_iterations, run_name, scale_label
-from dynrcnn.runs import find_runs, relative_path
-from dynrcnn.stats import signed
+from dynrcnn.rundir.run_summary import run_device, run_iterations, run_name, scale_label
+from dynrcnn.rundir.runs import find_runs
+from dynrcnn.io import relative_path
+from dynrcnn.evaluation.stats import signed
 
 def readme_markers(tag: str) -> tuple[str, str]:
     """The comment lines around README's generated block ``tag`` (one per report profile)."""

@@ -5,7 +5,7 @@ under any backend, in threads and in batch), and every figure carries a caption 
 run(s) it came from: preset, method, seed, iterations and device. :func:`save_figure` writes
 a PNG; the notebooks display the written file.
 
-Runs are :class:`dynrcnn.runs.Run` objects (``dynrcnn.runs.load_run``/``find_runs``). This
+Runs are :class:`dynrcnn.rundir.runs.Run` objects (``dynrcnn.rundir.runs.load_run``/``find_runs``). This
 module draws only: numbers that need analysis (e.g. recomputed dynamic updates) are passed in
 by the caller (the notebooks, from :mod:`dynrcnn.report`).
 """
@@ -22,11 +22,11 @@ import matplotlib.patches  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from dynrcnn import runs as rundir  # noqa: E402
+from dynrcnn.rundir import runs as rundir  # noqa: E402
 from dynrcnn.config import IOU_THRESHOLDS, METHOD_NAMES  # noqa: E402
-from dynrcnn.datastats import dataset_statistics  # noqa: E402
+from dynrcnn.data.datastats import dataset_statistics  # noqa: E402
 from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
-from dynrcnn.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
+from dynrcnn.rundir.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
 
 LOSS_KEYS = ("loss", *rundir.LOSS_KEYS)
 METHOD_COLORS = {"baseline": "tab:gray", "dla": "tab:blue", "dsl": "tab:green", "dynamic": "tab:red"}
@@ -115,14 +115,14 @@ def _label(run) -> str:
 
 
 def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
-    """SmoothL1 loss and its gradient for several beta (``dynrcnn.dynamic_head.smooth_l1``).
+    """SmoothL1 loss and its gradient for several beta (``dynrcnn.modeling.dynamic_head.smooth_l1``).
 
     A smaller beta makes the loss L1-like sooner: the gradient of small errors is larger
     (``x / beta``), which is what DSL exploits as proposals get better.
     """
     import torch
 
-    from dynrcnn.dynamic_head import smooth_l1
+    from dynrcnn.modeling.dynamic_head import smooth_l1
 
     x = torch.linspace(-2.0, 2.0, 801, dtype=torch.float64, requires_grad=True)
     fig = Figure(figsize=(10, 4))
@@ -139,7 +139,7 @@ def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _finish(fig, "SmoothL1: smaller beta gives small errors a larger gradient",
-                   "computed with dynrcnn.dynamic_head.smooth_l1 and torch.autograd (no training run)")
+                   "computed with dynrcnn.modeling.dynamic_head.smooth_l1 and torch.autograd (no training run)")
 
 
 def pick_iterations(available, n: int) -> list[int]:
@@ -485,7 +485,7 @@ def plot_box_size_histogram(source, ax=None, bins: int = 40):
 
 
 def draw_samples(dataset, n: int = 8, seed: int = 0, cols: int = 4, figure=None, size: float = 2.4):
-    """Draw ``n`` random images of a :class:`~dynrcnn.data.CocoDetection` with their boxes and
+    """Draw ``n`` random images of a :class:`~dynrcnn.data.datasets.CocoDetection` with their boxes and
     class names; returns the matplotlib Figure (never shown)."""
     n = min(n, len(dataset))
     rng = np.random.default_rng(seed)
@@ -520,7 +520,7 @@ def save_sample_figure(root, path, split: str = "val", n: int = 8, seed: int = 0
 
     from PIL import Image
 
-    from dynrcnn.data import load_dataset
+    from dynrcnn.data.datasets import load_dataset
 
     ds = load_dataset(root, split, train=False)
     fig = draw_samples(ds, n=n, seed=seed)
@@ -546,8 +546,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     counts both, so where Dynamic R-CNN localises better shows as more solid boxes."""
     from PIL import Image
 
-    from dynrcnn.data import annotation_file, load_coco
-    from dynrcnn.evaluation import tight_flags
+    from dynrcnn.data.datasets import annotation_file, load_coco
+    from dynrcnn.evaluation.coco_eval import tight_flags
 
     runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     labels = list(labels) if labels is not None else [run_name(r) for r in runs]

@@ -1,13 +1,13 @@
 """``dynrcnn convert`` and ``dynrcnn export``: published weights in, our weights out
-(:mod:`dynrcnn.convert` holds the conversion itself)."""
+(:mod:`dynrcnn.checkpoint.convert` holds the conversion itself)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from dynrcnn import runs
-from dynrcnn.convert import PUBLISHED, convert, export_torchvision
+from dynrcnn.rundir import runs
+from dynrcnn.checkpoint.convert import PUBLISHED, convert, export_torchvision
 from dynrcnn.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ way for every run:
   miniature benchmark drawn with its own data seed (:data:`PRETRAIN_DATA_SEED`), never on the
   evaluation images;
 * only the backbone (ResNet body and FPN) is kept; every run's RPN and R-CNN head start fresh
-  (:func:`dynrcnn.weights.init_backbone`), as when fine-tuning from ImageNet;
+  (:func:`dynrcnn.checkpoint.weights.init_backbone`), as when fine-tuning from ImageNet;
 * the weights are written to ``<root>/backbone-<preset>-<recipe hash>.pth`` with a JSON record
   of their SHA-256 and the recipe. A run's config records the file and its checksum; loading
   checks it. A changed recipe (preset fields, data seed and size, generator version) gives a
@@ -33,18 +33,19 @@ from pathlib import Path
 import torch
 
 from dynrcnn.config import PRETRAINED_PREFIX, Config
-from dynrcnn.data import annotation_file
-from dynrcnn.engine import train_model
+from dynrcnn.data.datasets import annotation_file
+from dynrcnn.engine.trainer import train_model
 from dynrcnn.errors import CheckpointError, ConfigError
-from dynrcnn.mini import FORMAT_VERSION, generate_mini
+from dynrcnn.data.mini import FORMAT_VERSION, generate_mini
 from dynrcnn.presets import PRETRAIN_DATA, PRETRAINED_ROOT, get_preset
-from dynrcnn.runs import atomic_write_bytes
-from dynrcnn.weights import extract_backbone, file_sha256
+from dynrcnn.io import atomic_write_bytes
+from dynrcnn.checkpoint.weights import extract_backbone
+from dynrcnn.io import CHECKOUT, file_sha256
 
 PRETRAIN_DATA_SEED = 1  # the evaluation benchmarks use other seeds (0 and 2)
 DEFAULT_ROOT = Path(PRETRAINED_ROOT)
 # this package's checkout (when it is one): its weights are found from any working folder
-CHECKOUT_ROOT = Path(__file__).resolve().parent.parent / PRETRAINED_ROOT
+CHECKOUT_ROOT = CHECKOUT / PRETRAINED_ROOT
 CACHE_ENV = "DYNRCNN_CACHE"  # the user cache folder, default ~/.cache/dynrcnn
 
 

@@ -5,28 +5,20 @@ A run's ``model.backbone_weights`` names a backbone (ResNet body + FPN) state di
 (the RPN and the R-CNN head keep their random initialisation, as when fine-tuning from
 ImageNet). A value ``pretrained:<preset>`` (:data:`~dynrcnn.config.PRETRAINED_PREFIX`) stands for
 the project's own pretrained weights and is turned into a file by
-:func:`dynrcnn.pretrain.resolve_backbone` before training.
+:func:`dynrcnn.engine.pretrain.resolve_backbone` before training.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from dynrcnn.config import PRETRAINED_PREFIX, Config
 from dynrcnn.errors import CheckpointError, ConfigError
+from dynrcnn.io import file_sha256
 
 BACKBONE_PREFIX = "backbone."
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_backbone_state(path: str | Path, sha256: str = "") -> dict:

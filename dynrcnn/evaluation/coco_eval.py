@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynrcnn import integrity, provenance, runs
-from dynrcnn.checkpoint import load_for_eval
+from dynrcnn.rundir import integrity
+from dynrcnn.rundir import provenance
+from dynrcnn.rundir import runs
+from dynrcnn.checkpoint.state import load_for_eval
 from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
+from dynrcnn.io import read_json, shown_path
 
 
 def _coco_classes(evaluator: str):
@@ -139,12 +142,12 @@ def detections_to_coco(outputs: list[dict], image_ids: list[int], label_to_cat_i
 def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_workers: int = 0,
             amp: str = "none", progress: bool = False) -> tuple[list[dict], float]:
     """Run ``model`` over ``dataset`` (eval loader); return COCO results and images/s."""
-    from dynrcnn.data import build_eval_loader
+    from dynrcnn.data.datasets import build_eval_loader
 
     dev = torch.device(device)
     model.eval().to(dev)
     loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    from dynrcnn.model import autocast_dtype
+    from dynrcnn.modeling.model import autocast_dtype
 
     dtype = autocast_dtype(dev.type, amp) if dev.type == "cuda" else None  # CPU evaluation: float32 boxes
     use_amp = dtype is not None
@@ -170,7 +173,7 @@ def predict(model, dataset, batch_size: int = 2, device: str = "cpu", num_worker
 
 def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
     """Refuse data whose number of classes differs from the checkpoint's classifier."""
-    from dynrcnn.model import num_classes_of
+    from dynrcnn.modeling.model import num_classes_of
 
     n = num_classes_of(state)
     if n is not None and n != dataset.num_classes:
@@ -194,8 +197,8 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
     annotation file's SHA-256.
     """
-    from dynrcnn.data import load_dataset
-    from dynrcnn.model import build_model
+    from dynrcnn.data.datasets import load_dataset
+    from dynrcnn.modeling.model import build_model
 
     _coco_classes(evaluator)  # fail early with a clear message
     check_device(device)
@@ -240,7 +243,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         path = runs.write_eval(run, metrics, tag)
         # the summary line is printed with or without the bar: batch logs need it
         print(f"AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}  "
-              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {runs.shown_path(path)}")
+              f"AP90 {metrics['AP90']:.1f}  ({len(dataset)} images, {ips:.1f} img/s) -> {shown_path(path)}")
         if metrics.get("per_class"):
             print("per class AP: " + ", ".join(f"{c['name']} {c['AP']:.1f}" for c in metrics["per_class"]
                                                if c["AP"] is not None))
@@ -267,16 +270,16 @@ def tight_flags(detections: list[dict], ground_truth: list[dict], iou: float = 0
 def missing_evaluations(run_dir: str | Path, data_root=None, extra_data_roots=()) -> list:
     """The data roots a run has no evaluation on yet: ``None`` for its own validation split
     (``eval.json``), then each of ``extra_data_roots`` without its ``eval-<tag>.json``. The
-    reuse rule of the report's evaluation step (training's lives in :mod:`dynrcnn.integrity`)."""
+    reuse rule of the report's evaluation step (training's lives in :mod:`dynrcnn.rundir.integrity`)."""
     wanted = [(None, data_root)] + [(provenance.eval_tag(run_dir, e), e) for e in extra_data_roots]
-    return [root for tag, root in wanted if runs.read_json(runs.eval_file(run_dir, tag)) is None]
+    return [root for tag, root in wanted if read_json(runs.eval_file(run_dir, tag)) is None]
 
 
 def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), device: str = "cpu",
                      force: bool = False):
     """Evaluate a finished run where it has no results yet (everything with ``force``): on its
     own validation split (or ``data_root``) and on each of ``extra_data_roots``; returns the
-    reloaded :class:`~dynrcnn.runs.Run`."""
+    reloaded :class:`~dynrcnn.rundir.runs.Run`."""
     roots = [data_root, *extra_data_roots] if force else missing_evaluations(run_dir, data_root, extra_data_roots)
     for root in roots:
         evaluate(run_dir, data_root=None if root is None else str(root), device=device)

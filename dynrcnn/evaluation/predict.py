@@ -4,7 +4,7 @@
 checkpoint (a trained run, a run made by ``dynrcnn convert``), or ``Detector.from_state_dict``
 from an exported torchvision state dict; ``detector(image)`` returns boxes (xyxy pixels), labels,
 class names and scores above the score threshold. Class names come from the run's record
-(:func:`dynrcnn.runs.class_names`): recorded at training time from the training annotations, written by
+(:func:`dynrcnn.rundir.runs.class_names`): recorded at training time from the training annotations, written by
 ``dynrcnn convert`` (COCO's 80 names for published weights); a run without them names its
 classes ``class <label>``.
 """
@@ -17,19 +17,13 @@ from pathlib import Path
 
 import torch
 
-from dynrcnn import runs
-from dynrcnn.runs import class_names
+from dynrcnn.rundir import runs
+from dynrcnn.rundir.runs import class_names
 from dynrcnn.errors import DataError, DynrcnnError
+from dynrcnn.data.datasets import coco_class_names
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DRAW_MIN_SIDE = 512  # small images (the miniature benchmark's 128 px) are drawn enlarged to stay readable
-
-
-def coco_class_names() -> list[str]:
-    """COCO's 80 category names in label order 1..80 (torchvision's weights metadata, no download)."""
-    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
-
-    return [c for c in FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"] if c not in ("__background__", "N/A")]
 
 
 @dataclass
@@ -53,8 +47,8 @@ class Detector:
 
     @classmethod
     def from_run(cls, run_dir, checkpoint=None, device: str = "cpu", score_thresh: float = 0.5) -> "Detector":
-        from dynrcnn.checkpoint import read_checkpoint
-        from dynrcnn.model import build_model
+        from dynrcnn.checkpoint.state import read_checkpoint
+        from dynrcnn.modeling.model import build_model
 
         run_dir = Path(run_dir)
         cfg = runs.read_config(run_dir)
@@ -101,14 +95,14 @@ class Detector:
 def _names_of_training_data(cfg, num_classes: int) -> list[str] | None:
     """For a run that does not record its class names (older runs): those of the data it names,
     while that is still on disk and has as many classes as the model."""
-    from dynrcnn.data import category_names
+    from dynrcnn.data.datasets import category_names
 
     names = category_names(cfg.data_root, cfg.val_split) if cfg.data_root else None
     return names if names and len(names) == num_classes - 1 else None
 
 
 def _num_classes(state: dict, path) -> int:
-    from dynrcnn.model import num_classes_of
+    from dynrcnn.modeling.model import num_classes_of
 
     n = num_classes_of(state)
     if n is None:

@@ -1,4 +1,4 @@
-"""``dynrcnn predict``: detections on your own images, drawn and as COCO-style JSON (:mod:`dynrcnn.predict`)."""
+"""``dynrcnn predict``: detections on your own images, drawn and as COCO-style JSON (:mod:`dynrcnn.evaluation.predict`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def cmd_predict(args) -> int:
     from dynrcnn.config import check_device
-    from dynrcnn.predict import Detector, image_files, predict_images
+    from dynrcnn.evaluation.predict import Detector, image_files, predict_images
 
     check_device(args.device)
     files = image_files(args.images)

@@ -329,7 +329,7 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
     the width and height its annotation entry gives."""
     from PIL import Image
 
-    from dynrcnn.data import annotation_file, load_annotations
+    from dynrcnn.data.datasets import annotation_file, load_annotations
 
     root = Path(root)
     ann = annotation_file(root, split)
@@ -344,7 +344,7 @@ def verify_split(root, split: str, check_images: bool = True, progress: bool = F
     image_dir = root / split
     if not image_dir.is_dir():
         return summary, [f"image folder {image_dir} (for {ann}) does not exist; download or generate the images"]
-    from dynrcnn.data import _entry, _list_files, image_size_problem
+    from dynrcnn.data.datasets import _entry, _list_files, image_size_problem
 
     present = _list_files(image_dir)
     from tqdm import tqdm

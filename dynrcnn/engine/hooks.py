@@ -1,4 +1,4 @@
-"""Training hooks: what happens around each iteration of :class:`dynrcnn.engine.Trainer`.
+"""Training hooks: what happens around each iteration of :class:`dynrcnn.engine.trainer.Trainer`.
 
 A hook overrides any of ``before_train``, ``after_step``, ``after_train`` (and ``flush``,
 called before every checkpoint), as detectron2's ``HookBase`` and torchvision's reference
@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from dynrcnn import runs
+from dynrcnn.rundir import runs
 from dynrcnn.config import REPORTED_METRICS, Config
 from dynrcnn.errors import ConfigError
+from dynrcnn.io import JsonlWriter, read_json, write_json
 
-# ``t`` in every hook is a dynrcnn.engine.Trainer (not imported here: the engine imports this module)
+# ``t`` in every hook is a dynrcnn.engine.trainer.Trainer (not imported here: the engine imports this module)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -34,7 +35,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 class HookBase:
-    """A training hook: override any of the three; ``t`` is the :class:`~dynrcnn.engine.Trainer`."""
+    """A training hook: override any of the three; ``t`` is the :class:`~dynrcnn.engine.trainer.Trainer`."""
 
     def before_train(self, t: "Trainer") -> None:
         pass
@@ -53,7 +54,7 @@ class DynamicLogHook(HookBase):
     """``dynamic.jsonl``: the head's state at the start and every update (rank 0)."""
 
     def before_train(self, t):
-        self.writer = t.writers.get("dynamic", runs.JsonlWriter(None))
+        self.writer = t.writers.get("dynamic", JsonlWriter(None))
         t.head.update_callbacks.append(self.on_update)
         if t.ckpt is None:
             first = {"iteration": 0, "iou_threshold": float(t.head.iou_threshold), "beta": float(t.head.beta),
@@ -171,7 +172,7 @@ class PeriodicEvalHook(HookBase):
     no trained weight; a resumed run reads the best so far from ``best.json``."""
 
     def before_train(self, t):
-        best = runs.read_json(t.ckpt_dir / runs.BEST_RECORD) if t.main else None
+        best = read_json(t.ckpt_dir / runs.BEST_RECORD) if t.main else None
         self.best = float(best["value"]) if best else -math.inf
         self.dataset = None
 
@@ -180,13 +181,13 @@ class PeriodicEvalHook(HookBase):
             self.validate(t)
 
     def validate(self, t) -> None:
-        from dynrcnn import checkpoint
-        from dynrcnn.evaluation import coco_metrics, predict
+        from dynrcnn.checkpoint import state as checkpoint
+        from dynrcnn.evaluation.coco_eval import coco_metrics, predict
 
         rng = checkpoint.get_rng_state()
         if t.main:
             if self.dataset is None:
-                from dynrcnn.data import load_dataset
+                from dynrcnn.data.datasets import load_dataset
 
                 self.dataset = load_dataset(t.cfg.data_root, t.cfg.val_split, train=False)
             detections, _ = predict(t.model, self.dataset, batch_size=t.cfg.eval_batch_size, device=str(t.dev),
@@ -203,7 +204,7 @@ class PeriodicEvalHook(HookBase):
                 state = checkpoint.make_state(t.cfg, t.iteration, t.model, t.optimizer, t.scaler,
                                               [rng], t.world, t.lr, t.elapsed())
                 checkpoint.write_checkpoint(t.ckpt_dir / runs.BEST_CHECKPOINT, state)
-                runs.write_json(t.ckpt_dir / runs.BEST_RECORD, {"iteration": t.iteration, "metric": t.cfg.best_metric,
+                write_json(t.ckpt_dir / runs.BEST_RECORD, {"iteration": t.iteration, "metric": t.cfg.best_metric,
                                                                  "value": value, **vals})
         t.ddp_model.train()
         checkpoint.set_rng_state(rng)

@@ -1,4 +1,4 @@
-"""Describing runs read by :mod:`dynrcnn.runs`: names, iterations, device and scale for
+"""Describing runs read by :mod:`dynrcnn.rundir.runs`: names, iterations, device and scale for
 captions, the IoU threshold in effect at an iteration, and ``runs_table(runs)``, the
 one-line-per-run summary that ``dynrcnn runs DIR`` prints.
 """
@@ -11,7 +11,8 @@ import pandas as pd
 
 from dynrcnn.config import REPORTED_METRICS
 from dynrcnn.presets import scale_label  # noqa: F401 (captions and notebooks read it here)
-from dynrcnn.runs import Run, shown_path
+from dynrcnn.rundir.runs import Run
+from dynrcnn.io import shown_path
 
 
 def run_name(run) -> str:

@@ -1,10 +1,11 @@
-"""``dynrcnn train`` and ``dynrcnn pretrain`` (``eval`` and ``runs``: :mod:`dynrcnn.cli_eval`)."""
+"""``dynrcnn train`` and ``dynrcnn pretrain`` (``eval`` and ``runs``: :mod:`dynrcnn.cli.eval`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from dynrcnn import integrity, runs
+from dynrcnn.rundir import integrity
+from dynrcnn.rundir import runs
 from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
 from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
@@ -30,7 +31,7 @@ examples:
 
 
 def cmd_train(args) -> int:
-    from dynrcnn.engine import train
+    from dynrcnn.engine.trainer import train
 
     cfg = build_config(args.preset, args.method, seed=args.seed, data_root=args.data_root,
                        overrides=args.set or [], convention=args.convention)
@@ -40,7 +41,7 @@ def cmd_train(args) -> int:
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
     check_device(args.device)  # refusals first, before any pretraining
     integrity.check_out_dir(args.out, args.resume, args.overwrite)
-    from dynrcnn.pretrain import resolve_backbone
+    from dynrcnn.engine.pretrain import resolve_backbone
 
     cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress,  # pretrained:<preset> -> a file
                            build=not args.no_build_backbone)
@@ -52,7 +53,7 @@ def cmd_train(args) -> int:
 def cmd_pretrain(args) -> int:
     import torch
 
-    from dynrcnn.pretrain import ensure_pretrained
+    from dynrcnn.engine.pretrain import ensure_pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)

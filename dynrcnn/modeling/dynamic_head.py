@@ -370,7 +370,7 @@ class DynamicRoIHeads(RoIHeads):
     def box_loss(self, class_logits, box_regression, labels, regression_targets):
         """Cross-entropy + SmoothL1 (current beta) summed over positives / number of samples
         (float32 under autocast too: the model's predictors return float32, see
-        :func:`dynrcnn.model.float32_outputs`)."""
+        :func:`dynrcnn.modeling.model.float32_outputs`)."""
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
         classification_loss = F.cross_entropy(class_logits, labels)

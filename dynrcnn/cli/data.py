@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from dynrcnn.mini import IMAGE_SIZE, N_TRAIN, N_VAL
+from dynrcnn.data.mini import IMAGE_SIZE, N_TRAIN, N_VAL
 
 
 def _mini(args) -> int:
-    from dynrcnn.mini import generate_mini
+    from dynrcnn.data.mini import generate_mini
 
     s = generate_mini(args.out, seed=args.seed, n_train=args.train, n_val=args.val,
                       image_size=args.image_size or IMAGE_SIZE, workers=args.workers, progress=not args.quiet)
@@ -20,7 +20,7 @@ def _mini(args) -> int:
 
 
 def _coco(args) -> int:
-    from dynrcnn.coco import prepare_coco
+    from dynrcnn.data.coco import prepare_coco
 
     status = prepare_coco(args.root, base_url=args.base_url, splits=args.splits,
                           keep_archives=args.keep_archives, progress=not args.quiet, retries=args.retries)
@@ -30,7 +30,7 @@ def _coco(args) -> int:
 
 
 def _verify(args) -> int:
-    from dynrcnn.coco import verify_dataset
+    from dynrcnn.data.coco import verify_dataset
 
     ok = verify_dataset(args.root, args.splits, check_images=not args.skip_images, progress=not args.quiet)
     print("verify:", "ok" if ok else "problems found (see above)")
@@ -38,7 +38,7 @@ def _verify(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from dynrcnn.coco import DEFAULT_BASE_URL, DEFAULT_SPLITS
+    from dynrcnn.data.coco import DEFAULT_BASE_URL, DEFAULT_SPLITS
 
     data = subparsers.add_parser(
         "data", help="generate the miniature benchmark, prepare COCO 2017, verify a dataset folder",

@@ -1,7 +1,7 @@
 """Detector builders: the paper's Faster R-CNN R50-FPN baseline and a slim CPU variant.
 
 Both return a torchvision ``FasterRCNN`` whose ``roi_heads`` is a
-:class:`~dynrcnn.dynamic_head.DynamicRoIHeads`; the method (``baseline``, ``dla``, ``dsl``,
+:class:`~dynrcnn.modeling.dynamic_head.DynamicRoIHeads`; the method (``baseline``, ``dla``, ``dsl``,
 ``dynamic``) only switches DLA and DSL on or off, so the four methods share one
 architecture and differ in nothing else.
 """
@@ -23,8 +23,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from dynrcnn.config import ARCHS, Config, DynamicConfig, ModelConfig, method_switches
-from dynrcnn.dynamic_head import DynamicRoIHeads
-from dynrcnn.roi_align import roi_align
+from dynrcnn.modeling.dynamic_head import DynamicRoIHeads
+from dynrcnn.modeling.roi_align import roi_align
 
 
 def resnet_fpn(body: nn.Module, trainable_layers: int, out_channels: int) -> BackboneWithFPN:
@@ -70,7 +70,7 @@ class MMDetAnchorGenerator(AnchorGenerator):
 class RoIAlignPooler(MultiScaleRoIAlign):
     """torchvision's multi-level RoIAlign (same level mapping, same per-level loop as its
     ``_multiscale_roi_align``) with a settable ``aligned`` (MMDetection 2.x / Detectron2
-    half-pixel offset) and the input gradient of :func:`dynrcnn.roi_align.roi_align`
+    half-pixel offset) and the input gradient of :func:`dynrcnn.modeling.roi_align.roi_align`
     (``backward``: ``auto`` is the sparse backward on CPU and torchvision's on CUDA)."""
 
     def __init__(self, featmap_names, output_size, sampling_ratio, aligned=False, backward="auto"):
@@ -191,7 +191,7 @@ assert tuple(BUILDERS) == ARCHS, "config.ARCHS names the architectures; each nee
 
 def build_model(cfg: Config, num_classes: int) -> FasterRCNN:
     """Build the detector a :class:`~dynrcnn.config.Config` describes (random initialisation;
-    the engine loads ``model.backbone_weights`` for a fresh run, see :mod:`dynrcnn.pretrain`)."""
+    the engine loads ``model.backbone_weights`` for a fresh run, see :mod:`dynrcnn.engine.pretrain`)."""
     cfg.validate()
     return BUILDERS[cfg.model.arch](num_classes, cfg.method, cfg.model, cfg.dynamic)
 

@@ -1,9 +1,9 @@
 """The integrity of a run directory: no silent overwrite (:func:`check_out_dir`,
 :func:`clear_run`), one writer at a time (:class:`RunLock`), the immutable training record
 (:func:`check_resume`) and the reuse rule of the notebooks (:func:`train_action`). What a run
-records of its data is :mod:`dynrcnn.provenance`.
+records of its data is :mod:`dynrcnn.rundir.provenance`.
 
-File names come from :mod:`dynrcnn.runs`; this module spells none.
+File names come from :mod:`dynrcnn.rundir.runs`; this module spells none.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.provenance import same_path
-from dynrcnn.runs import (CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts,
-                          has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir,
-                          last_checkpoint, read_json, shown_path)
+from dynrcnn.rundir.provenance import same_path
+from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir, last_checkpoint
+from dynrcnn.io import read_json, shown_path
 
 
 # --------------------------------------------------------------------------------------
@@ -192,8 +191,8 @@ def _mismatch(run_dir: Path, cfg) -> str | None:
     """Why ``run_dir``'s record is not a run of ``cfg`` (``None``: it is): another config
     (``lr``, ``data_root`` and ``num_workers`` excepted), or training annotations other than
     those ``cfg`` reads now (a regenerated benchmark makes every run on it stale)."""
-    from dynrcnn.data import annotation_file
-    from dynrcnn.weights import file_sha256
+    from dynrcnn.data.datasets import annotation_file
+    from dynrcnn.io import file_sha256
 
     recorded = read_json(run_dir / CONFIG) or {}
     diffs = config_diff(recorded, cfg, ignore=_NOT_COMPARED)

@@ -1,8 +1,8 @@
 """The run directory: every file name, the atomic writers, the JSON-lines loggers, reading a
 run back (:class:`Run`) and which files belong to a run (:func:`artefacts`). No other module
 spells a file name of a run; the rules that guard a run directory (overwrite, lock, resume,
-reuse, data provenance) are in :mod:`dynrcnn.integrity`, the captions and the runs table in
-:mod:`dynrcnn.run_summary`.
+reuse, data provenance) are in :mod:`dynrcnn.rundir.integrity`, the captions and the runs table in
+:mod:`dynrcnn.rundir.run_summary`.
 
 A run directory holds (see the README's "Run directory" section)::
 
@@ -21,8 +21,8 @@ A run directory holds (see the README's "Run directory" section)::
     detections-<name>.json                                                    evaluation
 
 An evaluation on data other than the run's own (``config.json``'s ``data_root``) never replaces
-``eval.json``: it is tagged with the data folder's name (:func:`~dynrcnn.provenance.eval_tag`),
-and every eval file records what it was evaluated on (:func:`~dynrcnn.provenance.data_record`).
+``eval.json``: it is tagged with the data folder's name (:func:`~dynrcnn.rundir.provenance.eval_tag`),
+and every eval file records what it was evaluated on (:func:`~dynrcnn.rundir.provenance.data_record`).
 
 ``load_run(dir)`` returns a :class:`Run` with the config, environment, logs as pandas
 DataFrames and the evaluation; ``find_runs(root)`` finds every run under a folder.
@@ -40,6 +40,7 @@ import pandas as pd
 
 from dynrcnn.config import Config, config_from_dict
 from dynrcnn.errors import ConfigError, DynrcnnError
+from dynrcnn.io import write_json, truncate_jsonl, JsonlWriter, read_jsonl, read_json
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -58,29 +59,7 @@ DETECTIONS = "detections.json"
 EVAL = "eval.json"
 PROVENANCE = "provenance.json"  # where a run converted from published weights came from (dynrcnn convert)
 LOCK = "dynrcnn.lock"  # while one process writes the run (integrity.RunLock)
-#: the checkout the package runs from (paths inside it are shown relative to it)
-CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-def relative_path(p, *bases) -> str:
-    """``p`` relative to the first of ``bases`` that holds it (POSIX form, "." for the base
-    itself), else absolute. Symbolic links are not followed: a path is shown as it was given."""
-    p = Path(os.path.abspath(Path(str(p)).expanduser()))
-    for base in bases:
-        base = Path(os.path.abspath(base))
-        if p == base or base in p.parents:
-            return p.relative_to(base).as_posix() or "."
-    return str(p)
-
-
-def shown_path(p) -> str:
-    """``p`` as a message, a table or a rendered page shows it: relative to the working folder
-    when inside it, else to the checkout when inside it, else absolute; so a report names no
-    machine path and can be shared as it is."""
-    return relative_path(p, Path.cwd(), CHECKOUT)
-
-
-#: the key of config.json that records the training data (:func:`~dynrcnn.provenance.data_record`)
+#: the key of config.json that records the training data (:func:`~dynrcnn.rundir.provenance.data_record`)
 DATA_RECORD = "data"
 
 LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
@@ -157,46 +136,9 @@ def sanitise_tag(text: str) -> str:
 # writing (atomic: a reader sees the old or the new file, never half of one)
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either the old or the new file; a
-    failed write leaves no temporary file behind (and :class:`DynrcnnError` says why)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise DynrcnnError(f"cannot write {path.name} ({path}): {e.strerror or e}; "
-                               "free disk space or fix the folder's permissions, then resume") from e
-        raise
-
-
-def write_json(path: Path, obj, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON, atomically (numpy scalars and paths converted)."""
-    text = json.dumps(obj, indent=indent, default=_json_default) + ("\n" if indent is not None else "")
-    atomic_write_bytes(Path(path), text.encode())
-
-
 def write_config(run_dir, cfg, world_size: int, data: dict | None = None) -> None:
     """``config.json``: the resolved config plus the engine's extras (see ``config_record``);
-    ``data``: where the training data came from (:func:`~dynrcnn.provenance.data_record` of the
+    ``data``: where the training data came from (:func:`~dynrcnn.rundir.provenance.data_record` of the
     train split)."""
     from dynrcnn.config import config_record
 
@@ -236,42 +178,6 @@ def write_eval(run_dir, metrics: dict, name: str | None = None) -> Path:
     return path
 
 
-def truncate_jsonl(path: Path, iteration: int) -> None:
-    """Keep only the lines of a JSON-lines log whose ``iteration`` is <= ``iteration``
-    (dropping a torn last line)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if int(rec.get("iteration", 0)) <= iteration:
-            kept.append(line)
-    atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())
-
-
-class JsonlWriter:
-    """Append-only JSON-lines file (flushed after every record); ``path=None`` is a no-op
-    (the writer of ranks other than 0)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._f = open(path, "a") if path is not None else None
-
-    def write(self, record: dict) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(record, default=_json_default) + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
 def prepare_logs(run_dir, resume_iteration: int | None, finished: bool) -> None:
     """Start the logs of a run: removed for a fresh run, cut back to ``resume_iteration`` on a
     resume (so a resumed run's logs equal an uninterrupted run's). Results of an earlier
@@ -300,34 +206,6 @@ def open_loggers(run_dir, log_stats: bool) -> dict[str, JsonlWriter]:
 
 # --------------------------------------------------------------------------------------
 # reading
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSON-lines file ([] if missing; a torn last line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or ``None`` when missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
 
 
 def read_config(run_dir):
@@ -481,7 +359,7 @@ def find_runs(root: str | Path) -> list[Run]:
 
 
 # --------------------------------------------------------------------------------------
-# what belongs to a run (the integrity rules in :mod:`dynrcnn.integrity` act on these)
+# what belongs to a run (the integrity rules in :mod:`dynrcnn.rundir.integrity` act on these)
 
 _TAGGED = re.compile(r"(eval|detections)-.+\.json")
 

@@ -6,8 +6,8 @@ torch/CUDA/numpy/python RNG states of every rank, the data position and the
 preset/method/convention it belongs to. Everything is stored as tensors and plain Python
 values so that ``torch.load(weights_only=True)`` reads it. Files are written atomically; a
 resume falls back to the newest readable periodic checkpoint when ``last.pth`` is damaged.
-File names come from :mod:`dynrcnn.runs`. :mod:`dynrcnn.engine` writes checkpoints,
-:mod:`dynrcnn.evaluation` reads them; neither imports the other.
+File names come from :mod:`dynrcnn.rundir.runs`. :mod:`dynrcnn.engine.trainer` writes checkpoints,
+:mod:`dynrcnn.evaluation.coco_eval` reads them; neither imports the other.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynrcnn import runs
+from dynrcnn.rundir import runs
 from dynrcnn.config import Config
 from dynrcnn.errors import CheckpointError
+from dynrcnn.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 
@@ -117,7 +118,7 @@ def _serialise(state: dict) -> bytes:
 def write_checkpoint(path: Path, state: dict) -> None:
     """Write one checkpoint file atomically (e.g. ``best.pth``)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_bytes(Path(path), _serialise(state))
+    atomic_write_bytes(Path(path), _serialise(state))
 
 
 def save_checkpoint(ckpt_dir: Path, state: dict, periodic: bool, keep: int) -> None:
@@ -127,11 +128,11 @@ def save_checkpoint(ckpt_dir: Path, state: dict, periodic: bool, keep: int) -> N
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if periodic:
-        runs.atomic_write_bytes(runs.periodic_checkpoint(ckpt_dir, state["iteration"]), data)
+        atomic_write_bytes(runs.periodic_checkpoint(ckpt_dir, state["iteration"]), data)
         periodic_files = runs.periodic_checkpoints(ckpt_dir)
         for _, old in periodic_files[: max(0, len(periodic_files) - max(keep, 1))]:
             old.unlink(missing_ok=True)
-    runs.atomic_write_bytes(ckpt_dir / runs.LAST_CHECKPOINT, data)
+    atomic_write_bytes(ckpt_dir / runs.LAST_CHECKPOINT, data)
 
 
 def read_checkpoint(path: Path | str) -> dict:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dynrcnn.data import annotation_file
+from dynrcnn.data.datasets import annotation_file
 from dynrcnn.errors import DataError
 
 CLASSES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")

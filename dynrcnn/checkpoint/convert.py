@@ -36,9 +36,9 @@ import json
 import re
 from pathlib import Path
 
-from dynrcnn import runs
+from dynrcnn.rundir import runs
 from dynrcnn.errors import CheckpointError, ConfigError
-from dynrcnn.weights import file_sha256
+from dynrcnn.io import file_sha256, write_json
 
 #: bump when the key mapping or the tensor transforms change (recorded in provenance.json)
 MAPPING_VERSION = 1
@@ -243,13 +243,13 @@ def converted_class_names(meta: dict, num_classes: int, data_root: str = "", spl
         if names and len(names) == num_classes - 1:
             return [str(n) for n in names]
     if data_root:
-        from dynrcnn.data import category_names
+        from dynrcnn.data.datasets import category_names
 
         names = category_names(data_root, split)
         if names and len(names) == num_classes - 1:
             return names
     if num_classes == 81:
-        from dynrcnn.predict import coco_class_names
+        from dynrcnn.data.datasets import coco_class_names
 
         return coco_class_names()
     return None
@@ -265,8 +265,8 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     :func:`peer_config`; otherwise a published R50-FPN model (``model``)."""
     import torch
 
-    from dynrcnn.checkpoint import CHECKPOINT_FORMAT
-    from dynrcnn.model import build_model
+    from dynrcnn.checkpoint.state import CHECKPOINT_FORMAT
+    from dynrcnn.modeling.model import build_model
 
     src, out = Path(src), Path(out)
     if num_classes < 2:
@@ -301,7 +301,7 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
     names = converted_class_names(meta, num_classes, root if preset else "", cfg.val_split)
     if names:
         record[runs.DATA_RECORD] = {"class_names": names}
-    runs.write_json(out / runs.CONFIG, record)
+    write_json(out / runs.CONFIG, record)
     provenance = {
         "source_file": src.name, "source_path": str(src.resolve()), "sha256": digest,
         "source_format": "mmdet3" if preset else "mmdet2", "model": kind, "label": published["label"],
@@ -326,7 +326,7 @@ def export_torchvision(run_dir: str | Path, out: str | Path, checkpoint: str | P
     import torch
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from dynrcnn.checkpoint import read_checkpoint
+    from dynrcnn.checkpoint.state import read_checkpoint
     from dynrcnn.config import ModelConfig, config_from_dict
 
     run = Path(run_dir)

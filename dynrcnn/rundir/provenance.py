@@ -2,7 +2,7 @@
 training data (:func:`data_record`, checked against other data by :func:`check_class_names`),
 and where an evaluation on other data goes (:func:`eval_tag`, :func:`check_eval_target`).
 
-File names come from :mod:`dynrcnn.runs`; this module spells none.
+File names come from :mod:`dynrcnn.rundir.runs`; this module spells none.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynrcnn.errors import DataError, DynrcnnError
-from dynrcnn.runs import CONFIG, eval_file, read_json, sanitise_tag
+from dynrcnn.rundir.runs import CONFIG, eval_file, sanitise_tag
+from dynrcnn.io import read_json
 
 
 def data_record(dataset) -> dict:
-    """What a run records of the data it read (a :class:`~dynrcnn.data.CocoDetection`):
+    """What a run records of the data it read (a :class:`~dynrcnn.data.datasets.CocoDetection`):
     ``data_root`` (resolved), ``split``, the SHA-256 of the annotation file and the class names in
     label order (the names travel with the model: ``dynrcnn predict``, and ``eval`` refuses data
     with other names)."""
-    from dynrcnn.weights import file_sha256
+    from dynrcnn.io import file_sha256
 
     return {"data_root": str(Path(dataset.root).expanduser().resolve()), "split": dataset.split,
             "annotation_sha256": file_sha256(dataset.annotation_file), "class_names": list(dataset.class_names)}

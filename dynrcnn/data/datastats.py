@@ -1,4 +1,4 @@
-"""Dataset statistics of a COCO-format split (the figures drawn from them are in :mod:`dynrcnn.plots`)."""
+"""Dataset statistics of a COCO-format split (the figures drawn from them are in :mod:`dynrcnn.report.plots`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ LARGE_MIN = 96 ** 2
 
 
 def _source_dict(source) -> tuple[dict, str]:
-    from dynrcnn.data import CocoDetection, load_annotations
+    from dynrcnn.data.datasets import CocoDetection, load_annotations
 
     if isinstance(source, CocoDetection):
         return source.coco.dataset, str(source.annotation_file)
@@ -20,7 +20,7 @@ def _source_dict(source) -> tuple[dict, str]:
 
 
 def dataset_statistics(source) -> dict:
-    """Statistics of a COCO-format split (a :class:`~dynrcnn.data.CocoDetection`, an annotation
+    """Statistics of a COCO-format split (a :class:`~dynrcnn.data.datasets.CocoDetection`, an annotation
     file path, or a parsed dict). Crowd annotations are not counted as instances.
 
     Keys: ``images``, ``instances``, ``classes``, ``per_class`` (DataFrame: class, instances,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynrcnn import run_summary, runs
+from dynrcnn.rundir import run_summary
+from dynrcnn.rundir import runs
 from dynrcnn.config import EVALUATORS, default_device
 from dynrcnn.errors import DataError
 
@@ -13,7 +14,7 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 
 def cmd_eval(args) -> int:
-    from dynrcnn.evaluation import evaluate
+    from dynrcnn.evaluation.coco_eval import evaluate
 
     evaluate(args.run_dir, checkpoint=args.checkpoint, data_root=args.data_root, device=args.device,
              evaluator=args.evaluator, progress=not args.no_progress, name=args.name,

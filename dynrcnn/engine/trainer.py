@@ -1,7 +1,7 @@
 """Training: the paper's recipe, exact resume, logs, checkpoints and distributed training.
 
 ``train(cfg, out_dir)`` trains the detector a :class:`~dynrcnn.config.Config` describes and
-writes a run directory (:mod:`dynrcnn.runs` owns its file names): the resolved config, the
+writes a run directory (:mod:`dynrcnn.rundir.runs` owns its file names): the resolved config, the
 environment, the JSON-lines logs, checkpoints, the ``train_done`` record and, with
 ``eval_at_end``, the evaluation. The caller's config is never modified (the engine trains a
 copy with the learning rate resolved).
@@ -12,7 +12,7 @@ The loop is :class:`Trainer`: ``setup`` (distributed, model, optimizer, resume),
 hooks log (:class:`LogHook`, :class:`DynamicLogHook`), show progress and checkpoint
 (:class:`CheckpointHook`); ``train_model(..., hooks=[...])`` adds more.
 
-Exact resume. A checkpoint (:mod:`dynrcnn.checkpoint`) holds everything the run's future
+Exact resume. A checkpoint (:mod:`dynrcnn.checkpoint.state`) holds everything the run's future
 depends on; the train loader is a pure function of ``(seed, rank, world_size, batch index)``
 and restarts at the checkpoint's iteration. On resume the logs are cut back to the
 checkpoint's iteration, so a resumed run's logs equal an uninterrupted run's.
@@ -45,12 +45,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynrcnn import checkpoint, integrity, provenance, runs
+from dynrcnn.checkpoint import state as checkpoint
+from dynrcnn.rundir import integrity
+from dynrcnn.rundir import provenance
+from dynrcnn.rundir import runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
-from dynrcnn.hooks import HookBase, default_hooks
-from dynrcnn.model import autocast_dtype, build_model, dynamic_head
-from dynrcnn.weights import init_backbone
+from dynrcnn.engine.hooks import HookBase, default_hooks
+from dynrcnn.modeling.model import autocast_dtype, build_model, dynamic_head
+from dynrcnn.checkpoint.weights import init_backbone
+from dynrcnn.io import JsonlWriter
 
 
 # --------------------------------------------------------------------------------------
@@ -169,7 +173,7 @@ class Trainer:
         self.dev = self._device(device)
         self.stop_after = stop_after
         self.extra_hooks = list(hooks or [])
-        self.writers: dict[str, runs.JsonlWriter] = {}
+        self.writers: dict[str, JsonlWriter] = {}
         self.tb = None
         self.sec_per_iter: list[float] = []
         self.pending_val: dict = {}  # PeriodicEvalHook's numbers, written into LogHook's next record
@@ -212,7 +216,7 @@ class Trainer:
 
     def build(self) -> None:
         """Dataset, model, optimizer (and AMP scaler), restored from the checkpoint if any."""
-        from dynrcnn.data import load_dataset
+        from dynrcnn.data.datasets import load_dataset
 
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
@@ -270,7 +274,7 @@ class Trainer:
         print(self.lr_message)
 
     def open_loader(self) -> None:
-        from dynrcnn.data import build_train_loader
+        from dynrcnn.data.datasets import build_train_loader
 
         loader = build_train_loader(self.dataset, self.cfg.ims_per_batch // self.world, self.cfg.seed,
                                     start_batch=self.start_iter, num_workers=self.cfg.num_workers,
@@ -382,7 +386,7 @@ class Trainer:
                 "sec_per_iter_median": med, "images_per_sec": self.cfg.ims_per_batch / med if med else None,
             })
         if finished and self.cfg.eval_at_end and self.main and not (untouched and runs.is_evaluated(self.out)):
-            from dynrcnn.evaluation import evaluate
+            from dynrcnn.evaluation.coco_eval import evaluate
 
             evaluate(self.out, device=str(self.dev), progress=self.progress)  # rank 0 only
         if self.dist.initialized_here:

@@ -413,3 +413,10 @@ def build_eval_loader(dataset: CocoDetection, batch_size: int = 1, num_workers: 
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
         persistent_workers=False, drop_last=False,
     )
+
+
+def coco_class_names() -> list[str]:
+    """COCO's 80 category names in label order 1..80 (torchvision's weights metadata, no download)."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    return [c for c in FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"] if c not in ("__background__", "N/A")]

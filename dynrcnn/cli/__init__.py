@@ -14,7 +14,7 @@ import sys
 from dynrcnn import __version__
 from dynrcnn.errors import DynrcnnError
 
-COMMAND_MODULES = ("dynrcnn.cli_data", "dynrcnn.cli_train", "dynrcnn.cli_eval", "dynrcnn.cli_predict", "dynrcnn.cli_report", "dynrcnn.cli_convert")
+COMMAND_MODULES = ("dynrcnn.cli.data", "dynrcnn.cli.train", "dynrcnn.cli.eval", "dynrcnn.cli.predict", "dynrcnn.cli.report", "dynrcnn.cli.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

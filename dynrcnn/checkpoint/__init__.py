@@ -1,0 +1,1 @@
+"""Saving and loading state: training checkpoints, backbone weights, published-weight conversion."""

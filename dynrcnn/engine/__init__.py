@@ -1,0 +1,1 @@
+"""Training: the trainer loop, its hooks, and the backbone pretraining recipe."""

@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics, interval statistics, prediction on images."""

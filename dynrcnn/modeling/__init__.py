@@ -1,0 +1,1 @@
+"""The detector: Dynamic R-CNN's RoI head, the model builders, RoIAlign."""

@@ -1,0 +1,1 @@
+"""The run directory: its layout and files, the rules that guard it, provenance, summaries."""
