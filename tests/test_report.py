@@ -89,16 +89,23 @@ def test_claims_table_miniature(mini_runs):
     runs = find_runs(mini_runs)
     items = {c.key: c for c in report.claims(runs)}
     cl = report.claims_table(runs)
-    assert list(cl.columns) == ["claim", "source", "published", "ours", "difference", "tolerance", "verdict",
-                                "scale", "compared"]
+    assert list(cl.columns) == ["claim", "family", "source", "published", "ours", "difference", "tolerance",
+                                "verdict", "scale", "compared"]
     assert cl["verdict"].map(bool).all() and cl["tolerance"].map(bool).all()
     ap = items["paper_delta_ap"]  # the paper's comparison: dynamic (0.85) vs the RPN NMS 0.7 baseline
     assert ap.ours == pytest.approx(_mean(runs, "dynamic", 0.85, "AP") - _mean(runs, "baseline", 0.7, "AP"))
-    assert ap.source == "paper abstract" and ap.published == 1.9 and ap.status == "reproduced"
-    assert ap.sentence.startswith("direction reproduced at miniature scale") and "2 vs 2 seed(s), paired" in ap.sentence
+    # one test, two published references (the paper's and the model zoo's gain): one row
+    assert ap.source == "paper abstract (+1.9); MMDet model zoo (+1.5)" and ap.published == 1.9
+    assert ap.status == "reproduced" and ap.family == "secondary" and "mmdet_delta_ap" not in items
+    assert ap.sentence.startswith("direction reproduced at miniature scale") and "2 vs 2 seeds, paired" in ap.sentence
     assert ap.intervals["own"]["low"] > 0
-    fair = items["paper_delta_ap_same_nms"]  # and against the baseline at the same RPN NMS
-    assert fair.status == "reproduced" and "(RPN NMS 0.85 vs 0.85)" in fair.compared
+    fair = items["paper_delta_ap_same_nms"]  # and against the baseline at the same RPN NMS: primary
+    assert fair.status == "reproduced" and "(RPN NMS 0.85 vs 0.85)" in fair.compared and fair.family == "primary"
+    assert 0 <= fair.intervals["own"]["p"] <= fair.intervals["own"]["p_holm"] < 0.05
+    assert set(fair.intervals["own"]["per_seed"]) == {"0", "1"}
+    # DLA alone has one seed: no seed variance, so no verdict beyond inconclusive
+    dla = items["dla_alone_ap"]
+    assert dla.family == "secondary" and dla.status == "inconclusive" and "one seed" in dla.sentence
     assert items["paper_delta_ap90"].status == "reproduced"
     assert items["paper_overhead"].ours == pytest.approx(0.52 / 0.50) and items["paper_overhead"].status == "reproduced"
     absolute = items["official_r50_1x"]
@@ -109,7 +116,9 @@ def test_claims_table_miniature(mini_runs):
     ctx = cl[cl["claim"].str.startswith("(context) baseline RPN NMS 0.7 -> 0.85")]
     assert len(ctx) == 2 and ctx.iloc[0]["ours"] == pytest.approx(
         _mean(runs, "baseline", 0.85, "AP") - _mean(runs, "baseline", 0.7, "AP"))
-    assert "[" in ctx.iloc[0]["verdict"]
+    assert "[" in ctx.iloc[0]["verdict"] and (ctx["family"] == "exploratory").all()
+    # "no effect" only with a declared margin: the context words are the three equivalence words
+    assert ctx["verdict"].str.match(r"^(RPN NMS alone (raises|lowers) it|equivalent within ±[\d.]+|inconclusive)").all()
 
 
 def test_claims_negative_result_reported(tmp_path):
@@ -468,12 +477,15 @@ def test_context_effect_says_what_each_benchmark_shows_when_they_disagree():
 
     from dynrcnn.report.claims import INCONCLUSIVE, REPRODUCED, context_effect
 
-    up, flat = SimpleNamespace(status=REPRODUCED), SimpleNamespace(status=INCONCLUSIVE)
+    up = SimpleNamespace(status=REPRODUCED, equivalence="different", estimate=1.2)
+    flat = SimpleNamespace(status=INCONCLUSIVE, equivalence="inconclusive", estimate=0.3)
+    same = SimpleNamespace(status=INCONCLUSIVE, equivalence="equivalent within ±1", estimate=0.1)
     assert context_effect({None: up, "mini-seed2": up}) == "RPN NMS alone raises it"
-    assert context_effect({None: flat, "mini-seed2": flat}) == "no effect beyond the 95% interval"
+    assert context_effect({None: flat, "mini-seed2": flat}) == "inconclusive"  # holding 0 is not "no effect"
+    assert context_effect({None: same, "mini-seed2": same}) == "equivalent within ±1"
     assert context_effect({None: up, "mini-seed2": flat}) == (
         "the benchmarks disagree (RPN NMS alone raises it on the evaluation split; "
-        "no effect beyond the 95% interval on benchmark mini-seed2)")
+        "inconclusive on benchmark mini-seed2)")
     assert context_effect({}) == ""
 
 
@@ -528,7 +540,7 @@ def test_index_claims_table_is_compact_with_badges_and_merged_sources(mini_runs)
     items = claims(runs)
     rows = merged_claims(items)
     testable = [c for c in items if c.status != "not-testable"]
-    assert len(rows) < len(testable)  # the abstract's and the model zoo's AP gain: one row, two sources
+    assert len(rows) == len(testable)  # the abstract's and the model zoo's AP gain: one row, two sources
     both = [r for r in rows if {s for s, _ in r["sources"]} == {"paper abstract", "MMDet model zoo"}]
     assert both and all(r["claim"].compared == both[0]["claim"].compared for r in both[:1])
     page = _results(runs, items)
@@ -583,8 +595,8 @@ def test_evidence_makes_each_comparison_once_and_keeps_nothing_at_module_level(m
 
     runs = find_runs(mini_runs)
     calls = []
-    real = intervals.bootstrap_delta
-    monkeypatch.setattr(intervals, "bootstrap_delta", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = intervals.seed_delta
+    monkeypatch.setattr(intervals, "seed_delta", lambda *a, **k: calls.append(1) or real(*a, **k))
     ev = ev_mod.Evidence(runs, n_boot=50)
     assert len(ev) == len(runs) and list(ev) == runs and ev[0] is runs[0]
     base, dyn = ev.groups[ev_mod.main_key(ev.groups, "baseline")], ev.groups[ev_mod.main_key(ev.groups, "dynamic")]

@@ -290,7 +290,8 @@ def p_value(estimate: float, seed_var: float, image_var: float, df: float, null:
 
     def gap(log_p):  # half-width of the 1 - p interval minus the distance; decreasing in p
         p = np.exp(log_p)
-        return np.sqrt(student_t.isf(p / 2, df) ** 2 * seed_var + norm.isf(p / 2) ** 2 * image_var) - dist
+        with np.errstate(over="ignore"):  # far tails: the quantile's square overflows to inf, which is right
+            return np.sqrt(student_t.isf(p / 2, df) ** 2 * seed_var + norm.isf(p / 2) ** 2 * image_var) - dist
 
     lo = np.log(1e-300)
     if gap(lo) < 0:

@@ -110,7 +110,7 @@ def _ablation_row(ev, key, base_key) -> dict:
     for m in ("AP", "AP90"):
         row[f"Δ{m} vs baseline"] = row[m] - base[m] if base else float("nan")
         iv = interval(delta, m)
-        row[f"Δ{m} 95% CI"] = f"[{iv.low:+.2f}, {iv.high:+.2f}]" if iv else "-"
+        row[f"Δ{m} 95% CI"] = ("one seed" if math.isnan(iv.low) else f"[{iv.low:+.2f}, {iv.high:+.2f}]") if iv else "-"
     row["Δ vs"] = f"baseline (RPN NMS {ref_key[1]:g})" if ref_key else "-"
     row["scale"] = scale_label(rs[0].config.preset)
     return row

@@ -1,20 +1,32 @@
-"""The claims the report checks, as data: each :class:`Claim` carries a ``status`` word and
-a ``sentence``, so nothing downstream recognises a verdict by its wording.
+"""The claims the report checks, as data: each :class:`Claim` carries a ``status`` word, a
+``sentence`` and its ``family``, so nothing downstream recognises a verdict by its wording.
 
 ``status`` is one of :data:`STATUSES` for a published claim; rows that give context and
-carry no published claim (the RPN NMS change alone) have status :data:`CONTEXT`.
+carry no published claim (the RPN NMS change alone) have status :data:`CONTEXT` and say in their
+sentence ``different`` / ``equivalent within +-m`` / ``inconclusive`` (a declared margin, never
+"no effect" from an interval that merely holds 0).
+
+**Families, declared before the runs** (:data:`PRIMARY`): the primary claims are AP and AP90 of
+Dynamic R-CNN against the baseline at the same RPN NMS, on every benchmark the runs were
+evaluated on; their p-values are Holm-corrected as one family (:func:`primary_family`) and a
+primary row is ``reproduced`` only when its corrected p is below 0.05 on every benchmark, in the
+paper's direction. Every other row is ``secondary`` (the published comparison against the RPN NMS
+0.7 baseline, DLA or DSL alone, the overhead) or ``exploratory`` (absolute numbers, context rows),
+uncorrected, and labelled so.
 
 Tolerances. At COCO scale a published number is "reproduced" within the seed-to-seed spread
 of a 1x R50-FPN run (~0.3 AP). At miniature scale only the direction of a relative claim is
-testable, and the verdict follows from the 95 % interval of the difference (a paired
-bootstrap over training seeds and evaluation images, :mod:`dynrcnn.evaluation.stats`): ``reproduced``
-when it excludes 0 in the paper's direction, ``contradicted`` when it excludes 0 the other
-way, ``inconclusive`` otherwise. When the runs were also evaluated on a second benchmark
-(another data seed), the verdict must hold on every benchmark, else it is ``inconclusive``.
+testable, and the verdict follows from the seed-level 95 % interval of the difference
+(:mod:`dynrcnn.evaluation.seed_intervals`): ``reproduced`` when it excludes 0 in the paper's
+direction, ``contradicted`` when it excludes 0 the other way, ``inconclusive`` otherwise; a
+configuration with one seed has no interval and its rows say so. When the runs were also
+evaluated on a second benchmark (another data seed), the verdict must hold on every benchmark,
+else it is ``inconclusive``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -27,7 +39,7 @@ from dynrcnn.report.intervals import interval
 from dynrcnn.presets import SCALE_LABELS
 from dynrcnn.rundir.run_summary import rpn_nms
 from dynrcnn.rundir.runs import TRAIN_DONE
-from dynrcnn.evaluation.stats import CONTRADICTED, INCONCLUSIVE, REPRODUCED  # the interval rule's words stats.verdict
+from dynrcnn.evaluation.seed_intervals import (CONTRADICTED, INCONCLUSIVE, NO_SEED_VARIANCE, REPRODUCED, holm)
 
 COCO_TOLERANCE = 0.3
 OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}
@@ -35,6 +47,10 @@ OVERHEAD_TOLERANCE = {"cpu": 0.10, "gpu": 0.05}
 NOT_TESTABLE = "not-testable"
 STATUSES = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
 CONTEXT = "context"
+PRIMARY_FAMILY, SECONDARY, EXPLORATORY = "primary", "secondary", "exploratory"
+#: the primary claims, declared before the runs: (claim key, metric), each tested on every benchmark
+PRIMARY = (("paper_delta_ap_same_nms", "AP"), ("paper_delta_ap90_same_nms", "AP90"))
+FAMILY_ALPHA = 0.05  # family-wise error rate of the primary family (Holm)
 
 
 @dataclass(frozen=True)
@@ -62,16 +78,20 @@ class Claim:
     compared: str
     key: str | None = None
     intervals: dict = field(default_factory=dict)  # benchmark -> Interval.as_dict() (miniature scale)
+    family: str = EXPLORATORY  # primary / secondary / exploratory (module docstring)
+    references: tuple = ()  # ((source, published value), ...): every published number of this one test
 
     def row(self) -> dict:
         """The claims-table row (``verdict`` is the sentence)."""
         d = asdict(self)
         d["verdict"] = d.pop("sentence")
         d.pop("intervals")
+        d.pop("references")
         return d
 
 
-TABLE_COLUMNS = ["claim", "source", "published", "ours", "difference", "tolerance", "verdict", "scale", "compared"]
+TABLE_COLUMNS = ["claim", "family", "source", "published", "ours", "difference", "tolerance", "verdict", "scale",
+                 "compared"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +182,22 @@ class _Sides:
         return [r for r in self.runs if r.config.method == method and rpn_nms(r) == (key or (0, 0))[1]]
 
     def claim(self, r: ref.Reference, ours, difference, tolerance, verdict: Verdict, compared,
-              key=None, description=None, intervals=None) -> Claim:
-        return Claim(description or r.description, ref.SOURCE_SHORT[r.source], r.value, ours, difference, tolerance,
-                     verdict.status, verdict.sentence, self.scale_text, compared, key or r.key, intervals or {})
+              key=None, description=None, intervals=None, family=EXPLORATORY) -> Claim:
+        refs = references_of(r)
+        return Claim(description or r.description, source_text(refs), r.value, ours, difference, tolerance,
+                     verdict.status, verdict.sentence, self.scale_text, compared, key or r.key, intervals or {}, family,
+                     refs)
+
+
+def references_of(r: ref.Reference) -> tuple:
+    """``((source, value), ...)``: ``r`` and the other published numbers of the same test
+    (:data:`dynrcnn.reference.SAME_TEST`): one row per test, several references."""
+    return tuple((ref.SOURCE_SHORT[x.source], x.value) for x in (r, *map(ref.get, ref.SAME_TEST.get(r.key, ()))))
+
+
+def source_text(refs: tuple) -> str:
+    """The claims table's source column: one source as it is, several with their values."""
+    return refs[0][0] if len(refs) == 1 else "; ".join(f"{s} ({v:+.1f})" for s, v in refs)
 
 
 def dataset_label(dataset: str | None) -> str:
@@ -198,7 +231,8 @@ def _measured(found: dict, metric: str) -> str:
 
 _WORDS = {REPRODUCED: ("direction reproduced at miniature scale", "the 95% interval excludes 0 in the paper's direction"),
           CONTRADICTED: ("contradicted at miniature scale", "the 95% interval excludes 0 in the opposite direction"),
-          INCONCLUSIVE: ("inconclusive at miniature scale", "the 95% interval includes 0")}
+          INCONCLUSIVE: ("inconclusive at miniature scale", "the 95% interval includes 0"),
+          NO_SEED_VARIANCE: ("inconclusive at miniature scale", "one seed: no seed variance, so no interval")}
 
 
 def interval_verdict(ev, base, other, metric: str, expected_sign: int = 1) -> tuple[float, Verdict, dict]:
@@ -209,6 +243,7 @@ def interval_verdict(ev, base, other, metric: str, expected_sign: int = 1) -> tu
         return float("nan"), Verdict(NOT_TESTABLE, "not measured (runs or their per-image detections missing)"), {}
     status = combined_status(found)
     word, why = _WORDS[status]
+    status = INCONCLUSIVE if status == NO_SEED_VARIANCE else status
     if benchmarks_disagree(found):
         why = "the benchmarks disagree"
     own = found.get(None, next(iter(found.values())))
@@ -231,8 +266,29 @@ def _delta_claim(s: _Sides, r: ref.Reference, same_nms: bool = False) -> Claim:
         return s.claim(r, ours, ours - r.value, tol_text, verdict_delta(ours, r.value, COCO_TOLERANCE, r.metric),
                        compared, key, desc)
     ours, verdict, record = interval_verdict(s.ev, base, s.dyn, r.metric)
-    return s.claim(r, ours, float("nan"), "95% interval excludes 0 (paired bootstrap over seeds and images)",
-                   verdict, compared, key, desc, record)
+    return s.claim(r, ours, float("nan"), INTERVAL_RULE, verdict, compared, key, desc, record,
+                   PRIMARY_FAMILY if (key, r.metric) in PRIMARY else SECONDARY)
+
+
+INTERVAL_RULE = "95% seed-level interval excludes 0 (paired t over training seeds + common image noise)"
+
+
+def _component_claims(s: _Sides) -> list[Claim]:
+    """DLA alone and DSL alone against the baseline at their RPN NMS (the paper's ablation says
+    each component alone improves AP; it publishes no number we compare with here): secondary."""
+    out = []
+    for method, name in (("dla", "DLA alone"), ("dsl", "DSL alone")):
+        key = (method, s.d_key[1]) if s.d_key else None
+        if s.scale == "COCO" or key not in s.groups or not s.base_same:
+            continue
+        for m in ("AP", "AP90"):
+            ours, verdict, record = interval_verdict(s.ev, s.base_same, s.groups[key], m)
+            out.append(Claim(f"{name} improves {m} over the baseline at the same RPN NMS (paper's ablation)",
+                             "paper (ablation, direction)", float("nan"), ours, float("nan"), INTERVAL_RULE,
+                             verdict.status, verdict.sentence, s.scale_text,
+                             f"{names(s.groups[key])} vs {names(s.base_same)}", f"{method}_alone_{m.lower()}",
+                             record, SECONDARY))
+    return out
 
 
 def _overhead_claim(s: _Sides, r: ref.Reference) -> Claim:
@@ -244,9 +300,12 @@ def _overhead_claim(s: _Sides, r: ref.Reference) -> Claim:
     ours = mean(a) / mean(b) if a and b else float("nan")
     kind = device_kind(all_dyn + timing_base)
     tol = OVERHEAD_TOLERANCE[kind]
-    return s.claim(r, ours, ours - r.value, f"x{1 + tol:.2f} ({kind} timing noise)",
-                   verdict_overhead(ours, tol, kind),
-                   f"{names(all_dyn)} vs {names(timing_base)} (median s/iter, training)")
+    v = verdict_overhead(ours, tol, kind)
+    ref_base = s.all_of("baseline", s.b_key)
+    if ref_base and ref_base != timing_base and (c := values(ref_base, "sec_per_iter")) and a:
+        v = Verdict(v.status, f"{v.sentence}; x{mean(a) / mean(c):.3f} against the baseline at RPN NMS {s.b_key[1]:g}")
+    return s.claim(r, ours, ours - r.value, f"x{1 + tol:.2f} ({kind} timing noise)", v,
+                   f"{names(all_dyn)} vs {names(timing_base)} (median s/iter, training)", family=SECONDARY)
 
 
 def _absolute_claim(s: _Sides, r: ref.Reference) -> Claim:
@@ -258,19 +317,25 @@ def _absolute_claim(s: _Sides, r: ref.Reference) -> Claim:
                    verdict_absolute(ours, r.value, s.scale, metric=r.metric), f"{names(rs)} {r.metric}")
 
 
-_CONTEXT_WORDS = {REPRODUCED: "RPN NMS alone raises it", CONTRADICTED: "RPN NMS alone lowers it",
-                  INCONCLUSIVE: "no effect beyond the 95% interval"}
+def _effect_word(iv) -> str:
+    """A context comparison's word on one benchmark: ``raises it`` / ``lowers it`` (different),
+    ``equivalent within +-m``, ``inconclusive`` (or the one-seed note)."""
+    if iv.equivalence == "different":
+        return "RPN NMS alone raises it" if iv.estimate > 0 else "RPN NMS alone lowers it"
+    return iv.equivalence
 
 
 def context_effect(found: dict) -> str:
     """What a context comparison shows, from each benchmark's interval (``{benchmark: interval}``):
-    one phrase when the benchmarks agree, else what each benchmark says."""
+    one phrase when the benchmarks agree, else what each benchmark says. "No effect" is only ever
+    ``equivalent within +-m`` (the 90 % interval inside the declared margin); an interval that
+    merely holds 0 is ``inconclusive``."""
     if not found:
         return ""
-    if not benchmarks_disagree(found):
-        return _CONTEXT_WORDS[combined_status(found)]
-    return "the benchmarks disagree (" + "; ".join(
-        f"{_CONTEXT_WORDS[iv.status]} on {dataset_label(ds)}" for ds, iv in found.items()) + ")"
+    words = {ds: _effect_word(iv) for ds, iv in found.items()}
+    if len(set(words.values())) == 1:
+        return next(iter(words.values()))
+    return "the benchmarks disagree (" + "; ".join(f"{w} on {dataset_label(ds)}" for ds, w in words.items()) + ")"
 
 
 def _context_claims(s: _Sides) -> list[Claim]:
@@ -290,10 +355,10 @@ def _context_claims(s: _Sides) -> list[Claim]:
                 record = {("own" if ds is None else ds): iv.as_dict() for ds, iv in found.items()}
                 effect = context_effect(found)
                 v = Verdict(CONTEXT, f"{effect}: {_measured(found, m)}" if found else "not measured")
-                tol_text = "95% interval (paired bootstrap over seeds and images)"
+                tol_text = "different / equivalent within the declared margin (90% interval) / inconclusive"
             out.append(Claim(f"(context) baseline RPN NMS {s.b_key[1]:g} -> {k[1]:g} alone, {m}", "this report",
                              float("nan"), ours, float("nan"), tol_text, v.status, v.sentence, s.scale_text,
-                             f"{names(other)} vs {names(s.base)}", None, record))
+                             f"{names(other)} vs {names(s.base)}", None, record, EXPLORATORY))
     return out
 
 
@@ -317,7 +382,33 @@ def check_claims(ev) -> list[Claim]:
         out.append(_BY_KIND[r.kind](s, r))
         if r.kind == "delta" and s.same_key:  # the fair comparison next to the published one
             out.append(_delta_claim(s, r, same_nms=True))
-    return out + _context_claims(s)
+    return primary_family(out + _component_claims(s) + _context_claims(s))
+
+
+def primary_family(items: list[Claim]) -> list[Claim]:
+    """Holm-correct the primary claims (:data:`PRIMARY`, each on every benchmark) as one family:
+    every test's two-sided p-value (:func:`~dynrcnn.evaluation.seed_intervals.p_value`, the
+    inversion of the same interval) is adjusted, stored in the row's interval record
+    (``p_holm``) and a primary row stays ``reproduced`` only when every benchmark's adjusted p is
+    below :data:`FAMILY_ALPHA` (else it becomes ``inconclusive``, and its sentence says why)."""
+    tests = [(c, ds) for c in items if c.family == PRIMARY_FAMILY for ds in c.intervals]
+    if not tests:
+        return items
+    adjusted = holm([c.intervals[ds].get("p", float("nan")) for c, ds in tests])
+    for (c, ds), p in zip(tests, adjusted):
+        c.intervals[ds]["p_holm"] = float(p)
+    out = []
+    for c in items:
+        if c.family == PRIMARY_FAMILY and c.status == REPRODUCED and not all(
+                iv.get("p_holm", 1.0) < FAMILY_ALPHA for iv in c.intervals.values()):
+            worst = max(iv.get("p_holm", 1.0) for iv in c.intervals.values())
+            c = dataclasses.replace(c, status=INCONCLUSIVE, sentence=f"{c.sentence}; not significant after Holm's "
+                                    f"correction of the primary family (adjusted p = {worst:.3f})")
+        elif c.family == PRIMARY_FAMILY and c.intervals:
+            ps = ", ".join(f"{iv['p_holm']:.2g}" for iv in c.intervals.values() if "p_holm" in iv)
+            c = dataclasses.replace(c, sentence=f"{c.sentence}; Holm-adjusted p {ps} (primary family of {len(tests)})")
+        out.append(c)
+    return out
 
 
 def claims_table(runs) -> pd.DataFrame:
@@ -336,7 +427,8 @@ def find_claim(items: list[Claim], key: str) -> Claim | None:
     return next((c for c in items if c.key == key), None)
 
 
-__all__ = ["Claim", "Verdict", "STATUSES", "CONTEXT", "REPRODUCED", "CONTRADICTED", "INCONCLUSIVE",
+__all__ = ["Claim", "Verdict", "STATUSES", "CONTEXT", "PRIMARY", "PRIMARY_FAMILY", "SECONDARY", "EXPLORATORY",
+           "FAMILY_ALPHA", "primary_family", "REPRODUCED", "CONTRADICTED", "INCONCLUSIVE",
            "NOT_TESTABLE", "COCO_TOLERANCE", "OVERHEAD_TOLERANCE", "interval_verdict", "intervals_on", "combined_status",
            "verdict_delta", "verdict_absolute", "verdict_overhead", "verdict_context", "claims", "claims_table",
            "count_statuses", "find_claim"]

@@ -33,7 +33,8 @@ from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import MINI_SEEDS, NMS_085, RunSpec, seed_run_name
 from dynrcnn.rundir.runs import POSITIVE_KEYS
-from dynrcnn.evaluation.stats import CONTRADICTED, REPRODUCED, metric_of, signed
+from dynrcnn.evaluation.seed_intervals import CONTRADICTED, INCONCLUSIVE, REPRODUCED
+from dynrcnn.evaluation.stats import metric_of, signed
 
 METRICS = ("AP", "AP90")
 FIXED_THRESHOLDS = (0.6, 0.7)  # besides the final value of the report of record's DLA
@@ -289,14 +290,18 @@ def comparisons(g: ControlGroups) -> list[dict]:
 
 def claims_table(g: ControlGroups) -> pd.DataFrame:
     """Each comparison on each metric: the schedule minus the fixed control on every benchmark
-    with its 95 % interval, and the status word by the report's rule (``reproduced`` when the
-    schedule is better on every benchmark)."""
+    with its seed-level 95 % interval, the status word by the report's rule (``reproduced`` when
+    the schedule is better on every benchmark) and the equivalence word against the metric's
+    declared margin (``different`` / ``equivalent within +-m`` / ``inconclusive``, the same on
+    every benchmark, else ``inconclusive``)."""
     rows = []
     for c in comparisons(g):
         for m in METRICS:
             est, verdict, record = interval_verdict(g.evidence, g.get(c["fixed"]), g.get(c["schedule"]), m)
+            words = {iv["equivalence"] for iv in record.values()}
             row = {"key": c["key"], "claim": c["claim"], "against": c["fixed_label"], "metric": m, "delta": est,
-                   "status": verdict.status, "verdict": verdict.sentence}
+                   "status": verdict.status, "equivalence": words.pop() if len(words) == 1 else INCONCLUSIVE,
+                   "verdict": verdict.sentence}
             for ds, iv in record.items():
                 row[f"{ds} low"], row[f"{ds} high"] = iv["low"], iv["high"]
             rows.append(row)
@@ -304,21 +309,22 @@ def claims_table(g: ControlGroups) -> pd.DataFrame:
 
 
 def interpretation(claims: pd.DataFrame) -> str:
-    """One sentence computed from the claims table."""
+    """One sentence computed from the claims table: "as well as" only where the comparison is
+    ``equivalent within +-m``; an interval that merely holds 0 is ``inconclusive``."""
     if claims.empty:
         return "No control has been evaluated yet."
     parts = []
     for key, rows in claims.groupby("key", sort=False):
         by = {r["metric"]: r for r in rows.to_dict("records")}
-        text = ", ".join(f"{signed(by[m]['delta'])} {m} ({by[m]['status']})" for m in METRICS if m in by)
+        text = ", ".join(f"{signed(by[m]['delta'])} {m} ({by[m]['equivalence']})" for m in METRICS if m in by)
         parts.append(f"{rows.iloc[0]['claim']}: {text}")
     won = claims[claims["status"] == REPRODUCED]
     lost = claims[claims["status"] == CONTRADICTED]
-    head = (f"The schedule beats its fixed control on {len(won)} of {len(claims)} comparisons (every benchmark's "
-            f"interval above 0), loses on {len(lost)}")
-    if won.empty and lost.empty:
-        head += (": at this scale a threshold or beta fixed from the first iteration does as well as the schedule "
-                 "(no interval excludes 0 either way)")
+    same = claims[claims["equivalence"].astype(str).str.startswith("equivalent")]
+    open_ = len(claims) - len(won) - len(lost) - len(same)
+    head = (f"Of {len(claims)} comparisons of a schedule with its fixed control, the schedule is better on {len(won)} "
+            f"and worse on {len(lost)} (every benchmark's 95 % interval on one side of 0), equivalent within the "
+            f"declared margin on {len(same)}, inconclusive on {open_}")
     return head + "; " + "; ".join(parts) + "."
 
 

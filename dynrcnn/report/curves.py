@@ -15,6 +15,7 @@ from dynrcnn.config import IOU_THRESHOLDS
 from dynrcnn.reference import AUTHORS_TRAJECTORY
 from dynrcnn.report.analysis import ABLATION_NAMES, tight_share
 from dynrcnn.report.evidence import evidence_of, main_key
+from dynrcnn.report.intervals import seeds_text
 
 
 def config_label(key) -> str:
@@ -51,7 +52,7 @@ def gain_curves(runs, dataset: str | None = None) -> list[dict]:
         out.append({"label": f"{config_label(d_key)} - {config_label(b_key)}", "x": list(IOU_THRESHOLDS),
                     "estimate": np.asarray(delta.per_iou), "low": np.asarray(delta.per_iou_low),
                     "high": np.asarray(delta.per_iou_high),
-                    "seeds": f"{delta.seeds_b} vs {delta.seeds_a} seeds"})
+                    "seeds": seeds_text(delta)})
     return out
 
 

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dynrcnn.reference import BASELINE_RPN_NMS
 from dynrcnn.report.intervals import compare, extra_datasets, run_samples
 from dynrcnn.rundir.run_summary import rpn_nms
-from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples, Delta
+from dynrcnn.evaluation.seed_intervals import SeedDelta
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples
 
 
 def group_runs(runs) -> dict[tuple[str, float], list]:
@@ -48,7 +49,7 @@ class Evidence(Sequence):
         self.groups = group_runs(self.runs)
         self.datasets: list[str | None] = [None, *extra_datasets(self.runs)]
         self._samples: dict[tuple[str, str | None], APSamples | None] = {}
-        self._deltas: dict[tuple, Delta | None] = {}
+        self._deltas: dict[tuple, SeedDelta | None] = {}
         self._derived: dict[str, object] = {}
 
     # a sequence of runs
@@ -65,7 +66,7 @@ class Evidence(Sequence):
             self._samples[k] = run_samples(run, dataset, self.n_boot)
         return self._samples[k]
 
-    def compare(self, runs_a, runs_b, dataset: str | None = None) -> Delta | None:
+    def compare(self, runs_a, runs_b, dataset: str | None = None) -> SeedDelta | None:
         """``B - A`` with its interval (:func:`~dynrcnn.report.intervals.compare`), made once."""
         k = (tuple(str(r.path) for r in runs_a), tuple(str(r.path) for r in runs_b), dataset)
         if k not in self._deltas:

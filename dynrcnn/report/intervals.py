@@ -1,11 +1,14 @@
-"""The report's comparisons with 95 % intervals (:func:`dynrcnn.evaluation.stats.bootstrap_delta`).
+"""The report's comparisons with seed-level 95 % intervals (:func:`dynrcnn.evaluation.seed_intervals.seed_delta`).
 
 A comparison is ``B - A`` for two groups of runs (each group: one configuration, one run per
 training seed), evaluated on one dataset: the run's own evaluation split (``dataset=None``) or
 another benchmark it was evaluated on with ``dynrcnn eval RUN --data-root OTHER`` (``dataset``
-is that evaluation's name).
+is that evaluation's name). The training seed is the replicated unit: the interval is a paired
+t interval over per-seed differences, widened by the image noise that all seeds share (rules and
+the coverage proof: :mod:`dynrcnn.evaluation.seed_intervals` and its test). A configuration with
+one seed has no interval.
 
-The costly part, each run's AP on every image resample (:func:`dynrcnn.evaluation.stats.ap_samples`), is
+The image-level part needs each run's AP on every image resample (:func:`dynrcnn.evaluation.stats.ap_samples`),
 computed once per run and benchmark and kept on disk beside the runs
 (``<runs root>/.cache/ap-samples/``, named by the SHA-256 of the detections, the annotations and
 the bootstrap settings), so the results notebook and ``index.html`` share it and the pipeline can
@@ -17,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,9 @@ import numpy as np
 from dynrcnn.rundir import runs as runs_mod
 from dynrcnn.data.datasets import annotation_file, load_coco
 from dynrcnn.io import file_sha256
-from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples, Delta, ImageMatches, ap_samples, bootstrap_delta, image_matches, signed, verdict
+from dynrcnn.evaluation.seed_intervals import (MARGINS, SeedDelta, equivalence, equivalent_word, p_value,
+                                               seed_delta, verdict)
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, APSamples, ImageMatches, ap_samples, image_matches, signed
 
 CACHE_DIR = Path(".cache") / "ap-samples"  # under the runs root
 SAMPLES_VERSION = 1  # bump when ap_samples() changes what it computes
@@ -116,9 +122,9 @@ def precompute(runs, jobs: int = 1, n_boot: int = DEFAULT_BOOT) -> None:
 
 
 def compare(runs_a, runs_b, dataset: str | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0,
-            samples=None) -> Delta | None:
-    """``B - A`` with its interval, or ``None`` when a side has no evaluated run on ``dataset``.
-    Runs are keyed by their training seed (the same seeds on both sides are paired).
+            samples=None) -> SeedDelta | None:
+    """``B - A`` with its seed-level interval, or ``None`` when a side has no evaluated run on
+    ``dataset``. Runs are keyed by their training seed (the same seeds on both sides are paired).
     ``samples(run, dataset)`` gives a run's AP samples (default :func:`run_samples`)."""
     def get(r):
         return samples(r, dataset) if samples is not None else run_samples(r, dataset, n_boot, seed)
@@ -127,38 +133,56 @@ def compare(runs_a, runs_b, dataset: str | None = None, n_boot: int = DEFAULT_BO
     b = {int(r.seed): m for r in runs_b if (m := get(r)) is not None}
     if not a or not b:
         return None
-    return bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
+    return seed_delta(a, b)
+
+
+def seeds_text(delta: SeedDelta) -> str:
+    """How many seeds fed a comparison (``10 vs 10 seeds, paired``; B first, as the difference reads)."""
+    n_a, n_b = delta.seeds[0], delta.seeds[-1]
+    return f"{n_b} vs {n_a} seed{'s' if max(n_a, n_b) > 1 else ''}{', paired' if delta.paired else ''}"
 
 
 @dataclass(frozen=True)
 class Interval:
-    """One metric's difference: estimate, 95 % interval, verdict status, and how it was made."""
+    """One metric's difference: estimate, 95 % interval, the directional ``status``
+    (:func:`~dynrcnn.evaluation.seed_intervals.verdict`), the three-word ``equivalence`` verdict
+    against the metric's declared margin, the two-sided ``p`` value, the seed count and the
+    per-seed differences (paired comparisons)."""
 
     estimate: float
     low: float
     high: float
     status: str
-    seeds: str  # e.g. "3 vs 3 seeds, paired"
-    n_boot: int
+    seeds: str  # e.g. "10 vs 10 seeds, paired"
+    equivalence: str = ""
+    margin: float = float("nan")
+    p: float = float("nan")
+    se: float = float("nan")
+    per_seed: dict = field(default_factory=dict)  # seed -> B - A of that seed
 
     def text(self, metric: str = "AP") -> str:
+        if math.isnan(self.low):
+            return f"{signed(self.estimate)} {metric} (one seed: no interval)"
         return f"{signed(self.estimate)} {metric} [{signed(self.low)}, {signed(self.high)}]"
 
     def as_dict(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "status": self.status,
-                "seeds": self.seeds, "n_boot": self.n_boot}
+                "equivalence": self.equivalence, "margin": self.margin, "p": self.p, "se": self.se,
+                "seeds": self.seeds, "per_seed": {str(k): v for k, v in self.per_seed.items()}}
 
 
-def interval(delta: Delta | None, metric: str, expected_sign: int = 1) -> Interval | None:
+def interval(delta: SeedDelta | None, metric: str, expected_sign: int = 1) -> Interval | None:
     """The :class:`Interval` of one metric (``AP``, ``AP50``, ``AP75``, ``AP90``) of a comparison."""
     if delta is None:
         return None
     est, lo, hi = delta.metrics[metric]
-    seeds = f"{delta.seeds_b} vs {delta.seeds_a} seed(s){', paired' if delta.paired_seeds else ''}"
-    return Interval(est, lo, hi, verdict(lo, hi, expected_sign), seeds, delta.n_boot)
+    margin = MARGINS[metric]
+    return Interval(est, lo, hi, verdict(lo, hi, expected_sign), seeds_text(delta),
+                    equivalence(*delta.stats(metric), margin), margin, p_value(*delta.stats(metric)),
+                    delta.se[metric], dict(delta.per_seed.get(metric, {})))
 
 
-def per_iou(delta: Delta | None) -> dict | None:
+def per_iou(delta: SeedDelta | None) -> dict | None:
     """AP difference at each IoU threshold with its interval (lists, for figures and JSON)."""
     if delta is None:
         return None
@@ -166,4 +190,5 @@ def per_iou(delta: Delta | None) -> dict | None:
             "high": np.asarray(delta.per_iou_high).tolist()}
 
 
-__all__ = ["extra_datasets", "evaluation_files", "run_matches", "run_samples", "samples_file", "precompute", "compare", "Interval", "interval", "per_iou"]
+__all__ = ["extra_datasets", "evaluation_files", "run_matches", "run_samples", "samples_file", "precompute", "compare",
+           "Interval", "interval", "per_iou", "seeds_text", "MARGINS", "equivalent_word"]

@@ -7,10 +7,13 @@ holds MMDetection's logs (``dynamic.jsonl``: its head's updates; ``metrics.jsonl
 --method`` adds our config and checkpoint to that directory and ``dynrcnn eval`` scores it with
 our evaluation, so both implementations' runs are read and compared by the same code.
 
-Comparisons (:func:`agreement`): each implementation's Dynamic-minus-Faster gain with its 95 %
-interval (the report's paired bootstrap over seeds and images) and the difference of the two
-gains (MMDetection's minus ours) with its interval, from one :func:`~dynrcnn.evaluation.stats.bootstrap_contrast`.
-A quantity ``agrees`` when that interval contains 0, else it ``differs``.
+Comparisons (:func:`agreement`): each implementation's Dynamic-minus-Faster gain with its
+seed-level 95 % interval and the difference of the two gains (MMDetection's minus ours) with its
+interval, from one :func:`~dynrcnn.evaluation.seed_intervals.seed_contrast`. The verdict on the
+difference uses the three words: ``different`` (the 95 % interval excludes 0), ``equivalent
+within +-m`` (the 90 % interval inside the metric's declared margin,
+:data:`~dynrcnn.evaluation.seed_intervals.MARGINS`), ``inconclusive``; an interval that merely
+holds 0 is never called agreement.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.rundir.run_summary import rpn_nms
 from dynrcnn.io import read_json
 from dynrcnn.report.tables import json_records, json_value
-from dynrcnn.evaluation.stats import DEFAULT_BOOT, bootstrap_contrast, signed
+from dynrcnn.evaluation.seed_intervals import DIFFERENT, MARGINS, equivalence, seed_contrast
+from dynrcnn.evaluation.stats import DEFAULT_BOOT, signed
 
 IMPLEMENTATIONS = ("dynrcnn", "mmdet")
 LABELS = {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}
 METHODS = ("baseline", "dynamic")  # Faster R-CNN (both at RPN NMS 0.85) and Dynamic R-CNN
 METRICS = REPORTED_METRICS
 PEER_EVAL = "mmdet_eval.json"  # MMDetection's own CocoMetric on the checkpoint (peer_mmdet/train.py)
-VERDICTS = ("agrees", "differs")
 
 
 def peer_run_name(method: str, seed: int) -> str:
@@ -87,31 +90,35 @@ def agreement(groups: Groups, dataset: str | None = None, n_boot: int = DEFAULT_
         return pd.DataFrame(columns=cols)
     ob, od, mb, md = (parts[("dynrcnn", "baseline")], parts[("dynrcnn", "dynamic")],
                       parts[("mmdet", "baseline")], parts[("mmdet", "dynamic")])
-    ours = bootstrap_contrast([ob, od], [-1, 1], n_boot=n_boot)
-    theirs = bootstrap_contrast([mb, md], [-1, 1], n_boot=n_boot)
-    diff = bootstrap_contrast([ob, od, mb, md], [1, -1, -1, 1], n_boot=n_boot)
+    ours = seed_contrast([ob, od], [-1, 1])
+    theirs = seed_contrast([mb, md], [-1, 1])
+    diff = seed_contrast([ob, od, mb, md], [1, -1, -1, 1])
     rows = []
     for m in METRICS:
         d, lo, hi = diff.metrics[m]
-        verdict = "agrees" if lo <= 0 <= hi else "differs"
+        verdict = equivalence(*diff.stats(m), MARGINS[m])
         rows.append({"metric": m, "dynrcnn gain": ours.metrics[m][0], "dynrcnn low": ours.metrics[m][1],
                      "dynrcnn high": ours.metrics[m][2], "mmdet gain": theirs.metrics[m][0],
                      "mmdet low": theirs.metrics[m][1], "mmdet high": theirs.metrics[m][2],
                      "difference": d, "low": lo, "high": hi, "verdict": verdict,
-                     "sentence": agreement_sentence(m, ours.metrics[m], theirs.metrics[m], diff.metrics[m])})
+                     "sentence": agreement_sentence(m, ours.metrics[m], theirs.metrics[m], diff.metrics[m], verdict)})
     return pd.DataFrame(rows, columns=cols)
 
 
-def agreement_sentence(metric: str, ours, theirs, diff) -> str:
-    """One sentence from the numbers: both gains and whether their difference's interval holds 0."""
+def agreement_sentence(metric: str, ours, theirs, diff, verdict: str) -> str:
+    """One sentence from the numbers: both gains and the verdict word on their difference."""
     (o, olo, ohi), (t, tlo, thi), (d, lo, hi) = ours, theirs, diff
     head = (f"{metric}: Dynamic R-CNN gains {signed(o)} [{signed(olo)}, {signed(ohi)}] over Faster R-CNN in "
             f"dynrcnn and {signed(t)} [{signed(tlo)}, {signed(thi)}] in MMDetection")
-    if lo <= 0 <= hi:
-        return f"{head}; the gains agree (difference {signed(d)}, 95 % interval [{signed(lo)}, {signed(hi)}] holds 0)."
-    which = "larger" if d > 0 else "smaller"
-    return (f"{head}; MMDetection's gain is {abs(d):.2f} {which} (95 % interval [{signed(lo)}, {signed(hi)}] "
-            f"excludes 0): the implementations differ.")
+    if verdict == DIFFERENT:
+        which = "larger" if d > 0 else "smaller"
+        return (f"{head}; MMDetection's gain is {abs(d):.2f} {which} (95 % interval [{signed(lo)}, {signed(hi)}] "
+                f"excludes 0): the implementations differ.")
+    if verdict.startswith("equivalent"):
+        return (f"{head}; the gains are {verdict} {metric} (difference {signed(d)}, its 90 % interval lies "
+                f"inside the declared margin).")
+    return (f"{head}; inconclusive: the difference {signed(d)} [{signed(lo)}, {signed(hi)}] neither excludes 0 "
+            f"nor lies within the declared margin of \u00b1{MARGINS[metric]:g} {metric}.")
 
 
 def metrics_table(groups: Groups, dataset: str | None = None) -> pd.DataFrame:
@@ -239,6 +246,6 @@ def readme_body(res: dict, figures: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["IMPLEMENTATIONS", "LABELS", "METHODS", "METRICS", "PEER_EVAL", "VERDICTS", "Groups", "agreement",
+__all__ = ["IMPLEMENTATIONS", "LABELS", "METHODS", "METRICS", "PEER_EVAL", "Groups", "agreement",
            "agreement_sentence", "metrics_table", "evaluator_agreement", "trajectories", "trajectory_table",
            "speed_ratio", "peer_run_name", "results", "readme_body"]

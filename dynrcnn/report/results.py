@@ -4,9 +4,11 @@ For every configuration (method x RPN NMS): its runs with their seeds and per-se
 (AP, AP50, AP75, AP90, AP per IoU threshold, on the evaluation split and on every other
 benchmark they were evaluated on), the threshold and beta at the end of training and when the
 threshold crossed 0.5. For every comparison of the ablation and the headline: the difference
-with its 95 % interval per metric and per IoU threshold, on every benchmark. For every claim:
-its status word (``reproduced``, ``contradicted``, ``inconclusive``, ``not-testable``; context
-rows ``context``) and its sentence. Written by the pipeline with the README block and the
+with its seed-level 95 % interval, verdict words (directional and equivalence, with the declared
+margins) and per-seed differences, per metric and per IoU threshold, on every benchmark. For every
+claim: its family (primary, Holm-corrected; secondary; exploratory), its status word
+(``reproduced``, ``contradicted``, ``inconclusive``, ``not-testable``; context rows ``context``)
+and its sentence. Written by the pipeline with the README block and the
 figures of the same runs.
 """
 
@@ -22,10 +24,15 @@ from dynrcnn.io import atomic_write_bytes
 from dynrcnn.report.analysis import METRICS, dynamic_facts
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.curves import config_label
-from dynrcnn.report.claims import claims
-from dynrcnn.report.intervals import interval, per_iou
+from dynrcnn.report.claims import FAMILY_ALPHA, PRIMARY, claims
+from dynrcnn.report.intervals import MARGINS, interval, per_iou
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: seed-level intervals, verdict words with margins, the primary family
+INTERVAL_METHOD = ("95% seed-level interval of a difference: paired t over per-seed differences (Welch when the "
+                   "seeds differ), widened in quadrature by the image noise common to all seeds (estimated from "
+                   "image-bootstrap AP, recomputed exactly as pycocotools does); coverage checked by simulation "
+                   "(tests/test_seed_intervals.py). 'equivalent within +-m': the 90% interval inside the declared "
+                   "margin; one seed: no interval")
 
 
 def _clean(v):
@@ -94,7 +101,7 @@ def comparisons(runs) -> list[dict]:
             out.append({"comparison": label, "baseline": config_label(a), "other": config_label(b),
                         "benchmark": "own" if ds is None else ds,
                         "metrics": {m: interval(delta, m).as_dict() for m in METRICS},
-                        "per_iou": per_iou(delta), "n_boot": delta.n_boot, "paired_seeds": delta.paired_seeds})
+                        "per_iou": per_iou(delta), "seeds": list(delta.seeds), "paired_seeds": delta.paired})
     return out
 
 
@@ -105,15 +112,16 @@ def results(runs, command: str = "") -> dict:
         "schema_version": SCHEMA_VERSION,
         "generated_by": command,
         "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "interval_method": "95% percentile interval of a paired bootstrap: evaluation images resampled with "
-                           "replacement (the same draw for every run) and training seeds resampled with "
-                           "replacement (paired by seed when both sides share them); AP recomputed exactly as "
-                           "pycocotools does on each resample",
+        "interval_method": INTERVAL_METHOD,
+        "margins": dict(MARGINS),
+        "primary_family": {"claims": [k for k, _ in PRIMARY], "benchmarks": ["own", *runs.datasets[1:]],
+                           "correction": "holm", "alpha": FAMILY_ALPHA},
         "benchmarks": ["own", *runs.datasets[1:]],
         "configurations": configurations(runs),
         "comparisons": comparisons(runs),
-        "claims": [{"key": c.key, "claim": c.claim, "source": c.source, "published": c.published, "ours": c.ours,
-                    "status": c.status, "sentence": c.sentence, "compared": c.compared, "intervals": c.intervals}
+        "claims": [{"key": c.key, "claim": c.claim, "family": c.family, "source": c.source, "published": c.published,
+                    "ours": c.ours, "status": c.status, "sentence": c.sentence, "compared": c.compared,
+                    "intervals": c.intervals}
                    for c in claims(runs)],
     })
 
