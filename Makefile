@@ -46,10 +46,10 @@ report-controls: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m dynrcnn report --profile smoke
 
-# the paper's overhead claim, then the training step of the report of record (README's Performance block)
+# the paper's overhead claim, then the training step of the report of record (docs/performance.md's block)
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/step.py --readme README.md
+	$(PY) benchmarks/step.py --page docs/performance.md
 
 # the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once)
 jupyter: $(STAMP)

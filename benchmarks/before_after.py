@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynrcnn.report.analysis import group_runs
+from dynrcnn.report.evidence import group_runs
 from dynrcnn.report.intervals import compare, extra_datasets, run_samples
 from dynrcnn.rundir.runs import find_runs
 from dynrcnn.evaluation.stats import DEFAULT_BOOT, bootstrap_contrast, metric_of, signed

@@ -45,6 +45,7 @@ from dynrcnn.presets import get_preset  # noqa: E402
 from dynrcnn.report.profiles import get_profile  # noqa: E402
 
 REPORT_PRESET = get_profile("mini").preset  # the report of record's training preset
+DOC_PAGE = "docs/performance.md"  # the page whose PERFORMANCE block make benchmark writes
 
 # each variant is fp32 eager with torchvision's RoIAlign backward ("fp32", the reference) plus levers
 LEVERS = ("sparse", "bf16", "channels_last", "compile")
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
     p.add_argument("--skip-layout", action="store_true", help="skip the thread-layout measurement")
     p.add_argument("--json", action="store_true", help="print one JSON line only")
-    p.add_argument("--readme", default=None, help="also write the tables into this README's PERFORMANCE block")
+    p.add_argument("--page", "--readme", dest="page", default=None,
+                   help=f"also write the tables into this page's PERFORMANCE block (make benchmark: {DOC_PAGE})")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,12 +239,12 @@ def main(argv=None) -> int:
         out += [f"| {name} | {rate:.2f} |" for name, rate in layout(args, kept).items()]
     text = "\n".join(out)
     print(text)
-    if args.readme:
+    if args.page:
         from dynrcnn.report.text import replace_readme_block
 
-        body = text + f"\n\nRe-measure: `python benchmarks/step.py --readme README.md` (`make benchmark`)."
-        if not replace_readme_block(args.readme, "PERFORMANCE", body):
-            print(f"{args.readme} has no PERFORMANCE block markers; nothing written", file=sys.stderr)
+        body = text + f"\n\nRe-measure: `python benchmarks/step.py --page {DOC_PAGE}` (`make benchmark`)."
+        if not replace_readme_block(args.page, "PERFORMANCE", body):
+            print(f"{args.page} has no PERFORMANCE block markers; nothing written", file=sys.stderr)
             return 2
     return 0
 

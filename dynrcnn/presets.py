@@ -128,7 +128,7 @@ PRESETS = {
     "coco_r50_fpn_2x": lambda: _coco_1x(
         preset="coco_r50_fpn_2x", max_iter=180000, lr_steps=(120000, 160000)
     ),
-    # your own COCO-format dataset (README "Your own dataset"): the paper's R50-FPN from torchvision's
+    # your own COCO-format dataset (docs/training.md, "Your own dataset"): the paper's R50-FPN from torchvision's
     # ImageNet weights (downloaded by torchvision once), 640-px images, 2 images per step with the
     # paper's lr scaled linearly (0.02 at 16 -> 0.0025), a 20k-iteration step schedule; Dynamic
     # R-CNN at RPN NMS 0.85 as published. Image size and schedule are --set settings.

@@ -1,7 +1,7 @@
 """The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``predict``, ``report``, ``convert``, ``export``.
 
-Each group of subcommands lives next to the code it drives (``cli_data``, ``cli_train``, ``cli_eval``,
-``cli_predict``, ``cli_report``, ``cli_convert``) and registers itself here; this module only assembles the parser and turns
+Each group of subcommands lives next to the code it drives (``cli.data``, ``cli.train``, ``cli.eval``,
+``cli.predict``, ``cli.report``, ``cli.convert``) and registers itself here; this module only assembles the parser and turns
 :class:`~dynrcnn.errors.DynrcnnError` into a one-line message and exit code 2.
 """
 

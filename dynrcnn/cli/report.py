@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                         "<run>_seed<N>): more seeds narrow the 95%% intervals the verdicts follow from")
     p.add_argument("--published-weights", nargs="+", default=None, metavar="FILE",
                    help="downloaded MMDetection checkpoints (Faster R-CNN and Dynamic R-CNN R50-FPN 1x, see "
-                        "README 'Published weights'): each is converted (dynrcnn convert), evaluated on the "
+                        "docs/published_weights.md): each is converted (dynrcnn convert), evaluated on the "
                         "profile's data and shown next to the report's runs with the published AP")
     p.set_defaults(func=_run)
     register_mmdet(subparsers)
@@ -72,16 +72,17 @@ def register_mmdet(subparsers) -> None:
     p = subparsers.add_parser(
         "mmdet",
         help="train MMDetection's Faster / Dynamic R-CNN next to the report of record and compare (make mmdet)",
-        description="MMDetection side by side (README 'MMDetection, run side by side'): trains what is missing of "
+        description="MMDetection side by side (docs/mmdetection.md): trains what is missing of "
                     "MMDetection's runs in its own environment (.venv-mmdet, make mmdet-env) from the report of "
                     "record's backbone and settings, converts and evaluates them, runs notebooks/06_mmdet.ipynb "
-                    "and writes figures/mmdet/ and README's MMDetection block. Needs the runs of 'make report'.",
+                    "and writes figures/mmdet/ and the RESULTS-MMDET block of docs/mmdetection.md. Needs the runs "
+                    "of 'make report'.",
     )
     p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
     p.add_argument("--jobs", type=int, default=2, help="MMDetection runs in parallel, one thread each (default 2)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the preset for MMDetection's runs (as dynrcnn train --set)")
-    p.add_argument("--no-readme", action="store_true", help="do not write README's block")
+    p.add_argument("--no-readme", action="store_true", help="do not write the page's generated block")
     p.set_defaults(func=_run_mmdet)
 
 
@@ -99,15 +100,16 @@ def register_controls(subparsers) -> None:
     p = subparsers.add_parser(
         "controls",
         help="fixed thresholds, fixed betas and the sensitivity to K_I, K_beta, C (make report-controls)",
-        description="The controls of the report of record (README 'The controls'): trains what is missing of the "
+        description="The controls of the report of record (docs/controls.md): trains what is missing of the "
                     "fixed-threshold, fixed-beta, DLA/DSL-alone and sensitivity runs into runs/controls with the "
                     "report of record's preset, seeds and backbone, evaluates them on both benchmarks, runs "
-                    "notebooks/07_controls.ipynb and writes figures/controls/ and README's controls block. Needs "
-                    "the runs of 'make report' (the final threshold and beta are read from them).",
+                    "notebooks/07_controls.ipynb and writes figures/controls/ and the CONTROLS block of "
+                    "docs/controls.md. Needs the runs of 'make report' (the final threshold and beta are read "
+                    "from them).",
     )
     p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
     p.add_argument("--jobs", type=int, default=2, help="training runs in parallel, one process each (default 2)")
-    p.add_argument("--no-readme", action="store_true", help="do not write README's block")
+    p.add_argument("--no-readme", action="store_true", help="do not write the page's generated block")
     p.set_defaults(func=_run_controls)
 
 

@@ -8,7 +8,7 @@ sensitivity controls of the report of record (:mod:`dynrcnn.report.controls`).
    ``runs/controls`` by the report's own train and evaluate notebooks, ``--jobs`` at a time with
    the live progress bar, from the same pinned backbone; complete runs are reused.
 3. ``notebooks/07_controls.ipynb`` draws the figures and writes ``figures/controls/results.json``;
-   README's ``CONTROLS`` block is written from that file.
+   the ``CONTROLS`` block of ``docs/controls.md`` is written from that file.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dynrcnn.report.text import replace_readme_block
 from dynrcnn.io import relative_path
 
 README_TAG = "CONTROLS"
+DOC_PAGE = "docs/controls.md"  # the page whose README_TAG block this writes (under the report's root)
 
 
 def _reference_runs(runs_root: Path):
@@ -111,10 +112,11 @@ def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None
     res = json.loads((figures_dir / "results.json").read_text())
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:
-        body = readme_body(res, relative_path(figures_dir, root), relative_path(out / "07_controls.html", root),
-                           res["wall_time_sec"] / 60)
-        replace_readme_block(root / "README.md", README_TAG, body)
+        page = root / DOC_PAGE  # its images are linked relative to the page's folder
+        body = readme_body(res, Path(os.path.relpath(figures_dir, page.parent)).as_posix(),
+                           relative_path(out / "07_controls.html", root), res["wall_time_sec"] / 60)
+        replace_readme_block(page, README_TAG, body)
     return res
 
 
-__all__ = ["run_controls", "readme_body", "README_TAG"]
+__all__ = ["run_controls", "readme_body", "README_TAG", "DOC_PAGE"]

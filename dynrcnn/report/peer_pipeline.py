@@ -8,7 +8,7 @@
    ``runs/mmdet``; ``dynrcnn convert --preset --method`` adds our config and checkpoint to it and
    ``dynrcnn eval`` scores it on both benchmarks, like our runs. Complete runs are reused.
 3. ``notebooks/06_mmdet.ipynb`` (papermill) draws the figures and writes ``figures/mmdet/results.json``;
-   README's ``RESULTS-MMDET`` block is written from that file.
+   the ``RESULTS-MMDET`` block of ``docs/mmdetection.md`` is written from that file.
 
 MMDetection is never imported here: it runs in its own interpreter.
 """
@@ -33,6 +33,7 @@ from dynrcnn.io import relative_path
 PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 TRAIN_SCRIPT = REPO / "peer_mmdet" / "train.py"
 README_TAG = "RESULTS-MMDET"
+DOC_PAGE = "docs/mmdetection.md"  # the page whose README_TAG block this writes (under the report's root)
 PEER_METHOD = {"baseline": "faster", "dynamic": "dynamic"}  # our method -> train.py's --method
 
 
@@ -180,12 +181,12 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
     res = json.loads((figures_dir / "results.json").read_text())
     res["wall_time_sec"] = time.perf_counter() - t0
     if readme:
-        base = root
-        body = peer.readme_body(res, relative_path(figures_dir, base), "make mmdet")
-        body += (f"\nThe section's notebook is `{relative_path(out / '06_mmdet.html', base)}`; this run took "
+        page = root / DOC_PAGE  # its images are linked relative to the page's folder
+        body = peer.readme_body(res, Path(os.path.relpath(figures_dir, page.parent)).as_posix(), "make mmdet")
+        body += (f"\nThe section's notebook is `{relative_path(out / '06_mmdet.html', root)}`; this run took "
                  f"{res['wall_time_sec'] / 60:.1f} min.\n")
-        replace_readme_block(root / "README.md", README_TAG, body)
+        replace_readme_block(page, README_TAG, body)
     return res
 
 
-__all__ = ["run_side_by_side", "README_TAG", "PEER_PYTHON"]
+__all__ = ["run_side_by_side", "README_TAG", "DOC_PAGE", "PEER_PYTHON"]

@@ -1,0 +1,114 @@
+"""Every script imports and answers ``--help``: the benchmarks, the MMDetection peer's scripts and
+every ``dynrcnn`` command.
+
+Scripts outside the package are imported by nothing else in the suite, so a module moved inside
+``dynrcnn/`` breaks them silently (``benchmarks/before_after.py`` once imported ``group_runs``
+from where it no longer was). ``--help`` runs a script's imports and its argument parser and
+nothing else. The peer's scripts import mmdet, which only the peer environment ``.venv-mmdet``
+(``make mmdet-env``) has: they run there, and are skipped, saying why, where it is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynrcnn.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+PEER = REPO / "peer_mmdet"
+PEER_PYTHON = Path(os.environ.get("DYNRCNN_MMDET_PYTHON", REPO / ".venv-mmdet" / "bin" / "python"))
+PEER_SCRIPTS = ("train.py",)  # command-line scripts; the other modules are imported (below)
+PEER_MODULES = ("mmcv_ext", "test_parity")
+
+
+def _help_of_script(path: Path, monkeypatch) -> str:
+    """Run ``path --help`` as ``python path --help`` would, in this process; its help text."""
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    monkeypatch.syspath_prepend(str(path.parent))  # what python puts first for a script
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(path), run_name="__main__")
+    assert exit_.value.code in (0, None), f"{path.name} --help exited {exit_.value.code}"
+    return out.getvalue()
+
+
+def test_the_scripts_are_found():
+    assert {p.name for p in BENCHMARKS} >= {"before_after.py", "overhead.py", "step.py"}
+    assert all((PEER / name).is_file() for name in PEER_SCRIPTS)
+    assert all((PEER / f"{name}.py").is_file() for name in PEER_MODULES)
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmark_imports_and_answers_help(path, monkeypatch):
+    assert "usage:" in _help_of_script(path, monkeypatch)
+
+
+def _commands(parser) -> list[list[str]]:
+    """Every command path of the parser: ["train"], ["data", "mini"], ..."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append([name])
+                found += [[name, *rest] for rest in _commands(sub)]
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_every_command_is_listed():
+    names = {" ".join(c) for c in COMMANDS}
+    assert {"train", "pretrain", "eval", "runs", "predict", "report", "mmdet", "controls", "convert", "export",
+            "data", "data mini", "data coco", "data verify"} <= names
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_cli_command_answers_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: dynrcnn {' '.join(command)}" in capsys.readouterr().out
+
+
+def _peer(args: list[str]) -> subprocess.CompletedProcess:
+    if not PEER_PYTHON.exists():
+        pytest.skip(f"no MMDetection peer environment at {PEER_PYTHON} (make mmdet-env): "
+                    "peer_mmdet's scripts import mmdet, which only that environment has")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([str(PEER_PYTHON), *args], cwd=PEER, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+# run in the peer environment, in peer_mmdet/: import each module, then each script's --help
+PEER_PROBE = """
+import importlib, runpy, sys
+for module in sys.argv[1].split(","):
+    importlib.import_module(module)
+for script in sys.argv[2].split(","):
+    print("==", script, flush=True)
+    sys.argv = [script, "--help"]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None), f"{script} --help exited {e.code}"
+"""
+
+
+def test_peer_scripts_import_and_answer_help_in_the_peer_environment():
+    """One interpreter for all of them: importing mmdet takes most of the time."""
+    proc = _peer(["-c", PEER_PROBE, ",".join(PEER_MODULES), ",".join(PEER_SCRIPTS)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in PEER_SCRIPTS:
+        assert f"== {name}\nusage:" in proc.stdout, proc.stdout[-2000:]
