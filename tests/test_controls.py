@@ -74,7 +74,7 @@ def _reference(root, data, seeds=(0, 1, 2)):
 
 
 def test_the_section_notebook_on_synthetic_runs(tmp_path):
-    """Notebook 07 (papermill) on a report of record and its controls: figures, results.json, README block."""
+    """Notebook 07 (papermill) on a report of record and its controls: figures, results.json, the CONTROLS block."""
     from dynrcnn.report import NOTEBOOK_DIR
     from dynrcnn.report.pipeline import execute_notebook
 

@@ -80,7 +80,7 @@ def test_batch_must_divide_world_size(monkeypatch, tmp_path):
 
 
 def test_two_nodes_of_one_process_rendezvous_on_loopback(tmp_path):
-    """README's multi-node command (torchrun --nnodes 2, c10d rendezvous) with both 'nodes' on this
+    """docs/gpu.md's multi-node command (torchrun --nnodes 2, c10d rendezvous) with both 'nodes' on this
     machine: one run directory, written by rank 0, whose updates pooled both ranks' statistics."""
     import subprocess
     import sys

@@ -45,7 +45,7 @@ def _reference_runs(runs_root: Path):
 
 
 def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
-    """README's controls block, from ``results.json`` only."""
+    """The controls block of :data:`DOC_PAGE`, from ``results.json`` only."""
     lines = ["## The controls (written by `make report-controls`; do not edit by hand)", "",
              f"Fixed thresholds and betas from the first iteration against the schedules, with the report of record's "
              f"preset and seeds at RPN NMS 0.85 (DLA ends at threshold {res['final_threshold']:g}, DSL at beta "
@@ -65,8 +65,8 @@ def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
 
 def run_controls(root=None, runs_root=None, controls_root=None, figures_dir=None, out=None, jobs: int = 2,
                  device: str = "cpu", progress: bool = True, readme: bool = True) -> dict:
-    """Train what is missing of the controls, evaluate them, run the notebook, write the README
-    block; returns the results (``figures/controls/results.json``)."""
+    """Train what is missing of the controls, evaluate them, run the notebook, write the
+    block of :data:`DOC_PAGE`; returns the results (``figures/controls/results.json``)."""
     from dynrcnn.report.pipeline import (
         _notebook_env, _resolve_data_root, _run_steps, execute_notebook, plan, prepare_backbone, render_html,
         report_progress, report_root)

@@ -122,7 +122,7 @@ def _convert_and_evaluate(run: PeerRun, preset: str, data_root: Path, extra_root
 def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None, out=None, seeds=MINI_SEEDS,
                      overrides=(), jobs: int = 2, python=None, progress: bool = True, readme: bool = True) -> dict:
     """Train what is missing of MMDetection's side, evaluate it, run the notebook, write the
-    README block; returns the results (``figures/mmdet/results.json``)."""
+    block of :data:`DOC_PAGE`; returns the results (``figures/mmdet/results.json``)."""
     from dynrcnn.data.datasets import load_dataset
     from dynrcnn.io import file_sha256
     from dynrcnn.report.pipeline import (
