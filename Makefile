@@ -1,23 +1,33 @@
-# Two commands matter: `make test` and `make report`. Both create .venv if it is missing.
+# Two commands matter: `make test` and `make report`. Both create .venv if it is missing, from
+# requirements.lock (the pinned set the report of record ran with), then dynrcnn itself with
+# --no-deps; `make lock` regenerates the locks and prints what changed (docs/environment.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick report-controls smoke venv mmdet-env mmdet clean benchmark jupyter
+.PHONY: test report report-quick report-controls smoke venv lock mmdet-env mmdet clean benchmark jupyter
 
-$(STAMP): pyproject.toml
+# the lock (with hashes) first, then the project editable without resolving anything again; the
+# lock holds setuptools (torch needs it), so the editable build uses it instead of a fresh download
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -r requirements.lock
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# regenerate requirements.lock and peer_mmdet/requirements.lock with uv, print the changed versions;
+# UPGRADE="numpy pillow" moves those packages, UPGRADE=all all but the torch/torchvision pair
+lock:
+	PYTHON=$(PYTHON) UPGRADE="$(UPGRADE)" tools/update_lock.sh
+
 # MMDetection, run side by side with dynrcnn in its own environment (peer_mmdet/, README)
 MMDET_VENV := .venv-mmdet
 MMDET_STAMP := $(MMDET_VENV)/.installed
-$(MMDET_STAMP): $(STAMP) peer_mmdet/requirements.txt peer_mmdet/runtime.txt peer_mmdet/mmcv_ext.py peer_mmdet/build_env.sh
+$(MMDET_STAMP): $(STAMP) peer_mmdet/requirements.lock peer_mmdet/mmcv_ext.py peer_mmdet/build_env.sh
 	PYTHON=$(PYTHON) BASE=$(VENV) peer_mmdet/build_env.sh $(MMDET_VENV)
 	touch $(MMDET_STAMP)
 
