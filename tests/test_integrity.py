@@ -210,7 +210,9 @@ def test_resume_refuses_changed_settings_and_keeps_the_record(done_run, data_roo
           resume=True, progress=False)
     assert (out / runs.CONFIG).read_bytes() == record
     env = json.loads((out / runs.ENV).read_text())
-    assert env["resumed_from_iteration"] == 4 and env["resumed_with"]["log_period"] == 4
+    resume = env["resumes"][-1]  # env.json is a history: the start as written, one entry per resume
+    assert resume["iteration"] == 4 and resume["resumed_with"]["log_period"] == 4
+    assert "resumed_from_iteration" not in env and "--set log_period=4" in resume["command"]
 
 
 def test_no_silent_overwrite_of_any_run_artefact(done_run, data_root, tmp_path):

@@ -43,7 +43,8 @@ def test_load_find_and_table(tmp_path, capsys):
     assert [x.method for x in runs] == ["dynamic", "baseline", "dla"]
     table = runs_table(runs)
     assert list(table["method"]) == ["dynamic", "baseline", "dla"]
-    assert list(table.columns[:7]) == ["run", "method", "preset", "convention", "seed", "iterations", "finished"]
+    assert list(table.columns[:9]) == ["run", "method", "preset", "convention", "rpn_nms", "seed", "max_iter",
+                                       "iterations", "finished"]
     assert table.loc[0, "AP90"] == 30.0 and table.loc[0, "wall_min"] == 2.0
     assert table.loc[2, "iterations"] == 20 and not table.loc[2, "finished"]
     text = format_table(table)
@@ -80,8 +81,11 @@ def test_cli_defaults_and_help():
     cli_train.register(sub)
     cli_eval.register(sub)
     args = parser.parse_args(["train", "--data-root", "/tmp/mini", "--out", "runs/x"])
-    assert args.method == "dynamic" and args.preset == "mini" and args.device in ("cpu", "cuda")
-    assert not args.resume and args.set == []
+    cfg, out, resume = cli_train.config_for(args)  # no --preset/--method: mini, dynamic
+    assert cfg.method == "dynamic" and cfg.preset == "mini" and args.device in ("cpu", "cuda")
+    assert not args.resume and args.set == [] and out == "runs/x" and not resume
+    assert parser.parse_args(["train", "--resume", "runs/x"]).resume == "runs/x"
+    assert parser.parse_args(["train", "--out", "runs/x", "--resume"]).resume is True
     args = parser.parse_args(["eval", "runs/x"])
     assert args.evaluator == "pycocotools" and args.checkpoint is None
     for action in parser._subparsers._group_actions[0].choices["train"]._actions:

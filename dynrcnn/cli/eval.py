@@ -18,7 +18,7 @@ def cmd_eval(args) -> int:
 
     evaluate(args.run_dir, checkpoint=args.checkpoint, data_root=args.data_root, device=args.device,
              evaluator=args.evaluator, progress=not args.no_progress, name=args.name,
-             allow_class_mismatch=args.allow_class_mismatch)
+             allow_class_mismatch=args.allow_class_mismatch, force=args.overwrite)
     return 0
 
 
@@ -60,6 +60,9 @@ def _register_eval(subparsers, device: str) -> None:
                         "pip install faster-coco-eval)")
     p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line is still printed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="evaluate again even when the eval file already holds this evaluation (same checkpoint, "
+                        "data and evaluator), which is otherwise reused and left as it is")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate on data whose class names differ from the run's (same count); refused by default")
     p.set_defaults(func=cmd_eval)

@@ -23,30 +23,74 @@ examples:
       --set max_iter=200 --set dynamic.interval=20
   torchrun --nproc_per_node=8 -m dynrcnn train --preset coco_r50_fpn_1x --method dynamic \\
       --data-root data/coco --out runs/coco_dynamic
-  dynrcnn train ... --out runs/x --resume      # continue an interrupted run exactly
+  dynrcnn train --resume runs/x                # continue an interrupted run exactly, from its record
+                                               # (a finished run: "nothing to do", nothing written)
 
 --set accepts any config field by its dotted name; valid keys:
   {", ".join(valid_keys())}
 """
 
 
+def _resume_dir(args) -> str | None:
+    """The run directory ``--resume`` names (``--resume RUN_DIR`` or ``--out RUN_DIR --resume``);
+    None when this is no resume. ``--out`` and ``--resume RUN_DIR`` naming two folders are refused."""
+    from dynrcnn.errors import ConfigError
+    from dynrcnn.rundir.provenance import same_path
+
+    if args.resume is False or args.resume is None:
+        if args.out is None:
+            raise ConfigError("no run directory: pass --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+        return None
+    if args.resume is True:
+        if args.out is None:
+            raise ConfigError("--resume needs the run directory: --resume RUN_DIR")
+        return args.out
+    if args.out is not None and not same_path(args.out, args.resume):
+        raise ConfigError(f"--resume {args.resume} and --out {args.out} name two folders; pass one of them")
+    return args.resume
+
+
+def config_for(args):
+    """The config ``dynrcnn train`` runs: a resume of a run that records its config starts from
+    that record (its ``config.json``: preset, method, seed, data, schedule...), so ``--resume
+    RUN_DIR`` alone continues it; flags given explicitly are applied on top, and a change the
+    record forbids is refused by the engine (``integrity.check_resume``). Otherwise the preset
+    with the flags."""
+    from dynrcnn.config import apply_overrides
+
+    run_dir = _resume_dir(args)
+    if run_dir is not None and runs.is_run_dir(run_dir):
+        cfg = runs.read_config(run_dir)
+        for key, value in (("preset", args.preset), ("method", args.method), ("seed", args.seed),
+                           ("data_root", args.data_root)):
+            if value is not None:
+                setattr(cfg, key, value)
+        if args.convention:
+            cfg.dynamic.convention = args.convention
+        apply_overrides(cfg, args.set or [])
+        cfg.validate()
+        return cfg, run_dir, True
+    cfg = build_config(args.preset or "mini", args.method or "dynamic", seed=args.seed, data_root=args.data_root,
+                       overrides=args.set or [], convention=args.convention)
+    return cfg, (run_dir or args.out), run_dir is not None
+
+
 def cmd_train(args) -> int:
     from dynrcnn.engine.trainer import train
 
-    cfg = build_config(args.preset, args.method, seed=args.seed, data_root=args.data_root,
-                       overrides=args.set or [], convention=args.convention)
+    cfg, out, resume = config_for(args)
     if not cfg.data_root:
         from dynrcnn.errors import ConfigError
 
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
     check_device(args.device)  # refusals first, before any pretraining
-    integrity.check_out_dir(args.out, args.resume, args.overwrite)
-    from dynrcnn.engine.pretrain import resolve_backbone
+    integrity.check_out_dir(out, resume, args.overwrite)
+    if not (resume and runs.has_checkpoints(out)):  # a resume starts from its checkpoint, not the backbone
+        from dynrcnn.engine.pretrain import resolve_backbone
 
-    cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress,  # pretrained:<preset> -> a file
-                           build=not args.no_build_backbone)
-    train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress,
-          overwrite=args.overwrite)
+        cfg = resolve_backbone(cfg, device=args.device, progress=not args.no_progress,  # pretrained:<preset> -> a file
+                               build=not args.no_build_backbone)
+    train(cfg, out, resume=resume, device=args.device, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -81,22 +125,25 @@ def _register_train(subparsers, device: str) -> None:
                     "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
                     "over all of them).",
         epilog=TRAIN_EPILOG, formatter_class=_FMT)
-    p.add_argument("--preset", default="mini", choices=list(PRESETS),
-                   help="complete configuration to start from (default: mini; see the list below)")
-    p.add_argument("--method", default="dynamic", choices=METHODS,
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="complete configuration to start from (default: mini, or the run's record with --resume; "
+                        "see the list below)")
+    p.add_argument("--method", default=None, choices=METHODS,
                    help="baseline (fixed IoU 0.5 and SmoothL1 beta), dla (dynamic label assignment only), "
                         "dsl (dynamic SmoothL1 only) or dynamic (both; default)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="dataset folder with annotations/instances_{split}.json and {split}/ images "
                         "(the mini benchmark or COCO)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write (created)")
-    p.add_argument("--resume", action="store_true",
-                   help=f"continue the run in RUN_DIR from {last} (or the newest readable "
-                        "periodic checkpoint); the result equals an uninterrupted run. Settings and data "
-                        f"must be the recorded ones (only {', '.join(integrity.MAY_CHANGE_ON_RESUME)} may change)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory to write (created)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help=f"continue the run in RUN_DIR (or --out) from {last} (or the newest readable "
+                        f"periodic checkpoint), with the settings and data its {runs.CONFIG} records: no other "
+                        "flag is needed, and the result equals an uninterrupted run. Settings and data "
+                        f"must be the recorded ones (only {', '.join(integrity.MAY_CHANGE_ON_RESUME)} may change). "
+                        "A finished run is left as it is: 'finished at iteration N; nothing to do'")
     p.add_argument("--overwrite", action="store_true",
                    help="RUN_DIR holds a run: delete its files and train again from scratch (without this "
-                        "flag a folder holding any run file is refused)")
+                        "flag a folder holding any run file is refused; the only way to replace a finished run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. --set max_iter=200 "
                         "--set dynamic.interval=20 (repeatable; tuples as 1,2,3; bools true/false)")

@@ -12,6 +12,11 @@ The loop is :class:`Trainer`: ``setup`` (distributed, model, optimizer, resume),
 hooks log (:class:`LogHook`, :class:`DynamicLogHook`), show progress and checkpoint
 (:class:`CheckpointHook`); ``train_model(..., hooks=[...])`` adds more.
 
+A finished run is read-only: resuming it trains nothing and writes nothing
+(:meth:`Trainer.run_finished`); ``overwrite`` is the only way to replace it. ``env.json`` is a
+history (:mod:`dynrcnn.rundir.history`): the environment the run started in, then one entry per
+resume, each with the equivalent ``dynrcnn`` command (:mod:`dynrcnn.rundir.command`).
+
 Exact resume. A checkpoint (:mod:`dynrcnn.checkpoint.state`) holds everything the run's future
 depends on; the train loader is a pure function of ``(seed, rank, world_size, batch index)``
 and restarts at the checkpoint's iteration. On resume the logs are cut back to the
@@ -46,6 +51,8 @@ import torch
 from torch import nn
 
 from dynrcnn.checkpoint import state as checkpoint
+from dynrcnn.rundir import command as run_command
+from dynrcnn.rundir import history
 from dynrcnn.rundir import integrity
 from dynrcnn.rundir import provenance
 from dynrcnn.rundir import runs
@@ -118,22 +125,76 @@ def _git_commit() -> str | None:
         return None
 
 
-def environment(device: torch.device, world_size: int) -> dict:
-    """What ``env.json`` records."""
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def numeric_path(device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """The numeric path the forward runs on, which decides the run's numbers bit for bit:
+    ``fp32``; ``bf16 (AMX)`` or ``bf16 (AVX512-BF16)`` on a CPU (oneDNN takes other kernels on
+    each, :func:`dynrcnn.modeling.model.cpu_has_bf16`); ``<dtype> (CUDA)`` on a GPU."""
+    dtype = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "").replace("bfloat16", "bf16") \
+        .replace("float16", "fp16")
+    if device.type == "cuda":
+        return f"{dtype} (CUDA)"
+    if amp_dtype is None:
+        return "fp32"
+    flags = _cpu_flags()
+    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "oneDNN"
+    return f"{dtype} ({isa})"
+
+
+def environment(device: torch.device, world_size: int, amp_dtype: torch.dtype | None = None,
+                command: str | None = None) -> dict:
+    """What ``env.json`` records of one training segment: versions, machine, CPU model, numeric
+    path, git commit, time, the equivalent ``dynrcnn`` ``command`` (default: this process's
+    command line) and the process's own command line (``argv``: under a notebook it names the
+    kernel, not the run)."""
+    import datetime
+
     import torchvision
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = platform.processor() or platform.machine() or "cpu"
+    argv = " ".join(sys.argv)
     return {
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "numpy": np.__version__,
-        "device": str(device), "device_name": name, "num_processes": world_size,
+        "device": str(device), "device_name": name, "cpu_model": cpu_model(),
+        "numeric_path": numeric_path(device, amp_dtype),
+        "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none",
+        "num_processes": world_size,
         "torch_threads": torch.get_num_threads(), "git_commit": _git_commit(),
         "hostname": socket.gethostname(), "cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "command": " ".join(sys.argv),
+        "platform": platform.platform(), "command": command or argv, "argv": argv,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def json_value(value):
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 def _to_device(images, targets, device):
@@ -163,6 +224,7 @@ class Trainer:
                  stop_after: int | None, hooks: list[HookBase] | None = None, overwrite: bool = False):
         cfg.validate()
         self.cfg, self.lr_message = resolve_lr(cfg)
+        self.requested = cfg  # as the caller gave it: the command env.json records
         if self.cfg.data_root:  # config.json works from any cwd
             self.cfg.data_root = str(Path(self.cfg.data_root).expanduser().resolve())
         self.out, self.resume, self.progress, self.overwrite = Path(out), resume, progress, overwrite
@@ -194,9 +256,9 @@ class Trainer:
 
     # ---- setup
 
-    def find_checkpoint(self) -> dict | None:
+    def find_checkpoint(self, quiet: bool = False) -> dict | None:
         """The checkpoint to resume from (``None``: fresh start; ``integrity.check_out_dir`` has
-        refused to start afresh over a run)."""
+        refused to start afresh over a run); ``quiet``: no "resuming from" line."""
         if not self.resume:
             return None
         found = checkpoint.find_resume_checkpoint(self.ckpt_dir) if self.ckpt_dir.exists() else None
@@ -206,7 +268,7 @@ class Trainer:
             return None
         path, ckpt = found
         checkpoint.check_compatible(ckpt, self.cfg, path)
-        if self.main:
+        if self.main and not quiet:
             print(f"resuming from {path} (iteration {ckpt['iteration']})")
             if int(ckpt.get("world_size", self.world)) != self.world:
                 print(f"warning: checkpoint was written with {ckpt.get('world_size')} processes, resuming with "
@@ -258,12 +320,7 @@ class Trainer:
                           finished=self.start_iter >= self.cfg.max_iter)
         if self.ckpt is None or not runs.is_run_dir(self.out):  # a resume keeps the recorded config
             runs.write_config(self.out, self.cfg, self.world, data=self.data)
-        env = environment(self.dev, self.world)
-        env["autocast"] = str(self.amp_dtype).replace("torch.", "") if self.use_amp else "none"  # what amp ran as
-        env["resumed_from_iteration"] = self.start_iter if self.ckpt is not None else None
-        if self.ckpt is not None:  # what may differ from config.json (integrity.MAY_CHANGE_ON_RESUME)
-            env["resumed_with"] = {k: getattr(self.cfg, k) for k in integrity.MAY_CHANGE_ON_RESUME}
-        runs.write_env(self.out, env)
+        self.write_env()
         self.writers = runs.open_loggers(self.out, self.cfg.log_stats)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -272,6 +329,22 @@ class Trainer:
         except Exception:  # tensorboard is an optional extra
             self.tb = None
         print(self.lr_message)
+
+    def write_env(self) -> None:
+        """``env.json``: a fresh run records the environment it starts in; a resume appends one
+        entry (:mod:`dynrcnn.rundir.history`) and leaves what earlier segments recorded as written."""
+        if self.ckpt is None:
+            command = run_command.train_command(self.requested, self.out)
+            runs.write_env(self.out, environment(self.dev, self.world, self.amp_dtype, command))
+            return
+        recorded = runs.read_config(self.out).to_dict() if runs.is_run_dir(self.out) else {}
+        changed = {k: getattr(self.cfg, k) for k in integrity.MAY_CHANGE_ON_RESUME
+                   if k in recorded and recorded[k] != json_value(getattr(self.cfg, k))}
+        entry = {"iteration": self.start_iter,
+                 **environment(self.dev, self.world, self.amp_dtype, run_command.resume_command(self.out, changed)),
+                 # what may differ from config.json (integrity.MAY_CHANGE_ON_RESUME)
+                 "resumed_with": {k: getattr(self.cfg, k) for k in integrity.MAY_CHANGE_ON_RESUME}}
+        history.append_resume(self.out, entry)
 
     def open_loader(self) -> None:
         from dynrcnn.data.datasets import build_train_loader
@@ -332,6 +405,8 @@ class Trainer:
             torch.distributed.barrier()
 
     def run(self) -> TrainResult:
+        if self.resume and not self.overwrite and runs.is_finished(self.out):
+            return self.run_finished()
         created = self.main and not self.out.exists()
         lock = integrity.RunLock(self.out) if self.main else None
         if lock is not None:
@@ -345,6 +420,29 @@ class Trainer:
                 lock.release()
             if created:  # a run refused before it wrote anything leaves no folder behind (else a no-op)
                 integrity.remove_empty_tree(self.out)
+
+    def run_finished(self) -> TrainResult:
+        """A resume of a finished run (``train_done.json``): nothing to train and nothing to
+        write. The settings are checked against the record as for any resume (others are
+        refused), the final model is loaded for the caller, and every file of the run keeps its
+        bytes: no log cut, no ``env.json`` entry, no lock taken (a run another process is
+        writing is still refused). Only a missing evaluation (``eval_at_end``) is added."""
+        integrity.check_unlocked(self.out)
+        self.ckpt = self.find_checkpoint(quiet=True)
+        if self.ckpt is None:  # check_out_dir refuses a finished run without checkpoints first
+            raise ConfigError(f"{self.out} is finished but holds no checkpoint; pass --overwrite to train it again")
+        self.start_iter = self.iteration = int(self.ckpt["iteration"])
+        self.build()  # integrity.check_resume, then the model restored from the checkpoint
+        done = runs.read_train_done(self.out) or {}
+        if self.main:
+            print(f"{self.out}: finished at iteration {done.get('iterations', self.iteration)}; nothing to do")
+        if self.cfg.eval_at_end and self.main and not runs.is_evaluated(self.out):
+            from dynrcnn.evaluation.coco_eval import evaluate
+
+            evaluate(self.out, device=str(self.dev), progress=self.progress)  # adds eval.json, replaces nothing
+        if self.dist.initialized_here:
+            torch.distributed.destroy_process_group()
+        return TrainResult(self.out, self.model, self.iteration, True)
 
     def _run(self) -> TrainResult:
         from tqdm import tqdm
@@ -400,7 +498,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = 
 
     ``resume=True`` continues from ``out_dir/checkpoints/last.pth`` (or the newest readable
     periodic checkpoint) and refuses settings or data other than the recorded ones
-    (``integrity.check_resume``). A folder holding a run is refused unless ``resume`` or
+    (``integrity.check_resume``); ``env.json`` gets one entry per resume. A finished run
+    (``train_done.json``) is read, never written: "finished at iteration N; nothing to do". A folder holding a run is refused unless ``resume`` or
     ``overwrite`` (which deletes that run's files first). With ``cfg.eval_at_end`` the final
     model is evaluated on ``cfg.val_split`` (``eval.json``). Under ``torchrun`` this runs
     distributed.
@@ -421,4 +520,4 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
 
 
 __all__ = ["train", "train_model", "TrainResult", "Trainer", "HookBase", "lr_at", "setup_distributed",
-           "DistInfo", "environment", "seed_everything"]
+           "DistInfo", "environment", "cpu_model", "numeric_path", "seed_everything"]

@@ -29,7 +29,7 @@ from dynrcnn.rundir import runs
 from dynrcnn.checkpoint.state import load_for_eval
 from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
-from dynrcnn.io import read_json, shown_path
+from dynrcnn.io import file_sha256, read_json, shown_path
 
 
 def _coco_classes(evaluator: str):
@@ -181,9 +181,38 @@ def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
                         f"{dataset.num_classes - 1} ({ckpt_path}); evaluate on data with the run's categories")
 
 
+def held_evaluation(run_dir, tag: str | None, ckpt_path: Path, data_root, split: str, evaluator: str,
+                    device: str) -> dict | None:
+    """The evaluation ``eval[-<tag>].json`` already holds when it is this one: the same checkpoint
+    (its SHA-256; an older record without it: the same file name, not modified since: a run
+    directory may have moved), the same data
+    (folder, split and annotation SHA-256), evaluator and device type, with its detections file
+    present. ``None`` otherwise. The reuse rule of ``evaluate``: a finished run's results are
+    not written again for the same question."""
+    from dynrcnn.data.datasets import annotation_file
+
+    path = runs.eval_file(run_dir, tag)
+    held = read_json(path)
+    if not held or not runs.detections_file(run_dir, tag).is_file():
+        return None
+    ann = annotation_file(data_root, split)
+    same_data = (held.get("split") == split and held.get("data_root") and provenance.same_path(held["data_root"], data_root)
+                 and ann.is_file() and held.get("annotation_sha256") == file_sha256(ann))
+    same_setup = (held.get("evaluator") == evaluator
+                  and torch.device(str(held.get("device", "cpu"))).type == torch.device(device).type)
+    if not (same_data and same_setup and held.get("checkpoint")):
+        return None
+    if held.get("checkpoint_sha256"):
+        same_ckpt = held["checkpoint_sha256"] == file_sha256(ckpt_path)
+    else:
+        same_ckpt = (Path(held["checkpoint"]).name == ckpt_path.name
+                     and ckpt_path.stat().st_mtime <= path.stat().st_mtime)
+    return held if same_ckpt else None
+
+
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
              device: str = "cpu", evaluator: str = EVALUATORS[0], progress: bool = False,
-             name: str | None = None, allow_class_mismatch: bool = False) -> dict:
+             name: str | None = None, allow_class_mismatch: bool = False, force: bool = False) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 
     Writes ``RUN_DIR/detections.json`` and ``RUN_DIR/eval.json``; returns the eval dict. A
@@ -194,8 +223,10 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     folder's name, see :func:`provenance.eval_tag`) and the run's own ``eval.json`` is left alone.
     Data whose class names differ from those the run recorded is refused unless
     ``allow_class_mismatch`` (the count of classes is always checked).
-    ``name`` forces the tag. Every eval file records ``data_root``, ``split`` and the
-    annotation file's SHA-256.
+    ``name`` forces the tag. Every eval file records ``data_root``, ``split``, the annotation
+    file's SHA-256 and the checkpoint's. An eval file that already holds this evaluation (same
+    checkpoint, data, evaluator and device type: :func:`held_evaluation`) is returned as it is,
+    not written again, unless ``force``.
     """
     from dynrcnn.data.datasets import load_dataset
     from dynrcnn.modeling.model import build_model
@@ -215,6 +246,12 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     final = ckpt_path.resolve() == runs.last_checkpoint(run).resolve()
     if not final and name is None:  # another checkpoint never replaces the final model's results
         tag = runs.sanitise_tag(f"{tag}-{ckpt_path.stem}" if tag else ckpt_path.stem)
+    integrity.check_unlocked(run)  # not while another process trains or evaluates it (reuse included)
+    held = None if force else held_evaluation(run, tag, ckpt_path, cfg.data_root, cfg.val_split, evaluator, device)
+    if held is not None:
+        print(f"{shown_path(runs.eval_file(run, tag))} already holds this evaluation (same checkpoint, data and "
+              "evaluator): reused, not written again (--overwrite evaluates again)")
+        return held
     ckpt = load_for_eval(ckpt_path, cfg)
     dataset = load_dataset(cfg.data_root, cfg.val_split, train=False)
     _check_num_classes(ckpt["model"], dataset, ckpt_path)
@@ -235,6 +272,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
             "evaluator": evaluator,
             "checkpoint": str(ckpt_path),
             "checkpoint_iteration": int(ckpt["iteration"]),
+            "checkpoint_sha256": file_sha256(ckpt_path),
             "final_model": final,  # False: an intermediate checkpoint (left out of the report's benchmarks)
             "num_images": len(dataset),
             **data,  # data_root, split, annotation_sha256
@@ -282,9 +320,9 @@ def ensure_evaluated(run_dir: str | Path, data_root=None, extra_data_roots=(), d
     reloaded :class:`~dynrcnn.rundir.runs.Run`."""
     roots = [data_root, *extra_data_roots] if force else missing_evaluations(run_dir, data_root, extra_data_roots)
     for root in roots:
-        evaluate(run_dir, data_root=None if root is None else str(root), device=device)
+        evaluate(run_dir, data_root=None if root is None else str(root), device=device, force=force)
     return runs.load_run(Path(run_dir))
 
 
-__all__ = ["evaluate", "ensure_evaluated", "missing_evaluations", "tight_flags", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
+__all__ = ["evaluate", "held_evaluation", "ensure_evaluated", "missing_evaluations", "tight_flags", "coco_metrics", "ap_per_iou", "per_class_ap", "detections_to_coco", "predict", "EVALUATORS",
            "IOU_THRESHOLDS"]

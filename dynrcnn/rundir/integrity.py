@@ -56,6 +56,12 @@ def check_out_dir(run_dir, resume: bool, overwrite: bool) -> None:
                            f"from ({CHECKPOINTS}/ is empty); pass --overwrite to train it again from scratch")
 
 
+def check_unlocked(run_dir) -> None:
+    """Refuse to act on ``run_dir`` while another live process writes it (:class:`RunLock`),
+    without taking the lock: what a reader of a finished run checks."""
+    RunLock(run_dir).check_free()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -106,14 +112,7 @@ class RunLock:
                 holder = self._holder()
                 if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                     return self  # this process holds it already
-                same_host = holder.get("host") == me["host"]
-                if same_host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]):
-                    raise DynrcnnError(f"{self.path.parent} is being written by process {holder['pid']} "
-                                       f"({self.path}); wait for it to finish or stop it") from None
-                if holder and not same_host:
-                    raise DynrcnnError(f"{self.path.parent} is locked by process {holder.get('pid')} on "
-                                       f"{holder.get('host')} ({self.path}); delete the lock file if that "
-                                       "process no longer runs") from None
+                self._refuse_live(holder, me)
                 import sys
 
                 print(f"removing the stale lock {self.path} (process {holder.get('pid')} is gone)", file=sys.stderr)
@@ -124,6 +123,30 @@ class RunLock:
             self.owned = True
             return self
         raise DynrcnnError(f"could not take the lock {self.path}; another process took it; try again")
+
+    def _refuse_live(self, holder: dict, me: dict) -> None:
+        """Raise when ``holder`` (the lock file's content) is a live process other than ``me``."""
+        same_host = holder.get("host") == me["host"]
+        if same_host and isinstance(holder.get("pid"), int) and _pid_alive(holder["pid"]):
+            raise DynrcnnError(f"{self.path.parent} is being written by process {holder['pid']} "
+                               f"({self.path}); wait for it to finish or stop it") from None
+        if holder and not same_host:
+            raise DynrcnnError(f"{self.path.parent} is locked by process {holder.get('pid')} on "
+                               f"{holder.get('host')} ({self.path}); delete the lock file if that "
+                               "process no longer runs") from None
+
+    def check_free(self) -> None:
+        """Refuse, as :meth:`acquire` would, when another live process holds the lock, but take
+        nothing and write nothing (a reader of a finished run; a stale lock is left alone)."""
+        import socket
+
+        if not self.path.exists():
+            return
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        holder = self._holder()
+        if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+            return
+        self._refuse_live(holder, me)
 
     def release(self) -> None:
         if self.owned:
@@ -206,18 +229,20 @@ def _mismatch(run_dir: Path, cfg) -> str | None:
 
 
 def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
-    """What the train notebook does with ``run_dir``: ``reuse`` a complete run of the same
-    config, ``resume`` an interrupted one (same config, ``checkpoints/last.pth`` present) or
+    """What the train notebook does with ``run_dir``: ``reuse`` a finished run of the same
+    config (read only: nothing of it is written again, a missing evaluation is the evaluation
+    step's), ``resume`` an interrupted one (same config, ``checkpoints/last.pth`` present) or
     ``train`` from scratch; the second element says why."""
     run_dir = Path(run_dir)
     if force:
         return "train", f"force=True: training {run_dir} from scratch"
-    complete = is_complete(run_dir)
+    finished = is_finished(run_dir) and is_run_dir(run_dir)
     resumable = last_checkpoint(run_dir).is_file() and is_run_dir(run_dir)
-    mismatch = _mismatch(run_dir, cfg) if complete or resumable else None  # hashes the annotations once
-    if complete and mismatch is None:
-        return "reuse", f"reusing the complete run {shown_path(run_dir)} (same config; pass force=True to retrain)"
+    mismatch = _mismatch(run_dir, cfg) if finished or resumable else None  # hashes the annotations once
+    if finished and mismatch is None:
+        return "reuse", (f"reusing the finished run {shown_path(run_dir)} (same config; read only; pass force=True "
+                         "to retrain)")
     if resumable and mismatch is None:
         return "resume", f"resuming the interrupted run {shown_path(run_dir)} from {LAST_CHECKPOINT_PATH}"
-    why = mismatch or f"{shown_path(run_dir)} is not complete (no {TRAIN_DONE}/{EVAL})"
+    why = mismatch or f"{shown_path(run_dir)} is not finished (no {TRAIN_DONE})"
     return "train", why + ": training from scratch"

@@ -7,7 +7,8 @@ reuse, data provenance) are in :mod:`dynrcnn.rundir.integrity`, the captions and
 A run directory holds (see the README's "Run directory" section)::
 
     config.json          resolved config (+ images_per_update, world_size)  engine
-    env.json             versions, device, command                           engine
+    env.json             versions, device, numeric path, command; one entry   engine
+                         per resume (:mod:`dynrcnn.rundir.history`)
     metrics.jsonl        losses, lr, threshold/beta, speed every log_period  engine
     dynamic.jsonl        every update of the IoU threshold and beta           engine
     stats.jsonl          per-iteration statistics (log_stats=true)           engine
@@ -154,6 +155,11 @@ def write_env(run_dir, env: dict) -> None:
 
 def write_train_done(run_dir, done: dict) -> None:
     write_json(Path(run_dir) / TRAIN_DONE, done)
+
+
+def read_train_done(run_dir) -> dict | None:
+    """``train_done.json`` of a finished run (``None``: not finished)."""
+    return read_json(Path(run_dir) / TRAIN_DONE)
 
 
 def detections_by_image(run_dir, name: str | None = None, min_score: float = 0.0) -> dict[int, list[dict]]:
