@@ -386,19 +386,24 @@ def test_bad_input_gives_one_error_line_and_changes_nothing(case, done_run, data
 def test_report_outputs_go_under_root(tmp_path, monkeypatch):
     """Outside the checkout the report writes under the working directory (or --root), never
     into the source checkout (the notebooks themselves are stubbed out here)."""
-    from dynrcnn.report import pipeline
+    from dynrcnn.report import pipeline, study
+    from dynrcnn.report.studies import record
 
     seen = {}
-    monkeypatch.setattr(pipeline, "prepare_backbone", lambda *a, **k: [], raising=False)
-    monkeypatch.setattr(pipeline, "_run_steps", lambda steps, *a: seen.update(steps=steps))
-    monkeypatch.setattr(pipeline, "notebook_durations", lambda out: {})
-    monkeypatch.setattr(pipeline, "write_index", lambda *a: None)
-    monkeypatch.setattr(pipeline, "update_readme", lambda readme, *a, **k: seen.update(readme=readme))
+    monkeypatch.setattr(record, "prepare_backbone", lambda *a, **k: [])
+    monkeypatch.setattr(record, "_run_steps", lambda steps, *a: seen.update(steps=steps))
+    monkeypatch.setattr(record, "notebook_durations", lambda out: {})
+    monkeypatch.setattr(record, "write_index", lambda *a: None)
+    monkeypatch.setattr(record, "results", lambda *a, **k: {})
+    monkeypatch.setattr(record, "readme_blocks", lambda readme, *a, **k: seen.update(readme=readme) or {})
+    monkeypatch.setattr(study, "execute_notebook", lambda src, out, *a, **k: out)
+    monkeypatch.setattr(study, "render_html", lambda nb: nb.with_suffix(".html"))
     monkeypatch.chdir(tmp_path)
     for root, where in ((None, tmp_path), (tmp_path / "elsewhere", tmp_path / "elsewhere")):
-        result = pipeline.run_pipeline("mini", progress=False, root=root)
+        result = record.run_pipeline("mini", progress=False, root=root)
         assert result.out == where / "build" / "report" and result.runs_root == where / "runs" / "mini"
         assert result.figures_dir == where / "figures" and seen["readme"] == where / "README.md"
+        assert (where / "figures" / "results.json").is_file()  # written by the runner, not the notebook
         assert {s.params["data_root"] for s in seen["steps"] if "data_root" in s.params} == {str(where / "data" / "mini")}
     monkeypatch.chdir(pipeline.REPO)
     assert pipeline.report_root() == pipeline.REPO

@@ -252,7 +252,7 @@ def test_plan_order(tmp_path):
                         tmp_path / "fig", force=False)
     kinds = [s.kind for s in steps]
     n = len(report.get_profile("mini").runs)
-    assert n == 11  # baseline 0.7, baseline 0.85 and dynamic x 3 seeds; DLA and DSL alone x 1
+    assert n == 35  # baseline 0.85 and dynamic x 10 seeds; baseline 0.7, DLA and DSL alone x 5
     assert kinds == ["data"] + ["train"] * n + ["evaluate"] * n + ["method", "results"]
     assert steps[-2].params["run_dir"].endswith("dynamic")
     # every run is also evaluated on the second benchmark (another data seed)
@@ -342,20 +342,25 @@ def test_report_of_record_is_the_long_fine_tune_and_quick_repeats_its_runs_at_30
 
 def test_extra_seeds_repeat_every_configuration(tmp_path):
     base = report.get_profile("mini")
-    prof = base.with_seeds([3])
+    n = len(base.runs)
+    # the first five seeds of every configuration come first (a partial report has them all), then
+    # the headline pair's seeds 5-9
+    assert [r.name for r in base.runs[:5]] == ["baseline", "baseline_nms085", "dynamic", "dla", "dsl"]
+    assert [r.name for r in base.runs[-2:]] == ["baseline_nms085_seed9", "dynamic_seed9"]
+    prof = base.with_seeds([10])
     names = [r.name for r in prof.runs]
-    assert names[:11] == [r.name for r in base.runs]
-    assert names[11:] == ["baseline_seed3", "baseline_nms085_seed3", "dynamic_seed3", "dla_seed3", "dsl_seed3"]
-    assert {r.seed for r in prof.runs[11:]} == {3}
+    assert names[:n] == [r.name for r in base.runs]
+    assert names[n:] == ["baseline_seed10", "baseline_nms085_seed10", "dynamic_seed10", "dla_seed10", "dsl_seed10"]
+    assert {r.seed for r in prof.runs[n:]} == {10}
     assert base.with_seeds([0]) == base  # seeds the profile already has add nothing
-    assert [r.name for r in base.with_seeds([1]).runs][11:] == ["dla_seed1", "dsl_seed1"]
+    assert [r.name for r in base.with_seeds([7]).runs][n:] == ["baseline_seed7", "dla_seed7", "dsl_seed7"]
     steps = report.plan(prof, tmp_path / "out", tmp_path / "runs", tmp_path / "data", "cpu", tmp_path / "fig", False)
     train = {s.output: s.params for s in steps if s.kind == "train"}
-    assert train["train_dynamic_seed3"]["seed"] == 3 and train["train_dynamic_seed3"]["method"] == "dynamic"
-    assert "log_stats=true" in train["train_dynamic_seed3"]["overrides"]
-    assert report.NMS_085 in train["train_dynamic_seed3"]["overrides"]
-    assert report.NMS_085 in train["train_baseline_nms085_seed3"]["overrides"]
-    assert report.NMS_085 not in train["train_baseline_seed3"]["overrides"]
+    assert train["train_dynamic_seed10"]["seed"] == 10 and train["train_dynamic_seed10"]["method"] == "dynamic"
+    assert "log_stats=true" in train["train_dynamic_seed10"]["overrides"]
+    assert report.NMS_085 in train["train_dynamic_seed10"]["overrides"]
+    assert report.NMS_085 in train["train_baseline_nms085_seed10"]["overrides"]
+    assert report.NMS_085 not in train["train_baseline_seed10"]["overrides"]
 
 
 def test_ablation_delta_uses_the_baseline_at_the_same_rpn_nms(tmp_path):
@@ -517,7 +522,8 @@ def test_the_headline_comes_from_the_same_nms_claims(mini_runs, tmp_path):
     items = claims(find_runs(mini_runs))
     line = headline(items)
     ap = find_claim(items, "paper_delta_ap_same_nms").intervals["own"]
-    assert line.startswith("Dynamic R-CNN vs Faster R-CNN at the same RPN NMS (2 vs 2 seeds, paired): ")
+    assert line.startswith("Dynamic R-CNN vs Faster R-CNN at the same RPN NMS (2 vs 2 seeds, paired; seed-level 95% "
+                           "intervals): ") and "Primary family of 2 tests, Holm-corrected" in line
     assert f"{ap['estimate']:+.2f} AP [{ap['low']:+.2f}, {ap['high']:+.2f}]" in line and "AP90" in line
     assert "(evaluation split)" in line and "Verdicts: AP: reproduced" in line
     assert summary_lines(mini_runs)[-1].startswith("claims: ") and "reproduced" in summary_lines(mini_runs)[-1]

@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
     register_mmdet(subparsers)
     register_controls(subparsers)
+    register_study(subparsers)
 
 
 def _run(args) -> int:
@@ -50,7 +51,8 @@ def _run(args) -> int:
     A failing notebook exits 1 (its message names the notebook and the cell)."""
     import sys
 
-    from dynrcnn.report.pipeline import ReportError, run_pipeline
+    from dynrcnn.report.pipeline import ReportError
+    from dynrcnn.report.studies.record import run_pipeline
     from dynrcnn.report.text import summary_lines
 
     try:
@@ -87,7 +89,7 @@ def register_mmdet(subparsers) -> None:
 
 
 def _run_mmdet(args) -> int:
-    from dynrcnn.report.peer_pipeline import run_side_by_side
+    from dynrcnn.report.studies.mmdet import run_side_by_side
 
     res = run_side_by_side(root=args.root, overrides=args.overrides, jobs=args.jobs, readme=not args.no_readme)
     for name, bench in res["benchmarks"].items():
@@ -114,8 +116,34 @@ def register_controls(subparsers) -> None:
 
 
 def _run_controls(args) -> int:
-    from dynrcnn.report.controls_pipeline import run_controls
+    from dynrcnn.report.studies.controls import run_controls
 
     res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme)
     print(res["interpretation"])
+    return 0
+
+
+def register_study(subparsers) -> None:
+    p = subparsers.add_parser(
+        "study",
+        help="run a declared study (dynrcnn/report/studies/NAME.py): train what is missing, results.json, notebook",
+        description="Run a study declared in dynrcnn/report/studies/NAME.py (its STUDY): train and evaluate what "
+                    "is missing of its runs, write its results.json from the package, execute its notebook and "
+                    "write its page's generated block. 'controls' and 'mmdet' are 'dynrcnn controls' and "
+                    "'dynrcnn mmdet' with their defaults.",
+    )
+    p.add_argument("name", help="the study's module name under dynrcnn/report/studies/")
+    p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel, one process each (default 2)")
+    p.add_argument("--no-readme", action="store_true", help="do not write the page's generated block")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args) -> int:
+    from dynrcnn.report.study import RESULTS, get_study, run_study
+
+    study = get_study(args.name)
+    run_study(study, root=args.root, jobs=args.jobs, progress=not args.no_progress, write_block=not args.no_readme)
+    print(f"{study.name}: {study.figures}/{RESULTS}")
     return 0

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dynrcnn.rundir.environment import cpu_model, numeric_path
 from dynrcnn.checkpoint import state as checkpoint
 from dynrcnn.rundir import command as run_command
 from dynrcnn.rundir import history
@@ -123,42 +124,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``'s ``model name``; ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def numeric_path(device: torch.device, amp_dtype: torch.dtype | None) -> str:
-    """The numeric path the forward runs on, which decides the run's numbers bit for bit:
-    ``fp32``; ``bf16 (AMX)`` or ``bf16 (AVX512-BF16)`` on a CPU (oneDNN takes other kernels on
-    each, :func:`dynrcnn.modeling.model.cpu_has_bf16`); ``<dtype> (CUDA)`` on a GPU."""
-    dtype = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "").replace("bfloat16", "bf16") \
-        .replace("float16", "fp16")
-    if device.type == "cuda":
-        return f"{dtype} (CUDA)"
-    if amp_dtype is None:
-        return "fp32"
-    flags = _cpu_flags()
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "oneDNN"
-    return f"{dtype} ({isa})"
 
 
 def environment(device: torch.device, world_size: int, amp_dtype: torch.dtype | None = None,

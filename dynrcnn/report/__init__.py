@@ -24,7 +24,10 @@ from dynrcnn.report.profiles import *  # noqa: F401,F403
 from dynrcnn.report.tables import *  # noqa: F401,F403
 from dynrcnn.report.text import *  # noqa: F401,F403
 from dynrcnn.report.pipeline import *  # noqa: F401,F403
+from dynrcnn.report.study import *  # noqa: F401,F403
+from dynrcnn.report.studies.record import *  # noqa: F401,F403
 import sys as _sys
 
-_PUBLIC = ("evidence", "analysis", "curves", "claims", "results", "profiles", "tables", "text", "pipeline")
+_PUBLIC = ("evidence", "analysis", "curves", "claims", "results", "profiles", "tables", "text", "pipeline", "study",
+           "studies.record")
 __all__ = [name for m in _PUBLIC for name in _sys.modules[f"{__name__}.{m}"].__all__]

@@ -215,6 +215,12 @@ def results(groups: Groups, datasets=(None,), versions: dict | None = None, n_bo
             "speed": speed_ratio(groups), "versions": versions or {}, "n_boot": n_boot}
 
 
+def peer_versions(groups: Groups) -> dict:
+    """The package versions MMDetection's runs recorded (``train_done.json``), for ``results.json``."""
+    return next(((r.done or {}).get("versions") for r in groups[("mmdet", "dynamic")] if (r.done or {}).get("versions")),
+                {})
+
+
 def readme_body(res: dict, figures: str, command: str) -> str:
     """README's MMDetection block from :func:`results` (``figures``: the figures folder, relative)."""
     lines = [f"## MMDetection side by side (written by `{command}`; do not edit by hand)", "",
@@ -248,4 +254,4 @@ def readme_body(res: dict, figures: str, command: str) -> str:
 
 __all__ = ["IMPLEMENTATIONS", "LABELS", "METHODS", "METRICS", "PEER_EVAL", "Groups", "agreement",
            "agreement_sentence", "metrics_table", "evaluator_agreement", "trajectories", "trajectory_table",
-           "speed_ratio", "peer_run_name", "results", "readme_body"]
+           "speed_ratio", "peer_run_name", "results", "peer_versions", "readme_body"]

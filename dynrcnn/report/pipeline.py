@@ -1,6 +1,8 @@
-"""The papermill pipeline behind ``dynrcnn report --profile smoke|mini|coco``.
+"""The papermill mechanics of the studies (:mod:`dynrcnn.report.study`): planning the report's
+steps, executing and rendering notebooks, running steps in parallel, the pretrained backbone.
 
-It runs the notebooks in ``notebooks/`` in order: ``01_data`` -> one ``03_train`` per run of
+For ``dynrcnn report --profile smoke|mini|coco`` (:func:`dynrcnn.report.studies.record.run_pipeline`)
+it runs the notebooks in ``notebooks/`` in order: ``01_data`` -> one ``03_train`` per run of
 the profile (up to ``--jobs`` in parallel, one thread each), each followed by that run's
 ``04_evaluate`` in the same queue -> every run's bootstrap samples (:mod:`.intervals`, ``--jobs``
 processes) -> ``02_method`` -> ``05_results``; then renders every executed notebook to HTML, writes
@@ -11,7 +13,6 @@ processes) -> ``02_method`` -> ``05_results``; then renders every executed noteb
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,12 +20,8 @@ from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.report.evidence import Evidence
-from dynrcnn.report.index import write_index
-from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, get_profile, param_path, repo_path, step_output
+from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, param_path, repo_path, step_output
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
-from dynrcnn.report.tables import notebook_durations
-from dynrcnn.rundir.runs import find_runs
-from dynrcnn.report.text import update_readme
 
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
 # the kernels log only errors: ipykernel warns "Kernel is running over TCP without encryption"
@@ -377,56 +374,5 @@ def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
     precompute([load_run(repo_path(s.params["run_dir"])) for s in group], jobs=jobs)
 
 
-def run_pipeline(profile: str | Profile = "mini", out=None, runs_root=None, data_root=None,
-                 device: str | None = None, jobs: int | None = None, force: bool = False,
-                 figures_dir=None, progress: bool = True, seed: int | None = None,
-                 extra_seeds=(), root=None, published=()) -> PipelineResult:
-    """Run the whole report for ``profile`` (see the module docstring); returns where it went.
-    ``extra_seeds`` repeats the profile's runs with those seeds. ``published`` are downloaded
-    MMDetection checkpoints (Faster / Dynamic R-CNN R50-FPN): each is converted into a run
-    directory under ``<runs_root>_published`` and evaluated next to the report's own runs.
-    Outputs not given explicitly go under ``root`` (:func:`report_root`)."""
-    profile = (get_profile(profile) if isinstance(profile, str) else profile).with_seeds(extra_seeds)
-    t0 = time.perf_counter()
-    root = report_root(root)
-    out = Path(out or root / "build" / "report").resolve()
-    runs_root = Path(runs_root or root / "runs" / profile.name).resolve()
-    data_root = _resolve_data_root(profile, data_root, root)
-    if figures_dir is None:
-        figures_dir = root / profile.figures_dir if profile.figures_dir else out / "figures"
-    figures_dir = Path(figures_dir).resolve()
-    device = device or profile.default_device
-    jobs = max(1, int(jobs if jobs is not None else (2 if device == "cpu" else 1)))
-    for p in (out, runs_root, figures_dir):
-        p.mkdir(parents=True, exist_ok=True)
-    steps = plan(profile, out, runs_root, data_root, device, figures_dir, force, seed=seed,
-                 published=convert_published(published, runs_root))
-    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
-    result = PipelineResult(out=out, index=out / "index.html", figures_dir=figures_dir, runs_root=runs_root)
-    with report_progress(f"report[{profile.name}]", steps, progress, extra_work=WORK["index"]) as bar:
-        pinned = prepare_backbone(profile, data_root, device, bar)
-        for s in steps:
-            if s.kind == "train":
-                s.params["num_threads"] = threads
-                s.params["overrides"] = [*s.params["overrides"], *pinned]
-        with _notebook_env(threads):
-            _run_steps(steps, out, jobs, bar, result.executed)
-            bar.phase("rendering HTML")
-            result.html = [render_html(nb) for nb in result.executed]
-            bar.done(WORK["render"] * len(steps))
-            result.durations = notebook_durations(out)
-            result.wall_time_sec = time.perf_counter() - t0
-            result.evidence = Evidence(find_runs(runs_root))
-            write_index(result, profile, steps)
-            if profile.readme:
-                command = f"dynrcnn report --profile {profile.name}" + (
-                    f" --extra-seeds {' '.join(map(str, extra_seeds))}" if extra_seeds else "")
-                update_readme(root / "README.md", runs_root, figures_dir, command,  # only with its markers
-                              tag=profile.readme, title=profile.readme_title, index=result.index,
-                              evidence=result.evidence)
-            bar.done(WORK["index"], "done")
-    return result
-
-
-__all__ = ["ReportError", "Step", "PipelineResult", "plan", "execute_notebook", "render_html", "run_pipeline",
+__all__ = ["ReportError", "Step", "PipelineResult", "plan", "execute_notebook", "render_html",
            "STEP_KINDS", "published_root", "convert_published"]

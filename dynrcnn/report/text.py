@@ -10,7 +10,7 @@ import pandas as pd
 
 from dynrcnn.config import iou_index
 from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_per_iou, dynamic_facts, profile_scale
-from dynrcnn.report.claims import claims, claims_table, count_statuses, find_claim
+from dynrcnn.report.claims import PRIMARY, claims, claims_table, count_statuses, find_claim
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.profiles import FIGURE_FILES, PROFILES
 from dynrcnn.rundir.run_summary import run_device, run_iterations, run_name, scale_label
@@ -87,40 +87,49 @@ def replace_readme_block(readme, tag: str, body: str) -> bool:
     return True
 
 
-def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
+def readme_blocks(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
                   title: str = _MAIN.readme_title, index="build/report/index.html",
-                  evidence: Evidence | None = None) -> bool:
-    """Replace README's block between the ``tag`` markers (default the main profile's) with the
-    key figures and :func:`readme_table` of ``runs_root``, under the heading ``title``, so
-    README's numbers always come from the runs. Returns False (and changes nothing) when the
-    file has no such markers."""
+                  evidence: Evidence | None = None) -> dict[str, str]:
+    """README's generated blocks of a report (tag -> markdown): ``tag`` holds the key figures and
+    :func:`readme_table` of ``runs_root`` under the heading ``title``; ``<tag>-HEADLINE`` the
+    headline of the claims (when they are measured), so README's numbers always come from the runs."""
     base = Path(readme).parent
     fig = relative_path(figures_dir, base)
     evidence = _evidence(runs_root, evidence)
-    body = (
+    blocks = {tag: (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/{FIGURE_FILES['trend']})\n\n"
         f"![AP at every IoU threshold per method]({fig}/{FIGURE_FILES['ap_vs_iou']})\n\n"
         f"{readme_table(runs_root, relative_path(runs_root, base), evidence)}\n"
         f"The full report (every notebook, figure and table) is `{relative_path(index, base)}`.\n"
-    )
+    )}
     line = headline(claims(evidence))
     if line:  # README's first screen carries the headline too, when it has the markers
-        replace_readme_block(readme, f"{tag}-HEADLINE", f"**Result of record** (written by `{command}`): {line}")
-    return replace_readme_block(readme, tag, body)
+        blocks[f"{tag}-HEADLINE"] = f"**Result of record** (written by `{command}`): {line}"
+    return blocks
+
+
+def update_readme(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
+                  title: str = _MAIN.readme_title, index="build/report/index.html",
+                  evidence: Evidence | None = None) -> bool:
+    """Write :func:`readme_blocks` into ``readme``. Returns False (and changes nothing of the main
+    block) when the file has no markers for ``tag``."""
+    blocks = readme_blocks(readme, runs_root, figures_dir, command, tag, title, index, evidence)
+    main = blocks.pop(tag)
+    for t, body in blocks.items():
+        replace_readme_block(readme, t, body)
+    return replace_readme_block(readme, tag, main)
 
 
 # --------------------------------------------------------------------------------------------
 # interpretation sentences (used by the notebooks and the index page)
 
 
-HEADLINE_KEYS = (("paper_delta_ap_same_nms", "AP"), ("paper_delta_ap90_same_nms", "AP90"))
-
-
 def headline(items) -> str | None:
-    """One line: Dynamic R-CNN minus the same-NMS baseline, AP and AP90 with their 95 % intervals
-    on each benchmark and the verdicts (from the claims; None when they are not measured)."""
-    found = [(find_claim(items, key), metric) for key, metric in HEADLINE_KEYS]
+    """One line: the primary family (Dynamic R-CNN minus the same-NMS baseline, AP and AP90 on each
+    benchmark: :data:`~dynrcnn.report.claims.PRIMARY`) with the seed-level 95 % intervals, Holm's
+    correction and the verdicts (from the claims; None when they are not measured)."""
+    found = [(find_claim(items, key), metric) for key, metric in PRIMARY]
     found = [(c, m) for c, m in found if c is not None and c.intervals]
     if not found:
         return None
@@ -130,10 +139,11 @@ def headline(items) -> str | None:
         ivs = [(m, c.intervals.get(b)) for c, m in found if c.intervals.get(b)]
         text = ", ".join(f"{signed(iv['estimate'])} {m} [{signed(iv['low'])}, {signed(iv['high'])}]" for m, iv in ivs)
         parts.append(f"{text} ({'evaluation split' if b == 'own' else b})")
-    seeds = found[0][0].intervals[benchmarks[0]]["seeds"].replace("seed(s)", "seeds")
+    seeds = found[0][0].intervals[benchmarks[0]]["seeds"]
+    n_tests = sum(len(c.intervals) for c, _ in found)
     verdicts = "; ".join(f"{m}: {c.status}" for c, m in found)
-    return (f"Dynamic R-CNN vs Faster R-CNN at the same RPN NMS ({seeds}): " + "; ".join(parts)
-            + f". Verdicts: {verdicts}.")
+    return (f"Dynamic R-CNN vs Faster R-CNN at the same RPN NMS ({seeds}; seed-level 95% intervals): "
+            + "; ".join(parts) + f". Primary family of {n_tests} tests, Holm-corrected. Verdicts: {verdicts}.")
 
 
 def summary_lines(runs_root, evidence: Evidence | None = None) -> list[str]:
@@ -232,5 +242,5 @@ def ap_sentence(runs) -> str:
             f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
 
 
-__all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "markdown", "readme_table", "update_readme", "trend_sentence",
+__all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "markdown", "readme_table", "readme_blocks", "update_readme", "trend_sentence",
            "ap_sentence", "why_sentence", "headline", "summary_lines"]

@@ -121,19 +121,29 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine() or "cpu"
 
 
-def cpu_numeric_path(amp: str = "bf16") -> str:
-    """The numeric path a CPU run with ``amp`` takes here, in the words ``env.json`` records
-    (``dynrcnn.engine.trainer.numeric_path``, which this layer may not import): ``fp32`` unless
-    :func:`dynrcnn.modeling.model.autocast_dtype` picks bf16 (oneDNN has bf16 hardware,
-    :func:`~dynrcnn.modeling.model.cpu_has_bf16`), then ``bf16 (AMX)`` or ``bf16 (AVX512-BF16)``
-    by the CPU's flags (``amx_bf16``, ``avx512_bf16``), ``bf16 (oneDNN)`` when neither is listed."""
-    from dynrcnn.modeling.model import autocast_dtype
-
-    if autocast_dtype("cpu", amp) is None:
+def numeric_path(device, amp_dtype) -> str:
+    """The numeric path a forward runs on, which decides a run's numbers bit for bit (what
+    ``env.json`` records): ``fp32``; ``bf16 (AMX)`` or ``bf16 (AVX512-BF16)`` on a CPU (oneDNN takes
+    other kernels on each, :func:`dynrcnn.modeling.model.cpu_has_bf16`; ``bf16 (oneDNN)`` when the
+    CPU lists neither flag); ``<dtype> (CUDA)`` on a GPU. ``device``: a ``torch.device`` or its type."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    dtype = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "").replace("bfloat16", "bf16") \
+        .replace("float16", "fp16")
+    if kind == "cuda":
+        return f"{dtype} (CUDA)"
+    if amp_dtype is None:
         return "fp32"
     flags = set((_cpuinfo("flags") or "").split())
     isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "oneDNN"
-    return f"bf16 ({isa})"
+    return f"{dtype} ({isa})"
+
+
+def cpu_numeric_path(amp: str = "bf16") -> str:
+    """The numeric path a CPU run with ``amp`` takes here (:func:`numeric_path` of the dtype
+    :func:`dynrcnn.modeling.model.autocast_dtype` picks: bf16 only where oneDNN has bf16 hardware)."""
+    from dynrcnn.modeling.model import autocast_dtype
+
+    return numeric_path("cpu", autocast_dtype("cpu", amp))
 
 
 def numeric_versions(amp: str = "bf16") -> dict:
@@ -189,5 +199,5 @@ def environment_record(lock_path=None, amp: str = "bf16") -> dict:
 
 
 __all__ = ["NUMERIC_PACKAGES", "TORCHVISION_FOR_TORCH", "Mismatch", "canonical_name", "default_lock_path",
-           "parse_lock", "installed_version", "torchvision_matches", "cpu_model", "cpu_numeric_path", "numeric_versions",
+           "parse_lock", "installed_version", "torchvision_matches", "cpu_model", "numeric_path", "cpu_numeric_path", "numeric_versions",
            "lock_mismatches", "environment_sentence", "environment_record"]

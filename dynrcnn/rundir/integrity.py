@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.rundir.provenance import same_path
-from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, EVAL, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_complete, is_evaluated, is_finished, is_run_dir, last_checkpoint
+from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_evaluated, is_finished, is_run_dir, last_checkpoint
 from dynrcnn.io import read_json, shown_path
 
 

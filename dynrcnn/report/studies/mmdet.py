@@ -7,28 +7,31 @@
    (``.venv-mmdet``, one thread, ``--jobs`` runs at a time) writes a run directory under
    ``runs/mmdet``; ``dynrcnn convert --preset --method`` adds our config and checkpoint to it and
    ``dynrcnn eval`` scores it on both benchmarks, like our runs. Complete runs are reused.
-3. ``notebooks/06_mmdet.ipynb`` (papermill) draws the figures and writes ``figures/mmdet/results.json``;
-   the ``RESULTS-MMDET`` block of ``docs/mmdetection.md`` is written from that file.
+3. The package computes ``figures/mmdet/results.json`` (:func:`dynrcnn.report.peer.results`),
+   ``notebooks/06_mmdet.ipynb`` (papermill) draws the figures and shows the tables, and the
+   ``RESULTS-MMDET`` block of ``docs/mmdetection.md`` is written from that file. This module is
+   the study's declaration (:data:`STUDY`); :func:`dynrcnn.report.study.run_study` runs it.
 
 MMDetection is never imported here: it runs in its own interpreter.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
-from dynrcnn.report import peer
-from dynrcnn.report.profiles import MINI_SEEDS, NOTEBOOK_DIR, REPO, get_profile
-from dynrcnn.report.text import replace_readme_block
 from dynrcnn.io import relative_path
+from dynrcnn.report import peer
+from dynrcnn.report.profiles import MINI_SEEDS, REPO, get_profile, param_path
+from dynrcnn.report.study import Study, StudyContext, Work, run_study
+
+RECORD = "mini"  # the profile of the report of record, whose runs MMDetection is trained beside
 
 PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 TRAIN_SCRIPT = REPO / "peer_mmdet" / "train.py"
@@ -119,47 +122,33 @@ def _convert_and_evaluate(run: PeerRun, preset: str, data_root: Path, extra_root
             raise DynrcnnError(f"evaluating {run.run_dir.name} failed: {proc.stderr.strip()[-400:]}")
 
 
-def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None, out=None, seeds=MINI_SEEDS,
-                     overrides=(), jobs: int = 2, python=None, progress: bool = True, readme: bool = True) -> dict:
-    """Train what is missing of MMDetection's side, evaluate it, run the notebook, write the
-    block of :data:`DOC_PAGE`; returns the results (``figures/mmdet/results.json``)."""
+def _work(ctx: StudyContext, seeds=MINI_SEEDS, overrides=(), python=None) -> Work:
     from dynrcnn.data.datasets import load_dataset
     from dynrcnn.io import file_sha256
-    from dynrcnn.report.pipeline import (
-        _notebook_env, execute_notebook, render_html, report_root, second_root)
-    from dynrcnn.report.progress import WORK, ReportProgress, Tracked
+    from dynrcnn.presets import build_config
+    from dynrcnn.report.pipeline import second_root
+    from dynrcnn.report.progress import WORK, Tracked
 
-    t0 = time.perf_counter()
-    profile = get_profile("mini")  # the report of record
-    root = report_root(root)
-    runs_root = Path(runs_root or root / "runs" / profile.name).resolve()
-    peer_root = Path(peer_root or root / "runs" / "mmdet").resolve()
-    figures_dir = Path(figures_dir or root / "figures" / "mmdet").resolve()
-    out = Path(out or root / "build" / "report-mmdet").resolve()
-    python = Path(python or PEER_PYTHON)
+    profile = get_profile(RECORD)
+    runs_root = ctx.root / "runs" / profile.name
+    peer_root = ctx.root / "runs" / "mmdet"
+    python = Path(python or ctx.state.get("python") or PEER_PYTHON)
     if not python.is_file():
         raise DynrcnnError(f"no MMDetection peer environment at {python}: run 'make mmdet-env'")
     ours, backbone, backbone_sha = _ours(runs_root, seeds)
     data_root = Path(ours[0].config.data_root).resolve()
-    extra = [second_root(profile, data_root)] if profile.second_benchmark else []
-    extra = [p for p in extra if p.is_dir()]
+    extra = [p for p in ([second_root(profile, data_root)] if profile.second_benchmark else []) if p.is_dir()]
     num_classes = len(load_dataset(data_root, ours[0].config.val_split).class_names) + 1
     todo = [PeerRun(m, int(s), peer_root / peer.peer_run_name(m, s)) for s in seeds for m in peer.METHODS]
     backbone_sha = backbone_sha or file_sha256(backbone)
     for run in todo:
         _set_aside_if_stale(run, backbone_sha, peer_root)
-    names = [p.name for p in extra]
-    pending = [r for r in todo if not _complete(r, names)]
-    print(f"MMDetection side by side: {len(todo) - len(pending)} of {len(todo)} runs complete in {peer_root}; "
-          f"training {len(pending)}, {jobs} at a time, from {backbone}", file=sys.stderr)
-    from dynrcnn.presets import build_config
+    pending = [r for r in todo if not _complete(r, [p.name for p in extra])]
+    ctx.state.update(ours_root=runs_root, peer_root=peer_root)
+    overrides = list(ctx.state.get("overrides", overrides))
+    planned = build_config(profile.preset, "baseline", overrides=overrides).max_iter
 
-    planned = build_config(profile.preset, "baseline", overrides=list(overrides)).max_iter
-    # an MMDetection run's conversion and evaluation on every benchmark: about one of ours
-    work = WORK["evaluate"] * len(pending) + WORK["notebook"] + WORK["render"]
-    bar = ReportProgress("report[mmdet]", work, [Tracked(r.run_dir, planned) for r in pending], progress)
-
-    def one(run: PeerRun) -> None:
+    def one(run: PeerRun, bar) -> None:
         from dynrcnn.rundir.runs import TRAIN_DONE
 
         if not (run.run_dir / TRAIN_DONE).is_file():
@@ -167,26 +156,51 @@ def run_side_by_side(root=None, runs_root=None, peer_root=None, figures_dir=None
         _convert_and_evaluate(run, profile.preset, data_root, extra, num_classes, "cpu")
         bar.done(WORK["evaluate"])
 
-    with bar:
-        bar.phase(f"training {len(pending)} MMDetection runs and evaluating them, {jobs} at a time")
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(one, pending))
-        out.mkdir(parents=True, exist_ok=True)
-        params = {"ours_root": str(runs_root), "peer_root": str(peer_root), "figures_dir": str(figures_dir)}
-        with _notebook_env(max(1, (os.cpu_count() or 1))):
-            bar.phase("MMDetection notebook")
-            nb = execute_notebook(NOTEBOOK_DIR / "06_mmdet.ipynb", out / "06_mmdet.ipynb", params, cwd=out)
-            render_html(nb)
-            bar.done(WORK["notebook"] + WORK["render"], "done")
-    res = json.loads((figures_dir / "results.json").read_text())
-    res["wall_time_sec"] = time.perf_counter() - t0
-    if readme:
-        page = root / DOC_PAGE  # its images are linked relative to the page's folder
-        body = peer.readme_body(res, Path(os.path.relpath(figures_dir, page.parent)).as_posix(), "make mmdet")
-        body += (f"\nThe section's notebook is `{relative_path(out / '06_mmdet.html', root)}`; this run took "
-                 f"{res['wall_time_sec'] / 60:.1f} min.\n")
-        replace_readme_block(page, README_TAG, body)
-    return res
+    def run(bar) -> None:
+        bar.phase(f"training {len(pending)} MMDetection runs and evaluating them, {ctx.jobs} at a time")
+        with ThreadPoolExecutor(max_workers=ctx.jobs) as pool:
+            list(pool.map(lambda r: one(r, bar), pending))
+
+    # an MMDetection run's conversion and evaluation on every benchmark: about one of ours
+    return Work(run, WORK["evaluate"] * len(pending), [Tracked(r.run_dir, planned) for r in pending],
+                f"{len(todo) - len(pending)} of {len(todo)} runs complete in {peer_root}; training {len(pending)}, "
+                f"{ctx.jobs} at a time, from {backbone}")
 
 
-__all__ = ["run_side_by_side", "README_TAG", "DOC_PAGE", "PEER_PYTHON"]
+def _groups(ctx: StudyContext):
+    from dynrcnn.rundir.runs import find_runs
+
+    return peer.Groups.build(find_runs(ctx.state["ours_root"]), find_runs(ctx.state["peer_root"]))
+
+
+def _results(ctx: StudyContext) -> dict:
+    from dynrcnn.report.intervals import extra_datasets
+
+    groups = _groups(ctx)
+    datasets = [None, *extra_datasets([r for v in groups.runs.values() for r in v])]
+    return peer.results(groups, datasets, peer.peer_versions(groups))
+
+
+def _params(ctx: StudyContext) -> dict:
+    return {"ours_root": param_path(ctx.state["ours_root"]), "peer_root": param_path(ctx.state["peer_root"])}
+
+
+def _block(res: dict, ctx: StudyContext) -> str:
+    body = peer.readme_body(res, ctx.page_relative(ctx.figures, DOC_PAGE), "make mmdet")
+    return body + (f"\nThe section's notebook is `{relative_path(ctx.out / '06_mmdet.html', ctx.root)}`; this run "
+                   f"took {res['wall_time_sec'] / 60:.1f} min.\n")
+
+
+STUDY = Study("mmdet", "06_mmdet", "figures/mmdet", "build/report-mmdet", _work, _results, _params,
+              page=DOC_PAGE, blocks=lambda res, ctx: {README_TAG: _block(res, ctx)}, command="make mmdet")
+
+
+def run_side_by_side(root=None, overrides=(), jobs: int = 2, python=None, progress: bool = True,
+                     readme: bool = True) -> dict:
+    """:func:`~dynrcnn.report.study.run_study` of :data:`STUDY` with MMDetection's ``--set``
+    ``overrides`` and another peer interpreter when given; returns the results."""
+    study = dataclasses.replace(STUDY, work=lambda ctx: _work(ctx, overrides=overrides, python=python))
+    return run_study(study, root=root, jobs=jobs, progress=progress, write_block=readme)
+
+
+__all__ = ["STUDY", "run_side_by_side", "README_TAG", "DOC_PAGE", "PEER_PYTHON"]
