@@ -626,3 +626,22 @@ def test_styled_tables_left_align_text_and_keep_numbers_right():
     left = re.findall(r"_row0_(col\d)[^{]*\{\s*text-align: left", html)
     assert left == ["col0"]  # the sentence column only; the number keeps the default right alignment
     assert "1.23" in html and "a sentence" in html
+
+
+def test_results_name_the_machines_and_flag_a_run_that_changed_numeric_path(mini_runs):
+    from dynrcnn.report.results import environment_line, environment_of, results
+    from dynrcnn.rundir.runs import find_runs
+
+    env_file = mini_runs / "dynamic" / "env.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    env.update(cpu_model="Intel Xeon (AMX)", numeric_path="bf16 (AMX)",
+               resumes=[{"iteration": 200, "cpu_model": "AMD EPYC", "numeric_path": "bf16 (AVX512-BF16)"}])
+    env_file.write_text(json.dumps(env))
+    runs = find_runs(mini_runs)
+    got = environment_of(runs)
+    assert got["runs"]["mixed_numeric_paths"] == ["dynamic"]
+    assert {"bf16 (AMX)", "bf16 (AVX512-BF16)"} <= set(got["runs"]["numeric_paths"])
+    assert got["report"]["sentence"].startswith("ran with")
+    line = environment_line(got)
+    assert "AMD EPYC" in line and "Runs resumed on another numeric path: dynamic." in line
+    assert results(runs)["environment"]["runs"]["mixed_numeric_paths"] == ["dynamic"]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from dynrcnn import reference as ref
 from dynrcnn.report.analysis import ablation_table, profile_scale
+from dynrcnn.report.results import environment_line, environment_of
 from dynrcnn.report.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, claims, count_statuses,
                                    find_claim)
 from dynrcnn.report.evidence import Evidence
@@ -217,6 +218,7 @@ def write_index(result, profile, steps) -> Path:
 {f'<p class="headline"><b>{html.escape(line)}</b></p>' if (line := headline(items)) else ""}
 <p class="scale"><b>Scale: {html.escape(scale_text)}.</b>
 {scale_note}</p>
+<p class="scale">{html.escape(environment_line(environment_of(runs)))}</p>
 <h2>Results</h2>
 {_results(runs, items)}
 {_img_tag(figs / FIGURE_FILES['ap_vs_iou'], 'AP against IoU threshold')}

@@ -73,6 +73,37 @@ def configurations(runs) -> list[dict]:
     return out
 
 
+def environment_of(runs) -> dict:
+    """Where the numbers come from: the report's own environment against the lock
+    (:func:`dynrcnn.rundir.environment.environment_record`), and the machines the runs trained on
+    (CPU models, numeric paths; runs whose segments ran on different numeric paths are named: their
+    numbers belong to no single machine). bf16 results depend on the CPU's numeric path, so the
+    same seed reproduces exactly only on the same path."""
+    from dynrcnn.rundir.environment import environment_record
+    from dynrcnn.rundir.history import mixed_numeric_paths, segments
+
+    cpus, paths = set(), set()
+    for r in runs:
+        for seg in segments(r):
+            cpus.add(seg.get("cpu_model"))
+            paths.add(seg.get("numeric_path"))
+    return {"report": environment_record(), "runs": {
+        "cpu_models": sorted(c for c in cpus if c), "numeric_paths": sorted(p for p in paths if p),
+        "mixed_numeric_paths": sorted(run_summary.run_name(r) for r in runs if mixed_numeric_paths(r))}}
+
+
+def environment_line(env: dict) -> str:
+    """One line for the summary page and README: the runs' machine and numeric path, the lock
+    check, and any run that changed numeric path."""
+    r = env["runs"]
+    line = (f"Runs trained on {', '.join(r['cpu_models']) or 'an unrecorded CPU'} "
+            f"(numeric path {', '.join(r['numeric_paths']) or 'not recorded'}); this report "
+            f"{env['report']['sentence']}.")
+    if r["mixed_numeric_paths"]:
+        line += f" Runs resumed on another numeric path: {', '.join(r['mixed_numeric_paths'])}."
+    return line
+
+
 def comparison_pairs(runs) -> list[tuple[str, tuple, tuple]]:
     """``(label, baseline key, other key)`` of every comparison the report states: each
     configuration against the baseline at its RPN NMS, and Dynamic R-CNN against the
@@ -117,6 +148,7 @@ def results(runs, command: str = "") -> dict:
         "primary_family": {"claims": [k for k, _ in PRIMARY], "benchmarks": ["own", *runs.datasets[1:]],
                            "correction": "holm", "alpha": FAMILY_ALPHA},
         "benchmarks": ["own", *runs.datasets[1:]],
+        "environment": environment_of(runs),
         "configurations": configurations(runs),
         "comparisons": comparisons(runs),
         "claims": [{"key": c.key, "claim": c.claim, "family": c.family, "source": c.source, "published": c.published,
@@ -134,4 +166,4 @@ def write_results(runs, path, command: str = "") -> Path:
     return path
 
 
-__all__ = ["SCHEMA_VERSION", "configurations", "comparison_pairs", "comparisons", "results", "write_results"]
+__all__ = ["SCHEMA_VERSION", "environment_of", "environment_line", "configurations", "comparison_pairs", "comparisons", "results", "write_results"]

@@ -13,6 +13,7 @@ from dynrcnn.report.analysis import CROSSING, METRICS, ablation_table, ap_gain_p
 from dynrcnn.report.claims import PRIMARY, claims, claims_table, count_statuses, find_claim
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.profiles import FIGURE_FILES, PROFILES
+from dynrcnn.report.results import environment_line, environment_of
 from dynrcnn.rundir.run_summary import run_device, run_iterations, run_name, scale_label
 from dynrcnn.rundir.runs import find_runs
 from dynrcnn.io import relative_path
@@ -98,6 +99,7 @@ def readme_blocks(readme, runs_root, figures_dir, command: str = "make report", 
     evidence = _evidence(runs_root, evidence)
     blocks = {tag: (
         f"## {title} (written by `{command}`; do not edit by hand)\n\n"
+        f"{environment_line(environment_of(evidence))}\n\n"
         f"![IoU threshold and SmoothL1 beta against iteration]({fig}/{FIGURE_FILES['trend']})\n\n"
         f"![AP at every IoU threshold per method]({fig}/{FIGURE_FILES['ap_vs_iou']})\n\n"
         f"{readme_table(runs_root, relative_path(runs_root, base), evidence)}\n"
