@@ -94,6 +94,7 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
     run directories of published checkpoints, evaluated like the report's runs)."""
     gen = profile.generate
     figs = _abs(figures_dir)
+    run_figs = _abs(Path(out) / "figures")  # each run's own figures stay with the executed notebooks, out of figures/
     steps = [Step("data", "01_data", "01_data", {
         "profile": profile.name, "data_root": _abs(data_root), "generate": gen is not None,
         "n_train": gen[0] if gen else 0, "n_val": gen[1] if gen else 0, "image_size": profile.image_size if gen else 0,
@@ -113,13 +114,13 @@ def plan(profile: Profile, out, runs_root, data_root, device: str, figures_dir, 
     for spec in profile.runs:
         steps.append(Step("evaluate", "04_evaluate", step_output("evaluate", spec.name), {
             "run_dir": _abs(Path(runs_root) / spec.name), "data_root": _abs(data_root), "device": device,
-            "force": False, "figures_dir": figs, "n_images": 3,
+            "force": False, "figures_dir": run_figs, "n_images": 3,
             "extra_data_roots": [_abs(second_root(profile, data_root))] if profile.second_benchmark else [],
         }, f"evaluate {spec.name}"))
     for run_dir in map(Path, published):
         steps.append(Step("evaluate", "04_evaluate", f"evaluate_published_{run_dir.name}", {
             "run_dir": _abs(run_dir), "data_root": _abs(data_root), "device": device, "force": False,
-            "figures_dir": figs, "n_images": 3, "extra_data_roots": [],
+            "figures_dir": run_figs, "n_images": 3, "extra_data_roots": [],
         }, f"evaluate published {run_dir.name}"))
     dyn = [s for s in profile.runs if s.method == "dynamic"]
     steps.append(Step("method", "02_method", "02_method", {
