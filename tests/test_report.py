@@ -292,8 +292,8 @@ def test_train_action(mini_runs):
 def test_cli_registers_report():
     from dynrcnn.cli import build_parser
 
-    args = build_parser().parse_args(["report", "--profile", "smoke", "--jobs", "1", "--force"])
-    assert args.profile == "smoke" and args.jobs == 1 and args.force and callable(args.func)
+    args = build_parser().parse_args(["report", "--profile", "smoke", "--jobs", "1", "--overwrite"])
+    assert args.profile == "smoke" and args.jobs == 1 and args.overwrite and callable(args.func)
 
 
 def test_update_readme_replaces_only_the_marked_block(mini_runs, tmp_path):
@@ -645,3 +645,13 @@ def test_results_name_the_machines_and_flag_a_run_that_changed_numeric_path(mini
     line = environment_line(got)
     assert "AMD EPYC" in line and "Runs resumed on another numeric path: dynamic." in line
     assert results(runs)["environment"]["runs"]["mixed_numeric_paths"] == ["dynamic"]
+
+
+def test_share_at_least_counts_the_part_of_the_bin_that_holds_the_level():
+    from dynrcnn.report.analysis import share_at_least
+
+    rec = {"bin_edges": [0.0, 0.5, 0.6, 0.7, 1.0], "counts": [50, 20, 20, 10]}  # 100 proposals
+    assert share_at_least(rec, 0.6) == pytest.approx(0.30)  # a bin edge: the two top bins
+    assert share_at_least(rec, 0.65) == pytest.approx(0.20)  # half of [0.6, 0.7) and all of [0.7, 1.0]
+    assert share_at_least(rec, 0.0) == pytest.approx(1.0) and share_at_least(rec, 1.0) == pytest.approx(0.0)
+    assert math.isnan(share_at_least(rec, float("nan")))

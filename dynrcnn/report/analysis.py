@@ -234,20 +234,31 @@ def recompute_updates(run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def share_at_least(rec: dict, level: float) -> float:
+    """Share of a ``proposal_ious.jsonl`` record's proposals whose max IoU is >= ``level``: the
+    histogram's bins above ``level`` plus the part of the bin that holds ``level`` (proposals
+    taken as uniform within a 0.05-wide bin). Counting only bins whose lower edge is >= ``level``
+    (what the figure did) leaves that bin out: 3.3 % instead of about 7.5 % at threshold 0.63."""
+    if not math.isfinite(level):
+        return float("nan")
+    edges = np.asarray(rec["bin_edges"], dtype=float)
+    counts = np.asarray(rec["counts"], dtype=float)
+    lo, hi = edges[:-1], edges[1:]
+    part = np.clip((hi - level) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)  # 1 above level, 0 below
+    return float((counts * part).sum() / max(counts.sum(), 1.0))
+
+
 def proposal_quality(run, thresholds=(0.5, 0.7, 0.9)) -> pd.DataFrame:
     """From ``proposal_ious.jsonl``: per logged iteration, the threshold in effect and the
-    fraction of proposals whose max IoU reaches it (and fixed levels)."""
+    share of proposals whose max IoU reaches it (and fixed levels), by :func:`share_at_least`."""
     rows = []
     for rec in run.proposal_ious or []:
-        edges = np.asarray(rec["bin_edges"], dtype=float)
-        counts = np.asarray(rec["counts"], dtype=float)
-        total = max(counts.sum(), 1.0)
         it = int(rec["iteration"])
         thr, beta = threshold_at(run, it)
-        row = {"iteration": it, "proposals": int(counts.sum()), "threshold": thr, "beta": beta,
-               "≥ threshold": counts[edges[:-1] >= thr - 1e-9].sum() / total}
+        row = {"iteration": it, "proposals": int(sum(rec["counts"])), "threshold": thr, "beta": beta,
+               "≥ threshold": share_at_least(rec, thr)}
         for t in thresholds:
-            row[f"≥ {t}"] = counts[edges[:-1] >= t - 1e-9].sum() / total
+            row[f"≥ {t}"] = share_at_least(rec, t)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -49,20 +49,19 @@ def _pct(v: float) -> str:
     return f"{100 * v:02.0f}"
 
 
-def final_values(dynamic_runs) -> tuple[float, float]:
-    """The threshold and beta the report of record's Dynamic R-CNN runs end at: the mean over
-    seeds of each run's last update, rounded to 0.01."""
-    thr, beta = [], []
-    for r in dynamic_runs:
-        d = r.dynamic
-        if d is None or not len(d):
-            continue
-        last = d.sort_values("iteration").iloc[-1]
-        thr.append(float(last["iou_threshold"]))
-        beta.append(float(last["beta"]))
-    if not thr:
-        raise ValueError("no Dynamic R-CNN run with a dynamic.jsonl to read the final threshold and beta from")
-    return round(float(np.mean(thr)), 2), round(float(np.mean(beta)), 2)
+def final_values(dla_runs, dsl_runs) -> tuple[float, float]:
+    """The threshold DLA alone ends at (its runs' last update, mean over seeds) and the beta DSL
+    alone ends at, each rounded to 0.01: a control "fixed at the schedule's final value" must fix
+    the value of the schedule it is compared with (Dynamic R-CNN's own final beta, with DLA's
+    threshold raising the positives' quality, is lower than DSL's alone)."""
+    def last(runs, key):
+        vals = [float(r.dynamic.sort_values("iteration").iloc[-1][key]) for r in runs
+                if r.dynamic is not None and len(r.dynamic)]
+        if not vals:
+            raise ValueError(f"no run with a dynamic.jsonl to read the final {key} from")
+        return round(float(np.mean(vals)), 2)
+
+    return last(dla_runs, "iou_threshold"), last(dsl_runs, "beta")
 
 
 def sensitivity_settings(dynamic) -> list[tuple[str, int]]:
@@ -145,13 +144,16 @@ class ControlGroups:
 
 def plan_controls(reference_runs, preset: str, seeds=MINI_SEEDS):
     """(threshold, beta, specs, about) of the controls of the report of record's ``reference_runs``
-    (its complete runs; the final values are read from its Dynamic R-CNN runs at RPN NMS 0.85)."""
+    (its complete runs; the final threshold is read from its DLA-alone runs and the final beta from
+    its DSL-alone runs at RPN NMS 0.85, :func:`final_values`)."""
     from dynrcnn.presets import get_preset
     from dynrcnn.reference import DYNAMIC_RPN_NMS
     from dynrcnn.rundir.run_summary import rpn_nms
 
-    dyn = [r for r in reference_runs if base_name(r.path.name) == "dynamic" and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
-    threshold, beta = final_values(dyn)
+    def of(name):
+        return [r for r in reference_runs if base_name(r.path.name) == name and rpn_nms(r) == DYNAMIC_RPN_NMS and r.eval]
+
+    threshold, beta = final_values(of("dla"), of("dsl"))
     specs, about = control_specs(threshold, beta, get_preset(preset).dynamic, seeds)
     return threshold, beta, specs, about
 

@@ -26,6 +26,7 @@ from dynrcnn.rundir import runs as rundir  # noqa: E402
 from dynrcnn.config import IOU_THRESHOLDS, METHOD_NAMES  # noqa: E402
 from dynrcnn.data.datastats import dataset_statistics  # noqa: E402
 from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
+from dynrcnn.report.analysis import share_at_least  # noqa: E402
 from dynrcnn.rundir.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
 
 LOSS_KEYS = ("loss", *rundir.LOSS_KEYS)
@@ -169,7 +170,7 @@ def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
         ax.bar(edges[:-1], frac, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.7,
                edgecolor="white")
         thr, _ = threshold_at(run, it)
-        above = frac[edges[:-1] >= thr - 1e-9].sum() if math.isfinite(thr) else float("nan")
+        above = share_at_least(rec, thr)
         ax.axvline(thr, color="tab:red", lw=2, label=f"threshold {thr:.3f}")
         ax.axvline(0.5, color="0.3", lw=1, ls="--", label="fixed 0.5")
         ax.set_yscale("log")
