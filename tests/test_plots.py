@@ -273,3 +273,17 @@ def test_tight_share_figure_one_bar_per_configuration(tmp_path):
     ax = fig.axes[0]
     assert [round(p.get_height(), 6) for p in ax.patches] == [20.0, 30.0]
     assert [t.get_text() for t in ax.texts] == ["20.0%", "30.0%"] and ax.get_ylim()[1] > 30.0 * 1.1
+
+
+def test_seed_strip_figure_shows_every_seed(tmp_path):
+    configs = [{"label": "baseline (RPN NMS 0.85)", "method": "baseline", "nms": 0.85,
+                "values": {"AP": {0: 60.0, 1: 61.0, 2: 61.0}, "AP90": {0: 12.0, 1: 13.0, 2: 11.0}}},
+               {"label": "DLA + DSL (RPN NMS 0.85)", "method": "dynamic", "nms": 0.85,
+                "values": {"AP": {0: 63.0, 1: 62.5}, "AP90": {0: 20.0, 1: 19.0}}}]
+    fig = plots.seed_strip_figure(configs, "runs a, b")
+    _png(plots.save_figure(fig, tmp_path / "seeds.png"))
+    from matplotlib.collections import PathCollection
+
+    dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert [len(c.get_offsets()) for c in dots] == [3, 2]  # a dot a seed
+    assert sorted(float(y) for c in dots for _, y in c.get_offsets()) == [60.0, 61.0, 61.0, 62.5, 63.0]

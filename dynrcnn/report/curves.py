@@ -34,6 +34,16 @@ def ap_curves(runs) -> list[dict]:
     return out
 
 
+def seed_values(runs, metrics=("AP", "AP90")) -> list[dict]:
+    """Per configuration: ``label``, ``method``, ``nms`` and ``values`` (metric -> {seed: the
+    run's value}), so a figure can show every seed, not only the mean."""
+    out = []
+    for key, rs in sorted(evidence_of(runs).groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        out.append({"label": config_label(key), "method": key[0], "nms": key[1],
+                    "values": {m: {int(r.seed): float(r.eval[m]) for r in rs} for m in metrics}})
+    return out
+
+
 def gain_curves(runs, dataset: str | None = None) -> list[dict]:
     """Dynamic R-CNN minus each baseline (the one at its RPN NMS and the reference one) at each
     IoU threshold, with the 95 % interval: ``label``, ``x``, ``estimate``, ``low``, ``high``."""
@@ -108,4 +118,4 @@ def authors_trajectory() -> dict:
             "iou_threshold": np.asarray(a["iou_threshold"], dtype=float)}
 
 
-__all__ = ["tight_shares", "config_label", "ap_curves", "gain_curves", "trajectories", "authors_trajectory"]
+__all__ = ["tight_shares", "config_label", "ap_curves", "seed_values", "gain_curves", "trajectories", "authors_trajectory"]

@@ -299,6 +299,27 @@ def tight_share_figure(shares: list[dict], cap: str, iou: float = 0.9) -> Figure
     return _finish(fig, f"Detections (score >= 0.5) at IoU >= {iou:g} with their ground truth", cap)
 
 
+def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
+    """One panel per metric, one column per configuration: a dot per training seed (spread
+    sideways so that equal values stay visible) and a bar at the mean. ``configs`` come from
+    :func:`dynrcnn.report.curves.seed_values`."""
+    metrics = list(configs[0]["values"]) if configs else []
+    fig = Figure(figsize=(max(7.0, 1.5 * len(configs) * max(1, len(metrics))), 4.0))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(metrics))))
+    rng = np.random.default_rng(0)
+    for ax, m in zip(axes, metrics):
+        for i, c in enumerate(configs):
+            vals = np.array(list(c["values"][m].values()), dtype=float)
+            col = _group_color(c["method"], c["nms"], i)
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(vals)), vals, s=18, color=col, alpha=0.8, zorder=3)
+            ax.hlines(vals.mean(), i - 0.3, i + 0.3, color="k", lw=2, zorder=4)
+        ax.set_xticks(range(len(configs)), [f"{c['label'].replace(' (', chr(10) + '(')}\n{len(c['values'][m])} "
+                                            f"seed(s)" for c in configs], fontsize=9)
+        ax.set(ylabel=f"{m} (%)", title=f"{m}: every seed (dots) and the mean (bar)")
+        ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, "Seed by seed: the spread the intervals are built from", cap)
+
+
 def ap_gain_figure(curves: list[dict], gains: list[dict], cap: str) -> Figure:
     """Left: AP at each IoU threshold per configuration (mean over seeds, band: the seeds'
     range). Right: the AP difference at each threshold with its 95 % interval (band).

@@ -22,7 +22,7 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls")
 #: the results notebook's figures that the summary page and README embed (file names in the figures folder)
 FIGURE_FILES = {"trend": "trend.png", "ap_vs_iou": "ap_vs_iou.png", "detections_compare": "detections_compare.png",
-                "tight_share": "tight_share.png"}
+                "tight_share": "tight_share.png", "seeds": "ablation_seeds.png"}
 
 
 def step_output(kind: str, run_name: str) -> str:
