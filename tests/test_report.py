@@ -655,3 +655,27 @@ def test_share_at_least_counts_the_part_of_the_bin_that_holds_the_level():
     assert share_at_least(rec, 0.65) == pytest.approx(0.20)  # half of [0.6, 0.7) and all of [0.7, 1.0]
     assert share_at_least(rec, 0.0) == pytest.approx(1.0) and share_at_least(rec, 1.0) == pytest.approx(0.0)
     assert math.isnan(share_at_least(rec, float("nan")))
+
+
+def test_variance_decomposition_splits_seed_and_image_noise():
+    from dynrcnn.evaluation.stats import APSamples
+    from dynrcnn.report.intervals import variance_decomposition
+
+    rng = np.random.default_rng(0)
+    n_img, n_boot, seeds = 200, 300, range(6)
+    w = rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=n_boot) / n_img  # shared image resamples
+    common = rng.normal(0, 4, n_img)  # an image x configuration effect: common to every seed of B
+
+    def run(mu, seed_sd, extra=0.0):
+        x = mu + rng.normal(0, seed_sd) + rng.normal(0, 6, n_img) + extra
+        full = np.full(10, x.mean())
+        return APSamples(list(range(n_img)), full, np.repeat((w @ x)[:, None], 10, axis=1), n_boot, 0)
+
+    a = {s: run(50, 1.0) for s in seeds}
+    b = {s: run(52, 1.0, common) for s in seeds}
+    v = variance_decomposition(a, b, "AP")
+    assert v["n_seeds"] == 6 and v["n_images"] == 200
+    # the image noise of one seed's pair: 2 x 36 / 200 = 0.36; the common part: 16 / 200 = 0.08
+    assert 0.2 < v["image_within_seed"] < 0.55 and 0.02 < v["image_common"] < 0.2
+    assert v["se_at"]["800"] < v["se_at"]["400"] < v["se_now"] == v["se_at"]["200"]
+    assert variance_decomposition({0: a[0]}, {0: b[0]}) is None

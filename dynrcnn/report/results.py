@@ -25,7 +25,7 @@ from dynrcnn.report.analysis import METRICS, dynamic_facts
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.curves import config_label
 from dynrcnn.report.claims import FAMILY_ALPHA, PRIMARY, claims
-from dynrcnn.report.intervals import MARGINS, interval, per_iou
+from dynrcnn.report.intervals import MARGINS, interval, per_iou, variance_decomposition
 
 SCHEMA_VERSION = 2  # 2: seed-level intervals, verdict words with margins, the primary family
 INTERVAL_METHOD = ("95% seed-level interval of a difference: paired t over per-seed differences (Welch when the "
@@ -136,6 +136,25 @@ def comparisons(runs) -> list[dict]:
     return out
 
 
+def variance(runs) -> list[dict]:
+    """The variance decomposition (seed vs image, :func:`~dynrcnn.report.intervals.variance_decomposition`)
+    of the primary comparison (Dynamic R-CNN minus the baseline at its RPN NMS) for AP and AP90 on
+    every benchmark: what decides the number of seeds and the validation size."""
+    ev = evidence_of(runs)
+    d_key = main_key(ev.groups, "dynamic")
+    b_key = ("baseline", d_key[1]) if d_key else None
+    if not d_key or b_key not in ev.groups:
+        return []
+    out = []
+    for ds in ev.datasets:
+        a = {int(r.seed): m for r in ev.groups[b_key] if (m := ev.samples(r, ds)) is not None}
+        b = {int(r.seed): m for r in ev.groups[d_key] if (m := ev.samples(r, ds)) is not None}
+        for metric in ("AP", "AP90"):
+            if (v := variance_decomposition(a, b, metric)) is not None:
+                out.append({"benchmark": "own" if ds is None else ds, **v})
+    return out
+
+
 def results(runs, command: str = "") -> dict:
     """Everything above as one JSON-ready dict."""
     runs = evidence_of(runs)
@@ -151,6 +170,7 @@ def results(runs, command: str = "") -> dict:
         "environment": environment_of(runs),
         "configurations": configurations(runs),
         "comparisons": comparisons(runs),
+        "variance": variance(runs),
         "claims": [{"key": c.key, "claim": c.claim, "family": c.family, "source": c.source, "published": c.published,
                     "ours": c.ours, "status": c.status, "sentence": c.sentence, "compared": c.compared,
                     "intervals": c.intervals}
@@ -166,4 +186,4 @@ def write_results(runs, path, command: str = "") -> Path:
     return path
 
 
-__all__ = ["SCHEMA_VERSION", "environment_of", "environment_line", "configurations", "comparison_pairs", "comparisons", "results", "write_results"]
+__all__ = ["SCHEMA_VERSION", "variance", "environment_of", "environment_line", "configurations", "comparison_pairs", "comparisons", "results", "write_results"]
