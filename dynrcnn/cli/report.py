@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         description=(
             "Run the report pipeline: 01_data -> training runs (03_train, --jobs in parallel) -> "
             "04_evaluate per run -> 02_method -> 05_results, then render every executed notebook to "
-            "HTML and write OUT/index.html. Complete runs are reused unless --force.\n\nProfiles:\n"
+            "HTML and write OUT/index.html. Complete runs are reused unless --overwrite.\n\nProfiles:\n"
             + "\n".join(f"  {k:6s} {v.description}" for k, v in PROFILES.items())
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu for smoke/mini, cuda if available for coco)")
     p.add_argument("--jobs", type=int, default=None,
                    help="training runs in parallel, one process each (default 2 on CPU, 1 on GPU)")
-    p.add_argument("--force", action="store_true",
+    p.add_argument("--overwrite", action="store_true",
                    help="retrain every run from scratch, replacing complete ones (their files are deleted first)")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--extra-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="also train every configuration of the profile with these seeds (runs named "
                         "<run>_seed<N>): more seeds narrow the 95%% intervals the verdicts follow from")
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
     register_mmdet(subparsers)
     register_controls(subparsers)
     register_study(subparsers)
+    register_check(subparsers)
 
 
 def _run(args) -> int:
@@ -57,7 +59,7 @@ def _run(args) -> int:
 
     try:
         result = run_pipeline(args.profile, out=args.out, runs_root=args.runs_root, data_root=args.data_root,
-                              device=args.device, jobs=args.jobs, force=args.force,
+                              device=args.device, jobs=args.jobs, force=args.overwrite,
                               extra_seeds=args.extra_seeds or (), root=args.root,
                               published=args.published_weights or ())
     except ReportError as e:
@@ -147,3 +149,48 @@ def _run_study(args) -> int:
     run_study(study, root=args.root, jobs=args.jobs, progress=not args.no_progress, write_block=not args.no_readme)
     print(f"{study.name}: {study.figures}/{RESULTS}")
     return 0
+
+
+def register_check(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check-report",
+        help="compare a fresh report's results.json with the committed one (identical / equivalent / different)",
+        description="After 'make report', compare the fresh figures/results.json with the committed one "
+                    "(git HEAD's, or --against FILE): per configuration and metric, 'identical' when every seed "
+                    "reproduced exactly (same CPU type), else the Welch interval of the difference of seed means "
+                    "and 'equivalent within +-m' / 'different' / 'inconclusive' against the declared margins. "
+                    "Exit 1 when a row is 'different'.",
+    )
+    p.add_argument("--fresh", default="figures/results.json", help="the fresh results.json (default: %(default)s)")
+    p.add_argument("--against", default=None, metavar="FILE",
+                   help="the committed results.json (default: the --fresh path as committed at git HEAD)")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args) -> int:
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from dynrcnn.errors import DynrcnnError
+    from dynrcnn.report.consistency import compare_results, summary
+
+    fresh_path = Path(args.fresh)
+    if not fresh_path.is_file():
+        raise DynrcnnError(f"{fresh_path} not found: run 'make report' first (or pass --fresh FILE)")
+    if args.against:
+        committed = json.loads(Path(args.against).read_text())
+    else:
+        rel = fresh_path.resolve()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             cwd=rel.parent).stdout.strip()
+        shown = subprocess.run(["git", "show", f"HEAD:{rel.relative_to(top).as_posix()}"], capture_output=True,
+                               text=True, cwd=top) if top else None
+        if shown is None or shown.returncode != 0:
+            raise DynrcnnError(f"no committed version of {fresh_path} at git HEAD: pass --against FILE")
+        committed = json.loads(shown.stdout)
+    table = compare_results(json.loads(fresh_path.read_text()), committed)
+    if len(table):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
+    print(summary(table))
+    return 1 if (table["verdict"] == "different").any() else 0
