@@ -217,18 +217,24 @@ def test_detections_figure(tmp_path):
     _png(plots.save_figure(fig, tmp_path / "det.png"))
     titles = [ax.get_title() for ax in fig.axes]
     # IoU of [6, 5, 20, 11] with [5, 5, 20, 10]: 190 / 230 = 0.83, under 0.9
-    assert "image 1: dynamic: 1, 0 at IoU >= 0.9" in titles and "image 1: ground truth (1)" in titles
-    assert "image 2: dynamic: 0, 0 at IoU >= 0.9" in titles  # the 0.1 detection is under the score threshold
+    assert "0.png: dynamic: 1, 0 at IoU >= 0.9" in titles and "0.png: ground truth (1)" in titles
+    assert "1.png: dynamic: 0, 0 at IoU >= 0.9" in titles  # the 0.1 detection is under the score threshold
     # two runs on the same images: one column each, tight boxes drawn solid
     base = write_run(tmp_path / "runs", "baseline", "baseline", data_root=str(root))
     (base / "detections.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 10],
                                                        "score": 0.8}]))
-    fig = plots.detections_figure([load_run(base), load_run(run)], n=2, labels=["B", "D"])
-    assert len(fig.axes) == 6
+    fig = plots.detections_figure([load_run(base), load_run(run)], n=2, labels=["B", "D"], summary="all images: X")
+    assert len(fig.axes) == 6 and fig._suptitle.get_text().endswith("\nall images: X")
     titles = [ax.get_title() for ax in fig.axes]
-    assert "image 1: B: 1, 1 at IoU >= 0.9" in titles and "image 1: D: 1, 0 at IoU >= 0.9" in titles
+    assert "0.png: B: 1, 1 at IoU >= 0.9" in titles and "0.png: D: 1, 0 at IoU >= 0.9" in titles
     styles = {ax.get_title(): [p.get_linestyle() for p in ax.patches] for ax in fig.axes}
-    assert styles["image 1: B: 1, 1 at IoU >= 0.9"] == ["-"] and styles["image 1: D: 1, 0 at IoU >= 0.9"] == ["--"]
+    assert styles["0.png: B: 1, 1 at IoU >= 0.9"] == ["-"] and styles["0.png: D: 1, 0 at IoU >= 0.9"] == ["--"]
+
+
+def test_detection_images_are_picked_by_a_rule_fixed_in_advance():
+    names = {10 + i: f"{i:06d}.png" for i in range(100)}
+    assert plots.pick_images(names, 3) == [35, 60, 84]  # positions 25, 50, 74 of 0..99 by file name, never the ends
+    assert plots.pick_images({1: "b.png", 2: "a.png"}, 3) == [2, 1]
 
 
 def test_tight_flags_hand_computed():

@@ -110,6 +110,14 @@ def tight_shares(runs, iou: float = 0.9) -> list[dict]:
     return out
 
 
+def tight_share_line(shares: list[dict], iou: float = 0.9) -> str:
+    """One line for the detections figure: each configuration's share of detections at IoU >=
+    ``iou`` over all validation images (mean over seeds, the seeds' range), from :func:`tight_shares`."""
+    parts = [f"{s['label']} {100 * s['mean']:.1f}% ({100 * s['low']:.1f}-{100 * s['high']:.1f}%, {s['seeds']} seeds)"
+             for s in shares if np.isfinite(s["mean"])]
+    return f"all validation images, detections at IoU >= {iou:g}: " + "; ".join(parts) if parts else ""
+
+
 def authors_trajectory() -> dict:
     """The authors' published threshold points as fractions of their schedule."""
     a = AUTHORS_TRAJECTORY
@@ -118,4 +126,4 @@ def authors_trajectory() -> dict:
             "iou_threshold": np.asarray(a["iou_threshold"], dtype=float)}
 
 
-__all__ = ["tight_shares", "config_label", "ap_curves", "seed_values", "gain_curves", "trajectories", "authors_trajectory"]
+__all__ = ["tight_shares", "tight_share_line", "config_label", "ap_curves", "seed_values", "gain_curves", "trajectories", "authors_trajectory"]

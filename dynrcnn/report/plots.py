@@ -304,7 +304,7 @@ def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
     sideways so that equal values stay visible) and a bar at the mean. ``configs`` come from
     :func:`dynrcnn.report.curves.seed_values`."""
     metrics = list(configs[0]["values"]) if configs else []
-    fig = Figure(figsize=(max(7.0, 1.5 * len(configs) * max(1, len(metrics))), 4.0))
+    fig = Figure(figsize=(max(8.0, 1.1 * len(configs) * max(1, len(metrics))), 4.6))
     axes = np.atleast_1d(fig.subplots(1, max(1, len(metrics))))
     rng = np.random.default_rng(0)
     for ax, m in zip(axes, metrics):
@@ -313,10 +313,11 @@ def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
             col = _group_color(c["method"], c["nms"], i)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(vals)), vals, s=18, color=col, alpha=0.8, zorder=3)
             ax.hlines(vals.mean(), i - 0.3, i + 0.3, color="k", lw=2, zorder=4)
-        ax.set_xticks(range(len(configs)), [f"{c['label'].replace(' (', chr(10) + '(')}\n{len(c['values'][m])} "
-                                            f"seed(s)" for c in configs], fontsize=9)
-        ax.set(ylabel=f"{m} (%)", title=f"{m}: every seed (dots) and the mean (bar)")
+        ax.set_xticks(range(len(configs)), [f"{c['label'].split(' (')[0]}\n{c['nms']:g}\nn={len(c['values'][m])}"
+                                            for c in configs], fontsize=9)
+        ax.set(ylabel=f"{m} (%)", title=f"{m}: a dot per seed, bar = mean")
         ax.grid(axis="y", alpha=0.3)
+    axes[0].set_xlabel("configuration, RPN NMS, seeds", fontsize=9)
     return _finish(fig, "Seed by seed: the spread the intervals are built from", cap)
 
 
@@ -559,13 +560,29 @@ def save_sample_figure(root, path, split: str = "val", n: int = 8, seed: int = 0
     return path
 
 
+def pick_images(file_names: dict, n: int) -> list:
+    """The images a detections figure shows, by a rule fixed before looking at any detection
+    (so a picture cannot be chosen for what it shows): the validation images sorted by file
+    name, taken at ``n`` evenly spaced positions (never the first or the last). ``file_names``:
+    image id -> file name."""
+    order = sorted(file_names, key=lambda i: file_names[i])
+    if len(order) <= n:
+        return order
+    pos = np.linspace(0, len(order) - 1, n + 2)[1:-1].round().astype(int)
+    return [order[i] for i in pos]
+
+
 def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.5, seed: int = 0,
-                      labels=None, tight_iou: float = 0.9) -> Figure:
+                      labels=None, tight_iou: float = 0.9, summary: str = "") -> Figure:
     """Ground truth (left) next to the detections with score >= ``score_thresh`` of one run, or
     of each of several runs on the same ``n`` validation images (``detections.json``, images
     read from the first run's data root). A box drawn solid overlaps a ground-truth box of its
     class at IoU >= ``tight_iou`` (AP90's threshold), a dashed one does not; each panel's title
-    counts both, so where Dynamic R-CNN localises better shows as more solid boxes."""
+    counts both, so where Dynamic R-CNN localises better shows as more solid boxes. The images
+    are chosen by :func:`pick_images` and titled by their file names; ``summary`` (the share of
+    tight detections over *all* validation images, :func:`dynrcnn.report.curves.tight_share_line`)
+    heads the figure, so a few images cannot stand for the whole. ``seed`` is unused (kept for
+    callers)."""
     from PIL import Image
 
     from dynrcnn.data.datasets import annotation_file, load_coco
@@ -578,9 +595,7 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     split = first.config.val_split
     coco = load_coco(annotation_file(data_root, split))
     by_run = [rundir.detections_by_image(run.path, min_score=score_thresh) for run in runs]
-    ids = sorted(coco.getImgIds())
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+    chosen = pick_images({i: coco.loadImgs(i)[0]["file_name"] for i in coco.getImgIds()}, n)
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
 
     fig = Figure(figsize=(3 * (1 + len(runs)), 3 * len(chosen)))
@@ -605,10 +620,10 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
                     label = f"{label} {a['score']:.2f}"
                 ax.text(x, y, label, color="white", fontsize=5, va="bottom",
                         bbox=dict(facecolor=color, alpha=0.6, pad=0.5, lw=0))
-            ax.set_title(f"image {img_id}: {title}", fontsize=7)
+            ax.set_title(f"{info['file_name']}: {title}", fontsize=7)
             ax.axis("off")
     what = " next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
     return _finish(fig, f"Detections{what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
-                        f"{tight_iou:g}; dashed: none",
+                        f"{tight_iou:g}; dashed: none" + (f"\n{summary}" if summary else ""),
                    caption(first) if len(runs) == 1 else runs_caption(runs))
 
