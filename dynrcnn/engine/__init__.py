@@ -1,1 +1,1 @@
-"""Training: the trainer loop, its hooks, and the backbone pretraining recipe."""
+"""Training: the trainer loop, its event storage, hooks and writers, and the backbone pretraining recipe."""

@@ -6,11 +6,13 @@ environment, the JSON-lines logs, checkpoints, the ``train_done`` record and, wi
 ``eval_at_end``, the evaluation. The caller's config is never modified (the engine trains a
 copy with the learning rate resolved).
 
-The loop is :class:`Trainer`: ``setup`` (distributed, model, optimizer, resume), then one
+The loop is :class:`Trainer`: ``build`` (dataset, model, optimizer, resume), then one
 ``step`` per iteration followed by the hooks (:class:`HookBase`: ``before_train``,
-``after_step``, ``after_train``, as in detectron2 and torchvision's references). The stock
-hooks log (:class:`LogHook`, :class:`DynamicLogHook`), show progress and checkpoint
-(:class:`CheckpointHook`); ``train_model(..., hooks=[...])`` adds more.
+``after_step``, ``after_train``, as in detectron2 and torchvision's references). The step and
+the hooks put what they measure into one :class:`~dynrcnn.engine.events.EventStorage`
+(``Trainer.storage``), and one writer hook writes it to the JSON-lines logs, TensorBoard and W&B
+(:mod:`dynrcnn.engine.hooks` lists the stock hooks and their order); ``train_model(...,
+hooks=[...])`` adds more.
 
 A finished run is read-only: resuming it trains nothing and writes nothing
 (:meth:`Trainer.run_finished`); ``overwrite`` is the only way to replace it. ``env.json`` is a
@@ -59,10 +61,10 @@ from dynrcnn.rundir import provenance
 from dynrcnn.rundir import runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
-from dynrcnn.engine.hooks import HookBase, default_hooks
+from dynrcnn.engine.events import EventStorage
+from dynrcnn.engine.hooks import HookBase, WriterHook, default_hooks
 from dynrcnn.modeling.model import autocast_dtype, build_model, dynamic_head
 from dynrcnn.checkpoint.weights import init_backbone
-from dynrcnn.io import JsonlWriter
 
 
 # --------------------------------------------------------------------------------------
@@ -183,7 +185,35 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run of ``cfg`` (a resolved copy) into ``out``; see the module docstring."""
+    """One training run of ``cfg`` (a resolved copy) into ``out``; see the module docstring.
+
+    Every attribute is created in ``__init__``; those that need the checkpoint or the data are
+    filled by :meth:`run` (``ckpt``, ``start_iter``) and :meth:`build` (the rest of "state"), the
+    loop advances ``iteration`` and the step's outputs. Hooks read these; they exchange values
+    only through ``storage``.
+
+    Settings: ``cfg`` (the resolved copy trained), ``requested`` (the config as the caller gave
+    it: the command ``env.json`` records), ``lr_message`` (how the learning rate was resolved),
+    ``out`` and ``ckpt_dir`` (the run directory and its checkpoints), ``resume``, ``overwrite``,
+    ``progress``, ``stop_after`` (stop after this iteration, as if interrupted).
+
+    Processes: ``dist`` (:class:`DistInfo`), ``world`` (number of processes), ``main`` (rank 0:
+    the only one that writes files), ``dev`` (this process's device).
+
+    Events: ``storage`` (:class:`~dynrcnn.engine.events.EventStorage`), ``hooks`` (the stock hooks
+    of :func:`~dynrcnn.engine.hooks.default_hooks` with the caller's inserted before the writer,
+    so that what they put is written in the same log line).
+
+    State (:meth:`build`): ``ckpt`` (the checkpoint resumed from, or None), ``dataset`` and
+    ``data`` (its provenance record), ``model``, ``ddp_model`` (``model`` or its DDP wrapper),
+    ``head`` (the dynamic R-CNN head), ``optimizer``, ``amp_dtype``/``use_amp``/``scaler``
+    (mixed precision), ``elapsed_before`` (training seconds of earlier segments), ``data_iter``
+    (the train loader, restarted at ``start_iter``).
+
+    Loop: ``start_iter`` and ``end_iter`` (this segment trains iterations ``start_iter + 1`` to
+    ``end_iter``), ``iteration`` (iterations done), ``t_start`` (the segment's start time), and the
+    last step's ``lr``, ``loss_dict`` and ``loss`` (device tensors: read at log time only).
+    """
 
     def __init__(self, cfg: Config, out: Path, resume: bool, device: str, progress: bool,
                  stop_after: int | None, hooks: list[HookBase] | None = None, overwrite: bool = False):
@@ -199,12 +229,28 @@ class Trainer:
         self.world, self.main = self.dist.world_size, self.dist.is_main
         self.dev = self._device(device)
         self.stop_after = stop_after
-        self.extra_hooks = list(hooks or [])
-        self.writers: dict[str, JsonlWriter] = {}
-        self.tb = None
-        self.sec_per_iter: list[float] = []
-        self.pending_val: dict = {}  # PeriodicEvalHook's numbers, written into LogHook's next record
-        self.last_record: dict | None = None  # LogHook's latest metrics.jsonl record (WandbHook reads it)
+        # events
+        self.storage = EventStorage()
+        self.hooks = insert_hooks(default_hooks(self.cfg, self.main), list(hooks or []))
+        # state (build)
+        self.ckpt: dict | None = None
+        self.dataset = None
+        self.data: dict | None = None
+        self.model: nn.Module | None = None
+        self.ddp_model: nn.Module | None = None
+        self.head = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.amp_dtype: torch.dtype | None = None
+        self.use_amp = False
+        self.scaler = None
+        self.elapsed_before = 0.0
+        self.data_iter = None
+        # the loop
+        self.start_iter = self.iteration = self.end_iter = 0
+        self.t_start = 0.0
+        self.lr = 0.0
+        self.loss_dict: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | None = None
 
     def _device(self, device: str) -> torch.device:
         if self.cfg.ims_per_batch % self.world:
@@ -276,7 +322,8 @@ class Trainer:
         self.head.record_proposal_ious = bool(cfg.log_stats)
 
     def open_run_dir(self) -> None:
-        """Rank 0: the run directory, its records and loggers (and TensorBoard when installed)."""
+        """Rank 0: the run directory, its logs cut back to the checkpoint, and its records
+        (the writer hook opens the logs)."""
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -286,13 +333,6 @@ class Trainer:
         if self.ckpt is None or not runs.is_run_dir(self.out):  # a resume keeps the recorded config
             runs.write_config(self.out, self.cfg, self.world, data=self.data)
         self.write_env()
-        self.writers = runs.open_loggers(self.out, self.cfg.log_stats)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(runs.tensorboard_dir(self.out)), purge_step=self.start_iter or None)
-        except Exception:  # tensorboard is an optional extra
-            self.tb = None
         print(self.lr_message)
 
     def write_env(self) -> None:
@@ -410,31 +450,24 @@ class Trainer:
         return TrainResult(self.out, self.model, self.iteration, True)
 
     def _run(self) -> TrainResult:
-        from tqdm import tqdm
-
         self.ckpt = self.find_checkpoint()
         self.start_iter = self.iteration = int(self.ckpt["iteration"]) if self.ckpt is not None else 0
         self.build()
         self.open_run_dir()
-        self.hooks = default_hooks(self.cfg, self.main) + self.extra_hooks
         self.open_loader()
         self.end_iter = self.cfg.max_iter if self.stop_after is None else min(self.cfg.max_iter, self.stop_after)
-        self.bar = tqdm(total=self.cfg.max_iter, initial=self.start_iter, desc=f"{self.cfg.preset}/{self.cfg.method}",
-                        dynamic_ncols=True, smoothing=0.05, disable=not (self.main and self.progress))
+        self.storage.step(self.start_iter)
         self.t_start = time.perf_counter()
         for h in self.hooks:
             h.before_train(self)
         self.ddp_model.train()
         for self.iteration in range(self.start_iter + 1, self.end_iter + 1):  # 1-based: iterations done
+            self.storage.step(self.iteration)
             self.step()
             for h in self.hooks:
                 h.after_step(self)
         for h in self.hooks:
             h.after_train(self)
-        for w in self.writers.values():
-            w.close()
-        if self.tb is not None:
-            self.tb.close()
         return self.finish()
 
     def finish(self) -> TrainResult:
@@ -443,7 +476,8 @@ class Trainer:
         finished = self.iteration >= self.cfg.max_iter
         untouched = self.iteration == self.start_iter
         if self.main and finished and not (untouched and runs.is_finished(self.out)):
-            med = statistics.median(self.sec_per_iter) if self.sec_per_iter else None
+            logged = self.storage.values("sec_per_iter")  # one per log of this segment
+            med = statistics.median(logged) if logged else None
             runs.write_train_done(self.out, {
                 "iterations": self.iteration, "wall_time_sec": self.elapsed(),
                 "sec_per_iter_median": med, "images_per_sec": self.cfg.ims_per_batch / med if med else None,
@@ -455,6 +489,13 @@ class Trainer:
         if self.dist.initialized_here:
             torch.distributed.destroy_process_group()
         return TrainResult(self.out, self.model, self.iteration, finished)
+
+
+def insert_hooks(stock: list[HookBase], extra: list[HookBase]) -> list[HookBase]:
+    """``stock`` with ``extra`` inserted before the writer hook: the caller's hooks see the step
+    and the stock producers' values, and what they put into the storage is in the same log."""
+    at = next((i for i, h in enumerate(stock) if isinstance(h, WriterHook)), len(stock))
+    return [*stock[:at], *extra, *stock[at:]]
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, device: str = "cpu",
@@ -479,10 +520,12 @@ def train_model(cfg: Config, out_dir: str | Path, resume: bool = False, device: 
 
     ``stop_after=N`` stops after iteration ``N`` as if the process had been stopped right
     after writing a checkpoint there (``last.pth`` is written; no ``train_done.json``, no
-    evaluation): the hook the resume tests use. ``hooks`` run after the stock ones.
+    evaluation): the hook the resume tests use. ``hooks`` run after the stock producers and
+    before the writer (:func:`insert_hooks`): a scalar they put with ``t.storage.put_scalar`` is in
+    that log's ``metrics.jsonl`` line.
     """
     return Trainer(cfg, Path(out_dir), resume, device, progress, stop_after, hooks, overwrite).run()
 
 
-__all__ = ["train", "train_model", "TrainResult", "Trainer", "HookBase", "lr_at", "setup_distributed",
+__all__ = ["train", "train_model", "TrainResult", "Trainer", "HookBase", "insert_hooks", "lr_at", "setup_distributed",
            "DistInfo", "environment", "cpu_model", "numeric_path", "seed_everything"]
