@@ -68,10 +68,15 @@ def readme_table(runs_root, label: str | None = None, evidence: Evidence | None 
     ab_md = markdown(ab[["configuration", "RPN NMS", "seeds", *METRICS, "ΔAP vs baseline", "ΔAP 95% CI",
                          "ΔAP90 vs baseline", "ΔAP90 95% CI", "Δ vs"]])
     scale = profile_scale(runs)
-    cl_md = markdown(cl[["claim", "source", "published", "ours", "verdict"]].rename(
+    untestable = cl[cl["verdict"].str.startswith("not testable")]
+    cl = cl.drop(untestable.index)  # absolute COCO numbers at miniature scale: named in one line, not 8 rows
+    cl_md = markdown(cl[["claim", "family", "source", "published", "ours", "verdict"]].rename(
         columns={"published": "published (COCO)", "ours": f"this report ({scale})"}))
+    rest = (f"\n\nNot testable at this scale (absolute COCO numbers): {', '.join(untestable['source'].unique())}; "
+            f"{len(untestable)} rows in the summary page.") if len(untestable) else ""
     return head + "Ablation (AP in %, COCO-style metrics on the evaluated split):\n\n" + ab_md + \
-        "\n\nClaims:\n\n" + cl_md + "\n"
+        "\n\nClaims (family: primary claims are Holm-corrected together; see docs/statistics.md):\n\n" + cl_md + \
+        rest + "\n"
 
 
 def replace_readme_block(readme, tag: str, body: str) -> bool:
