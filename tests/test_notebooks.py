@@ -208,3 +208,72 @@ def test_notebook_defaults_are_the_report_of_record():
                 default, value = as_path(default), as_path(value)
             assert default == value, (step.notebook, key, default, value)
     assert checked == {"01_data", "02_method", "03_train", "04_evaluate", "05_results"}
+
+
+def _hashes(root) -> dict:
+    """SHA-256 of every file of every run under ``root`` (the AP-sample cache left out)."""
+    from dynrcnn.io import file_sha256
+
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".cache" not in p.parts}
+
+
+@pytest.mark.slow
+def test_a_second_report_leaves_every_finished_run_untouched(smoke):
+    """Reuse opens finished runs for reading only: a second ``dynrcnn report`` on the same runs
+    rewrites no file of theirs (env.json, logs, checkpoints, evaluations)."""
+    before = _hashes(smoke.runs_root)
+    assert any(k.endswith("env.json") for k in before) and any(k.endswith("last.pth") for k in before)
+    base = smoke.runs_root.parent
+    report.run_pipeline("smoke", out=base / "report-again", runs_root=smoke.runs_root, data_root=base / "data",
+                        progress=False)
+    assert _hashes(smoke.runs_root) == before
+
+
+KILL_SCRIPT = """
+import dataclasses, sys
+from dynrcnn.report import get_profile, run_pipeline
+base, runs = sys.argv[1], sys.argv[2]
+smoke = get_profile("smoke")  # a checkpoint every 10 iterations, so a kill leaves one to resume from
+profile = dataclasses.replace(smoke, overrides=tuple(o for o in smoke.overrides if not o.startswith("checkpoint_period"))
+                              + ("checkpoint_period=10",))
+run_pipeline(profile, out=base + "/report-killed", runs_root=runs, data_root=base + "/data", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_report_killed_during_training_finishes_with_the_same_numbers(smoke, tmp_path):
+    """SIGKILL the whole report (its kernels too) once a run has a checkpoint, run it again: it
+    resumes the partial runs and ends with the same per-run metrics, comparisons and claims as the
+    uninterrupted report (timings aside)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base, runs = smoke.runs_root.parent, tmp_path / "runs"
+    cmd = [sys.executable, "-c", KILL_SCRIPT, str(base), str(runs)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list(runs.glob("*/checkpoints/iter_*.pth")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the report ended before any checkpoint: nothing was killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not all((r / "train_done.json").is_file() for r in runs.glob("*") if r.name != ".cache"), \
+        "killed after training ended"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = json.loads((base / "report-killed" / "figures" / "results.json").read_text())
+    whole = json.loads((smoke.figures_dir / "results.json").read_text())
+
+    def numbers(res):
+        per_run = {r["run"]: r["metrics"] for c in res["configurations"] for r in c["runs"]}
+        comps = [(c["comparison"], c["benchmark"], {m: (v["estimate"], v["low"], v["high"]) for m, v in c["metrics"].items()})
+                 for c in res["comparisons"]]
+        claims = {c["key"]: c["status"] for c in res["claims"] if c["key"] != "paper_overhead"}  # timing
+        return per_run, comps, claims
+
+    assert numbers(killed) == numbers(whole)
+    resumed = [json.loads(p.read_text()) for p in runs.glob("*/env.json")]
+    assert any(e.get("resumes") for e in resumed)  # at least one run was resumed, and says so
