@@ -61,10 +61,12 @@ benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/step.py --page docs/performance.md
 
-# the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once)
+# the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once); as root
+# (a container) JupyterLab refuses to start without --allow-root
+JUPYTER_FLAGS := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 jupyter: $(STAMP)
 	$(PY) -m pip install -e ".[notebook]"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) notebooks/
 
 clean:
 	rm -rf build

@@ -125,6 +125,23 @@ class ModelConfig:
             raise ConfigError(f"model.rpn_nms_thresh must be in (0, 1], got {self.rpn_nms_thresh}")
         if self.box_beta <= 0:
             raise ConfigError(f"model.box_beta must be > 0, got {self.box_beta}")
+        for name in ("fg_iou_thresh", "box_positive_fraction"):  # open interval: 0 and 1 leave no fg or no bg
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"model.{name} must be in (0, 1), got {value} (--set model.{name}=...)")
+        for name in ("box_score_thresh", "box_nms_thresh"):  # 0 keeps every box / suppresses every overlap
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1], got {value} (--set model.{name}=...)")
+        for name in ("min_size", "max_size", "fpn_channels", "representation_size", "rpn_pre_nms_top_n_train",
+                     "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                     "rpn_batch_size_per_image", "box_batch_size_per_image", "box_detections_per_img"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)} (--set model.{name}=...)")
+        if self.max_size < self.min_size:
+            raise ConfigError(f"model.max_size ({self.max_size}) must be >= model.min_size ({self.min_size})")
+        if not self.anchor_sizes or min(self.anchor_sizes) < 1:
+            raise ConfigError(f"model.anchor_sizes must be positive sizes, got {list(self.anchor_sizes)}")
         if self.anchor_style not in ("torchvision", "mmdet"):
             raise ConfigError(f"model.anchor_style must be 'torchvision' or 'mmdet', got {self.anchor_style!r}")
         if not 0 <= self.trainable_backbone_layers <= 5:
@@ -210,6 +227,24 @@ class Config:
             raise ConfigError(f"lr must be > 0 or none (scaled from base_lr), got {self.lr} (--set lr=...)")
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ConfigError(f"lr_steps must be increasing, got {list(self.lr_steps)}")
+        if self.lr_steps and min(self.lr_steps) < 1:
+            raise ConfigError(f"lr_steps must be iterations >= 1, got {list(self.lr_steps)} (--set lr_steps=...)")
+        if self.base_lr <= 0:
+            raise ConfigError(f"base_lr must be > 0, got {self.base_lr} (--set base_lr=...)")
+        for name in ("momentum", "warmup_factor"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value} (--set {name}=...)")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma} (--set lr_gamma=...)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay} (--set weight_decay=...)")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"warmup_iters must be >= 0, got {self.warmup_iters} (--set warmup_iters=...)")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ConfigError(f"hflip_prob must be in [0, 1], got {self.hflip_prob} (--set hflip_prob=...)")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed} (--seed or --set seed=...)")
 
     @property
     def use_dla(self) -> bool:

@@ -413,6 +413,10 @@ def test_refused_train_leaves_no_folder_it_created_and_keeps_one_it_did_not(tmp_
     from dynrcnn import cli
 
     new = tmp_path / "runs" / "new_run"
+    assert cli.main(["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "missing"), "--out", str(new)]) == 2
+    assert "missing does not exist" in capsys.readouterr().err and not (tmp_path / "runs").exists()  # before anything
+    (tmp_path / "nope" / "annotations").mkdir(parents=True)  # a data folder only the engine finds unusable
+    (tmp_path / "nope" / "annotations" / "instances_train.json").write_text("{}")
     argv = ["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "nope"), "--no-progress"]
     assert cli.main(argv + ["--out", str(new)]) == 2
     assert "nope" in capsys.readouterr().err

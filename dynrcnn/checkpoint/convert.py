@@ -273,7 +273,7 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 81, model: str 
         raise ConfigError(f"--num-classes counts the background too (81 for COCO), got {num_classes}")
     ckpt_path = runs.last_checkpoint(out)
     if ckpt_path.exists() and not force:
-        raise CheckpointError(f"{out} already holds a checkpoint; pass --force to overwrite it")
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --overwrite to replace it")
     state, meta, digest = read_source(src)
     root = str(Path(data_root).expanduser().resolve()) if data_root else ""
     if preset:

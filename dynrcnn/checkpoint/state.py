@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import sys
 import warnings
@@ -121,18 +122,39 @@ def write_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(Path(path), _serialise(state))
 
 
+def _atomic_link(src: Path, dst: Path) -> bool:
+    """Make ``dst`` a hard link to ``src``, atomically (a reader sees the old ``dst`` or the new one);
+    False when the file system has no hard links (the caller writes a copy instead)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+
+
 def save_checkpoint(ckpt_dir: Path, state: dict, periodic: bool, keep: int) -> None:
     """Write ``last.pth`` (and ``iter_XXXXXXX.pth`` when ``periodic``), keep the last ``keep``
-    periodic ones."""
+    periodic ones. When both are written, ``last.pth`` is a hard link to the periodic file, not a
+    second copy (one file's disk space; a copy where the file system has no hard links): both names
+    stay valid on their own, since every later write replaces ``last.pth`` by a new file
+    (``os.replace``) and removing an old periodic name leaves ``last.pth`` as it is."""
     data = _serialise(state)
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last = ckpt_dir / runs.LAST_CHECKPOINT
     if periodic:
-        atomic_write_bytes(runs.periodic_checkpoint(ckpt_dir, state["iteration"]), data)
+        path = runs.periodic_checkpoint(ckpt_dir, state["iteration"])
+        atomic_write_bytes(path, data)
         periodic_files = runs.periodic_checkpoints(ckpt_dir)
         for _, old in periodic_files[: max(0, len(periodic_files) - max(keep, 1))]:
             old.unlink(missing_ok=True)
-    atomic_write_bytes(ckpt_dir / runs.LAST_CHECKPOINT, data)
+        if _atomic_link(path, last):
+            return
+    atomic_write_bytes(last, data)
 
 
 def read_checkpoint(path: Path | str) -> dict:

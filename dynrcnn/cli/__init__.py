@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from dynrcnn import __version__
+from dynrcnn.cli.help import HelpFormatter
 from dynrcnn.errors import DynrcnnError
 
 COMMAND_MODULES = ("dynrcnn.cli.data", "dynrcnn.cli.train", "dynrcnn.cli.eval", "dynrcnn.cli.predict", "dynrcnn.cli.report", "dynrcnn.cli.convert")
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynrcnn",
         description="Dynamic R-CNN reproducibility report: data, training, evaluation and the report.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Run 'dynrcnn COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"dynrcnn {__version__}")

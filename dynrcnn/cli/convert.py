@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from dynrcnn.cli.help import HelpFormatter
+
 from dynrcnn.rundir import runs
 from dynrcnn.checkpoint.convert import PUBLISHED, convert, export_torchvision
 from dynrcnn.errors import ConfigError
@@ -17,7 +19,7 @@ def cmd_convert(args) -> int:
     if bool(args.preset) != bool(args.method):
         raise ConfigError("--preset and --method go together (a checkpoint MMDetection trained with a preset's settings)")
     out = convert(args.src, args.out, num_classes=args.num_classes, model=args.model,
-                  data_root=args.data_root, force=args.force, preset=args.preset, method=args.method,
+                  data_root=args.data_root, force=args.overwrite, preset=args.preset, method=args.method,
                   seed=args.seed)
     prov = json.loads((out / runs.PROVENANCE).read_text())
     print(f"{prov['label']}: {prov['source_file']} (sha256 {prov['sha256'][:12]}...) -> {out}; "
@@ -35,14 +37,14 @@ def cmd_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = HelpFormatter
     p = subparsers.add_parser(
         "convert", help="convert a published MMDetection 2.x Faster/Dynamic R-CNN R50-FPN checkpoint into a run",
         description="Map an MMDetection 2.x Faster R-CNN or Dynamic R-CNN R50-FPN checkpoint onto our model and "
                     "write a run directory (config.json with the published test settings, checkpoints/last.pth, "
                     "provenance.json) that 'dynrcnn eval' evaluates. See docs/published_weights.md.",
-        epilog="example:\n  dynrcnn convert dynamic_rcnn_r50_fpn_1x-62a3f276.pth --from mmdet "
-               "--out runs/published/dynamic_rcnn\n  dynrcnn eval runs/published/dynamic_rcnn --data-root data/coco",
+        epilog="example:\n  dynrcnn convert dynamic_rcnn_r50_fpn_1x-62a3f276.pth --from mmdet \\\n"
+               "      --out runs/published/dynamic_rcnn\n  dynrcnn eval runs/published/dynamic_rcnn --data-root data/coco",
         formatter_class=fmt)
     p.add_argument("src", metavar="SRC", help="the downloaded .pth file")
     p.add_argument("--from", dest="source_format", default="mmdet", choices=("mmdet",),
@@ -53,7 +55,8 @@ def register(subparsers) -> None:
                    help="which published model (sets the RPN NMS of its test config); auto reads the "
                         "checkpoint's meta config, else the file name")
     p.add_argument("--data-root", default=None, metavar="DIR", help="COCO folder to record in config.json")
-    p.add_argument("--force", action="store_true", help="overwrite an existing converted checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing converted checkpoint")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--preset", default=None, help="the checkpoint is one MMDetection trained with this preset's "
                    "settings (peer_mmdet/train.py), not a published R50-FPN model")
     p.add_argument("--method", default=None, choices=("baseline", "dynamic"),

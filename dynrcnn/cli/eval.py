@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dynrcnn.cli.help import HelpFormatter
 from dynrcnn.rundir import run_summary
 from dynrcnn.rundir import runs
 from dynrcnn.config import EVALUATORS, default_device
 from dynrcnn.errors import DataError
 
-_FMT = argparse.RawDescriptionHelpFormatter
+_FMT = HelpFormatter
 
 
 def cmd_eval(args) -> int:
@@ -63,6 +64,7 @@ def _register_eval(subparsers, device: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="evaluate again even when the eval file already holds this evaluation (same checkpoint, "
                         "data and evaluator), which is otherwise reused and left as it is")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # as report's old name
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate on data whose class names differ from the run's (same count); refused by default")
     p.set_defaults(func=cmd_eval)

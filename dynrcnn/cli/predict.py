@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dynrcnn.cli.help import HelpFormatter
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,7 +15,7 @@ def register(subparsers) -> None:
         description="Run a run's detector (a 'dynrcnn train' run, a 'dynrcnn convert' run, or with --state-dict an "
                     "exported torchvision state dict) over images or folders of images; writes OUT/<image>.png with "
                     "boxes, class names and scores, and OUT/detections.json.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="examples:\n  dynrcnn predict runs/mini/dynamic data/mini/val --out build/predict\n"
                "  dynrcnn predict runs/published/dynamic_rcnn_r50 photo.jpg --out build/photo --score-thresh 0.3")
     p.add_argument("run", metavar="RUN_DIR", help="the run whose model predicts (or a state dict with --state-dict)")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
+
+from dynrcnn.cli.help import HelpFormatter
 
 
 def register(subparsers) -> None:
@@ -15,9 +18,10 @@ def register(subparsers) -> None:
             "Run the report pipeline: 01_data -> training runs (03_train, --jobs in parallel) -> "
             "04_evaluate per run -> 02_method -> 05_results, then render every executed notebook to "
             "HTML and write OUT/index.html. Complete runs are reused unless --overwrite.\n\nProfiles:\n"
-            + "\n".join(f"  {k:6s} {v.description}" for k, v in PROFILES.items())
+            + "\n".join(textwrap.fill(f"{k:10s} {v.description}", 88, initial_indent="  ", subsequent_indent=" " * 13,
+                                       break_on_hyphens=False) for k, v in PROFILES.items())
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--profile", choices=sorted(PROFILES), default="mini", help="what to run (default mini)")
     p.add_argument("--root", default=None, metavar="DIR",

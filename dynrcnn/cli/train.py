@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+from dynrcnn.cli.help import HelpFormatter
+
 from dynrcnn.rundir import integrity
 from dynrcnn.rundir import runs
 from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, valid_keys
 from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
 
+def _wrap(text: str, width: int = 88, indent: str = "  ") -> str:
+    """``text`` wrapped at ``width`` columns (argparse keeps a raw description or epilog as it is)."""
+    import textwrap
+
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def _keys_text() -> str:
+    """The valid ``--set`` keys, wrapped."""
+    return _wrap(", ".join(valid_keys()))
+
+
 def _presets_text() -> str:
-    return "\n".join(f"  {name:22s} {PRESET_HELP.get(name, '')}" for name in PRESETS)
+    return "\n".join(_wrap(f"{name:22s} {PRESET_HELP.get(name, '')}").replace("\n  ", "\n" + " " * 25)
+                     for name in PRESETS)
 
 
 TRAIN_EPILOG = f"""presets:
@@ -23,11 +39,11 @@ examples:
       --set max_iter=200 --set dynamic.interval=20
   torchrun --nproc_per_node=8 -m dynrcnn train --preset coco_r50_fpn_1x --method dynamic \\
       --data-root data/coco --out runs/coco_dynamic
-  dynrcnn train --resume runs/x                # continue an interrupted run exactly, from its record
-                                               # (a finished run: "nothing to do", nothing written)
+  dynrcnn train --resume runs/x    # continue an interrupted run exactly, from its record
+                                   # (a finished run: "nothing to do", nothing written)
 
 --set accepts any config field by its dotted name; valid keys:
-  {", ".join(valid_keys())}
+{_keys_text()}
 """
 
 
@@ -78,11 +94,23 @@ def config_for(args):
 def cmd_train(args) -> int:
     from dynrcnn.engine.trainer import train
 
+    from dynrcnn.errors import ConfigError, DataError
+
     cfg, out, resume = config_for(args)
     if not cfg.data_root:
-        from dynrcnn.errors import ConfigError
-
+        if resume and not runs.is_run_dir(out):  # --resume RUN_DIR alone, of a folder that holds no run
+            raise ConfigError(f"{out} holds no run to resume (no {runs.CONFIG}); start it with --out {out} "
+                              "--data-root DIR")
         raise ConfigError("no dataset: pass --data-root DIR (e.g. the folder `dynrcnn data mini --out DIR` wrote)")
+    # the data before the backbone: a missing folder is named now, not after minutes of pretraining
+    from pathlib import Path
+
+    from dynrcnn.data.datasets import split_names
+
+    if not Path(cfg.data_root).is_dir():
+        raise DataError(f"--data-root {cfg.data_root} does not exist; generate the miniature benchmark there "
+                        f"(`dynrcnn data mini --out {cfg.data_root}`) or prepare COCO (`dynrcnn data coco --root DIR`)")
+    split_names(cfg.data_root)  # a folder without COCO-format annotations: DataError naming both layouts
     check_device(args.device)  # refusals first, before any pretraining
     integrity.check_out_dir(out, resume, args.overwrite)
     if not (resume and runs.has_checkpoints(out)):  # a resume starts from its checkpoint, not the backbone
@@ -106,7 +134,7 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-_FMT = argparse.RawDescriptionHelpFormatter
+_FMT = HelpFormatter
 
 
 def register(subparsers) -> None:
@@ -119,13 +147,13 @@ def _register_train(subparsers, device: str) -> None:
     last = runs.LAST_CHECKPOINT_PATH
     p = subparsers.add_parser(
         "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
-        description="Train Faster R-CNN with the chosen method and write a run directory ("
-                    f"{runs.CONFIG}, {runs.ENV}, {runs.METRICS}, {runs.DYNAMIC}, {runs.CHECKPOINTS}/, "
-                    f"{runs.TRAIN_DONE}, {runs.EVAL}). "
-                    "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
-                    "over all of them).",
+        description=_wrap("Train Faster R-CNN with the chosen method and write a run directory ("
+                          f"{runs.CONFIG}, {runs.ENV}, {runs.METRICS}, {runs.DYNAMIC}, {runs.CHECKPOINTS}/, "
+                          f"{runs.TRAIN_DONE}, {runs.EVAL}). "
+                          "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
+                          "over all of them).", indent=""),
         epilog=TRAIN_EPILOG, formatter_class=_FMT)
-    p.add_argument("--preset", default=None, choices=list(PRESETS),
+    p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
                    help="complete configuration to start from (default: mini, or the run's record with --resume; "
                         "see the list below)")
     p.add_argument("--method", default=None, choices=METHODS,
@@ -144,6 +172,7 @@ def _register_train(subparsers, device: str) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="RUN_DIR holds a run: delete its files and train again from scratch (without this "
                         "flag a folder holding any run file is refused; the only way to replace a finished run)")
+    p.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)  # as report's old name
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. --set max_iter=200 "
                         "--set dynamic.interval=20 (repeatable; tuples as 1,2,3; bools true/false)")

@@ -184,9 +184,11 @@ COMPANIONS = (("report-mmdet/06_mmdet.html", "6. MMDetection side by side", "mak
 def _companions(out: Path) -> str:
     items = []
     for rel, title, command in COMPANIONS:
-        state = "" if (Path(out).parent / rel).is_file() else " (not run yet)"
-        items.append(f'<li><a href="../{html.escape(rel)}">{html.escape(title)}</a> — written by '
-                     f'<code>{html.escape(command)}</code>{state}</li>')
+        if (Path(out).parent / rel).is_file():
+            page = f'<a href="../{html.escape(rel)}">{html.escape(title)}</a>'
+        else:  # no link to a page that does not exist yet
+            page = f'{html.escape(title)} (not run yet)'
+        items.append(f'<li>{page} — written by <code>{html.escape(command)}</code></li>')
     return "".join(items)
 
 
