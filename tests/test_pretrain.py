@@ -119,7 +119,12 @@ def test_weights_are_found_in_the_checkout_or_the_cache_and_building_can_be_refu
     from dynrcnn.cli import main
 
     capsys.readouterr()
-    assert main(["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "nodata"), "--out",
+    # a data folder that holds annotations (the data is checked first): the backbone is what is missing
+    (tmp_path / "somedata" / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (tmp_path / "somedata" / "annotations" / f"instances_{split}.json").write_text(
+            '{"images": [], "annotations": [], "categories": []}')
+    assert main(["train", "--preset", "mini_smoke", "--data-root", str(tmp_path / "somedata"), "--out",
                  str(tmp_path / "run"), "--set", "model.backbone_weights=pretrained:mini_pretrain",
                  "--no-build-backbone"]) == 2
     assert "no pretrained backbone backbone-mini_pretrain-" in capsys.readouterr().err
