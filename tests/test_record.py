@@ -112,7 +112,7 @@ def test_env_history_readers(tmp_path):
     old = {"torch": "2.4", "device": "cpu", "autocast": "bfloat16", "resumed_from_iteration": 200,
            "resumed_with": {"log_period": 20}}  # a resume of an older version rewrote the whole file
     segs = history.segments(old)
-    assert len(segs) == 1 and segs[0]["iteration"] == 200 and segs[0]["numeric_path"] is None
+    assert len(segs) == 1 and segs[0]["iteration"] == 200 and segs[0]["numeric_path"] == "bf16 (CPU not recorded)"
     assert history.segments({"device": "cpu", "autocast": "none"})[0]["numeric_path"] == "fp32"
     assert history.segments({}) == [] and history.describe({}) == "" and not history.mixed_numeric_paths({})
     moved = {**_env("bf16 (AMX)"), "resumes": [_env("bf16 (AVX512-BF16)", 200, cpu_model="AMD EPYC")]}

@@ -95,10 +95,10 @@ def environment_of(runs) -> dict:
 def environment_line(env: dict) -> str:
     """One line for the summary page and README: the runs' machine and numeric path, the lock
     check, and any run that changed numeric path."""
-    r = env["runs"]
-    line = (f"Runs trained on {', '.join(r['cpu_models']) or 'an unrecorded CPU'} "
-            f"(numeric path {', '.join(r['numeric_paths']) or 'not recorded'}); this report "
-            f"{env['report']['sentence']}.")
+    r, here = env["runs"], env["report"]["versions"]
+    line = (f"Runs trained on {', '.join(r['cpu_models']) or 'a CPU their record does not name'} "
+            f"(numeric path {', '.join(r['numeric_paths']) or 'not recorded'}); this report was assembled on "
+            f"{here['cpu_model']} ({here['numeric_path']}) and {env['report']['sentence']}.")
     if r["mixed_numeric_paths"]:
         line += f" Runs resumed on another numeric path: {', '.join(r['mixed_numeric_paths'])}."
     return line

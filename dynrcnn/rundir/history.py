@@ -42,7 +42,7 @@ def _env(run_or_env) -> dict:
 def numeric_path_of(env: dict) -> str | None:
     """The numeric path a segment ran on: the recorded ``numeric_path``, else what an older
     record allows (``fp32`` when autocast was off; a bf16 CPU run of an older record does not
-    say which hardware ran it: ``None``)."""
+    say which hardware ran it: ``bf16 (CPU not recorded)``; ``None`` when nothing is recorded)."""
     if env.get("numeric_path"):
         return str(env["numeric_path"])
     autocast = env.get("autocast")
@@ -51,6 +51,9 @@ def numeric_path_of(env: dict) -> str | None:
         return "fp32 (CUDA)" if device.startswith("cuda") else "fp32"
     if autocast and device.startswith("cuda"):
         return f"{autocast} (CUDA)"
+    if autocast and device.startswith("cpu"):
+        short = str(autocast).replace("bfloat16", "bf16").replace("float16", "fp16")
+        return f"{short} (CPU not recorded)"  # which oneDNN kernels ran is unknown: AMX or AVX512-BF16
     return None
 
 

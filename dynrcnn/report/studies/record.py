@@ -96,7 +96,7 @@ def _blocks(res: dict, ctx: StudyContext) -> dict:
 def record_study(profile: str | Profile = "mini") -> Study:
     """The report of ``profile`` as a study (its README blocks only for profiles that name one)."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    return Study(f"report[{profile.name}]", "05_results", profile.figures_dir, "build/report", _work, _results,
+    return Study(profile.name, "05_results", profile.figures_dir, "build/report", _work, _results,
                  _params, page=PAGE if profile.readme else None, blocks=_blocks if profile.readme else None,
                  finish=_finish, command=f"dynrcnn report --profile {profile.name}")
 
