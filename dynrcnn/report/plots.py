@@ -70,7 +70,11 @@ FOOTER_PT = 9  # provenance footer font size: legible when the PNG is shown at i
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(" "), [], ""
+    """``text`` in lines of at most ``width`` characters, broken at spaces; a word longer than a
+    line (a list of 35 seeds joined by '/') is cut into pieces that fit."""
+    words, lines, line = [], [], ""
+    for w in text.split(" "):
+        words += [w[i:i + width] for i in range(0, len(w), width)] or [w]
     for w in words:
         if line and len(line) + 1 + len(w) > width:
             lines.append(line)
@@ -623,7 +627,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
             ax.set_title(f"{info['file_name']}: {title}", fontsize=7)
             ax.axis("off")
     what = " next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
+    summary_lines = _wrap(summary, int(fig.get_figwidth() * 72 / (12 * 0.55))) if summary else []
     return _finish(fig, f"Detections{what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
-                        f"{tight_iou:g}; dashed: none" + (f"\n{summary}" if summary else ""),
+                        f"{tight_iou:g}; dashed: none" + "".join(f"\n{line}" for line in summary_lines),
                    caption(first) if len(runs) == 1 else runs_caption(runs))
 
