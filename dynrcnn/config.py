@@ -327,6 +327,18 @@ EVALUATORS = ("pycocotools", "faster-coco-eval")
 CONFIG_EXTRAS = ("images_per_update", "world_size", "data")  # "data": runs.DATA_RECORD
 
 
+def flat_dict(d: dict, prefix: str = "") -> dict:
+    """A nested config dict flattened to dotted keys (``{"model": {"min_size": 128}}`` ->
+    ``{"model.min_size": 128}``): how ``--set`` names a setting."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def config_record(cfg: Config, world_size: int) -> dict:
     """What a run directory records of ``cfg``: its fields plus :data:`CONFIG_EXTRAS`."""
     record = cfg.to_dict()

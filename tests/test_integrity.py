@@ -390,8 +390,8 @@ def test_report_outputs_go_under_root(tmp_path, monkeypatch):
     from dynrcnn.report.studies import record
 
     seen = {}
-    monkeypatch.setattr(record, "prepare_backbone", lambda *a, **k: [])
-    monkeypatch.setattr(record, "_run_steps", lambda steps, *a: seen.update(steps=steps))
+    monkeypatch.setattr(pipeline, "prepare_backbone", lambda *a, **k: [])
+    monkeypatch.setattr(study, "_run_steps", lambda steps, *a: seen.update(steps=steps))
     monkeypatch.setattr(record, "notebook_durations", lambda out: {})
     monkeypatch.setattr(record, "write_index", lambda *a: None)
     monkeypatch.setattr(record, "results", lambda *a, **k: {})

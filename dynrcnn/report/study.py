@@ -89,16 +89,15 @@ class Study:
     command: str = ""  # what a reader types to run it (named in the blocks)
 
 
-def notebook_work(ctx: StudyContext, profile, runs_root: Path, data_root: Path) -> Work:
-    """The :class:`Work` of training and evaluating ``profile``'s runs under ``runs_root`` with the
-    report's own notebooks (``03_train`` then ``04_evaluate`` per run, ``ctx.jobs`` at a time,
-    from the pinned pretrained backbone); complete runs are reused."""
-    from dynrcnn.report.pipeline import plan, prepare_backbone, report_progress
+def steps_work(ctx: StudyContext, profile, data_root: Path, steps: list, extra_units: float = 0.0) -> Work:
+    """The :class:`Work` of running the pipeline's ``steps`` (data, train, evaluate, method) of
+    ``profile``, ``ctx.jobs`` at a time (:func:`~dynrcnn.report.pipeline._run_steps`), every training
+    run starting from the profile's pinned pretrained backbone (built first when missing); finished
+    runs are reused read-only. ``extra_units``: the bar's share of what follows the steps."""
+    from dynrcnn.report.pipeline import prepare_backbone, report_progress
 
-    steps = [s for s in plan(profile, ctx.out, runs_root, data_root, ctx.device, ctx.out / "figures", force=False)
-             if s.kind in ("train", "evaluate")]
-    threads = max(1, (os.cpu_count() or 1) // max(1, ctx.jobs))
-    probe = report_progress("", steps, progress=False)  # each step's share (its work), and the tracked runs
+    threads = max(1, (os.cpu_count() or 1) // ctx.jobs) if ctx.device == "cpu" else 1
+    probe = report_progress("", steps, progress=False)  # each step's share of the bar, and the runs to track
 
     def run(bar: ReportProgress) -> None:
         pinned = prepare_backbone(profile, data_root, ctx.device, bar)
@@ -107,10 +106,22 @@ def notebook_work(ctx: StudyContext, profile, runs_root: Path, data_root: Path) 
                 s.params["num_threads"] = threads
                 s.params["overrides"] = [*s.params["overrides"], *pinned]
         with _notebook_env(threads):
-            _run_steps(steps, ctx.out, max(1, ctx.jobs), bar, ctx.state.setdefault("executed", []))
+            _run_steps(steps, ctx.out, ctx.jobs, bar, ctx.state.setdefault("executed", []))
 
-    return Work(run, sum(s.work for s in steps) + WORK["render"] * len(steps), list(probe.tracked),
-                f"{len(profile.runs)} runs in {runs_root}")
+    return Work(run, sum(s.work for s in steps) + WORK["render"] * len(steps) + extra_units, list(probe.tracked))
+
+
+def notebook_work(ctx: StudyContext, profile, runs_root: Path, data_root: Path) -> Work:
+    """The :class:`Work` of training and evaluating ``profile``'s runs under ``runs_root`` with the
+    report's own notebooks (``03_train`` then ``04_evaluate`` per run): :func:`steps_work` of those
+    steps; complete runs are reused."""
+    from dynrcnn.report.pipeline import plan
+
+    steps = [s for s in plan(profile, ctx.out, runs_root, data_root, ctx.device, ctx.out / "figures", force=False)
+             if s.kind in ("train", "evaluate")]
+    work = steps_work(ctx, profile, data_root, steps)
+    work.summary = f"{len(profile.runs)} runs in {runs_root}"
+    return work
 
 
 def notebook_path(notebook: str) -> Path:
@@ -190,5 +201,5 @@ def study_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(studies.__path__))
 
 
-__all__ = ["Study", "StudyContext", "Work", "RESULTS", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
+__all__ = ["Study", "StudyContext", "Work", "RESULTS", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
            "study_names"]

@@ -13,15 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+from dynrcnn.config import flat_dict
 
 
 def set_value(value) -> str:
@@ -46,8 +38,8 @@ def config_overrides(cfg, ignore=("method", "seed", "data_root", "preset", "lr")
         base = get_preset(cfg.preset)
     except (ConfigError, KeyError, ValueError):
         base = type(cfg)()
-    have = _flat(json.loads(json.dumps(cfg.to_dict())))
-    default = _flat(json.loads(json.dumps(base.to_dict())))
+    have = flat_dict(json.loads(json.dumps(cfg.to_dict())))
+    default = flat_dict(json.loads(json.dumps(base.to_dict())))
     return [f"{k}={set_value(v)}" for k, v in have.items()
             if k not in ignore and default.get(k, object()) != v]
 

@@ -16,6 +16,7 @@ from dynrcnn.errors import DynrcnnError
 from dynrcnn.rundir.provenance import same_path
 from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_evaluated, is_finished, is_run_dir, last_checkpoint
 from dynrcnn.io import read_json, shown_path
+from dynrcnn.config import flat_dict
 
 
 # --------------------------------------------------------------------------------------
@@ -168,21 +169,11 @@ class RunLock:
 _NOT_COMPARED = ("lr", "data_root", "num_workers", "eval_period", "best_metric", "tracker")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def config_diff(recorded: dict, cfg, ignore=(), missing_differs: bool = True) -> list[str]:
     """``key: recorded -> wanted`` for every setting of ``cfg`` that differs from the
     ``recorded`` config (dotted keys; ``ignore``: top-level or dotted keys not compared; a key
     the record lacks counts as a difference only with ``missing_differs``)."""
-    rec, wanted = _flat(recorded), _flat(json.loads(json.dumps(cfg.to_dict())))
+    rec, wanted = flat_dict(recorded), flat_dict(json.loads(json.dumps(cfg.to_dict())))
     diffs = []
     for key, value in wanted.items():
         if key in ignore or key.split(".")[0] in ignore or (key not in rec and not missing_differs):

@@ -12,17 +12,15 @@ coco) is this declaration with another profile (:func:`record_study`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.index import write_index
-from dynrcnn.report.pipeline import (PipelineResult, _notebook_env, _resolve_data_root, _run_steps, convert_published,
-                                     plan, prepare_backbone, report_progress)
+from dynrcnn.report.pipeline import PipelineResult, _resolve_data_root, convert_published, plan
 from dynrcnn.report.profiles import Profile, get_profile
 from dynrcnn.report.progress import WORK
 from dynrcnn.report.results import results
-from dynrcnn.report.study import Study, StudyContext, Work
+from dynrcnn.report.study import Study, StudyContext, Work, steps_work
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import readme_blocks
 from dynrcnn.rundir.runs import find_runs
@@ -46,20 +44,7 @@ def _work(ctx: StudyContext) -> Work:
                  seed=s.get("seed"), published=published)
     body = [st for st in steps if st.kind != "results"]  # the results notebook is the study's notebook
     s.update(runs_root=runs_root, data_root=data_root, steps=steps, results_params=steps[-1].params)
-    threads = max(1, (os.cpu_count() or 1) // ctx.jobs) if ctx.device == "cpu" else 1
-    probe = report_progress("", body, progress=False)  # each step's share of the bar, and the runs to track
-
-    def run(bar) -> None:
-        pinned = prepare_backbone(profile, data_root, ctx.device, bar)
-        for st in body:
-            if st.kind == "train":
-                st.params["num_threads"] = threads
-                st.params["overrides"] = [*st.params["overrides"], *pinned]
-        with _notebook_env(threads):
-            _run_steps(body, ctx.out, ctx.jobs, bar, s.setdefault("executed", []))
-
-    return Work(run, sum(st.work for st in body) + WORK["render"] * len(body) + WORK["results"] + WORK["index"],
-                list(probe.tracked))
+    return steps_work(ctx, profile, data_root, body, extra_units=WORK["results"] + WORK["index"])
 
 
 def _command(ctx: StudyContext) -> str:
