@@ -7,7 +7,6 @@ import json
 import shlex
 import shutil
 
-import pytest
 
 from dynrcnn import cli
 from dynrcnn.checkpoint.state import read_checkpoint

@@ -659,7 +659,7 @@ def test_share_at_least_counts_the_part_of_the_bin_that_holds_the_level():
 
 def test_variance_decomposition_splits_seed_and_image_noise():
     from dynrcnn.evaluation.stats import APSamples
-    from dynrcnn.report.intervals import variance_decomposition
+    from dynrcnn.evaluation.seed_intervals import variance_decomposition
 
     rng = np.random.default_rng(0)
     n_img, n_boot, seeds = 200, 300, range(6)

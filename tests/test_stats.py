@@ -9,7 +9,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from dynrcnn.evaluation.coco_eval import coco_metrics
-from dynrcnn.evaluation.stats import ap_samples, bootstrap_delta, image_matches, verdict, weighted_ap
+from dynrcnn.evaluation.seed_intervals import verdict
+from dynrcnn.evaluation.stats import ap_samples, bootstrap_delta, image_matches, weighted_ap
 
 
 def make_gt(images):

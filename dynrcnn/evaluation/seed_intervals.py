@@ -182,35 +182,86 @@ def _with_metrics(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x] + [metric_of(x, m)[..., None] for m in METRICS], axis=-1)
 
 
+def seed_part(full: list, weights: list, paired: bool):
+    """Estimate, seed part ``S`` and its degrees of freedom ``k`` (three ``[Q]`` arrays) of a
+    contrast of per-seed values ``full[g]`` ``[n_g, Q]`` (every ``n_g >= 2``): the paired t
+    part over per-seed contrasts, or Welch's over groups (module docstring)."""
+    if paired:
+        n = full[0].shape[0]
+        d = sum(w * f for w, f in zip(weights, full))  # [n, Q]
+        return d.mean(axis=0), d.var(axis=0, ddof=1) / n, np.full(d.shape[1:], n - 1.0)
+    ns = [f.shape[0] for f in full]
+    estimate = sum(w * f.mean(axis=0) for w, f in zip(weights, full))
+    parts = [w**2 * f.var(axis=0, ddof=1) / n for w, f, n in zip(weights, full, ns)]
+    seed_var = sum(parts)
+    den = sum(p**2 / (n - 1) for p, n in zip(parts, ns))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(den > 0, seed_var**2 / den, min(ns) - 1.0)  # no spread at all: any k will do
+    return estimate, seed_var, df
+
+
+def paired_image_parts(boot) -> tuple:
+    """``(V1, Vbar, c)`` of paired per-seed contrasts on shared image resamples ``boot``
+    ``[n, B, Q]``: ``V1 = var_b(mean_s d_{s,b})``, ``Vbar = mean_s var_b(d_{s,b})`` and the image
+    noise common to every seed ``c = max(0, (n V1 - Vbar) / (n - 1))`` (module docstring)."""
+    n = boot.shape[0]
+    v1 = boot.mean(axis=0).var(axis=0, ddof=1)  # C + sigma^2 / n
+    vbar = boot.var(axis=1, ddof=1).mean(axis=0)  # C + sigma^2
+    return v1, vbar, np.maximum(0.0, (n * v1 - vbar) / (n - 1))
+
+
 def _variance_parts(full: list, boot: list, weights: list, paired: bool):
     """Estimate, ``S``, ``c`` and ``k`` (four ``[Q]`` arrays) of a contrast.
 
     ``full[g]`` ``[n_g, Q]`` are group g's runs, ``boot[g]`` ``[n_g, B, Q]`` the same on shared
     image resamples; every ``n_g >= 2``.
     """
+    estimate, seed_var, df = seed_part(full, weights, paired)
     if paired:
-        n = full[0].shape[0]
-        d = sum(w * f for w, f in zip(weights, full))  # [n, Q]
-        db = sum(w * b for w, b in zip(weights, boot))  # [n, B, Q]
-        estimate = d.mean(axis=0)
-        seed_var = d.var(axis=0, ddof=1) / n
-        v1 = db.mean(axis=0).var(axis=0, ddof=1)  # C + sigma^2 / n
-        vbar = db.var(axis=1, ddof=1).mean(axis=0)  # C + sigma^2
-        image_var = np.maximum(0.0, (n * v1 - vbar) / (n - 1))
-        df = np.full_like(estimate, n - 1.0)
+        image_var = paired_image_parts(sum(w * b for w, b in zip(weights, boot)))[2]
     else:
         ns = [f.shape[0] for f in full]
-        estimate = sum(w * f.mean(axis=0) for w, f in zip(weights, full))
-        parts = [w**2 * f.var(axis=0, ddof=1) / n for w, f, n in zip(weights, full, ns)]
-        seed_var = sum(parts)
         contrast_boot = sum(w * b.mean(axis=0) for w, b in zip(weights, boot))  # [B, Q]
         specific = sum(w**2 * (b.var(axis=1, ddof=1).mean(axis=0) - b.mean(axis=0).var(axis=0, ddof=1)) / (n - 1)
                        for w, b, n in zip(weights, boot, ns))  # sum_g w_g^2 sigma_g^2 / n_g
         image_var = np.maximum(0.0, contrast_boot.var(axis=0, ddof=1) - specific)
-        den = sum(p**2 / (n - 1) for p, n in zip(parts, ns))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            df = np.where(den > 0, seed_var**2 / den, min(ns) - 1.0)  # no spread at all: any k will do
     return estimate, seed_var, image_var, df
+
+
+def variance_decomposition(samples_a: dict, samples_b: dict, metric: str = "AP") -> dict | None:
+    """Where the uncertainty of a paired difference ``B - A`` comes from (seed -> :class:`APSamples`
+    on both sides, the same seeds), in AP points squared, with ``n`` seeds and ``n_images``:
+
+    * ``per_seed_total``: the sample variance of the per-seed differences ``s_d^2``;
+    * ``image_within_seed``: ``Vbar - c``, the image noise particular to one seed's pair of runs
+      (it shrinks as 1 / n_images);
+    * ``seed``: ``s_d^2 - (Vbar - c)`` (at least 0), what more validation images cannot remove;
+    * ``image_common``: ``c``, shrinks as 1 / n_images;
+    * ``se_now`` and ``se_at``: the standard error of the mean difference now and projected for
+      other validation sizes (the image parts scaled by n_images / N), to choose the size.
+    ``None`` without at least two paired seeds."""
+    seeds = sorted(set(samples_a) & set(samples_b))
+    if len(seeds) < 2:
+        return None
+    col = np.shape(samples_a[seeds[0]].full)[-1] + METRICS.index(metric)
+
+    def stack(samples, part):
+        return np.stack([_with_metrics(np.asarray(getattr(samples[s], part), dtype=np.float64)) for s in seeds])
+
+    d = (stack(samples_b, "full") - stack(samples_a, "full"))[:, col]
+    _, vbar, c = (float(x[col]) for x in paired_image_parts(stack(samples_b, "boot") - stack(samples_a, "boot")))
+    n, n_img = len(seeds), len(samples_a[seeds[0]].image_ids)
+    s2 = float(d.var(ddof=1))
+    within = max(0.0, vbar - c)
+    seed = max(0.0, s2 - within)
+
+    def se(n_images: int) -> float:
+        k = n_img / n_images
+        return float(np.sqrt((seed + within * k) / n + c * k))
+
+    return {"metric": metric, "n_seeds": n, "n_images": n_img, "per_seed_total": s2, "seed": seed,
+            "image_within_seed": within, "image_common": c, "se_now": se(n_img),
+            "se_at": {str(m): se(m) for m in (n_img, 2 * n_img, 4 * n_img)}}
 
 
 def seed_contrast(groups: list[dict[int, APSamples]], weights, level: float = 0.95) -> SeedDelta:

@@ -17,12 +17,10 @@ per-image matches of one ``COCOeval.evaluate()`` per run: drawing an image k tim
 as giving its detections and ground truths weight k (:func:`weighted_ap`). With all weights 1
 the result equals pycocotools' own AP (tested).
 
-The verdict rule (:func:`verdict`) follows from the interval alone: ``reproduced`` when it
-excludes 0 in the paper's direction, ``contradicted`` when it excludes 0 the other way,
-``inconclusive`` otherwise. With 3 seeds the seed level of the bootstrap sees few distinct
-draws, which makes the interval somewhat narrower than a larger study would find (a known
-small-sample property of the percentile bootstrap); the report says how many seeds fed each
-interval.
+The report's intervals are no longer this bootstrap: they are built at the level of the training
+seed (:mod:`dynrcnn.evaluation.seed_intervals`, which also holds the verdict rule), with this
+module's :class:`APSamples` for the image part. :func:`bootstrap_contrast` stays as the method the
+coverage test shows to under-cover with 3 seeds, and for ``benchmarks/before_after.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ import numpy as np
 
 from dynrcnn.config import AP90_INDEX, REPORTED_METRICS, iou_index
 
-REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"  # verdict()'s words
 METRIC_INDEX = {"AP50": iou_index(0.5), "AP75": iou_index(0.75), "AP90": AP90_INDEX}  # in IOU_THRESHOLDS
 DEFAULT_BOOT = 1000
 
@@ -249,21 +246,6 @@ def bootstrap_delta(a: dict, b: dict, n_boot: int = DEFAULT_BOOT, seed: int = 0,
     if not a or not b:
         raise ValueError("bootstrap_delta needs at least one run on each side")
     return bootstrap_contrast([a, b], [-1.0, 1.0], n_boot=n_boot, seed=seed, level=level)
-
-
-def verdict(low: float, high: float, expected_sign: int = 1) -> str:
-    """``reproduced`` / ``contradicted`` / ``inconclusive`` from a 95 % interval on a difference.
-
-    ``expected_sign`` is the direction the paper claims (+1: an improvement). An interval that
-    touches 0 is inconclusive.
-    """
-    if expected_sign not in (1, -1):
-        raise ValueError("expected_sign must be +1 or -1")
-    if low > 0:
-        return REPRODUCED if expected_sign > 0 else CONTRADICTED
-    if high < 0:
-        return CONTRADICTED if expected_sign > 0 else REPRODUCED
-    return INCONCLUSIVE
 
 
 def signed(value: float, digits: int = 2) -> str:

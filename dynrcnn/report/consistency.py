@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dynrcnn.evaluation.seed_intervals import MARGINS, NO_SEED_VARIANCE, equivalence, seed_interval
+from dynrcnn.evaluation.seed_intervals import MARGINS, NO_SEED_VARIANCE, equivalence, seed_interval, seed_part
 
 IDENTICAL = "identical"
 CHECKED_METRICS = ("AP", "AP90")
@@ -35,16 +35,13 @@ def per_seed(results: dict) -> dict[str, dict[str, dict[int, float]]]:
 
 
 def welch(fresh: list[float], committed: list[float]) -> tuple[float, float, float]:
-    """``(estimate, seed_var, df)`` of ``mean(fresh) - mean(committed)`` (Welch); NaN parts when a
-    side has one value."""
+    """``(estimate, seed_var, df)`` of ``mean(fresh) - mean(committed)``: the unpaired seed part of
+    :func:`~dynrcnn.evaluation.seed_intervals.seed_part` (Welch); NaN parts when a side has one value."""
     a, b = np.asarray(fresh, float), np.asarray(committed, float)
-    est = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
-        return est, float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    var = va + vb
-    den = va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)
-    return est, float(var), float(var**2 / den) if den > 0 else float(min(len(a), len(b)) - 1)
+        return float(a.mean() - b.mean()), float("nan"), float("nan")
+    est, var, df = seed_part([b[:, None], a[:, None]], [-1.0, 1.0], paired=False)
+    return float(est[0]), float(var[0]), float(df[0])
 
 
 def compare_results(fresh: dict, committed: dict) -> pd.DataFrame:

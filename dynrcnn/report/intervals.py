@@ -142,47 +142,6 @@ def seeds_text(delta: SeedDelta) -> str:
     return f"{n_b} vs {n_a} seed{'s' if max(n_a, n_b) > 1 else ''}{', paired' if delta.paired else ''}"
 
 
-def variance_decomposition(samples_a: dict, samples_b: dict, metric: str = "AP") -> dict | None:
-    """Where the uncertainty of a paired difference ``B - A`` comes from (seed -> :class:`APSamples`
-    on both sides, the same seeds): the variance of one seed's difference splits into the
-    training seed's own part and the image noise of that seed's runs, and the image noise common
-    to all seeds adds to the mean. In AP points squared, with ``n`` seeds and ``n_images``:
-
-    * ``per_seed_total``: the sample variance of the per-seed differences ``s_d^2``;
-    * ``image_within_seed``: ``Vbar - c``, the image noise particular to one seed's pair of runs
-      (it shrinks as 1 / n_images);
-    * ``seed``: ``s_d^2 - (Vbar - c)`` (at least 0), what more validation images cannot remove;
-    * ``image_common``: ``c`` (:mod:`dynrcnn.evaluation.seed_intervals`), shrinks as 1 / n_images;
-    * ``se_now`` and ``se_at``: the standard error of the mean difference now and projected for
-      other validation sizes (the image parts scaled by n_images / N), to choose the size.
-    ``None`` without at least two paired seeds."""
-    from dynrcnn.evaluation.seed_intervals import _with_metrics, METRICS
-
-    seeds = sorted(set(samples_a) & set(samples_b))
-    if len(seeds) < 2:
-        return None
-    col = np.shape(samples_a[seeds[0]].full)[-1] + METRICS.index(metric)
-    d = np.array([_with_metrics(np.asarray(samples_b[s].full))[col] - _with_metrics(np.asarray(samples_a[s].full))[col]
-                  for s in seeds])
-    db = np.stack([_with_metrics(np.asarray(samples_b[s].boot))[:, col] - _with_metrics(np.asarray(samples_a[s].boot))[:, col]
-                   for s in seeds])  # [n, B]
-    n, n_img = len(seeds), len(samples_a[seeds[0]].image_ids)
-    s2 = float(d.var(ddof=1))
-    vbar = float(db.var(axis=1, ddof=1).mean())
-    v1 = float(db.mean(axis=0).var(ddof=1))
-    c = max(0.0, (n * v1 - vbar) / (n - 1))
-    within = max(0.0, vbar - c)
-    seed = max(0.0, s2 - within)
-
-    def se(n_images: int) -> float:
-        k = n_img / n_images
-        return float(np.sqrt((seed + within * k) / n + c * k))
-
-    return {"metric": metric, "n_seeds": n, "n_images": n_img, "per_seed_total": s2, "seed": seed,
-            "image_within_seed": within, "image_common": c, "se_now": se(n_img),
-            "se_at": {str(m): se(m) for m in (n_img, 2 * n_img, 4 * n_img)}}
-
-
 @dataclass(frozen=True)
 class Interval:
     """One metric's difference: estimate, 95 % interval, the directional ``status``
@@ -232,4 +191,4 @@ def per_iou(delta: SeedDelta | None) -> dict | None:
 
 
 __all__ = ["extra_datasets", "evaluation_files", "run_matches", "run_samples", "samples_file", "precompute", "compare",
-           "Interval", "interval", "per_iou", "seeds_text", "variance_decomposition", "MARGINS", "equivalent_word"]
+           "Interval", "interval", "per_iou", "seeds_text", "MARGINS", "equivalent_word"]

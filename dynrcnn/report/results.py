@@ -25,7 +25,8 @@ from dynrcnn.report.analysis import METRICS, dynamic_facts
 from dynrcnn.report.evidence import evidence_of, main_key
 from dynrcnn.report.curves import config_label
 from dynrcnn.report.claims import FAMILY_ALPHA, PRIMARY, claims
-from dynrcnn.report.intervals import MARGINS, interval, per_iou, variance_decomposition
+from dynrcnn.evaluation.seed_intervals import variance_decomposition
+from dynrcnn.report.intervals import MARGINS, interval, per_iou
 
 SCHEMA_VERSION = 2  # 2: seed-level intervals, verdict words with margins, the primary family
 INTERVAL_METHOD = ("95% seed-level interval of a difference: paired t over per-seed differences (Welch when the "
@@ -78,7 +79,13 @@ def environment_of(runs) -> dict:
     (:func:`dynrcnn.rundir.environment.environment_record`), and the machines the runs trained on
     (CPU models, numeric paths; runs whose segments ran on different numeric paths are named: their
     numbers belong to no single machine). bf16 results depend on the CPU's numeric path, so the
-    same seed reproduces exactly only on the same path."""
+    same seed reproduces exactly only on the same path. Read once per evidence (the summary page,
+    README's block and ``results.json`` share it: the lock check reads every package's metadata)."""
+    ev = evidence_of(runs)
+    return ev.once("environment", lambda: _environment(ev))
+
+
+def _environment(runs) -> dict:
     from dynrcnn.rundir.environment import environment_record
     from dynrcnn.rundir.history import mixed_numeric_paths, segments
 
@@ -137,7 +144,7 @@ def comparisons(runs) -> list[dict]:
 
 
 def variance(runs) -> list[dict]:
-    """The variance decomposition (seed vs image, :func:`~dynrcnn.report.intervals.variance_decomposition`)
+    """The variance decomposition (seed vs image, :func:`~dynrcnn.evaluation.seed_intervals.variance_decomposition`)
     of the primary comparison (Dynamic R-CNN minus the baseline at its RPN NMS) for AP and AP90 on
     every benchmark: what decides the number of seeds and the validation size."""
     ev = evidence_of(runs)
