@@ -204,11 +204,12 @@ def dataset_label(dataset: str | None) -> str:
     return "the evaluation split" if dataset is None else f"benchmark {dataset}"
 
 
-def intervals_on(ev, base, other, metric: str, expected_sign: int = 1) -> dict:
+def intervals_on(ev, base, other, metric: str, expected_sign: int = 1, datasets=None) -> dict:
     """``other - base`` with its 95 % interval on each of the evidence's benchmarks where both
-    were evaluated (``ev``: an :class:`~dynrcnn.report.evidence.Evidence`)."""
+    were evaluated (``ev``: an :class:`~dynrcnn.report.evidence.Evidence`), or on ``datasets``
+    only (``None`` in it: the evaluation split)."""
     found = {}
-    for ds in ev.datasets:
+    for ds in ev.datasets if datasets is None else datasets:
         iv = interval(ev.compare(base, other, ds), metric, expected_sign)
         if iv is not None:
             found[ds] = iv
@@ -235,10 +236,12 @@ _WORDS = {REPRODUCED: ("direction reproduced at miniature scale", "the 95% inter
           NO_SEED_VARIANCE: ("inconclusive at miniature scale", "one seed: no seed variance, so no interval")}
 
 
-def interval_verdict(ev, base, other, metric: str, expected_sign: int = 1) -> tuple[float, Verdict, dict]:
-    """``other - base`` on every benchmark of ``ev`` with its 95 % interval, and the verdict that
-    holds on all of them; returns ``(estimate on the own split, verdict, {benchmark: interval dict})``."""
-    found = intervals_on(ev, base, other, metric, expected_sign)
+def interval_verdict(ev, base, other, metric: str, expected_sign: int = 1,
+                     datasets=None) -> tuple[float, Verdict, dict]:
+    """``other - base`` on every benchmark of ``ev`` (or on ``datasets``) with its 95 % interval,
+    and the verdict that holds on all of them; returns ``(estimate on the first benchmark tested,
+    verdict, {benchmark: interval dict})``."""
+    found = intervals_on(ev, base, other, metric, expected_sign, datasets)
     if not found:
         return float("nan"), Verdict(NOT_TESTABLE, "not measured (runs or their per-image detections missing)"), {}
     status = combined_status(found)

@@ -22,7 +22,7 @@ from dynrcnn.errors import DynrcnnError
 from dynrcnn.io import relative_path
 from dynrcnn.report import controls
 from dynrcnn.report.pipeline import _resolve_data_root
-from dynrcnn.report.profiles import MINI_SEEDS, get_profile, param_path
+from dynrcnn.report.profiles import ABLATION_SEEDS, HEADLINE_SEEDS, get_profile, param_path
 from dynrcnn.report.study import Study, StudyContext, Work, notebook_work, run_study
 
 RECORD = "mini"  # the profile of the report of record, whose runs the controls start from
@@ -36,8 +36,9 @@ def _reference_runs(runs_root: Path):
 
     runs = [r for r in find_runs(runs_root) if is_complete(r.path)]
     have = {(controls.base_name(r.path.name), int(r.seed)) for r in runs}
-    missing = [f"{n} seed {s}" for n in ("baseline_nms085", "dynamic") for s in MINI_SEEDS if (n, s) not in have]
-    missing += [f"{n} seed {MINI_SEEDS[0]}" for n in ("dla", "dsl") if (n, MINI_SEEDS[0]) not in have]
+    missing = [f"{n} seed {s}" for n in ("baseline_nms085", "dynamic") for s in range(HEADLINE_SEEDS)
+               if (n, s) not in have]
+    missing += [f"{n} seed {s}" for n in ("dla", "dsl") for s in range(ABLATION_SEEDS) if (n, s) not in have]
     if missing:
         raise DynrcnnError(f"{runs_root} lacks complete runs of the report of record ({', '.join(missing)}); "
                            "run 'make report' first")
@@ -48,16 +49,18 @@ def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
     """The controls block of :data:`DOC_PAGE`, from ``results.json`` only."""
     lines = ["## The controls (written by `make report-controls`; do not edit by hand)", "",
              f"Fixed thresholds and betas from the first iteration against the schedules, with the report of record's "
-             f"preset and seeds at RPN NMS 0.85 (DLA ends at threshold {res['final_threshold']:g}, DSL at beta "
-             f"{res['final_beta']:g}).", "",
+             f"preset at RPN NMS 0.85 and up to {res['seeds_planned']} seeds (DLA alone ends at threshold "
+             f"{res['final_threshold']:g}, DSL alone at beta {res['final_beta']:g}, DLA + DSL at beta "
+             f"{res['final_dynamic_beta']:g}; each fixed control fixes the value of the schedule it is compared with; "
+             f"a best fixed value is chosen on {res['selection_benchmark']} and tested on the evaluation split).", "",
              f"![AP and AP90 against a fixed threshold, DLA across]({figures}/thresholds.png)", "",
-             "| comparison | metric | schedule - fixed [95 % interval per benchmark] | status | equivalence |",
-             "|---|---|---|---|---|"]
+             "| comparison | metric | seeds | schedule - fixed [95 % interval per benchmark] | status | equivalence |",
+             "|---|---|---|---|---|---|"]
     for c in res["claims"]:
         ivs = "; ".join(f"{'eval split' if k == 'own' else k} [{c[f'{k} low']:+.2f}, {c[f'{k} high']:+.2f}]"
                         for k in ("own", *sorted(k[:-4] for k in c if k.endswith(" low") and k != "own low"))
                         if c.get(f"{k} low") is not None)
-        lines.append(f"| {c['claim']} | {c['metric']} | {c['delta']:+.2f}: {ivs} | {c['status']} | "
+        lines.append(f"| {c['claim']} | {c['metric']} | {c['seeds']} | {c['delta']:+.2f}: {ivs} | {c['status']} | "
                      f"{c.get('equivalence', '')} |")
     lines += ["", res["interpretation"], "",
               f"Figures: `{figures}/` (thresholds, betas, positives per image); numbers: `{figures}/results.json`; "
@@ -70,12 +73,13 @@ def _work(ctx: StudyContext) -> Work:
     runs_root = ctx.root / "runs" / record.name
     controls_root = ctx.root / "runs" / "controls"
     reference = _reference_runs(runs_root)
-    threshold, beta, specs, _ = controls.plan_controls(reference, record.preset)
+    final, specs, _ = controls.plan_controls(reference, record.preset)
     data_root = _resolve_data_root(record, None, ctx.root)
     profile = dataclasses.replace(record, name="controls", runs=specs, readme=None, stats_methods=())
     ctx.state.update(reference_root=runs_root, controls_root=controls_root)
     work = notebook_work(ctx, profile, controls_root, data_root)
-    work.summary = f"DLA ends at {threshold:g}, DSL at {beta:g}; {len(specs)} runs in {controls_root}"
+    work.summary = (f"DLA ends at {final.threshold:g}, DSL at {final.beta:g}, DLA + DSL at beta {final.dynamic_beta:g}; "
+                    f"{len(specs)} runs in {controls_root}")
     return work
 
 
