@@ -118,13 +118,19 @@ def register_controls(subparsers) -> None:
     p.add_argument("--root", default=None, metavar="DIR", help="the report's root (default: this checkout)")
     p.add_argument("--jobs", type=int, default=2, help="training runs in parallel, one process each (default 2)")
     p.add_argument("--no-readme", action="store_true", help="do not write the page's generated block")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="the first N of the ten declared seeds only (default: all ten); the block says how many")
     p.set_defaults(func=_run_controls)
 
 
 def _run_controls(args) -> int:
     from dynrcnn.report.studies.controls import run_controls
 
-    res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme)
+    from dynrcnn.errors import DynrcnnError
+
+    if args.seeds is not None and args.seeds < 2:
+        raise DynrcnnError(f"--seeds must be >= 2 (a seed-level interval needs two seeds), got {args.seeds}")
+    res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme, seeds=args.seeds)
     print(res["interpretation"])
     return 0
 

@@ -202,18 +202,21 @@ def plan_controls(reference_runs, preset: str, seeds=SEEDS):
     return final, specs, about
 
 
-def load_groups(reference_root, controls_root, preset: str | None = None) -> ControlGroups:
+def load_groups(reference_root, controls_root, preset: str | None = None, seeds: int | None = None) -> ControlGroups:
     """The :class:`ControlGroups` of the report of record's runs folder and the controls' folder
-    (what the notebook and the pipeline read)."""
+    (what the notebook and the pipeline read); ``seeds``: only the first that many of
+    :data:`SEEDS`, on every side, so that every comparison pairs the same seeds."""
     from dynrcnn.report.profiles import get_profile
     from dynrcnn.rundir.runs import find_runs
 
     from dynrcnn.presets import get_preset
 
     preset = preset or get_profile("mini").preset
-    reference = find_runs(reference_root)
-    final, _, about = plan_controls(reference, preset)
-    return ControlGroups.build(reference, find_runs(controls_root), final, about, get_preset(preset).max_iter)
+    keep = set(SEEDS[:seeds] if seeds else SEEDS)
+    reference = [r for r in find_runs(reference_root) if int(r.seed) in keep]
+    final, _, about = plan_controls(reference, preset, tuple(sorted(keep)))
+    control = [r for r in find_runs(controls_root) if int(r.seed) in keep]
+    return ControlGroups.build(reference, control, final, about, get_preset(preset).max_iter)
 
 
 def _metric(g: ControlGroups, runs, metric: str, dataset) -> list[float]:
@@ -328,7 +331,7 @@ def comparisons(g: ControlGroups) -> list[dict]:
                 "dla_fixed_beta": f"DLA + fixed beta {a.get('beta', 0):g}"}[a["kind"]]
 
     chosen_on, tested_on = g.selection
-    split = [] if chosen_on == tested_on else [tested_on]
+    split = None if chosen_on == tested_on else [tested_on]  # one benchmark: chosen and tested on it (said)
     best_thr, best_beta = _best(g, thr), _best(g, betas)
     rows = [("dla_vs_fixed_threshold", f"DLA vs fixed threshold {t:g}", "dla", named("threshold", "threshold", t), None)
             for t in FIXED_THRESHOLDS]
@@ -433,7 +436,8 @@ def results(g: ControlGroups) -> dict:
     claims = claims_table(g)
     return {
         "final_threshold": g.final.threshold, "final_beta": g.final.beta, "final_dynamic_beta": g.final.dynamic_beta,
-        "seeds_planned": len(SEEDS), "selection_benchmark": g.selection[0],
+        "seeds_planned": len(SEEDS), "seeds_used": max((len(rs) for rs in g.runs.values()), default=0),
+        "selection_benchmark": g.selection[0],
         "runs": {n: [int(r.seed) for r in rs] for n, rs in g.runs.items()},
         "about": g.about,
         "thresholds": json_records(threshold_table(g)), "betas": json_records(beta_table(g)),

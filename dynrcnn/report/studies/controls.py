@@ -49,7 +49,7 @@ def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
     """The controls block of :data:`DOC_PAGE`, from ``results.json`` only."""
     lines = ["## The controls (written by `make report-controls`; do not edit by hand)", "",
              f"Fixed thresholds and betas from the first iteration against the schedules, with the report of record's "
-             f"preset at RPN NMS 0.85 and up to {res['seeds_planned']} seeds (DLA alone ends at threshold "
+             f"preset at RPN NMS 0.85 and {res['seeds_used']} of the {res['seeds_planned']} seeds declared (DLA alone ends at threshold "
              f"{res['final_threshold']:g}, DSL alone at beta {res['final_beta']:g}, DLA + DSL at beta "
              f"{res['final_dynamic_beta']:g}; each fixed control fixes the value of the schedule it is compared with; "
              f"a best fixed value is chosen on {res['selection_benchmark']} and tested on the evaluation split).", "",
@@ -73,7 +73,8 @@ def _work(ctx: StudyContext) -> Work:
     runs_root = ctx.root / "runs" / record.name
     controls_root = ctx.root / "runs" / "controls"
     reference = _reference_runs(runs_root)
-    final, specs, _ = controls.plan_controls(reference, record.preset)
+    seeds = controls.SEEDS[:ctx.state.get("seeds") or len(controls.SEEDS)]
+    final, specs, _ = controls.plan_controls(reference, record.preset, seeds)
     data_root = _resolve_data_root(record, None, ctx.root)
     profile = dataclasses.replace(record, name="controls", runs=specs, readme=None, stats_methods=())
     ctx.state.update(reference_root=runs_root, controls_root=controls_root)
@@ -84,12 +85,13 @@ def _work(ctx: StudyContext) -> Work:
 
 
 def _results(ctx: StudyContext) -> dict:
-    return controls.results(controls.load_groups(ctx.state["reference_root"], ctx.state["controls_root"]))
+    return controls.results(controls.load_groups(ctx.state["reference_root"], ctx.state["controls_root"],
+                                                 seeds=ctx.state.get("seeds")))
 
 
 def _params(ctx: StudyContext) -> dict:
     return {"reference_root": param_path(ctx.state["reference_root"]),
-            "controls_root": param_path(ctx.state["controls_root"])}
+            "controls_root": param_path(ctx.state["controls_root"]), "seeds": ctx.state.get("seeds")}
 
 
 def _block(res: dict, ctx: StudyContext) -> str:
@@ -101,11 +103,14 @@ STUDY = Study("controls", "07_controls", "figures/controls", "build/report-contr
               page=DOC_PAGE, blocks=lambda res, ctx: {README_TAG: _block(res, ctx)}, command="make report-controls")
 
 
-def run_controls(root=None, jobs: int = 2, device: str = "cpu", progress: bool = True, readme: bool = True) -> dict:
+def run_controls(root=None, jobs: int = 2, device: str = "cpu", progress: bool = True, readme: bool = True,
+                 seeds: int | None = None) -> dict:
     """:func:`~dynrcnn.report.study.run_study` of :data:`STUDY`: train what is missing of the
     controls, evaluate them, write ``figures/controls/results.json``, run the notebook, write the
-    block of :data:`DOC_PAGE`; returns the results."""
-    return run_study(STUDY, root=root, jobs=jobs, device=device, progress=progress, write_block=readme)
+    block of :data:`DOC_PAGE`; returns the results. ``seeds``: the first that many of
+    :data:`~dynrcnn.report.controls.SEEDS` (default all; fewer is a smaller study, said in its block)."""
+    return run_study(STUDY, root=root, jobs=jobs, device=device, progress=progress, write_block=readme,
+                     state={"seeds": seeds})
 
 
 __all__ = ["STUDY", "run_controls", "readme_body", "README_TAG", "DOC_PAGE"]
