@@ -65,6 +65,11 @@ def test_results_and_readme_block_come_from_the_runs(tmp_path):
     row = res["benchmarks"]["evaluation split"]["agreement"][3]
     assert row["metric"] == "AP90" and f"| AP90 | {row['dynrcnn gain']:+.2f}" in block
     assert "figures/mmdet/trajectories.png" in block and "x0.50" in block
+    # the absolute levels beside the gains, and the gap between the implementations computed from them
+    m = {(r["implementation"], r["method"]): r for r in res["benchmarks"]["evaluation split"]["metrics"]}
+    ours_f, theirs_f = m[(peer.LABELS["dynrcnn"], "Faster R-CNN")], m[(peer.LABELS["mmdet"], "Faster R-CNN")]
+    assert f"| {peer.LABELS['mmdet']} | Faster R-CNN | 3 | {theirs_f['AP']:.2f}" in block
+    assert f"Faster R-CNN {theirs_f['AP'] - ours_f['AP']:+.2f} AP" in block
     # each run's training time comes from its train_done.json (write_run: iterations x sec_per_iter)
     assert res["speed"]["mmdet_train_min_per_run"] == [100 * 0.8 / 60] * 2
     assert "MMDetection 3.3.0 1.3-1.3 min" in block

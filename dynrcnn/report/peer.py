@@ -221,6 +221,34 @@ def peer_versions(groups: Groups) -> dict:
                 {})
 
 
+GAP_CAUSES = ("the differences kept as MMDetection has them (RPN L1 box loss, a 0.3 floor on the RPN's "
+              "low-quality matches, RoIAlign with the half-pixel offset and adaptive sampling, fractional anchors, "
+              "Xavier / N(0, 0.001) head init, its data filter and sampler; `peer_mmdet/train.py`'s docstring): "
+              "they are listed, not yet measured one by one")
+
+
+def absolute_lines(metrics: list[dict]) -> list[str]:
+    """The absolute AP / AP90 of both implementations and methods (seeds' mean and range) and
+    one sentence on the gap between the implementations, from ``metrics`` (the records of
+    :func:`metrics_table`)."""
+    if not metrics:
+        return []
+    lines = ["| implementation | method | seeds | AP (range) | AP90 (range) |", "|---|---|---|---|---|"]
+    by = {}
+    for row in metrics:
+        by[(row["implementation"], row["method"])] = row
+        lines.append(f"| {row['implementation']} | {row['method']} | {row['seeds']} | {row['AP']:.2f} "
+                     f"({row['AP range']}) | {row['AP90']:.2f} ({row['AP90 range']}) |")
+    gaps = []
+    for method in ("Faster R-CNN", "Dynamic R-CNN"):
+        a, b = by.get((LABELS["dynrcnn"], method)), by.get((LABELS["mmdet"], method))
+        if a and b:
+            gaps.append(f"{method} {signed(b['AP'] - a['AP'])} AP / {signed(b['AP90'] - a['AP90'])} AP90")
+    if gaps:
+        lines += ["", "MMDetection minus ours, absolute: " + ", ".join(gaps) + f". Possible causes: {GAP_CAUSES}."]
+    return lines + [""]
+
+
 def readme_body(res: dict, figures: str, command: str) -> str:
     """README's MMDetection block from :func:`results` (``figures``: the figures folder, relative)."""
     lines = [f"## MMDetection side by side (written by `{command}`; do not edit by hand)", "",
@@ -240,6 +268,7 @@ def readme_body(res: dict, figures: str, command: str) -> str:
             lines.append(f"| {row['metric']} | {iv('dynrcnn')} | {iv('mmdet')} | {signed(row['difference'])} "
                          f"[{signed(row['low'])}, {signed(row['high'])}] | {row['verdict']} |")
         lines.append("")
+        lines += absolute_lines(bench["metrics"])
     sp = res["speed"]
     if sp.get("ratio_ours_to_mmdet") is not None:
         lines.append(f"Time per training iteration (one thread, two runs side by side): dynrcnn "
@@ -254,4 +283,4 @@ def readme_body(res: dict, figures: str, command: str) -> str:
 
 __all__ = ["IMPLEMENTATIONS", "LABELS", "METHODS", "METRICS", "PEER_EVAL", "Groups", "agreement",
            "agreement_sentence", "metrics_table", "evaluator_agreement", "trajectories", "trajectory_table",
-           "speed_ratio", "peer_run_name", "results", "peer_versions", "readme_body"]
+           "speed_ratio", "peer_run_name", "results", "peer_versions", "readme_body", "absolute_lines"]
