@@ -131,3 +131,57 @@ def test_the_benchmark_size_is_the_mini_presets():
 
     model = get_preset("mini").model
     assert model.min_size == model.max_size == IMAGE_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate settings (issue 32): options that move toward COCO; the defaults draw today's benchmark
+
+
+def _sha(*chunks) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+#: the report's benchmark as drawn before the settings existed (pixels + objects of 12 images, and
+#: every file of a small generated benchmark); a change of either changes the report of record
+RENDER_SHA256 = "7e8c297a29c7595af8cef17b52b392e531329f76720f062ee8e08eef1e302a69"
+FILES_SHA256 = "7a7efdab79b79dd2616e88b6c63da8b80236d9eb8ca7a43484e06957aebaa277"
+
+
+def test_default_settings_draw_the_benchmark_byte_for_byte(tmp_path):
+    from dynrcnn.data.mini import DEFAULT_SETTINGS, MiniSettings
+
+    chunks = []
+    for split in ("train", "val"):
+        for i in range(6):
+            img, objs = render_image(0, split, i, settings=MiniSettings() if i % 2 else None)
+            chunks += [img.tobytes(), json.dumps(objs, sort_keys=True).encode()]
+    assert _sha(*chunks) == RENDER_SHA256
+    out = tmp_path / "m"
+    generate_mini(out, seed=3, n_train=5, n_val=3, image_size=96, workers=0, progress=False,
+                  settings=DEFAULT_SETTINGS)
+    files = _files(out)
+    assert _sha(*(k.encode() + v for k, v in files.items())) == FILES_SHA256
+    assert "generator" not in json.loads(files["annotations/instances_val.json"])["info"]
+
+
+def test_candidate_settings_are_recorded_and_change_the_scenes(tmp_path):
+    from dynrcnn.data.mini import EXTRA_CLASSES, MiniSettings
+
+    s = MiniSettings(min_objects=6, max_objects=10, max_occluded=0.5, n_classes=8, distractors=2,
+                     size_mix=(0.4, 0.35, 0.25), large_max=0.7)
+    counts = [len(render_image(1, "train", i, 128, settings=s)[1]) for i in range(8)]
+    assert np.mean(counts) > 4.5  # denser than the benchmark's 2.8
+    generate_mini(tmp_path, seed=1, n_train=4, n_val=2, image_size=64, workers=0, progress=False, settings=s)
+    data = json.loads((tmp_path / "annotations" / "instances_train.json").read_text())
+    assert data["info"]["generator"] == s.changed()
+    assert [c["name"] for c in data["categories"]] == list(CLASSES + EXTRA_CLASSES[:2])
+    assert MiniSettings.from_dict(s.changed()) == s
+    with pytest.raises(DataError, match="unknown setting"):
+        MiniSettings.from_dict({"objects": 3})
+    with pytest.raises(DataError, match="size_mix"):
+        MiniSettings(size_mix=(0.5, 0.5, 0.5))

@@ -19,6 +19,12 @@ built to make *localisation quality* matter (the paper's gains are at high IoU):
 * boxes are the tight box of the *whole* object's rendered pixel mask (also where it is partly
   hidden), in COCO's ``[x, y, w, h]`` pixel-edge convention; ``area`` is the object's pixel count.
 
+Candidate settings (:class:`MiniSettings`, issue 32's search for a benchmark where the premise of the
+paper holds): denser scenes, more occlusion, distractor shapes that are no class, a wider range of
+object sizes, more classes and harder appearance are options; their defaults draw today's benchmark
+byte for byte (a test pins its hash), and a benchmark drawn with other settings records them in
+its annotation files' ``info.generator``.
+
 Determinism: each image is drawn from its own random generator seeded with
 ``(seed, split, index)``, PNGs are written with fixed settings and no metadata, and the JSON is
 written with sorted keys, so the same arguments give byte-identical files whatever the number of
@@ -32,6 +38,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +58,77 @@ SIZE_MIX = (0.15, 0.5, 0.35)  # how often an object is drawn small, medium, larg
 BACKGROUND_CONTRAST = 0.4  # backgrounds keep this fraction of their contrast around their mean
 MIN_CONTRAST = 180  # summed |RGB difference| an object keeps from what lies beneath (if it can)
 MAX_OCCLUDED = 0.2  # an object may lose at most this fraction of its pixels to later objects
+#: shapes that become classes when MiniSettings.n_classes > len(CLASSES) (in this order)
+EXTRA_CLASSES = ("pentagon", "hexagon", "arrow", "trapezoid", "half_disc", "l_shape")
+
+
+@dataclass(frozen=True)
+class MiniSettings:
+    """How the generator draws a benchmark; the defaults are the report's benchmark (format 4).
+
+    ``min_objects``/``max_objects``: objects planned per image (uniform); ``size_mix``: how often an
+    object is planned small, medium or large (COCO's ranges scaled to the image); ``large_max``: the
+    large band's upper end as a fraction of the image area; ``max_occluded``: the fraction of an
+    object later objects may hide; ``n_classes``: the first ``n`` of :data:`CLASSES` +
+    :data:`EXTRA_CLASSES`; ``distractors``: at most this many non-class shapes (irregular blobs)
+    painted under the objects (0 to n per image, uniform); ``min_contrast``: summed RGB difference
+    an object keeps from what lies beneath; ``background_contrast``: the fraction of their contrast
+    backgrounds keep; ``clutter_max``: at most this many clutter lines or arcs; ``noise_max``: the
+    largest pixel-noise standard deviation (drawn in ``[1, noise_max]``).
+    """
+
+    min_objects: int = 2
+    max_objects: int = 6
+    size_mix: tuple[float, float, float] = SIZE_MIX
+    large_max: float = 0.4
+    max_occluded: float = MAX_OCCLUDED
+    n_classes: int = len(CLASSES)
+    distractors: int = 0
+    min_contrast: float = MIN_CONTRAST
+    background_contrast: float = BACKGROUND_CONTRAST
+    clutter_max: int = 3
+    noise_max: float = 4.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "size_mix", tuple(float(v) for v in self.size_mix))
+        self.validate()
+
+    def validate(self) -> None:
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise DataError(f"generator: need 1 <= min_objects <= max_objects (got {self.min_objects}, "
+                            f"{self.max_objects})")
+        if len(self.size_mix) != 3 or min(self.size_mix) < 0 or abs(sum(self.size_mix) - 1.0) > 1e-6:
+            raise DataError(f"generator: size_mix must be three shares summing to 1 (got {self.size_mix})")
+        if not 0.0 <= self.max_occluded < 1.0:
+            raise DataError(f"generator: max_occluded must be in [0, 1) (got {self.max_occluded})")
+        if not 0.0 < self.large_max <= 1.0:
+            raise DataError(f"generator: large_max must be in (0, 1] (got {self.large_max})")
+        if not 1 <= self.n_classes <= len(CLASSES) + len(EXTRA_CLASSES):
+            raise DataError(f"generator: n_classes must be in [1, {len(CLASSES) + len(EXTRA_CLASSES)}] "
+                            f"(got {self.n_classes})")
+        if self.distractors < 0 or self.clutter_max < 0 or self.noise_max < 1.0:
+            raise DataError("generator: distractors and clutter_max must be >= 0, noise_max >= 1")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return (CLASSES + EXTRA_CLASSES)[: self.n_classes]
+
+    def changed(self) -> dict:
+        """The settings that differ from the defaults (what a benchmark's record names)."""
+        default = MiniSettings()
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if v != getattr(default, k)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MiniSettings":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise DataError(f"generator: unknown setting(s) {', '.join(sorted(unknown))}; valid: "
+                            f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**values)
+
+
+DEFAULT_SETTINGS = MiniSettings()
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,8 +157,35 @@ def _star(rng: np.random.Generator) -> np.ndarray:
     return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
 
 
+def _regular(n: int) -> np.ndarray:
+    t = np.arange(n) * 2.0 * np.pi / n - np.pi / 2
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+_EXTRA_UNIT = {
+    "pentagon": _regular(5),
+    "hexagon": _regular(6),
+    "arrow": np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.8], [1, 0], [0.2, 0.8], [0.2, 0.3], [-1, 0.3]]),
+    "trapezoid": np.array([[-1, 1], [1, 1], [0.5, -1], [-0.5, -1]], dtype=np.float64),
+    "half_disc": _circle(48)[:25],  # angles 0..pi: the upper half of the unit disc
+    "l_shape": np.array([[-1, -1], [-0.3, -1], [-0.3, 0.4], [1, 0.4], [1, 1], [-1, 1]], dtype=np.float64),
+}
+
+
+def _blob(rng: np.random.Generator) -> np.ndarray:
+    """An irregular star-shaped polygon: a distractor that is no class."""
+    k = int(rng.integers(7, 13))
+    t = np.sort(rng.uniform(0, 2 * np.pi, size=k))
+    r = rng.uniform(0.45, 1.0, size=k)
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
 def _shape_polygons(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """Outer polygon and optional hole polygon of a shape in the unit frame."""
+    if cls in _EXTRA_UNIT:
+        return _EXTRA_UNIT[cls], None
+    if cls == "blob":
+        return _blob(rng), None
     if cls == "star":
         return _star(rng), None
     if cls == "ring":
@@ -103,12 +208,13 @@ def _poly_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _area_bands(size: int) -> list[tuple[float, float]]:
-    """COCO's small / medium / large object areas, scaled to images of ``size`` px."""
+def _area_bands(size: int, large_max: float = 0.4) -> list[tuple[float, float]]:
+    """COCO's small / medium / large object areas, scaled to images of ``size`` px (the large band
+    ends at ``large_max`` of the image area)."""
     full = float(size * size)
     small = (full / 150, min(32.0 ** 2, full / 36))
     medium = (small[1], min(96.0 ** 2, full / 4))
-    large = (medium[1], max(medium[1] * 1.2, 0.4 * full))
+    large = (medium[1], max(medium[1] * 1.2, large_max * full))
     return [small, medium, large]
 
 
@@ -153,8 +259,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
-    for _ in range(int(rng.integers(0, 4))):
+def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, most: int = 3) -> None:
+    for _ in range(int(rng.integers(0, most + 1))):
         col = tuple(int(v) for v in rng.integers(0, 256, size=3))
         width = int(rng.integers(1, 3))
         if rng.random() < 0.7:
@@ -172,22 +278,25 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> 
 # one image
 # --------------------------------------------------------------------------------------------
 
-def _canvas(rng: np.random.Generator, size: int) -> np.ndarray:
+def _canvas(rng: np.random.Generator, size: int, settings: MiniSettings = DEFAULT_SETTINGS) -> np.ndarray:
     """The subdued background with its clutter, as a float32 ``[H, W, 3]`` array."""
     background = _background(rng, size)
     mean = background.mean(axis=(0, 1), keepdims=True)
-    background = mean + BACKGROUND_CONTRAST * (background - mean)  # subdued, so objects stand out
+    background = mean + settings.background_contrast * (background - mean)  # subdued, so objects stand out
     canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    _clutter(ImageDraw.Draw(canvas), rng, size)
+    _clutter(ImageDraw.Draw(canvas), rng, size, settings.clutter_max)
     return np.asarray(canvas, dtype=np.float32).copy()
 
 
-def _place_object(rng: np.random.Generator, size: int, band: int,
-                  shrink: float) -> tuple[str, np.ndarray] | None:
-    """A random shape of size ``band`` placed in the image: ``(class, pixel mask)``, or ``None`` if too large."""
-    cls = CLASSES[int(rng.integers(0, len(CLASSES)))]
+def _place_object(rng: np.random.Generator, size: int, band: int, shrink: float,
+                  settings: MiniSettings = DEFAULT_SETTINGS, cls: str | None = None) -> tuple[str, np.ndarray] | None:
+    """A random shape of size ``band`` placed in the image: ``(class, pixel mask)``, or ``None`` if too
+    large. ``cls``: draw this shape (a distractor) instead of a random class."""
+    if cls is None:
+        classes = settings.classes
+        cls = classes[int(rng.integers(0, len(classes)))]
     # object area (pixels): log-uniform inside its planned band (shrunk after failed fits)
-    a_lo, a_hi = _area_bands(size)[band]
+    a_lo, a_hi = _area_bands(size, settings.large_max)[band]
     target_area = shrink * math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
     aspect = math.exp(rng.uniform(-0.9, 0.9))  # width / height before rotation
     if cls in ("star", "cross", "ring") and rng.random() < 0.5:
@@ -212,8 +321,8 @@ def _place_object(rng: np.random.Generator, size: int, band: int,
     return cls, np.asarray(m_img) > 0
 
 
-def _hides_too_much(owner: np.ndarray, mask: np.ndarray, areas: list[int]) -> bool:
-    """Whether drawing ``mask`` would leave an earlier object more than MAX_OCCLUDED hidden."""
+def _hides_too_much(owner: np.ndarray, mask: np.ndarray, areas: list[int], limit: float = MAX_OCCLUDED) -> bool:
+    """Whether drawing ``mask`` would leave an earlier object more than ``limit`` hidden."""
     hidden = owner[mask]
     hidden = hidden[hidden >= 0]
     if not hidden.size:
@@ -221,15 +330,16 @@ def _hides_too_much(owner: np.ndarray, mask: np.ndarray, areas: list[int]) -> bo
     counts = np.bincount(hidden, minlength=len(areas))
     owned = owner[owner >= 0]
     visible = np.bincount(owned, minlength=len(areas)) - counts
-    return bool(np.any(visible < (1.0 - MAX_OCCLUDED) * np.asarray(areas)))
+    return bool(np.any(visible < (1.0 - limit) * np.asarray(areas)))
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray,
+           min_contrast: float = MIN_CONTRAST) -> tuple[np.ndarray, np.ndarray]:
     """Fill ``mask`` in ``img`` in a colour that contrasts with what lies beneath; returns ``(ys, xs)``."""
     under = img[mask].mean(axis=0)
     colour = rng.uniform(0, 255, size=3)
     for _ in range(8):
-        if np.abs(colour - under).sum() > MIN_CONTRAST:
+        if np.abs(colour - under).sum() > min_contrast:
             break
         colour = rng.uniform(0, 255, size=3)
     style = rng.random()
@@ -246,17 +356,33 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> tuple
     return ys, xs
 
 
+def _distractors(rng: np.random.Generator, img: np.ndarray, size: int, settings: MiniSettings) -> None:
+    """Paint 0..``settings.distractors`` irregular blobs (no class, no box) into ``img``."""
+    for _ in range(int(rng.integers(0, settings.distractors + 1))):
+        placed = _place_object(rng, size, int(rng.choice(3, p=settings.size_mix)), 1.0, settings, cls="blob")
+        if placed is not None:
+            _paint(rng, img, placed[1], settings.min_contrast)
+
+
 def render_image(seed: int, split: str, index: int, image_size: int = IMAGE_SIZE,
-                 min_objects: int = 2, max_objects: int = 6, return_masks: bool = False):
+                 min_objects: int | None = None, max_objects: int | None = None, return_masks: bool = False,
+                 settings: MiniSettings | None = None):
     """Draw image ``index`` of ``split``: a uint8 ``[H, W, 3]`` array and its objects.
 
     Each object is ``{"category": name, "bbox": [x, y, w, h], "area": pixels}`` with the tight box
     of the whole object's pixel mask. Pure function of its arguments. With ``return_masks``, a
-    third item lists each object's full (also hidden) boolean pixel mask.
+    third item lists each object's full (also hidden) boolean pixel mask. ``settings``: the
+    generator's options (default: the report's benchmark); ``min_objects``/``max_objects``, when
+    given, replace theirs.
     """
+    settings = settings or DEFAULT_SETTINGS
+    min_objects = settings.min_objects if min_objects is None else min_objects
+    max_objects = settings.max_objects if max_objects is None else max_objects
     rng = np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
     size = int(image_size)
-    img = _canvas(rng, size)
+    img = _canvas(rng, size, settings)
+    if settings.distractors:
+        _distractors(rng, img, size, settings)
     owner = np.full((size, size), -1, dtype=np.int16)
     areas: list[int] = []
     objects: list[dict] = []
@@ -264,7 +390,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = IMAGE_SIZE
     n_target = int(rng.integers(min_objects, max_objects + 1))
     # planned size band of each object (COCO small / medium / large); mostly large ones first,
     # so that small objects are not all rejected for hiding too much of a large one
-    bands = rng.choice(3, size=n_target, p=SIZE_MIX)
+    bands = rng.choice(3, size=n_target, p=settings.size_mix)
     if rng.random() < 0.75:
         bands = np.sort(bands)[::-1]
     plan = [int(b) for b in bands]
@@ -272,15 +398,15 @@ def render_image(seed: int, split: str, index: int, image_size: int = IMAGE_SIZE
     attempts = 0
     while plan and attempts < 6 * n_target:
         attempts += 1
-        placed = _place_object(rng, size, plan[0], shrink)
+        placed = _place_object(rng, size, plan[0], shrink, settings)
         if placed is None:  # larger than the image: try smaller
             shrink *= 0.85
             continue
         cls, mask = placed
         area = int(mask.sum())
-        if area < 16 or _hides_too_much(owner, mask, areas):
+        if area < 16 or _hides_too_much(owner, mask, areas, settings.max_occluded):
             continue
-        ys, xs = _paint(rng, img, mask)
+        ys, xs = _paint(rng, img, mask, settings.min_contrast)
         owner[mask] = len(objects)
         areas.append(area)
         plan.pop(0)
@@ -291,7 +417,7 @@ def render_image(seed: int, split: str, index: int, image_size: int = IMAGE_SIZE
         y0, y1 = int(ys.min()), int(ys.max()) + 1
         objects.append({"category": cls, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area})
 
-    noise = rng.normal(0, rng.uniform(1, 4), size=img.shape)
+    noise = rng.normal(0, rng.uniform(1, settings.noise_max), size=img.shape)
     img = np.clip(img + noise, 0, 255).astype(np.uint8)
     if return_masks:
         return img, objects, masks
@@ -303,8 +429,8 @@ def _file_name(index: int) -> str:
 
 
 def _render_and_write(job: tuple) -> tuple[int, list[dict]]:
-    seed, split, index, image_size, out_dir = job
-    img, objects = render_image(seed, split, index, image_size)
+    seed, split, index, image_size, out_dir, settings = job
+    img, objects = render_image(seed, split, index, image_size, settings=settings)
     path = os.path.join(out_dir, split, _file_name(index))
     Image.fromarray(img).save(path, format="PNG", compress_level=1, optimize=False)
     return index, objects
@@ -321,8 +447,10 @@ def _dump_json(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _coco_dict(split: str, seed: int, image_size: int, results: list[tuple[int, list[dict]]]) -> dict:
-    cat_id = {name: i + 1 for i, name in enumerate(CLASSES)}
+def _coco_dict(split: str, seed: int, image_size: int, results: list[tuple[int, list[dict]]],
+               settings: MiniSettings = DEFAULT_SETTINGS) -> dict:
+    classes = settings.classes
+    cat_id = {name: i + 1 for i, name in enumerate(classes)}
     images, annotations = [], []
     ann_id = 1
     for index, objects in sorted(results):
@@ -334,14 +462,17 @@ def _coco_dict(split: str, seed: int, image_size: int, results: list[tuple[int, 
                                 "category_id": cat_id[obj["category"]], "bbox": obj["bbox"],
                                 "area": obj["area"], "iscrowd": 0})
             ann_id += 1
+    info = {"description": f"dynrcnn miniature shapes benchmark ({split})",
+            "version": str(FORMAT_VERSION), "seed": seed, "image_size": image_size,
+            "url": "generated by `dynrcnn data mini`"}
+    if settings.changed():  # the report's benchmark keeps its files as they were
+        info["generator"] = settings.changed()
     return {
-        "info": {"description": f"dynrcnn miniature shapes benchmark ({split})",
-                 "version": str(FORMAT_VERSION), "seed": seed, "image_size": image_size,
-                 "url": "generated by `dynrcnn data mini`"},
+        "info": info,
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cat_id[n], "name": n, "supercategory": "shape"} for n in CLASSES],
+        "categories": [{"id": cat_id[n], "name": n, "supercategory": "shape"} for n in classes],
     }
 
 
@@ -378,19 +509,23 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def ensure_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL, image_size: int = IMAGE_SIZE,
-                split: str = "val", progress: bool = False) -> bool:
+                split: str = "val", progress: bool = False, settings: MiniSettings | None = None) -> bool:
     """Generate the miniature benchmark under ``out`` unless its ``split`` annotations are
     already there (a finished generation: :func:`generate_mini` publishes atomically); returns
     whether it generated."""
     if annotation_file(out, split).is_file():
         return False
-    generate_mini(out, seed=seed, n_train=n_train, n_val=n_val, image_size=image_size, progress=progress)
+    generate_mini(out, seed=seed, n_train=n_train, n_val=n_val, image_size=image_size, progress=progress,
+                  settings=settings)
     return True
 
 
 def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL,
-                  image_size: int = IMAGE_SIZE, workers: int | None = None, progress: bool = True) -> dict:
+                  image_size: int = IMAGE_SIZE, workers: int | None = None, progress: bool = True,
+                  settings: MiniSettings | None = None) -> dict:
     """Generate the miniature benchmark under ``out``; returns a summary dict.
+
+    ``settings``: the generator's options (:class:`MiniSettings`; default: the report's benchmark).
 
     Writes ``out/annotations/instances_{train,val}.json`` and ``out/{train,val}/NNNNNN.png``.
     ``workers``: processes used for drawing (default: the number of CPU cores; 0 or 1 draws in
@@ -428,7 +563,9 @@ def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL
             workers = os.cpu_count() or 1
         workers = max(0, int(workers))
         counts = {"train": n_train, "val": n_val}
-        jobs = [(int(seed), split, i, int(image_size), str(tmp)) for split in SPLITS for i in range(counts[split])]
+        settings = settings or DEFAULT_SETTINGS
+        jobs = [(int(seed), split, i, int(image_size), str(tmp), settings)
+                for split in SPLITS for i in range(counts[split])]
         t0 = time.perf_counter()
         from tqdm import tqdm
 
@@ -447,9 +584,11 @@ def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL
             if pool is not None:
                 pool.close()
                 pool.join()
-        summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(CLASSES)}
+        summary = {"out": str(out), "seed": seed, "image_size": image_size, "classes": list(settings.classes)}
+        if settings.changed():
+            summary["generator"] = settings.changed()
         for split in SPLITS:
-            coco = _coco_dict(split, int(seed), int(image_size), results[split])
+            coco = _coco_dict(split, int(seed), int(image_size), results[split], settings)
             _dump_json(coco, annotation_file(tmp, split))
             summary[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> what mkdir would have given
