@@ -1,4 +1,5 @@
-"""``dynrcnn data``: generate the miniature benchmark, prepare COCO 2017, verify a dataset folder."""
+"""``dynrcnn data``: generate the miniature benchmark, prepare COCO 2017 or the aerial tree crowns,
+verify a dataset folder."""
 
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def _coco(args) -> int:
     return 0
 
 
+def _trees(args) -> int:
+    from dynrcnn.data.trees import prepare_trees
+
+    s = prepare_trees(args.out, wheel=args.wheel, cache=args.cache, progress=not args.quiet)
+    print(f"tree crowns written to {args.out} in {s['seconds']:.1f} s from {s['wheel']} "
+          f"(sha256 {s['wheel_sha256'][:12]}...): "
+          + ", ".join(f"{split} {s[split]['images']} tiles / {s[split]['annotations']} boxes "
+                      f"({', '.join(s[split]['sources'])})" for split in ("train", "val")))
+    return 0
+
+
 def _verify(args) -> int:
     from dynrcnn.data.coco import verify_dataset
 
@@ -38,11 +50,13 @@ def _verify(args) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from dynrcnn.data import trees
     from dynrcnn.data.coco import DEFAULT_BASE_URL, DEFAULT_SPLITS
 
     data = subparsers.add_parser(
-        "data", help="generate the miniature benchmark, prepare COCO 2017, verify a dataset folder",
-        description="Datasets: the bundled miniature benchmark (generated), COCO 2017 (downloaded), "
+        "data", help="generate the miniature benchmark, prepare COCO 2017 or the tree crowns, verify a dataset folder",
+        description="Datasets: the bundled miniature benchmark (generated), COCO 2017 (downloaded), aerial "
+                    "tree crowns (from the deepforest wheel on the package index), "
                     "and a checker for any COCO-format folder.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 1)[1])
@@ -85,6 +99,24 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="automatic resumes after a network failure before giving up (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_coco)
+
+    p = sub.add_parser(
+        "trees", help="aerial tree crowns from the deepforest wheel, tiled into COCO format",
+        description=f"Fetch the pinned wheel deepforest=={trees.VERSION} with 'pip download --no-deps' (checked "
+                    "against its SHA-256), read the Pascal-VOC box annotations of the four NEON aerial images it "
+                    f"ships, and cut them into {trees.TILE} px tiles at stride {trees.STRIDE}, split by source "
+                    f"image (val: {', '.join(trees.VAL_SOURCES)}). A box cut by a tile edge is kept, clipped, "
+                    f"when at least {trees.MIN_INSIDE:g} of its area is inside the tile. Writes "
+                    "OUT/annotations/instances_{train,val}.json, OUT/{train,val}/*.png and OUT/trees.json "
+                    "(the checksums of the wheel and of each image); nothing is left half-written.")
+    p.add_argument("--out", required=True, help="folder to write the tiles into (new, empty, or an earlier output "
+                   "of this command)")
+    p.add_argument("--wheel", default=None, metavar="FILE",
+                   help=f"use this copy of {trees.WHEEL} instead of fetching it (checked against the same SHA-256)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="where the fetched wheel is kept (default: $DYNRCNN_CACHE/wheels, else ~/.cache/dynrcnn/wheels)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_trees)
 
     p = sub.add_parser(
         "verify", help="check a COCO-format dataset folder",
