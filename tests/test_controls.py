@@ -131,4 +131,5 @@ def test_the_section_notebook_on_synthetic_runs(tmp_path):
     assert {tuple(int(r.seed) for r in rs) for rs in two.runs.values() if len(rs) > 1} == {(0, 1)}
     block = readme_body(res, "figures/controls", "build/report-controls/07_controls.html", 1.0)
     assert "figures/controls/thresholds.png" in block
+    assert "Runs trained on" in block and "lock" in block  # the block names the machine it came from
     assert f"| {dla['AP90']['claim']} | AP90 | 3 | {dla['AP90']['delta']:+.2f}" in block

@@ -433,8 +433,10 @@ def interpretation(claims: pd.DataFrame) -> str:
 
 def results(g: ControlGroups) -> dict:
     """Everything the controls section reports (``figures/controls/results.json``)."""
+    from dynrcnn.report.results import environment_of
+
     claims = claims_table(g)
-    return {
+    return {"environment": environment_of([r for rs in g.runs.values() for r in rs]),
         "final_threshold": g.final.threshold, "final_beta": g.final.beta, "final_dynamic_beta": g.final.dynamic_beta,
         "seeds_planned": len(SEEDS), "seeds_used": max((len(rs) for rs in g.runs.values()), default=0),
         "selection_benchmark": g.selection[0],

@@ -137,6 +137,15 @@ def write_results(res: dict, figures: Path) -> Path:
     return path
 
 
+def attribution(res: dict) -> str:
+    """When and from what a study's block was written: its date, its runs' machines and the
+    environment check (:func:`~dynrcnn.report.results.environment_line`), from ``results.json``."""
+    from dynrcnn.report.results import environment_line
+
+    when = f"Written {res['written_at']}" if res.get("written_at") else "Written"
+    return when + (f". {environment_line(res['environment'])}" if res.get("environment") else ".")
+
+
 def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progress: bool = True,
               write_block: bool = True, out=None, figures=None, state: dict | None = None, log=print) -> dict:
     """Run ``study`` (module docstring); returns its results (what ``results.json`` holds).
@@ -158,6 +167,7 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
         bar.phase(f"{study.name}: results")
         res = study.results(ctx)
         res["wall_time_sec"] = time.perf_counter() - t0
+        res["written_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # blocks date themselves
         write_results(res, ctx.figures)
         with _notebook_env(os.cpu_count() or 1):
             bar.phase(f"{study.notebook} notebook")
@@ -201,5 +211,5 @@ def study_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(studies.__path__))
 
 
-__all__ = ["Study", "StudyContext", "Work", "RESULTS", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
+__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
            "study_names"]

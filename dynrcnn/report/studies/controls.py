@@ -23,7 +23,7 @@ from dynrcnn.io import relative_path
 from dynrcnn.report import controls
 from dynrcnn.report.pipeline import _resolve_data_root
 from dynrcnn.report.profiles import ABLATION_SEEDS, HEADLINE_SEEDS, get_profile, param_path
-from dynrcnn.report.study import Study, StudyContext, Work, notebook_work, run_study
+from dynrcnn.report.study import Study, StudyContext, Work, attribution, notebook_work, run_study
 
 RECORD = "mini"  # the profile of the report of record, whose runs the controls start from
 
@@ -62,7 +62,7 @@ def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
                         if c.get(f"{k} low") is not None)
         lines.append(f"| {c['claim']} | {c['metric']} | {c['seeds']} | {c['delta']:+.2f}: {ivs} | {c['status']} | "
                      f"{c.get('equivalence', '')} |")
-    lines += ["", res["interpretation"], "",
+    lines += ["", res["interpretation"], "", attribution(res), "",
               f"Figures: `{figures}/` (thresholds, betas, positives per image); numbers: `{figures}/results.json`; "
               f"the notebook: `{notebook}`. This run took {minutes:.1f} min."]
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from dynrcnn.errors import DynrcnnError
 from dynrcnn.io import relative_path
 from dynrcnn.report import peer
 from dynrcnn.report.profiles import MINI_SEEDS, REPO, get_profile, param_path
-from dynrcnn.report.study import Study, StudyContext, Work, run_study
+from dynrcnn.report.study import Study, StudyContext, Work, attribution, run_study
 
 RECORD = "mini"  # the profile of the report of record, whose runs MMDetection is trained beside
 
@@ -178,7 +178,11 @@ def _results(ctx: StudyContext) -> dict:
 
     groups = _groups(ctx)
     datasets = [None, *extra_datasets([r for v in groups.runs.values() for r in v])]
-    return peer.results(groups, datasets, peer.peer_versions(groups))
+    from dynrcnn.report.results import environment_of
+
+    res = peer.results(groups, datasets, peer.peer_versions(groups))
+    res["environment"] = environment_of([r for (impl, _), v in groups.runs.items() if impl == "dynrcnn" for r in v])
+    return res
 
 
 def _params(ctx: StudyContext) -> dict:
@@ -188,7 +192,7 @@ def _params(ctx: StudyContext) -> dict:
 def _block(res: dict, ctx: StudyContext) -> str:
     body = peer.readme_body(res, ctx.page_relative(ctx.figures, DOC_PAGE), "make mmdet")
     return body + (f"\nThe section's notebook is `{relative_path(ctx.out / '06_mmdet.html', ctx.root)}`; this run "
-                   f"took {res['wall_time_sec'] / 60:.1f} min.\n")
+                   f"took {res['wall_time_sec'] / 60:.1f} min. {attribution(res)}\n")
 
 
 STUDY = Study("mmdet", "06_mmdet", "figures/mmdet", "build/report-mmdet", _work, _results, _params,
