@@ -71,6 +71,20 @@ def test_help_fits_a_terminal(command, capsys):
     assert not long, long
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "report", "data", "predict", "runs", "convert"])
+def test_help_prose_is_wrapped_once(command, capsys, monkeypatch):
+    """The description is wrapped by the help formatter to the terminal, not wrapped twice (a
+    text pre-wrapped at another width comes out ragged: a long line, then a one-word line)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    paragraphs = capsys.readouterr().out.split("\n\n")
+    prose = [p.splitlines() for p in paragraphs[1:] if p and not p.startswith(" ") and not p.split("\n")[0].endswith(":")]
+    for lines in prose:
+        for line in lines[:-1]:  # every line but a paragraph's last fills most of the width
+            assert len(line) >= 50, (command, line)
+
+
 def test_train_help_lists_every_setting_wrapped(capsys):
     from dynrcnn.config import valid_keys
 

@@ -147,11 +147,11 @@ def _register_train(subparsers, device: str) -> None:
     last = runs.LAST_CHECKPOINT_PATH
     p = subparsers.add_parser(
         "train", help="train a detector (baseline, DLA, DSL or Dynamic R-CNN) into a run directory",
-        description=_wrap("Train Faster R-CNN with the chosen method and write a run directory ("
+        description=("Train Faster R-CNN with the chosen method and write a run directory ("
                           f"{runs.CONFIG}, {runs.ENV}, {runs.METRICS}, {runs.DYNAMIC}, {runs.CHECKPOINTS}/, "
                           f"{runs.TRAIN_DONE}, {runs.EVAL}). "
                           "Under torchrun the run is distributed over the processes (ims_per_batch is the total "
-                          "over all of them).", indent=""),
+                          "over all of them)."),  # one line: the help formatter wraps it to the terminal
         epilog=TRAIN_EPILOG, formatter_class=_FMT)
     p.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
                    help="complete configuration to start from (default: mini, or the run's record with --resume; "
