@@ -407,7 +407,8 @@ def schedule_table(g: ControlGroups) -> pd.DataFrame:
                 row[f"{m} gain"] = iv["estimate"] if iv else math.nan
                 row[f"{m} low"], row[f"{m} high"] = (iv["low"], iv["high"]) if iv else (math.nan, math.nan)
                 row["seeds"] = len(iv["per_seed"]) if iv else 0
-            rows.append(row)
+            if row["seeds"]:  # a length whose pair shares no seed yet has no interval to draw
+                rows.append(row)
     return pd.DataFrame(rows).sort_values(["benchmark", "iterations"], kind="stable") if rows else pd.DataFrame(rows)
 
 
@@ -438,7 +439,7 @@ def results(g: ControlGroups) -> dict:
     claims = claims_table(g)
     return {"environment": environment_of([r for rs in g.runs.values() for r in rs]),
         "final_threshold": g.final.threshold, "final_beta": g.final.beta, "final_dynamic_beta": g.final.dynamic_beta,
-        "seeds_planned": len(SEEDS), "seeds_used": max((len(rs) for rs in g.runs.values()), default=0),
+        "seeds_planned": len(SEEDS), "seeds_used": int(claims["seeds"].min()) if len(claims) else 0,
         "selection_benchmark": g.selection[0],
         "runs": {n: [int(r.seed) for r in rs] for n, rs in g.runs.items()},
         "about": g.about,
