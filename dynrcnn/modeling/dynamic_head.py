@@ -187,6 +187,7 @@ class DynamicRoIHeads(RoIHeads):
         self.last_stats: dict[str, Tensor] | None = None
         self.last_proposal_ious: Tensor | None = None
         self.positives_per_image = self.sampled_positives_per_image = torch.zeros(())  # the last batch's
+        self.rpn_positives_per_object = torch.zeros(())
         self._warned_nonfinite = False
 
     @classmethod
@@ -292,6 +293,10 @@ class DynamicRoIHeads(RoIHeads):
         # positives per image before and after sampling (device tensors; LogHook averages them):
         # the mechanism the paper names, fewer positives as the threshold rises
         self.positives_per_image = torch.stack([(lab > 0).sum() for lab in labels]).float().mean()
+        # the same without the appended ground-truth boxes (always positive), per ground-truth object
+        # of the batch: the early shortage of positives the premise is about (docs/premise.md)
+        rpn_pos = torch.stack([(lab[:n] > 0).sum() for lab, n in zip(labels, num_rpn)]).sum()
+        self.rpn_positives_per_object = rpn_pos.float() / max(1, sum(g.shape[0] for g in gt_boxes))
         matched_gt_boxes, sampled_props, sampled_labels, sampled_matched = [], [], [], []
         for i, inds in enumerate(sampled_inds):
             sampled_props.append(proposals[i][inds])

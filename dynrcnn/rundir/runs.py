@@ -67,9 +67,11 @@ LOG_FILES = (METRICS, DYNAMIC, STATS, PROPOSAL_IOUS)
 RESULT_FILES = (TRAIN_DONE, EVAL, DETECTIONS)  # stale once a run trains further
 #: the loss columns of metrics.jsonl (torchvision's Faster R-CNN loss names)
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-# proposals labelled positive per image at the current threshold, before and after sampling
-# (attributes of DynamicRoIHeads after each training forward, averaged in metrics.jsonl)
-POSITIVE_KEYS = ("positives_per_image", "sampled_positives_per_image")
+# proposals labelled positive per image at the current threshold, before and after sampling, and
+# the RPN proposals labelled positive (appended ground truth left out) per ground-truth object
+# (attributes of DynamicRoIHeads after each training forward, averaged in metrics.jsonl; runs
+# trained before the third key existed lack it)
+POSITIVE_KEYS = ("positives_per_image", "sampled_positives_per_image", "rpn_positives_per_object")
 _PERIODIC = re.compile(r"iter_(\d+)\.pth")
 
 
