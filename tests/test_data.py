@@ -282,3 +282,32 @@ def test_dataset_statistics_and_plots(simple):
     assert isinstance(plot_box_size_histogram(s), matplotlib.figure.Figure)
     fig = draw_samples(ds, n=3, seed=0, cols=3)
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 3
+
+
+def test_size_shares_and_their_sentence_are_computed():
+    from dynrcnn.data import mini
+    from dynrcnn.data.datastats import LARGE_MIN_SHARE, SMALL_MAX_SHARE, dataset_statistics, size_sentence
+
+    # the image-scaled limits are the generator's bands
+    small, medium, _ = mini._area_bands(128)
+    assert small[1] == pytest.approx(SMALL_MAX_SHARE * 128 ** 2) and medium[1] == pytest.approx(LARGE_MIN_SHARE * 128 ** 2)
+
+    def split(areas, size=128):
+        return {"images": [{"id": 1, "width": size, "height": size}], "categories": [{"id": 1, "name": "a"}],
+                "annotations": [{"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, a], "area": a,
+                                 "iscrowd": 0} for i, a in enumerate(areas)]}
+
+    # 128 px: 400 and 100 small either way; 2000 medium either way; 5000 medium by COCO's pixels, large scaled
+    s = dataset_statistics(split([100, 400, 2000, 5000]))
+    assert s["sizes"] == {"small": 2, "medium": 2, "large": 0}
+    assert s["relative_sizes"] == {"small": 2, "medium": 1, "large": 1}
+    text = size_sentence(s, "the training split")
+    assert text.startswith("Of the training split's objects, 50 % are small, 50 % medium and 0 % large by COCO's")
+    assert "no object is large by them, so AP_L has nothing to score" in text and "represented" not in text
+    assert text.endswith("50 % are small, 25 % medium and 25 % large.")
+    # 640 px: the scaled limits are COCO's, every range holds an object, one sentence
+    s = dataset_statistics(split([100, 2000, 10000], size=640))
+    assert s["relative_sizes"] == s["sizes"] == {"small": 1, "medium": 1, "large": 1}
+    assert size_sentence(s).endswith("33 % large by COCO's pixel limits (area < 32² px small, ≥ 96² px large: "
+                                     "what AP_S / AP_M / AP_L score), so all three of COCO's size ranges are "
+                                     "represented.")
