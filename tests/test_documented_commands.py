@@ -124,6 +124,8 @@ SKIPS = {
     "dynrcnn export runs/published/dynamic_rcnn --to torchvision --out dynamic_rcnn_torchvision.pth": PUBLISHED,
     "dynrcnn report --profile coco --data-root data/coco --published-weights "
     "faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth dynamic_rcnn_r50_fpn_1x-62a3f276.pth": PUBLISHED,
+    "dynrcnn premise search --jobs 2": "hours of baseline training (seven candidates x nine runs); "
+                                       "tests/test_premise.py runs the search end to end on the smoke preset",
     "python benchmarks/before_after.py /tmp/before/runs/mini /tmp/after/runs/mini":
         "needs make report's runs from two fresh clones (before and after the speed work), an hour of training",
 }

@@ -1,8 +1,10 @@
 """Issue 32, the premise: the targets declared in code agree with docs/premise.md, the measurements
-(a)-(d) on synthetic records, and the head's count of RPN positives per object."""
+(a)-(d) on synthetic records, the head's count of RPN positives per object, and the candidate search
+end to end on the smoke preset (baseline runs only)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynrcnn.errors import DynrcnnError
+from dynrcnn.errors import ConfigError, DynrcnnError
 from dynrcnn.evaluation import premise
 from dynrcnn.evaluation.premise import TARGETS, targets_markdown
 
@@ -28,6 +30,13 @@ def test_the_page_shows_the_targets_of_the_code():
     assert block == targets_markdown(), "run: dynrcnn premise targets --write docs/premise.md"
     assert [t.key for t in TARGETS] == ["a", "b", "c", "d"]
     assert all(t.source and t.criterion and t.found in ("yes", "partly", "no") for t in TARGETS)
+
+
+def test_the_page_names_every_declared_candidate():
+    from dynrcnn.report.premise import CANDIDATES
+
+    text = PAGE.read_text()
+    assert all(f"`{name}`" in text for name in CANDIDATES)
 
 
 def test_the_cascade_numbers_are_those_of_its_figures():
@@ -139,3 +148,60 @@ def test_measure_refuses_any_run_but_the_baseline():
     run = SimpleNamespace(method="dynamic", path="runs/x")
     with pytest.raises(DynrcnnError, match="baseline runs only"):
         premise.candidate_runs([run])
+
+
+def test_a_candidate_may_not_change_the_method():
+    from dynrcnn.report.premise import CANDIDATES, Candidate, candidate_from_json
+
+    for c in CANDIDATES.values():
+        c.check()
+    with pytest.raises(ConfigError, match="changes the method"):
+        Candidate("x", "", {}, ("method=dynamic",)).check()
+    with pytest.raises(ConfigError):
+        candidate_from_json('{"generator": {}}')
+
+
+# ----------------------------------------------------------------------------------------------
+# the search, end to end on the smoke preset
+
+
+TINY = ("max_iter=2", "lr_steps=1", "warmup_iters=1", "ims_per_batch=2", "num_workers=0", "model.min_size=64",
+        "model.max_size=64", "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=100",
+        "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=50", "eval_batch_size=4")
+
+
+def test_search_end_to_end_on_the_smoke_preset(tmp_path, capsys):
+    from dynrcnn.cli import main
+    from dynrcnn.report.premise import read_records
+    from dynrcnn.rundir.runs import find_runs
+
+    page = tmp_path / "premise.md"
+    page.write_text("# x\n<!-- PREMISE-CANDIDATES:BEGIN -->\n<!-- PREMISE-CANDIDATES:END -->\n")
+    record = tmp_path / "candidates.jsonl"
+    cand = json.dumps({"name": "tiny_dense", "description": "plumbing check",
+                       "generator": {"min_objects": 3, "max_objects": 5, "distractors": 1}})
+    argv = ["premise", "search", "--candidate-json", cand, "--root", str(tmp_path / "search"), "--record",
+            str(record), "--page", str(page), "--preset", "mini_smoke", "--seeds", "0", "1", "2", "--train", "6",
+            "--val", "3", "--device", "cpu"] + [a for item in TINY for a in ("--set", item)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tiny_dense: AP(0.7) - AP(0.5)" in out
+    (rec,) = read_records(record)
+    assert rec["generator"] == {"min_objects": 3, "max_objects": 5, "distractors": 1}
+    assert rec["measured"]["seeds"] == {"0.5": [0, 1, 2], "0.6": [0, 1, 2], "0.7": [0, 1, 2]}
+    assert set(rec["met"]) == {"a", "b", "c", "d"} and rec["data"]["seed"] == 3
+    runs = find_runs(tmp_path / "search")
+    assert len(runs) == 9 and {r.method for r in runs} == {"baseline"}
+    assert sorted({r.config.model.fg_iou_thresh for r in runs}) == [0.5, 0.6, 0.7]
+    r = runs[0]
+    assert r.config.log_stats and r.config.log_period == 1 and r.proposal_ious and r.eval is not None
+    assert r.metrics["rpn_positives_per_object"].notna().all()
+    b = rec["measured"]["b"]["runs"][0]
+    assert b["late"] is not None and b["first_0.01"] is not None
+    assert rec["measured"]["c"]["runs"][0]["late"] is not None
+    assert "| tiny_dense | mini_smoke, 2, 3 |" in page.read_text()
+    # a second search reuses the finished runs and appends a second line
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "search").rglob("eval.json")}
+    assert main(argv) == 0
+    assert len(read_records(record)) == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "search").rglob("eval.json")} == before

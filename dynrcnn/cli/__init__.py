@@ -1,4 +1,5 @@
-"""The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``predict``, ``report``, ``convert``, ``export``.
+"""The ``dynrcnn`` command line: ``data``, ``train``, ``eval``, ``runs``, ``predict``, ``report``, ``convert``, ``export``,
+``premise``.
 
 Each group of subcommands lives next to the code it drives (``cli.data``, ``cli.train``, ``cli.eval``,
 ``cli.predict``, ``cli.report``, ``cli.convert``) and registers itself here; this module only assembles the parser and turns
@@ -15,7 +16,8 @@ from dynrcnn import __version__
 from dynrcnn.cli.help import HelpFormatter
 from dynrcnn.errors import DynrcnnError
 
-COMMAND_MODULES = ("dynrcnn.cli.data", "dynrcnn.cli.train", "dynrcnn.cli.eval", "dynrcnn.cli.predict", "dynrcnn.cli.report", "dynrcnn.cli.convert")
+COMMAND_MODULES = ("dynrcnn.cli.data", "dynrcnn.cli.train", "dynrcnn.cli.eval", "dynrcnn.cli.predict", "dynrcnn.cli.report", "dynrcnn.cli.convert",
+                   "dynrcnn.cli.premise")
 
 
 def build_parser() -> argparse.ArgumentParser:
