@@ -106,10 +106,10 @@ def test_caller_hooks_run_before_the_writer():
     assert names.index("LogHook") < names.index("WriterHook") < names.index("CheckpointHook")
 
 
-def test_train_model_writes_a_caller_hooks_scalar(tmp_path):
+def tiny_config(tmp_path):
+    """A two-iteration training on four 64 px images generated under ``tmp_path / "data"``."""
     from dynrcnn.config import apply_overrides
     from dynrcnn.data.mini import generate_mini
-    from dynrcnn.engine.trainer import train_model
 
     generate_mini(tmp_path / "data", seed=0, n_train=4, n_val=2, image_size=64, workers=0, progress=False)
     cfg = get_preset("mini_smoke")
@@ -118,8 +118,55 @@ def test_train_model_writes_a_caller_hooks_scalar(tmp_path):
                                 "model.max_size=64", "ims_per_batch=2", "num_workers=0", "eval_at_end=false",
                                 "warmup_iters=1", "model.rpn_pre_nms_top_n_train=100",
                                 "model.rpn_post_nms_top_n_train=50"])
+    return cfg
+
+
+def test_train_model_writes_a_caller_hooks_scalar(tmp_path):
+    from dynrcnn.engine.trainer import train_model
+
+    cfg = tiny_config(tmp_path)
     out = train_model(cfg, tmp_path / "run", progress=False, hooks=[ScalarHook()]).run_dir
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [(r["iteration"], r["my_metric"]) for r in metrics] == [(1, 10), (2, 20)]
     assert list(metrics[0])[-5:] == ["my_metric", *METRICS_TAIL]  # between the losses and the timing
     assert [r.get("flushed") for r in read_jsonl(out / "dynamic.jsonl")][-1] is True
+
+
+class BallastHook(HookBase):
+    """Holds ``mb`` MiB of touched memory from the first step to the end of the run."""
+
+    def __init__(self, mb: int):
+        self.mb, self.ballast = mb, None
+
+    def after_step(self, t):
+        import numpy as np
+
+        if self.ballast is None:
+            self.ballast = np.ones(self.mb * 2**20 // 8)
+
+    def after_train(self, t):
+        self.ballast = None
+
+
+def test_peak_memory_is_the_runs_own_when_runs_share_a_process(tmp_path, monkeypatch):
+    """Two runs trained one after the other in one process (a kernel, a study's driver): the second
+    logs its own peak, not the first's 400 MiB more."""
+    import torch
+
+    from dynrcnn.engine import hooks
+    from dynrcnn.engine.trainer import train_model
+
+    cpu = torch.device("cpu")
+    if hooks.reset_peak_memory(cpu) != "run":
+        import pytest
+
+        pytest.skip("no /proc/self/clear_refs: the peak is the process's")
+    cfg = tiny_config(tmp_path)
+    heavy = train_model(cfg, tmp_path / "heavy", progress=False, hooks=[BallastHook(400)]).run_dir
+    light = train_model(cfg, tmp_path / "light", progress=False).run_dir
+    peak = {run.name: max(r["peak_memory_mb"] for r in read_jsonl(run / "metrics.jsonl")) for run in (heavy, light)}
+    assert peak["heavy"] - peak["light"] > 300, peak
+    assert json.loads((light / "train_done.json").read_text())["peak_memory_scope"] == "run"
+    # where the high-water mark cannot be reset, the run says its peak is the process's
+    monkeypatch.setattr(hooks, "PROC_CLEAR_REFS", str(tmp_path / "no" / "clear_refs"))
+    assert hooks.reset_peak_memory(cpu) == "process"

@@ -193,6 +193,7 @@ def test_compute_environment_and_readme(mini_runs, tmp_path):
     cost = report.compute_table(runs, durations).set_index("run")
     assert cost.loc["dynamic", "train notebook (min)"] == 2.0 and cost.loc["dynamic", "s/iter (median)"] == 0.52
     assert cost.loc["baseline", "device"] == "cpu" and cost.loc["baseline", "peak memory (MB)"] == 100.0
+    assert cost.loc["baseline", "peak memory of"] == "its process"  # no peak_memory_scope: trained before it
     env = report.environment_table(runs)
     assert "papermill" in env and env["torch"].iloc[0] == "2.x"
     md = report.readme_table(mini_runs)

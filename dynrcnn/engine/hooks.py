@@ -37,13 +37,51 @@ from dynrcnn.rundir import runs
 # ``t`` in every hook is a dynrcnn.engine.trainer.Trainer (not imported here: the engine imports this module)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+PROC_STATUS = "/proc/self/status"
+PROC_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_peak_memory(device: torch.device) -> str:
+    """Start the run's own peak-memory measurement (at the start of every training segment) and
+    return its scope: ``"run"`` where the high-water mark could be reset, else ``"process"``.
+
+    A process-wide peak (``ru_maxrss``, or CUDA's peak since the process started) would give every
+    run trained in one process (several report runs in one kernel or driver, a pretraining before
+    the run) the largest peak of any run before it. So on CUDA the allocator's peak is reset, and on
+    Linux the process's resident-set high-water mark (``VmHWM``) is, by writing ``5`` to
+    ``/proc/self/clear_refs``: it starts again from the memory resident now (the model, the data,
+    what the process holds already). Runs in separate processes (side by side, or ``dynrcnn train``)
+    each measure their own process. Not measured: data-loader worker processes; and two runs
+    training *at the same time* in one process cannot be told apart by any process-level counter."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "run"
+    try:
+        with open(PROC_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return "run"
+    except OSError:  # not Linux, or /proc not writable
+        return "process"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory since :func:`reset_peak_memory`, in MiB: CUDA's allocated peak on a GPU, else
+    the process's resident-set high-water mark (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
+        with open(PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    try:
         import resource
+        import sys
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0  # bytes on macOS, KiB on Linux
     except (ImportError, OSError):
         return float("nan")
 
@@ -218,7 +256,7 @@ class LogHook(HookBase):
                               iou_threshold=dyn["iou_threshold"], beta=dyn["beta"],
                               **{k: means.get(k) for k in runs.POSITIVE_KEYS}, sec_per_iter=sec,
                               images_per_sec=t.cfg.ims_per_batch / sec if sec > 0 else None,
-                              peak_memory_mb=_peak_memory_mb(t.dev), elapsed_sec=t.elapsed(now))
+                              peak_memory_mb=peak_memory_mb(t.dev), elapsed_sec=t.elapsed(now))
         self.sums, self.count, self.start = {}, 0, time.perf_counter()
 
 

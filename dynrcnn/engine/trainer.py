@@ -62,7 +62,7 @@ from dynrcnn.rundir import runs
 from dynrcnn.config import Config, check_device, resolve_lr, resolved_lr
 from dynrcnn.errors import ConfigError
 from dynrcnn.engine.events import EventStorage
-from dynrcnn.engine.hooks import HookBase, WriterHook, default_hooks
+from dynrcnn.engine.hooks import HookBase, WriterHook, default_hooks, reset_peak_memory
 from dynrcnn.modeling.model import autocast_dtype, build_model, dynamic_head
 from dynrcnn.checkpoint.weights import init_backbone
 
@@ -211,7 +211,9 @@ class Trainer:
     (the train loader, restarted at ``start_iter``).
 
     Loop: ``start_iter`` and ``end_iter`` (this segment trains iterations ``start_iter + 1`` to
-    ``end_iter``), ``iteration`` (iterations done), ``t_start`` (the segment's start time), and the
+    ``end_iter``), ``iteration`` (iterations done), ``t_start`` (the segment's start time),
+    ``memory_scope`` (whether the logged peak memory is this run's or the process's,
+    :func:`~dynrcnn.engine.hooks.reset_peak_memory`), and the
     last step's ``lr``, ``loss_dict`` and ``loss`` (device tensors: read at log time only).
     """
 
@@ -244,6 +246,7 @@ class Trainer:
         self.use_amp = False
         self.scaler = None
         self.elapsed_before = 0.0
+        self.memory_scope = "process"  # reset_peak_memory at the start of _run says "run" where it can
         self.data_iter = None
         # the loop
         self.start_iter = self.iteration = self.end_iter = 0
@@ -450,6 +453,7 @@ class Trainer:
         return TrainResult(self.out, self.model, self.iteration, True)
 
     def _run(self) -> TrainResult:
+        self.memory_scope = reset_peak_memory(self.dev)  # this run's peak, not the process's so far
         self.ckpt = self.find_checkpoint()
         self.start_iter = self.iteration = int(self.ckpt["iteration"]) if self.ckpt is not None else 0
         self.build()
@@ -481,6 +485,7 @@ class Trainer:
             runs.write_train_done(self.out, {
                 "iterations": self.iteration, "wall_time_sec": self.elapsed(),
                 "sec_per_iter_median": med, "images_per_sec": self.cfg.ims_per_batch / med if med else None,
+                "peak_memory_scope": self.memory_scope,  # hooks.reset_peak_memory: "run" or "process"
             })
         if finished and self.cfg.eval_at_end and self.main and not (untouched and runs.is_evaluated(self.out)):
             from dynrcnn.evaluation.coco_eval import evaluate

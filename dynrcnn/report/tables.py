@@ -98,7 +98,10 @@ def notebook_durations(report_dir) -> dict[str, float]:
 
 def compute_table(runs, durations: dict[str, float] | None = None) -> pd.DataFrame:
     """Per run: device, iterations, wall time, median s/iter, images/s (train and inference),
-    peak memory, and the papermill durations of its train/evaluate notebooks."""
+    peak memory (``peak memory of``: "this run" where training reset the high-water mark at the run's
+    start, :func:`dynrcnn.engine.hooks.reset_peak_memory`; "its process" for runs trained before that, or
+    where it could not: then a run shares the peak of whatever its process did before), and the
+    papermill durations of its train/evaluate notebooks."""
     durations = durations or {}
     rows = []
     for r in runs:
@@ -117,6 +120,8 @@ def compute_table(runs, durations: dict[str, float] | None = None) -> pd.DataFra
             "train img/s": done.get("images_per_sec"),
             "eval img/s": ev.get("images_per_sec"),
             "peak memory (MB)": peak,
+            "peak memory of": None if peak is None else
+            ("this run" if done.get("peak_memory_scope") == "run" else "its process"),
             "train notebook (min)": durations.get(step_output("train", name), float("nan")) / 60,
             "evaluate notebook (min)": durations.get(step_output("evaluate", name), float("nan")) / 60,
         })
