@@ -147,6 +147,6 @@ def test_each_preset_says_what_its_numbers_are():
     assert {name: scale_of(name) for name in PRESETS} == {
         "coco_r50_fpn_1x": "COCO", "coco_r50_fpn_1x_1gpu": "COCO", "coco_r50_fpn_2x": "COCO",
         "custom_r50_fpn": "own dataset", "mini": "miniature", "mini_long": "miniature", "mini_smoke": "miniature",
-        "mini_pretrain": "miniature", "mini_pretrain_smoke": "miniature"}
+        "mini_pretrain": "miniature", "mini_pretrain_smoke": "miniature", "trees": "tree crowns"}
     # a run on the user's own data is never labelled as the miniature benchmark, nor compared as COCO
     assert scale_label("custom_r50_fpn") == "own dataset (not COCO)" and scale_label(None) == "miniature benchmark (not COCO)"

@@ -126,6 +126,11 @@ SKIPS = {
     "faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth dynamic_rcnn_r50_fpn_1x-62a3f276.pth": PUBLISHED,
     "dynrcnn premise search --jobs 2": "hours of baseline training (seven candidates x nine runs); "
                                        "tests/test_premise.py runs the search end to end on the smoke preset",
+    "dynrcnn data trees --out data/trees": "network: fetches the deepforest wheel from PyPI; tests/test_trees.py "
+                                           "prepares a hand-made wheel through the same code",
+    "OMP_NUM_THREADS=1 dynrcnn train --preset trees --method dynamic --data-root data/trees --out runs/trees/dynamic "
+    "--set model.rpn_nms_thresh=0.85": "needs data/trees (the wheel from PyPI) and 8 minutes of training; "
+                                       "tests/test_efficientnet.py trains a step of the same detector",
     "python benchmarks/before_after.py /tmp/before/runs/mini /tmp/after/runs/mini":
         "needs make report's runs from two fresh clones (before and after the speed work), an hour of training",
 }

