@@ -177,8 +177,8 @@ PRESET_HELP = {
     "mini_smoke": "40 iterations of the mini preset, for tests",
     "mini_pretrain": "the baseline whose backbone every mini run starts from (dynrcnn pretrain)",
     "mini_pretrain_smoke": "10 iterations of mini_pretrain, for tests",
-    "trees": "ImageNet EfficientNet-Lite0-FPN on the aerial tree crowns (dynrcnn data trees): 400 px tiles, "
-             "240 iters x 4 img, CPU ~8 min per run (one thread)",
+    "trees": "EfficientNet-Lite0-FPN from ImageNet on the tree crowns (dynrcnn data trees): 400 px tiles, "
+             "240 iters x 4 img",
 }
 
 
