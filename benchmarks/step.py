@@ -4,11 +4,14 @@
 2. Every variant as a ratio to fp32 eager, measured side by side in one process: one model
    per variant, all built from the same seed, their steps interleaved (the order rotates
    every step) on the same batches, medians over the timed steps after a warm-up.
-   The reference ``fp32`` is the float32 eager step with torchvision's RoIAlign backward; the
+   The reference ``fp32`` is the float32 eager step with torchvision's RoIAlign backward and NMS; the
    levers, alone and combined: ``sparse`` (the RoIAlign backward of ``dynrcnn/modeling/roi_align.py``),
    ``bf16`` autocast (CPU: oneDNN's bf16 convolutions/matmuls; the losses, box coding and the
-   dynamic statistics stay float32), ``channels_last`` for the backbone + FPN, and
-   ``torch.compile`` of the backbone + FPN (its compile time is the first step's, apart).
+   dynamic statistics stay float32), ``channels_last`` for the backbone + FPN,
+   ``torch.compile`` of the backbone + FPN (its compile time is the first step's, apart), and
+   ``nms``, the RPN's exact tiled NMS of ``dynrcnn/modeling/nms.py`` on its large FPN levels
+   (without it, torchvision's ``batched_nms``). The models are untrained, whose proposals make
+   torchvision's NMS loop the slowest (``benchmarks/nms.py`` also measures a trained run's).
 3. Work that is not the step: decoding a batch from the benchmark's PNGs, per batch.
 4. Thread layout: two processes x one thread vs one process x two threads (steps per second
    of the whole machine; child processes of this script).
@@ -48,9 +51,9 @@ REPORT_PRESET = get_profile("mini").preset  # the report of record's training pr
 DOC_PAGE = "docs/performance.md"  # the page whose PERFORMANCE block make benchmark writes
 
 # each variant is fp32 eager with torchvision's RoIAlign backward ("fp32", the reference) plus levers
-LEVERS = ("sparse", "bf16", "channels_last", "compile")
-VARIANTS = ("fp32", "bf16", "channels_last", "compile", "sparse", "sparse+bf16", "sparse+channels_last",
-            "sparse+bf16+channels_last", "sparse+compile")
+LEVERS = ("sparse", "bf16", "channels_last", "compile", "nms")
+VARIANTS = ("fp32", "bf16", "channels_last", "compile", "nms", "sparse", "sparse+bf16", "sparse+channels_last",
+            "sparse+bf16+channels_last", "sparse+compile", "sparse+bf16+channels_last+nms")
 
 
 def load_batches(root: str, n_batches: int, images: int, device: str):
@@ -81,6 +84,7 @@ def build(variant: str, arch: str, device: str, num_classes: int):
     cfg.model.roi_align_backward = "sparse" if "sparse" in levers else "torchvision"
     torch.manual_seed(0)
     model = build_model(cfg, num_classes).to(device).train()
+    model.rpn.exact_nms = "nms" in levers
     if "channels_last" in levers:
         model.backbone.to(memory_format=torch.channels_last)
     if "compile" in levers:
@@ -147,6 +151,8 @@ def preset_variant(device: str) -> str:
         levers.append("bf16")
     if cfg.channels_last:
         levers.append("channels_last")
+    if device == "cpu":  # the model's RPN always takes dynrcnn/modeling/nms.py's NMS on CPU
+        levers.append("nms")
     return "+".join(levers) or "fp32"
 
 
@@ -219,7 +225,7 @@ def main(argv=None) -> int:
         name = f"**{n}** (the preset)" if n == kept else n
         out.append(f"| {name} | {min(v):.4f} | {med[n]:.4f} | {max(v):.4f} | {med[n] / med['fp32']:.3f} | "
                    f"{built[n]['first_step_s']:.2f} |")
-    out += ["", "Ratio: median step time over fp32 eager's (torchvision's RoIAlign backward); below 1 is faster. "
+    out += ["", "Ratio: median step time over fp32 eager's (torchvision's RoIAlign backward and NMS); below 1 is faster. "
             "The first step includes `torch.compile`'s compilation."]
     if not args.no_profile:
         steps = min(20, args.steps)

@@ -25,6 +25,7 @@ from torchvision.ops import misc as misc_nn_ops
 
 from dynrcnn.config import ARCHS, Config, DynamicConfig, ModelConfig, method_switches
 from dynrcnn.modeling.dynamic_head import DynamicRoIHeads
+from dynrcnn.modeling.nms import ExactNMSRPN
 from dynrcnn.modeling.roi_align import roi_align
 
 
@@ -136,6 +137,7 @@ def _detector(backbone: nn.Module, num_classes: int, model: ModelConfig, method:
         box_nms_thresh=model.box_nms_thresh,
         box_detections_per_img=model.box_detections_per_img,
     )
+    det.rpn = ExactNMSRPN.from_rpn(det.rpn)  # torchvision's proposals, its CPU NMS loop avoided
     use_dla, use_dsl = method_switches(method)
     det.roi_heads = DynamicRoIHeads.from_roi_heads(
         det.roi_heads, use_dla=use_dla, use_dsl=use_dsl, dynamic=dynamic, box_beta=model.box_beta
