@@ -92,6 +92,49 @@ class Detector:
         return Detections(boxes, labels, [self.names[int(k) - 1] for k in labels], scores)
 
 
+def detect_tiled(detector: Detector, image, tile: int, stride: int | None = None, margin: float = 8.0) -> Detections:
+    """Detections on an image larger than the detector was trained on (e.g. a 2299 x 2472 px aerial
+    image with a model trained on 400 px tiles), in the image's coordinates.
+
+    The image is cut as ``dynrcnn data trees`` cuts it (``tile`` px windows every ``stride`` px, by
+    default half a tile, plus one flush with the far edge). A detection within ``margin`` px of a
+    tile edge that is not an image edge is dropped: it may be a crown cut by the tile, and with
+    stride <= tile / 2 an object up to ``tile - stride - 2 * margin`` px is whole, away from the cut
+    edges, in another tile. The detections kept from every tile are then merged by class-wise NMS at
+    the model's own ``box_nms_thresh`` (an object whole in two overlapping tiles is found twice)."""
+    from torchvision.ops import batched_nms
+
+    from dynrcnn.data.trees import tile_origins
+
+    img = load_image(image) if not torch.is_tensor(image) else image
+    stride = stride or max(1, tile // 2)
+    if tile < 1 or not 1 <= stride <= tile:
+        raise DataError(f"--tile must be a positive pixel size and --tile-stride between 1 and it (got {tile} "
+                        f"and {stride}); a stride longer than the tile leaves pixels unseen")
+    h, w = img.shape[-2:]
+    kept = []
+    for y0 in tile_origins(h, tile, stride):
+        for x0 in tile_origins(w, tile, stride):
+            crop = img[:, y0:y0 + tile, x0:x0 + tile]
+            th, tw = crop.shape[-2:]
+            d = detector(crop)
+            b = d.boxes
+            cut = torch.zeros(len(b), dtype=torch.bool)
+            if x0 > 0:
+                cut |= b[:, 0] < margin
+            if y0 > 0:
+                cut |= b[:, 1] < margin
+            if x0 + tw < w:
+                cut |= b[:, 2] > tw - margin
+            if y0 + th < h:
+                cut |= b[:, 3] > th - margin
+            kept.append((b[~cut] + torch.tensor([x0, y0, x0, y0], dtype=b.dtype), d.labels[~cut], d.scores[~cut]))
+    boxes, labels, scores = (torch.cat(parts) for parts in zip(*kept))
+    keep = batched_nms(boxes, scores, labels, float(detector.model.roi_heads.nms_thresh))
+    boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+    return Detections(boxes, labels, [detector.names[int(k) - 1] for k in labels], scores)
+
+
 def _names_of_training_data(cfg, num_classes: int) -> list[str] | None:
     """For a run that does not record its class names (older runs): those of the data it names,
     while that is still on disk and has as many classes as the model."""
@@ -168,10 +211,12 @@ def draw(image: torch.Tensor, det: Detections, path) -> Path:
     return path
 
 
-def predict_images(detector: Detector, files, out, keep_going: bool = False, progress: bool = True) -> dict:
+def predict_images(detector: Detector, files, out, keep_going: bool = False, progress: bool = True,
+                   tile: int | None = None, stride: int | None = None) -> dict:
     """Detections of every image drawn to ``OUT/<stem>.png`` plus ``OUT/detections.json``
     (COCO results with ``file_name`` and ``category_name``); an unreadable image stops the run
-    unless ``keep_going`` (then it is listed under ``skipped``)."""
+    unless ``keep_going`` (then it is listed under ``skipped``). With ``tile``, each image is
+    detected tile by tile and the detections merged (:func:`detect_tiled`)."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -186,7 +231,7 @@ def predict_images(detector: Detector, files, out, keep_going: bool = False, pro
                 raise
             skipped.append({"file": str(f), "error": str(e)})
             continue
-        det = detector(img)
+        det = detect_tiled(detector, img, tile, stride) if tile else detector(img)
         drawn.append(str(draw(img, det, out / f"{Path(f).stem}.png")))
         for box, label, name, score in zip(det.boxes.tolist(), det.labels.tolist(), det.names, det.scores.tolist()):
             results.append({"image_id": i, "file_name": str(f), "category_id": int(label), "category_name": name,
@@ -199,4 +244,4 @@ def predict_images(detector: Detector, files, out, keep_going: bool = False, pro
 
 
 __all__ = ["Detector", "Detections", "coco_class_names", "load_image", "image_files", "draw",
-           "predict_images"]
+           "predict_images", "detect_tiled"]
