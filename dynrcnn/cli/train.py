@@ -12,11 +12,12 @@ from dynrcnn.config import CONVENTIONS, METHODS, check_device, default_device, v
 from dynrcnn.presets import PRESET_HELP, PRESETS, PRETRAIN_DATA, PRETRAINED_ROOT, build_config
 
 
-def _wrap(text: str, width: int = 88, indent: str = "  ") -> str:
-    """``text`` wrapped at ``width`` columns (argparse keeps a raw description or epilog as it is)."""
+def _wrap(text: str, width: int = 88, indent: str = "  ", hang: str | None = None) -> str:
+    """``text`` wrapped at ``width`` columns (argparse keeps a raw description or epilog as it is);
+    ``hang``: the indent of the lines after the first (default ``indent``)."""
     import textwrap
 
-    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent if hang is None else hang,
                          break_on_hyphens=False, break_long_words=False)
 
 
@@ -26,8 +27,7 @@ def _keys_text() -> str:
 
 
 def _presets_text() -> str:
-    return "\n".join(_wrap(f"{name:22s} {PRESET_HELP.get(name, '')}").replace("\n  ", "\n" + " " * 25)
-                     for name in PRESETS)
+    return "\n".join(_wrap(f"{name:22s} {PRESET_HELP.get(name, '')}", hang=" " * 25) for name in PRESETS)
 
 
 TRAIN_EPILOG = f"""presets:
