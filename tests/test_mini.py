@@ -185,3 +185,9 @@ def test_candidate_settings_are_recorded_and_change_the_scenes(tmp_path):
         MiniSettings.from_dict({"objects": 3})
     with pytest.raises(DataError, match="size_mix"):
         MiniSettings(size_mix=(0.5, 0.5, 0.5))
+    # COCO's bands scaled to the image area: at 256 px a small object is under 15 x 15 px
+    coco = MiniSettings(size_bands="coco", size_mix=(1.0, 0.0, 0.0))
+    areas = [o["area"] for i in range(6) for o in render_image(1, "train", i, 256, settings=coco)[1]]
+    assert areas and max(areas) < 1.25 * 32 ** 2 * 256 ** 2 / (640 * 480)  # rasterised edges add a few pixels
+    with pytest.raises(DataError, match="size_bands"):
+        MiniSettings(size_bands="lvis")

@@ -161,6 +161,16 @@ def test_a_candidate_may_not_change_the_method():
         candidate_from_json('{"generator": {}}')
 
 
+def test_the_record_is_strict_json_with_intervals_of_one_seed(tmp_path):
+    from dynrcnn.report.premise import append_record, read_records
+
+    path = tmp_path / "r.jsonl"
+    one = premise.paradox({t: {0: {"AP": 50.0, "AP90": 5.0}} for t in (0.5, 0.6, 0.7)})
+    append_record({"measured": {"a": one}}, path)
+    assert "NaN" not in path.read_text()
+    assert read_records(path)[0]["measured"]["a"]["diff_070_050"]["AP"]["high"] is None
+
+
 # ----------------------------------------------------------------------------------------------
 # the search, end to end on the smoke preset
 

@@ -74,7 +74,10 @@ class MiniSettings:
     painted under the objects (0 to n per image, uniform); ``min_contrast``: summed RGB difference
     an object keeps from what lies beneath; ``background_contrast``: the fraction of their contrast
     backgrounds keep; ``clutter_max``: at most this many clutter lines or arcs; ``noise_max``: the
-    largest pixel-noise standard deviation (drawn in ``[1, noise_max]``).
+    largest pixel-noise standard deviation (drawn in ``[1, noise_max]``). ``size_bands``: ``mini``
+    (the benchmark's bands: no object under 1/150 of the image) or ``coco`` (COCO's 32^2 / 96^2 px
+    thresholds of a 640 x 480 image scaled to this image's area: at 128 px a small object is under 7 x 7
+    px, so these bands want larger images).
     """
 
     min_objects: int = 2
@@ -88,6 +91,7 @@ class MiniSettings:
     background_contrast: float = BACKGROUND_CONTRAST
     clutter_max: int = 3
     noise_max: float = 4.0
+    size_bands: str = "mini"
 
     def __post_init__(self):
         object.__setattr__(self, "size_mix", tuple(float(v) for v in self.size_mix))
@@ -106,6 +110,8 @@ class MiniSettings:
         if not 1 <= self.n_classes <= len(CLASSES) + len(EXTRA_CLASSES):
             raise DataError(f"generator: n_classes must be in [1, {len(CLASSES) + len(EXTRA_CLASSES)}] "
                             f"(got {self.n_classes})")
+        if self.size_bands not in ("mini", "coco"):
+            raise DataError(f"generator: size_bands must be 'mini' or 'coco' (got {self.size_bands!r})")
         if self.distractors < 0 or self.clutter_max < 0 or self.noise_max < 1.0:
             raise DataError("generator: distractors and clutter_max must be >= 0, noise_max >= 1")
 
@@ -208,10 +214,16 @@ def _poly_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def _area_bands(size: int, large_max: float = 0.4) -> list[tuple[float, float]]:
+def _area_bands(size: int, large_max: float = 0.4, bands: str = "mini") -> list[tuple[float, float]]:
     """COCO's small / medium / large object areas, scaled to images of ``size`` px (the large band
-    ends at ``large_max`` of the image area)."""
+    ends at ``large_max`` of the image area); ``bands="coco"``: scaled by the image area over a
+    640 x 480 COCO image's, smallest 16 px."""
     full = float(size * size)
+    if bands == "coco":
+        r = full / (640 * 480)
+        small = (max(16.0, 36 * r), 32.0 ** 2 * r)
+        medium = (small[1], 96.0 ** 2 * r)
+        return [small, medium, (medium[1], max(medium[1] * 1.2, large_max * full))]
     small = (full / 150, min(32.0 ** 2, full / 36))
     medium = (small[1], min(96.0 ** 2, full / 4))
     large = (medium[1], max(medium[1] * 1.2, large_max * full))
@@ -296,7 +308,7 @@ def _place_object(rng: np.random.Generator, size: int, band: int, shrink: float,
         classes = settings.classes
         cls = classes[int(rng.integers(0, len(classes)))]
     # object area (pixels): log-uniform inside its planned band (shrunk after failed fits)
-    a_lo, a_hi = _area_bands(size, settings.large_max)[band]
+    a_lo, a_hi = _area_bands(size, settings.large_max, settings.size_bands)[band]
     target_area = shrink * math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
     aspect = math.exp(rng.uniform(-0.9, 0.9))  # width / height before rotation
     if cls in ("star", "cross", "ring") and rng.random() < 0.5:

@@ -82,6 +82,9 @@ CANDIDATES: dict[str, Candidate] = {c.name: c for c in (
                       "model.rpn_post_nms_top_n_test=1000", "model.box_batch_size_per_image=512")),
     Candidate("c6_hard_long", "c4 with a three times longer fine-tune (900 iterations, lr steps at 75/90 %)",
               _HARD, ("max_iter=900", "lr_steps=675,810", "checkpoint_period=300")),
+    Candidate("c7_coco_sizes", "c4 at 256 px with COCO's size bands scaled to the image area (41/34/25 %): "
+              "the only candidate that can reach (d)'s relative sizes",
+              {**_HARD, "size_bands": "coco"}, ("model.min_size=256", "model.max_size=256")),
 )}
 
 
@@ -231,15 +234,20 @@ def append_record(record: dict, path=RECORD) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default) + "\n")
+        f.write(json.dumps(_finite(record), sort_keys=True, allow_nan=False) + "\n")
 
 
-def _json_default(v):
+def _finite(v):
+    """``v`` with every non-finite float (an interval of one seed) as None: strict JSON."""
     import math
 
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    raise TypeError(f"not JSON: {v!r}")
+    return v
 
 
 def read_records(path=RECORD) -> list[dict]:
