@@ -217,8 +217,8 @@ def test_detections_figure(tmp_path):
     _png(plots.save_figure(fig, tmp_path / "det.png"))
     titles = [ax.get_title() for ax in fig.axes]
     # IoU of [6, 5, 20, 11] with [5, 5, 20, 10]: 190 / 230 = 0.83, under 0.9
-    assert "0.png: dynamic: 1, 0 at IoU >= 0.9" in titles and "0.png: ground truth (1)" in titles
-    assert "1.png: dynamic: 0, 0 at IoU >= 0.9" in titles  # the 0.1 detection is under the score threshold
+    assert "0.png\ndynamic: 1, 0 at IoU >= 0.9" in titles and "0.png\nground truth (1)" in titles
+    assert "1.png\ndynamic: 0, 0 at IoU >= 0.9" in titles  # the 0.1 detection is under the score threshold
     # two runs on the same images: one column each, tight boxes drawn solid
     base = write_run(tmp_path / "runs", "baseline", "baseline", data_root=str(root))
     (base / "detections.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 10],
@@ -226,9 +226,9 @@ def test_detections_figure(tmp_path):
     fig = plots.detections_figure([load_run(base), load_run(run)], n=2, labels=["B", "D"], summary="all images: X")
     assert len(fig.axes) == 6 and fig._suptitle.get_text().endswith("\nall images: X")
     titles = [ax.get_title() for ax in fig.axes]
-    assert "0.png: B: 1, 1 at IoU >= 0.9" in titles and "0.png: D: 1, 0 at IoU >= 0.9" in titles
+    assert "0.png\nB: 1, 1 at IoU >= 0.9" in titles and "0.png\nD: 1, 0 at IoU >= 0.9" in titles
     styles = {ax.get_title(): [p.get_linestyle() for p in ax.patches] for ax in fig.axes}
-    assert styles["0.png: B: 1, 1 at IoU >= 0.9"] == ["-"] and styles["0.png: D: 1, 0 at IoU >= 0.9"] == ["--"]
+    assert styles["0.png\nB: 1, 1 at IoU >= 0.9"] == ["-"] and styles["0.png\nD: 1, 0 at IoU >= 0.9"] == ["--"]
 
 
 def test_detection_images_are_picked_by_a_rule_fixed_in_advance():
@@ -293,3 +293,253 @@ def test_seed_strip_figure_shows_every_seed(tmp_path):
     dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert [len(c.get_offsets()) for c in dots] == [3, 2]  # a dot a seed
     assert sorted(float(y) for c in dots for _, y in c.get_offsets()) == [60.0, 61.0, 61.0, 62.5, 63.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# every figure legible on the page: text size as shown, nothing overlapping, no legend over data
+
+
+def page_problems(fig, dpi: float = plots.DPI) -> list[str]:
+    """What a reader would not read in ``fig`` shown :data:`plots.PAGE_WIDTH_PX` wide: texts under
+    :data:`plots.MIN_TEXT_PX` at that size, panels / legends / title / footer overlapping each other
+    or leaving the canvas, a legend inside a panel covering a plotted point or line, an
+    annotation over a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.lines import Line2D
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    problems = []
+    width_in = fig.get_figwidth()
+    for t in fig.findobj(Text):
+        if not (t.get_visible() and t.get_text().strip()) or (t.axes is not None and not t.axes.get_visible()):
+            continue
+        px = plots.shown_px(t.get_fontsize(), width_in, dpi)
+        assert px == pytest.approx(t.get_fontsize() * dpi / 72 * min(1, plots.PAGE_WIDTH_PX / (width_in * dpi)))
+        if px < plots.MIN_TEXT_PX - 1e-9:
+            problems.append(f"text {t.get_text()[:40]!r}: {t.get_fontsize():g} pt is {px:.1f} px on the page")
+    boxes = [(f"panel {ax.get_title()[:30]!r}", ax.get_tightbbox(r)) for ax in fig.axes if ax.get_visible()]
+    boxes += [("figure legend", leg.get_window_extent(r)) for leg in fig.legends]
+    boxes += [(f"figure text {t.get_text()[:30]!r}", t.get_window_extent(r)) for t in fig.texts
+              if t.get_visible() and t.get_text().strip() and t is not fig._suptitle]
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        boxes.append(("title", fig._suptitle.get_window_extent(r)))
+    W, H = fig.bbox.width, fig.bbox.height
+    for name, b in boxes:
+        if b.x0 < -1 or b.y0 < -1 or b.x1 > W + 1 or b.y1 > H + 1:
+            problems.append(f"{name} leaves the canvas: {b} of {W:.0f} x {H:.0f}")
+    for i, (n1, b1) in enumerate(boxes):
+        for n2, b2 in boxes[i + 1:]:
+            if min(b1.x1, b2.x1) - max(b1.x0, b2.x0) > 1 and min(b1.y1, b2.y1) - max(b1.y0, b2.y0) > 1:
+                problems.append(f"{n1} overlaps {n2}")
+    for ax in fig.axes:  # the tick labels an axis draws, side by side
+        for axis in (ax.xaxis, ax.yaxis) if ax.get_visible() and ax.axison else ():
+            labels = [t.label1.get_window_extent(r) for t in axis._update_ticks()
+                      if t.label1.get_visible() and t.label1.get_text().strip()]
+            for i, b1 in enumerate(labels):
+                if any(min(b1.x1, b2.x1) - max(b1.x0, b2.x0) > 1 and min(b1.y1, b2.y1) - max(b1.y0, b2.y0) > 1
+                       for b2 in labels[i + 1:]):
+                    problems.append(f"tick labels overlap on an axis of panel {ax.get_title()[:30]!r}")
+                    break
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None or not ax.get_visible() or not ax.axison:
+            continue
+        lb = leg.get_window_extent(r)
+        if not ax.bbox.overlaps(lb):
+            continue  # outside the panel
+        pts = []
+        for line in ax.lines:
+            if not isinstance(line, Line2D) or not line.get_visible():
+                continue
+            xy = ax.transData.transform(np.asarray(line.get_xydata(), dtype=float))
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if line.get_drawstyle().startswith("steps-post") and len(xy) > 1:  # the corners of the steps
+                xy = np.repeat(xy, 2, axis=0)[1:]
+                xy[1::2, 1] = xy[0::2, 1][: len(xy[1::2])]
+            pts.append(xy)
+            if line.get_linestyle() not in ("None", "", " ") and len(xy) > 1:  # points along the segments
+                t = np.linspace(0, 1, 20)[:, None, None]
+                pts.append((xy[:-1] + t * (xy[1:] - xy[:-1])).reshape(-1, 2))
+        for c in ax.collections:
+            off = c.get_offsets()
+            if len(off):
+                pts.append(c.get_offset_transform().transform(np.asarray(off, dtype=float)))
+        if pts:
+            xy = np.concatenate(pts)
+            inside = ((xy[:, 0] > lb.x0) & (xy[:, 0] < lb.x1) & (xy[:, 1] > lb.y0) & (xy[:, 1] < lb.y1)
+                      & (xy[:, 0] > ax.bbox.x0) & (xy[:, 0] < ax.bbox.x1)  # drawn: inside the panel
+                      & (xy[:, 1] > ax.bbox.y0) & (xy[:, 1] < ax.bbox.y1))
+            if inside.any():
+                problems.append(f"the legend of panel {ax.get_title()[:30]!r} covers {int(inside.sum())} plotted points")
+        for t in ax.texts:
+            if t.get_visible() and t.get_window_extent(r).overlaps(lb):
+                problems.append(f"text {t.get_text()!r} under the legend of panel {ax.get_title()[:30]!r}")
+    return problems
+
+
+CONFIGS = [("baseline", 0.7, 5), ("baseline", 0.85, 10), ("dla", 0.85, 5), ("dsl", 0.85, 5), ("dynamic", 0.85, 10)]
+
+
+def _label(method, nms):
+    from dynrcnn.report.curves import config_label
+
+    return config_label((method, nms))
+
+
+@pytest.fixture(scope="module")
+def report_like(tmp_path_factory):
+    """Runs as the report of record has them: five configurations, several seeds each, so the
+    legends and captions are as long as the report's."""
+    root = tmp_path_factory.mktemp("report")
+    runs = []
+    for method, nms, seeds in CONFIGS:
+        base = method if nms == 0.85 or method != "baseline" else "baseline"
+        base = "baseline_nms085" if method == "baseline" and nms == 0.85 else base
+        for s in range(min(seeds, 3)):
+            name = base if s == 0 else f"{base}_seed{s}"
+            runs.append(load_run(write_run(root, name, method, seed=s, rpn_nms=nms, iters=900, interval=100)))
+    return runs
+
+
+def every_figure(runs) -> dict:
+    """Every figure function of plots.py, on inputs shaped as the report's."""
+    from dynrcnn.report.curves import authors_trajectory
+    import pandas as pd
+
+    cap = plots.runs_caption(runs)
+    x = [float(v) for v in IOUS]
+    curves = [{"label": _label(m, n), "method": m, "nms": n, "x": x, "seeds": s,
+               "mean": np.linspace(88 - i, 1, 10), "low": np.linspace(86 - i, 0, 10), "high": np.linspace(90 - i, 2, 10)}
+              for i, (m, n, s) in enumerate(CONFIGS)]
+    gains = [{"label": f"{_label('dynamic', 0.85)} - {_label('baseline', n)}", "x": x, "seeds": seeds,
+              "estimate": np.r_[np.linspace(0, 8, 9), 1.0], "low": np.r_[np.linspace(-1, 6, 9), 0.0],
+              "high": np.r_[np.linspace(1, 9, 9), 2.0]}
+             for n, seeds in ((0.85, "10 vs 10 seeds, paired"), (0.7, "10 vs 5 seeds"))]
+    its = np.array([0.0, 20.0, 40.0, 100.0, 200.0, 400.0, 900.0])
+    trajs = [{"label": _label(m, n), "method": m, "seeds": s, "max_iter": 900,
+              "iou_threshold": (its, np.linspace(0.4, 0.65, 7) if m != "dsl" else np.full(7, 0.5)),
+              "beta": (its, np.full(7, 1.0) if m == "dla" else np.linspace(0.6, 0.3, 7)),
+              "fg_fraction": (its, np.r_[0.05, 0.17, np.linspace(0.08, 0.07, 5)]) if m != "dsl" else None}
+             for m, n, s in CONFIGS if m != "baseline"]
+    shares = [{"label": _label(m, n), "method": m, "nms": n, "mean": 0.2 + 0.02 * i, "low": 0.18 + 0.02 * i,
+               "high": 0.22 + 0.02 * i, "seeds": s} for i, (m, n, s) in enumerate(CONFIGS)]
+    seeds = [{"label": _label(m, n), "method": m, "nms": n,
+              "values": {"AP": {k: 60.0 + k % 3 for k in range(s)}, "AP90": {k: 12.0 + k % 4 for k in range(s)}}}
+             for m, n, s in CONFIGS]
+    peer_its = np.arange(0, 901, 100)
+    peer = [{"implementation": impl, "seed": s, "iteration": peer_its, "iou_threshold": np.linspace(0.4, 0.6 + 0.01 * s, 10),
+             "beta": np.linspace(1.0, 0.3 + 0.02 * s, 10)} for impl in ("dynrcnn", "mmdet") for s in range(3)]
+    peer_table = pd.DataFrame({"metric": ["AP", "AP50", "AP75", "AP90"],
+                               **{f"{impl} {k}": np.array([1.0, 0.2, 2.0, 7.0]) + d
+                                  for impl in ("dynrcnn", "mmdet") for k, d in (("gain", 0.0), ("low", -1.0), ("high", 1.0))}})
+    control = pd.DataFrame([{"schedule": "fixed", "threshold": t, "AP": 60 + 10 * t, "AP min": 59 + 10 * t,
+                             "AP max": 61 + 10 * t, "AP90": 10 + 5 * t, "AP90 min": 9 + 5 * t, "AP90 max": 11 + 5 * t,
+                             "seeds": 7} for t in (0.5, 0.6, 0.65, 0.7)]
+                           + [{"schedule": "DLA", "threshold": np.nan, "AP": 66.0, "AP min": 65.0, "AP max": 67.0,
+                               "AP90": 13.0, "AP90 min": 12.0, "AP90 max": 14.0, "seeds": 7}])
+    sched = pd.DataFrame([{"benchmark": b, "iterations": n, "AP gain": g, "AP low": g - 1, "AP high": g + 1,
+                           "AP90 gain": 3 * g, "AP90 low": 3 * g - 2, "AP90 high": 3 * g + 2, "seeds": 3}
+                          for b in ("mini (data seed 0)", "evaluation split (data seed 2)")
+                          for n, g in ((300, 0.5), (900, 2.5), (1800, 3.0))])
+    pos_its = np.arange(0, 901, 50)
+    positives = [{"label": f"fixed {t:g}", "iteration": pos_its, "positives": 20 - 20 * t + 2 * np.sin(pos_its / 100), "seeds": 7}
+                 for t in (0.5, 0.6, 0.65, 0.7)] + [{"label": "DLA", "iteration": pos_its,
+                                                     "positives": np.linspace(14, 7, len(pos_its)), "seeds": 7}]
+    dyn = next(r for r in runs if r.config.method == "dynamic")
+    return {
+        "smooth_l1": plots.smooth_l1_figure(),
+        "proposal_iou": plots.proposal_iou_figure(dyn),
+        "stats": plots.stats_figure(dyn, recompute_updates(dyn)),
+        "trend_one_run": plots.trend_figure([dyn]),
+        "trend": plots.trend_figure(runs),
+        "losses_one_run": plots.losses_figure([dyn]),
+        "losses": plots.losses_figure(runs),
+        "tight_share": plots.tight_share_figure(shares, cap),
+        "seeds": plots.seed_strip_figure(seeds, cap),
+        "ap_vs_iou": plots.ap_gain_figure(curves, gains, cap),
+        "trajectories": plots.trajectory_figure(trajs, authors_trajectory(), cap),
+        "peer_trajectories": plots.peer_trajectory_figure(peer, {"dynrcnn": "dynrcnn (ours)",
+                                                                 "mmdet": "MMDetection 3.3.0"}, cap),
+        "peer_gains": plots.peer_gain_figure(peer_table, {"dynrcnn": "dynrcnn (ours)", "mmdet": "MMDetection 3.3.0"}, cap),
+        "thresholds": plots.control_figure(control, "threshold", "DLA", cap),
+        "schedule": plots.schedule_figure(sched, cap),
+        "positives": plots.positives_figure(positives, cap),
+        "ap_run": plots.ap_per_iou_run_figure(dyn),
+    }
+
+
+def test_every_figure_is_legible_at_the_size_the_page_shows_it(report_like, tmp_path):
+    names = {n for n in dir(plots) if n.endswith("_figure") and n not in ("save_figure", "save_sample_figure")}
+    figures = every_figure(report_like)
+    drawn = {"smooth_l1": "smooth_l1_figure", "proposal_iou": "proposal_iou_figure", "stats": "stats_figure",
+             "trend": "trend_figure", "losses": "losses_figure", "tight_share": "tight_share_figure",
+             "seeds": "seed_strip_figure", "ap_vs_iou": "ap_gain_figure", "trajectories": "trajectory_figure",
+             "peer_trajectories": "peer_trajectory_figure", "peer_gains": "peer_gain_figure",
+             "thresholds": "control_figure", "schedule": "schedule_figure", "positives": "positives_figure",
+             "ap_run": "ap_per_iou_run_figure"}
+    assert names - set(drawn.values()) == {"detections_figure"}  # drawn in the next test, on images
+    problems = {}
+    for name, fig in figures.items():
+        plots.save_figure(fig, tmp_path / f"{name}.png")
+        assert fig.get_figwidth() * plots.DPI <= plots.PAGE_WIDTH_PX + 1e-6, name  # never scaled down
+        problems.update({name: p for p in [page_problems(fig)] if p})
+    assert not problems, problems
+
+
+def _image_data(root, n=6, size=128):
+    from PIL import Image
+
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(n):
+        Image.new("RGB", (size, size), (i * 40, 100, 50)).save(root / "val" / f"{i:06d}.png")
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size})
+        for k in range(6):  # six objects: crowded, boxes at every edge
+            x, y = rng.uniform(0, size - 20, 2)
+            w, h = rng.uniform(10, 60, 2)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + k % 3, "iscrowd": 0,
+                         "bbox": [float(x), float(y), float(min(w, size - x)), float(min(h, size - y))],
+                         "area": float(w * h)})
+    cats = [{"id": 1, "name": "rectangle"}, {"id": 2, "name": "triangle"}, {"id": 3, "name": "ellipse"}]
+    (root / "annotations" / "instances_val.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                                         "categories": cats}))
+    return anns
+
+
+def test_image_figures_are_legible_at_the_size_the_page_shows_them(tmp_path):
+    from dynrcnn.data.datasets import load_dataset
+    from dynrcnn.data.datastats import dataset_statistics
+
+    data = tmp_path / "data"
+    anns = _image_data(data)
+    runs = []
+    for name, method, shift in (("baseline_nms085", "baseline", 3.0), ("dynamic", "dynamic", 0.5)):
+        run = write_run(tmp_path / "runs", name, method, data_root=str(data))
+        (run / "detections.json").write_text(json.dumps([
+            {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.93,
+             "bbox": [a["bbox"][0] + shift, a["bbox"][1], a["bbox"][2], a["bbox"][3]]} for a in anns]))
+        runs.append(load_run(run))
+    summary = ("all validation images, detections at IoU >= 0.9: baseline (RPN NMS 0.85) 18.6% (17.4-20.3%, 10 seeds); "
+               "DLA + DSL (RPN NMS 0.85) 28.3% (26.5-29.8%, 10 seeds)")
+    ds = load_dataset(data, "val", train=False)
+    figures = {"detections_compare": (plots.detections_figure(runs, n=3, labels=["baseline", "Dynamic R-CNN"],
+                                                              summary=summary), plots.DPI),
+               "detections_one_run": (plots.detections_figure(runs[1], n=4), plots.DPI),
+               "data_samples": (plots.draw_samples(ds, n=6, title="mini: data/val, 6 random images (seed 0) "
+                                                                  "with ground truth"), plots.DPI),
+               "data_box_sizes": (plots.plot_box_size_histogram(dataset_statistics(ds)), plots.DPI)}
+    problems = {}
+    for name, (fig, dpi) in figures.items():
+        assert fig.get_figwidth() * dpi <= plots.PAGE_WIDTH_PX + 1e-6, name
+        problems.update({name: p for p in [page_problems(fig, dpi)] if p})
+    assert not problems, problems
+    # save_sample_figure draws at the resolution the page shows
+    path = plots.save_sample_figure(data, tmp_path / "samples.png", n=4)
+    from PIL import Image
+
+    assert Image.open(path).size[0] <= plots.PAGE_WIDTH_PX

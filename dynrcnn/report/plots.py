@@ -13,12 +13,15 @@ by the caller (the notebooks, from :mod:`dynrcnn.report`).
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.patches  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -47,8 +50,20 @@ def caption(run) -> str:
             f"RPN NMS {rpn_nms(run)}{extra} [{scale_label(run.config.preset)}]")
 
 
+def _seed_ranges(seeds) -> str:
+    """``0-4, 7`` for seeds 0, 1, 2, 3, 4, 7."""
+    seeds, parts = sorted(set(int(x) for x in seeds)), []
+    for x in seeds:
+        if parts and x == parts[-1][1] + 1:
+            parts[-1][1] = x
+        else:
+            parts.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
 def runs_caption(runs) -> str:
-    """One caption for several runs: shared fields once, then the run ids."""
+    """One caption for several runs: shared fields once, then the run ids; the seeds of one
+    configuration (``name``, ``name_seed1``, ...) once, as ``name[_seedN] (method, seeds 0-4)``."""
     runs = list(runs)
     if not runs:
         return "no runs"
@@ -58,15 +73,44 @@ def runs_caption(runs) -> str:
         "iterations": [run_iterations(r) for r in runs],
         "device": [run_device(r) for r in runs],
     }
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((re.sub(r"_seed\d+$", "", run_name(r)), r.config.method), []).append(r)
     parts = []
     for k, vals in fields.items():
         uniq = list(dict.fromkeys(vals))
-        parts.append(f"{k} {uniq[0]}" if len(uniq) == 1 else f"{k} " + "/".join(map(str, vals)))
-    names = ", ".join(f"{run_name(r)} ({r.config.method})" for r in runs)
-    return f"runs {names}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.preset)}]"
+        if len(uniq) == 1:
+            parts.append(f"{k} {uniq[0]}")
+        elif k != "seed" or len(groups) == len(runs):  # seeds named with their groups below
+            parts.append(f"{k} " + "/".join(map(str, vals)))
+    names = []
+    for (base, method), rs in groups.items():
+        if len(rs) == 1:
+            names.append(f"{run_name(rs[0])} ({method})")
+        else:
+            names.append(f"{base}[_seedN] ({method}, seeds {_seed_ranges(r.config.seed for r in rs)})")
+    return f"runs {', '.join(names)}; " + ", ".join(parts) + f" [{scale_label(runs[0].config.preset)}]"
 
 
-FOOTER_PT = 9  # provenance footer font size: legible when the PNG is shown at its size
+DPI = 110  # save_figure's resolution
+#: the width a page shows a figure at: README's column on GitHub (about 880 CSS px); index.html's
+#: column (1180 px) shows a figure this wide at its size too. A wider PNG is scaled down, and its text with it.
+PAGE_WIDTH_PX = 880
+PAGE_WIDTH_IN = PAGE_WIDTH_PX / DPI  # 8 in: the widest a figure is drawn, so that nothing is scaled down
+#: the smallest text on the page: 9 pt, 12 CSS px (96 px per inch). tests/test_plots.py measures every
+#: text of every figure at the size the page shows it (:func:`shown_px`).
+MIN_TEXT_PX = 12
+TEXT_PT = 8  # the smallest font used (legends, labels in panels): 8 pt at 110 dpi is 12.2 px
+FOOTER_PT = 9  # provenance footer
+TITLE_PT = 12  # the figure's title
+PAD_IN = 0.06  # between the title, the panels, a figure legend and the footer
+
+
+def shown_px(fontsize: float, fig_width_in: float, dpi: float = DPI) -> float:
+    """The height in CSS px of text of ``fontsize`` pt in a figure ``fig_width_in`` wide saved at
+    ``dpi``, as a page :data:`PAGE_WIDTH_PX` wide shows it (scaled down when the PNG is wider)."""
+    width_px = fig_width_in * dpi
+    return fontsize * dpi / 72 * min(1.0, PAGE_WIDTH_PX / width_px)
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -84,23 +128,89 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line]
 
 
-def _finish(fig: Figure, title: str, cap: str) -> Figure:
-    """Title, and the provenance caption as a footer inside the canvas: wrapped to the figure's
-    width at :data:`FOOTER_PT` (about 0.55 em per character), with room made for it below the axes."""
-    fig.suptitle(title, fontsize=12)
-    width = max(20, int(fig.get_figwidth() * 72 / (FOOTER_PT * 0.55)))
-    lines = _wrap(cap, width)
-    fig.text(0.5, 0.005, "\n".join(lines), ha="center", va="bottom", fontsize=FOOTER_PT, color="0.25")
-    footer = (len(lines) * FOOTER_PT * 1.3 + 8) / 72 / fig.get_figheight()
-    fig.tight_layout(rect=(0, min(0.45, footer), 1, 0.95))
+def _renderer(fig: Figure):
+    """A renderer to measure ``fig``'s texts with (an Agg canvas attached when it has none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def _fit_text(fig: Figure, artist, text: str, start: int) -> None:
+    """Set ``text`` on ``artist`` wrapped at the most characters a line that fit the figure's width
+    (measured, starting from ``start`` characters)."""
+    r, width = _renderer(fig), 0.97 * fig.bbox.width
+    chars = max(20, start)
+    while True:
+        artist.set_text("\n".join(_wrap(text, chars)))
+        if artist.get_window_extent(r).width <= width or chars <= 20:
+            return
+        chars = max(20, int(chars * 0.92))
+
+
+def _fig_legend(fig: Figure, handles, labels):
+    """A figure legend in as many columns as fit the figure's width."""
+    r = _renderer(fig)
+    for ncol in range(len(labels), 0, -1):
+        leg = fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=TEXT_PT, frameon=False,
+                         columnspacing=1.2, handlelength=1.8)
+        if ncol == 1 or leg.get_window_extent(r).width <= 0.97 * fig.bbox.width:
+            return leg
+        leg.remove()
+
+
+def _legend_right(ax, **kw):
+    """The panel's legend outside it, on its right (where it covers no data)."""
+    return ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=TEXT_PT, frameon=False, **kw)
+
+
+def _legend_below(ax, ncol: int = 1, **kw):
+    """The panel's legend outside it, under its x label (where it covers no data)."""
+    from matplotlib.transforms import offset_copy
+
+    below = offset_copy(ax.transAxes, fig=ax.figure, y=-2.8 * plt_text_pt(), units="points")
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, fontsize=TEXT_PT,
+                     frameon=False, ncol=ncol, **kw)
+
+
+def plt_text_pt() -> float:
+    """The default font size (tick and axis labels), in points."""
+    return float(matplotlib.rcParams["font.size"])
+
+
+def _finish(fig: Figure, title: str, cap: str, legend=None) -> Figure:
+    """Title, an optional figure legend (``(handles, labels)``, shared by the panels: under them)
+    and the provenance caption as a footer inside the canvas, wrapped to the figure's width at
+    :data:`FOOTER_PT`. The figure grows by what they take, so the panels keep the height the
+    caller gave them, and tight_layout places the panels in the rest."""
+    r = _renderer(fig)
+    dpi = fig.dpi
+    sup = fig.suptitle(title, fontsize=TITLE_PT, va="top")
+    footer = fig.text(0.5, 0.0, "", ha="center", va="bottom", fontsize=FOOTER_PT, color="0.25")
+    _fit_text(fig, footer, cap, int(fig.get_figwidth() * 72 / (FOOTER_PT * 0.5)))
+    leg = _fig_legend(fig, *legend) if legend and legend[1] else None
+    foot_in = footer.get_window_extent(r).height / dpi + 2 * PAD_IN
+    leg_in = leg.get_window_extent(r).height / dpi + PAD_IN if leg is not None else 0.0
+    top_in = sup.get_window_extent(r).height / dpi + 3 * PAD_IN
+    height = fig.get_figheight() + foot_in + leg_in + top_in
+    fig.set_figheight(height)
+    footer.set_y(PAD_IN / height)
+    sup.set_y(1 - PAD_IN / height)
+    if leg is not None:
+        leg.set_bbox_to_anchor((0.5, foot_in / height), transform=fig.transFigure)
+    for _ in range(2):  # a second pass settles what the first moved (tick labels, legends outside panels)
+        # tight_layout makes room for the title itself; the rect keeps a gap under it
+        fig.tight_layout(rect=(0, (foot_in + leg_in) / height, 1, 1 - 2 * PAD_IN / height), pad=0.4, w_pad=1.0,
+                         h_pad=0.8)
     return fig
 
 
 def save_figure(fig: Figure, path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parent folders created); returns the path."""
+    """Write ``fig`` as PNG to ``path`` (parent folders created) at :data:`DPI`; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -113,6 +223,23 @@ def _label(run) -> str:
     lab = METHOD_LABELS.get(m, m)
     name = run_name(run)
     return lab if name == m else f"{lab} [{name}]"
+
+
+def _run_labels(runs) -> list:
+    """One legend label per run, or, for a configuration (method, RPN NMS) that several runs share,
+    one label on its first run (``None`` on the others): a legend by configuration, not by run."""
+    key = [(r.config.method, rpn_nms(r)) for r in runs]
+    count, nms_values, seen, out = Counter(key), {k[1] for k in key}, set(), []
+    for run, k in zip(runs, key):
+        if count[k] == 1:
+            out.append(_label(run))
+        elif k in seen:
+            out.append(None)
+        else:
+            nms = f" (RPN NMS {k[1]:g})" if len(nms_values) > 1 and k[1] is not None else ""
+            out.append(f"{METHOD_LABELS.get(k[0], k[0])}{nms}, {count[k]} runs")
+        seen.add(k)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +257,7 @@ def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
     from dynrcnn.modeling.dynamic_head import smooth_l1
 
     x = torch.linspace(-2.0, 2.0, 801, dtype=torch.float64, requires_grad=True)
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax1, ax2 = fig.subplots(1, 2)
     for i, beta in enumerate(betas):
         y = smooth_l1(x, float(beta))
@@ -142,9 +269,9 @@ def smooth_l1_figure(betas=(1.0, 0.5, 0.25, 0.11)) -> Figure:
     ax2.set(xlabel="regression error x", ylabel="d SmoothL1 / dx", title="gradient (autograd)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     return _finish(fig, "SmoothL1: smaller beta gives small errors a larger gradient",
-                   "computed with dynrcnn.modeling.dynamic_head.smooth_l1 and torch.autograd (no training run)")
+                   "computed with dynrcnn.modeling.dynamic_head.smooth_l1 and torch.autograd (no training run)",
+                   legend=ax1.get_legend_handles_labels())
 
 
 def pick_iterations(available, n: int) -> list[int]:
@@ -164,8 +291,12 @@ def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
     its = pick_iterations(records, n_panels)
     if not its:
         raise ValueError(f"run {run.path} has no {rundir.PROPOSAL_IOUS} records (train with log_stats=true)")
-    fig = Figure(figsize=(3.2 * len(its), 3.6))
-    axes = np.atleast_1d(fig.subplots(1, len(its), sharey=True))
+    ncol = min(2, len(its))
+    nrow = math.ceil(len(its) / ncol)
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 2.6 * nrow))
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, sharey=True, squeeze=False)).ravel()
+    for ax in axes[len(its):]:
+        ax.set_visible(False)
     for ax, it in zip(axes, its):
         rec = records[it]
         edges = np.asarray(rec["bin_edges"], dtype=float)
@@ -175,15 +306,16 @@ def proposal_iou_figure(run, n_panels: int = 4) -> Figure:
                edgecolor="white")
         thr, _ = threshold_at(run, it)
         above = share_at_least(rec, thr)
-        ax.axvline(thr, color="tab:red", lw=2, label=f"threshold {thr:.3f}")
-        ax.axvline(0.5, color="0.3", lw=1, ls="--", label="fixed 0.5")
+        ax.axvline(thr, color="tab:red", lw=2, label="foreground threshold in effect")
+        ax.axvline(0.5, color="0.3", lw=1, ls="--", label="the baseline's fixed 0.5")
         ax.set_yscale("log")
-        ax.set(title=f"iteration {it}", xlabel="max IoU of proposal with GT")
-        ax.text(0.98, 0.97, f"{100 * above:.1f}% >= thr", transform=ax.transAxes, ha="right", va="top",
-                fontsize=8)
-        ax.legend(fontsize=7, loc="center right")
-    axes[0].set_ylabel("fraction of proposals (log)")
-    return _finish(fig, "Proposal quality during training and the foreground threshold", caption(run))
+        ax.set_title(f"iteration {it}: threshold {thr:.3f}, {100 * above:.1f}% at or above", fontsize=10)
+        if ax.get_subplotspec().is_last_row() or it == its[-1]:
+            ax.set_xlabel("max IoU of proposal with GT")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("fraction (log)")
+    return _finish(fig, "Proposal quality during training and the foreground threshold", caption(run),
+                   legend=axes[0].get_legend_handles_labels())
 
 
 def stats_figure(run, recomputed=None) -> Figure:
@@ -196,24 +328,24 @@ def stats_figure(run, recomputed=None) -> Figure:
     re = recomputed if recomputed is not None else []
     d = run.dynamic
     last = run_iterations(run) or int(stats["iteration"].max())
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax1, ax2 = fig.subplots(1, 2)
     for ax, stat, key, name in ((ax1, "iou_stat", "iou_threshold", "IoU threshold"),
                                 (ax2, "error_stat", "beta", "beta")):
         s = stats.dropna(subset=[stat]) if stat in stats else stats.iloc[0:0]
-        ax.plot(s["iteration"], s[stat], ".", ms=3, color="0.6", label=f"per-iteration {stat}")
+        ax.plot(s["iteration"], s[stat], ".", ms=3, color="0.6", label="per-iteration statistic")
         its = list(d["iteration"]) + [last]
         vals = list(d[key]) + [d[key].iloc[-1]]
-        ax.step(its, vals, where="post", color="tab:red", lw=2, label=f"{name} (logged by the head)")
+        ax.step(its, vals, where="post", color="tab:red", lw=2, label="threshold / beta logged by the head")
         if len(re):
             ax.plot(re["iteration"], re[f"{key}_recomputed"], "x", color="black", ms=6,
-                    label=f"{name} recomputed from stats")
+                    label="recomputed from the statistics")
         ax.set(xlabel="iteration", ylabel=name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax1.set_title("T = max(T_init, mean of IoU statistics)")
-    ax2.set_title("beta = min(beta_init, median of error statistics)")
-    return _finish(fig, "How the statistics turn into threshold and beta", caption(run))
+    ax1.set_title("T = max(T_init, mean of IoU stats)", fontsize=10)
+    ax2.set_title("beta = min(beta_init, median of errors)", fontsize=10)
+    return _finish(fig, "How the statistics turn into threshold and beta", caption(run),
+                   legend=ax1.get_legend_handles_labels())
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,9 +356,9 @@ def trend_figure(runs) -> Figure:
     """IoU threshold and beta against iteration: dynamic methods vs the baseline's fixed values
     (the paper's trend figure)."""
     runs = list(runs)
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax1, ax2 = fig.subplots(1, 2)
-    for i, run in enumerate(runs):
+    for i, (run, label) in enumerate(zip(runs, _run_labels(runs))):
         d = run.dynamic
         if d is None or not len(d):
             continue
@@ -236,13 +368,13 @@ def trend_figure(runs) -> Figure:
             its = list(d["iteration"]) + [last]
             vals = list(d[key]) + [d[key].iloc[-1]]
             ax.step(its, vals, where="post", color=_color(run, i), lw=1.5 if fixed else 2,
-                    ls="--" if fixed else "-", label=_label(run) + (" (fixed)" if fixed else ""))
+                    ls="--" if fixed else "-", label=label and label + (" (fixed)" if fixed else ""))
     ax1.set(xlabel="iteration", ylabel="R-CNN IoU threshold", title="label assignment threshold")
     ax2.set(xlabel="iteration", ylabel="SmoothL1 beta", title="regression loss beta")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _finish(fig, "Dynamic threshold and beta during training", runs_caption(runs))
+    return _finish(fig, "Dynamic threshold and beta during training", runs_caption(runs),
+                   legend=ax1.get_legend_handles_labels())
 
 
 def losses_figure(runs) -> Figure:
@@ -250,17 +382,19 @@ def losses_figure(runs) -> Figure:
     runs = list(runs)
     keys = [k for k in LOSS_KEYS if any(r.metrics is not None and k in r.metrics for r in runs)]
     keys = keys or ["loss"]
-    ncol = min(3, len(keys))
+    labels = _run_labels(runs)
+    ncol = min(2, len(keys))
     nrow = math.ceil(len(keys) / ncol)
-    fig = Figure(figsize=(4 * ncol, 3.2 * nrow))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 2.0 * nrow))
     axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
     for ax, key in zip(axes, keys):
-        for i, run in enumerate(runs):
+        for i, (run, label) in enumerate(zip(runs, labels)):
             m = run.metrics
             if m is None or key not in m:
                 continue
-            ax.plot(m["iteration"], m[key], color=_color(run, i), label=_label(run))
-        ax.set(title=key, xlabel="iteration")
+            ax.plot(m["iteration"], m[key], color=_color(run, i), label=label, lw=1)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
@@ -269,10 +403,10 @@ def losses_figure(runs) -> Figure:
         spare = axes[len(keys)]
         spare.set_visible(True)
         spare.axis("off")
-        spare.legend(handles, labels, loc="center", fontsize=8, frameon=False)
-    else:
-        fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False)
-    return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs))
+        spare.legend(handles, labels, loc="center", fontsize=TEXT_PT, frameon=False)
+        return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs))
+    return _finish(fig, "Training losses (mean over each logging interval)", runs_caption(runs),
+                   legend=(handles, labels))
 
 
 def _group_color(method: str, nms, i: int = 0):
@@ -286,15 +420,15 @@ def tight_share_figure(shares: list[dict], cap: str, iou: float = 0.9) -> Figure
     """One bar per configuration: the share of its detections at IoU >= ``iou`` with their
     ground truth (mean over seeds; whiskers: the seeds' range). ``shares`` come from
     :func:`dynrcnn.report.curves.tight_shares`."""
-    fig = Figure(figsize=(max(6.0, 1.6 * len(shares)), 3.8))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax = fig.subplots()
     for i, s in enumerate(shares):
         ax.bar(i, 100 * s["mean"], color=_group_color(s["method"], s["nms"], i), alpha=0.85)
         ax.errorbar(i, 100 * s["mean"], yerr=[[100 * (s["mean"] - s["low"])], [100 * (s["high"] - s["mean"])]],
                     color="k", capsize=3, lw=1)
-        ax.text(i, 100 * s["high"] + 0.5, f"{100 * s['mean']:.1f}%", ha="center", va="bottom", fontsize=8)
+        ax.text(i, 100 * s["high"] + 0.5, f"{100 * s['mean']:.1f}%", ha="center", va="bottom", fontsize=TEXT_PT)
     ax.set_xticks(range(len(shares)), [f"{s['label'].replace(' (', chr(10) + '(')}\n{s['seeds']} seed(s)"
-                                       for s in shares], fontsize=7)
+                                       for s in shares], fontsize=TEXT_PT)
     ax.set_ylabel(f"detections at IoU >= {iou:g} (%)")
     highs = [s["high"] for s in shares if math.isfinite(s["high"])]
     if highs:  # room for the labels above the whiskers
@@ -308,8 +442,8 @@ def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
     sideways so that equal values stay visible) and a bar at the mean. ``configs`` come from
     :func:`dynrcnn.report.curves.seed_values`."""
     metrics = list(configs[0]["values"]) if configs else []
-    fig = Figure(figsize=(max(8.0, 1.1 * len(configs) * max(1, len(metrics))), 4.6))
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(metrics))))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 2.6 * max(1, len(metrics))))
+    axes = np.atleast_1d(fig.subplots(max(1, len(metrics)), 1))
     rng = np.random.default_rng(0)
     for ax, m in zip(axes, metrics):
         for i, c in enumerate(configs):
@@ -317,11 +451,12 @@ def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
             col = _group_color(c["method"], c["nms"], i)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(vals)), vals, s=18, color=col, alpha=0.8, zorder=3)
             ax.hlines(vals.mean(), i - 0.3, i + 0.3, color="k", lw=2, zorder=4)
-        ax.set_xticks(range(len(configs)), [f"{c['label'].split(' (')[0]}\n{c['nms']:g}\nn={len(c['values'][m])}"
-                                            for c in configs], fontsize=9)
-        ax.set(ylabel=f"{m} (%)", title=f"{m}: a dot per seed, bar = mean")
+        ax.set_xticks(range(len(configs)), [f"{c['label'].split(' (')[0]}, NMS {c['nms']:g}\nn={len(c['values'][m])}"
+                                            for c in configs], fontsize=TEXT_PT + 1)
+        ax.set_ylabel(f"{m} (%)")
+        ax.set_title(f"{m}: a dot per seed, bar = mean", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_xlabel("configuration, RPN NMS, seeds", fontsize=9)
+    axes[-1].set_xlabel("configuration (method, RPN NMS) and its seeds", fontsize=9)
     return _finish(fig, "Seed by seed: the spread the intervals are built from", cap)
 
 
@@ -329,8 +464,8 @@ def ap_gain_figure(curves: list[dict], gains: list[dict], cap: str) -> Figure:
     """Left: AP at each IoU threshold per configuration (mean over seeds, band: the seeds'
     range). Right: the AP difference at each threshold with its 95 % interval (band).
     ``curves``/``gains`` come from :mod:`dynrcnn.report.curves`."""
-    fig = Figure(figsize=(11, 4.2))
-    ax1, ax2 = fig.subplots(1, 2)
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 5.6))
+    ax1, ax2 = fig.subplots(2, 1)
     for i, c in enumerate(curves):
         col = _group_color(c["method"], c["nms"], i)
         ax1.plot(c["x"], c["mean"], "o-", color=col, ms=3.5, label=f"{c['label']}, {c['seeds']} seed(s)")
@@ -341,12 +476,13 @@ def ap_gain_figure(curves: list[dict], gains: list[dict], cap: str) -> Figure:
         ax2.plot(g["x"], g["estimate"], "o-", color=col, ms=3.5, label=f"{g['label']} ({g['seeds']})")
         ax2.fill_between(g["x"], g["low"], g["high"], color=col, alpha=0.2)
     ax2.axhline(0, color="0.3", lw=1)
-    ax1.set(xlabel="IoU threshold", ylabel="AP (%)", title="AP at each IoU threshold (band: range over seeds)")
-    ax2.set(xlabel="IoU threshold", ylabel="difference in AP (points)",
-            title="Dynamic R-CNN minus baseline (band: 95% interval)")
-    for ax in (ax1, ax2):
+    ax1.set(xlabel="IoU threshold", ylabel="AP (%)")
+    ax1.set_title("AP at each IoU threshold (band: range over seeds)", fontsize=10)
+    ax2.set(xlabel="IoU threshold", ylabel="AP difference (points)")
+    ax2.set_title("Dynamic R-CNN minus baseline (band: 95% interval)", fontsize=10)
+    for ax, ncol in ((ax1, 2), (ax2, 1)):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5)
+        _legend_below(ax, ncol=ncol)
     return _finish(fig, "Where the gain is: AP against IoU threshold", cap)
 
 
@@ -354,8 +490,9 @@ def trajectory_figure(trajs: list[dict], authors: dict | None, cap: str) -> Figu
     """IoU threshold, SmoothL1 beta and the share of proposals at or above the threshold in use,
     against training progress (fraction of the schedule, log scale), mean over seeds per
     configuration; the authors' published threshold points for comparison."""
-    fig = Figure(figsize=(13, 4))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 5.2))
+    grid = fig.subplots(2, 2)
+    axes, spare = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
     for i, t in enumerate(trajs):
         col = METHOD_COLORS.get(t["method"], f"C{i}")
         for ax, key in zip(axes, ("iou_threshold", "beta", "fg_fraction")):
@@ -369,15 +506,18 @@ def trajectory_figure(trajs: list[dict], authors: dict | None, cap: str) -> Figu
     if authors is not None:
         axes[0].plot(authors["progress"], authors["iou_threshold"], "k*", ms=9, label=authors["label"])
     axes[0].axhline(0.5, color="0.4", ls="--", lw=1, label="baseline's fixed 0.5")
-    axes[0].set(ylabel="R-CNN IoU threshold", title="label assignment threshold")
-    axes[1].set(ylabel="SmoothL1 beta", title="regression loss beta")
-    axes[2].set(ylabel="share of RPN proposals", title="proposals at or above the threshold")
-    for ax in axes:
+    axes[0].set(ylabel="R-CNN IoU threshold")
+    axes[1].set(ylabel="SmoothL1 beta")
+    axes[2].set(ylabel="share of RPN proposals")
+    for ax, title in zip(axes, ("label assignment threshold", "regression loss beta",
+                                "proposals at or above the threshold")):
+        ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
-        ax.set_xlabel("training progress (fraction of the schedule, log scale)")
+        ax.set_xlabel("fraction of the schedule (log)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6.5)
-    return _finish(fig, "Dynamic threshold and beta against training progress, with the authors' trajectory", cap)
+    spare.axis("off")  # the legend in the free panel, where it covers no curve
+    spare.legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=TEXT_PT, frameon=False)
+    return _finish(fig, "Dynamic threshold and beta against training progress,\nwith the authors' trajectory", cap)
 
 
 IMPLEMENTATION_STYLES = {"dynrcnn": ("C0", "-"), "mmdet": ("C3", "--")}  # colour, line style
@@ -386,7 +526,7 @@ IMPLEMENTATION_STYLES = {"dynrcnn": ("C0", "-"), "mmdet": ("C3", "--")}  # colou
 def peer_trajectory_figure(trajs: list[dict], labels: dict, cap: str) -> Figure:
     """IoU threshold and SmoothL1 beta after every update, one line per seed and implementation
     (``trajs`` from :func:`dynrcnn.report.peer.trajectories`)."""
-    fig = Figure(figsize=(12, 4.2))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     axes = fig.subplots(1, 2)
     seen = set()
     for t in trajs:
@@ -402,14 +542,14 @@ def peer_trajectory_figure(trajs: list[dict], labels: dict, cap: str) -> Figure:
     for ax in axes:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    return _finish(fig, "Dynamic R-CNN's threshold and beta: dynrcnn and MMDetection on the same data", cap)
+    return _finish(fig, "Dynamic R-CNN's threshold and beta:\ndynrcnn and MMDetection on the same data", cap,
+                   legend=axes[0].get_legend_handles_labels())
 
 
 def peer_gain_figure(table, labels: dict, cap: str) -> Figure:
     """Each implementation's Dynamic - Faster gain per metric with its 95 % interval
     (``table`` from :func:`dynrcnn.report.peer.agreement`)."""
-    fig = Figure(figsize=(8, 4.2))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax = fig.subplots()
     x = np.arange(len(table))
     for k, impl in enumerate(("dynrcnn", "mmdet")):
@@ -419,9 +559,9 @@ def peer_gain_figure(table, labels: dict, cap: str) -> Figure:
         ax.errorbar(x + (k - 0.5) * 0.25, est, yerr=err, fmt="o", color=col, capsize=4, label=labels.get(impl, impl))
     ax.axhline(0, color="0.4", lw=1)
     ax.set_xticks(x, list(table["metric"]))
-    ax.set(ylabel="Dynamic R-CNN - Faster R-CNN (points)", title="gain with its 95 % interval")
+    ax.set(ylabel="Dynamic - Faster (points)", title="gain with its 95 % interval")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_right(ax)
     return _finish(fig, "The gain of Dynamic R-CNN in each implementation", cap)
 
 
@@ -429,7 +569,7 @@ def control_figure(table, x: str, schedule: str, cap: str) -> Figure:
     """AP and AP90 against a fixed setting (``x``: ``threshold`` or ``beta``), seeds' mean with
     their range, with the schedule's (``schedule``: DLA or DSL) mean and range drawn across
     (``table``: one benchmark's rows of :func:`dynrcnn.report.controls.threshold_table` / ``beta_table``)."""
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     axes = fig.subplots(1, 2)
     fixed = table[table["schedule"] == "fixed"].sort_values(x)
     sched = table[table["schedule"] == schedule]
@@ -444,15 +584,14 @@ def control_figure(table, x: str, schedule: str, cap: str) -> Figure:
             ax.axhspan(r[f"{m} min"], r[f"{m} max"], color="tab:red", alpha=0.15)
         ax.set(xlabel=f"fixed {x} from iteration 0", ylabel=m, title=m)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _finish(fig, f"A fixed {x} against {schedule}", cap)
+    return _finish(fig, f"A fixed {x} against {schedule}", cap, legend=axes[0].get_legend_handles_labels())
 
 
 def schedule_figure(table, cap: str) -> Figure:
     """Dynamic R-CNN's gain over the baseline (both at RPN NMS 0.85) against the schedule's
     length, AP and AP90, one line per benchmark with the seed-level 95 % intervals
     (``table``: :func:`dynrcnn.report.controls.schedule_table`)."""
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     axes = fig.subplots(1, 2)
     for ax, m in zip(axes, ("AP", "AP90")):
         for i, (bench, rows) in enumerate(table.groupby("benchmark", sort=False)):
@@ -464,25 +603,26 @@ def schedule_figure(table, cap: str) -> Figure:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
         ax.set_xticks(sorted(table["iterations"].unique()), [str(int(v)) for v in sorted(table["iterations"].unique())])
-        ax.set(xlabel="fine-tune length (iterations)", ylabel=f"{m}: Dynamic R-CNN - baseline", title=m)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the lengths only, no 4x10^2 between
+        ax.set(xlabel="fine-tune length (iterations)", ylabel=f"{m} gain (points)", title=m)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _finish(fig, "The gain against the schedule's length", cap)
+    return _finish(fig, "Dynamic R-CNN's gain over the baseline against the schedule's length", cap,
+                   legend=axes[0].get_legend_handles_labels())
 
 
 def positives_figure(curves: list[dict], cap: str) -> Figure:
     """Positive proposals per image (before sampling) over training, per fixed threshold and DLA
     (``curves`` from :func:`dynrcnn.report.controls.positives_curves`)."""
-    fig = Figure(figsize=(8, 4.2))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax = fig.subplots()
     fixed = [c for c in curves if c["label"] != "DLA"]
     for i, c in enumerate(curves):
         style = dict(color="black", lw=2, ls="--") if c["label"] == "DLA" else dict(color=f"C{fixed.index(c)}")
         ax.plot(c["iteration"], c["positives"], label=f"{c['label']} ({c['seeds']} seeds)", **style)
-    ax.set(xlabel="iteration", ylabel="positives per image (proposals + ground truth)",
+    ax.set(xlabel="iteration", ylabel="positives per image\n(proposals + ground truth)",
            title="positives at the training threshold")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_right(ax)
     return _finish(fig, "How many positives each threshold leaves", cap)
 
 
@@ -491,11 +631,13 @@ def ap_per_iou_run_figure(run) -> Figure:
     e = run.eval
     x = np.asarray(e.get("iou_thresholds") or IOU_THRESHOLDS, dtype=float)
     y = np.asarray(e["AP_per_iou"], dtype=float)
-    fig = Figure(figsize=(7, 3.6))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax = fig.subplots()
     ax.bar([f"{t:.2f}" for t in x], y, color=_color(run))
     for xi, yi in enumerate(y):
-        ax.text(xi, yi, f"{yi:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.text(xi, yi, f"{yi:.1f}", ha="center", va="bottom", fontsize=TEXT_PT)
+    if len(y):
+        ax.set_ylim(0, 1.12 * max(float(np.nanmax(y)), 1.0))  # room for the labels above the bars
     ax.set(xlabel="IoU threshold", ylabel="AP (%)")
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, f"AP at each IoU threshold: AP {e['AP']:.1f}, AP50 {e['AP50']:.1f}, "
@@ -524,7 +666,7 @@ def plot_box_size_histogram(source, ax=None, bins: int = 40):
         ax.set_xscale("log")
     for x, lab in ((32, "32 px"), (96, "96 px")):
         ax.axvline(x, color="k", ls="--", lw=1)
-        ax.text(x, 0.97, f" {lab}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.text(x, 0.97, f" {lab}", transform=ax.get_xaxis_transform(), va="top", fontsize=TEXT_PT)
     s = stats["sizes"]
     ax.set_title(f"object sizes: small {s['small']}, medium {s['medium']}, large {s['large']}", fontsize=9)
     ax.set_xlabel("sqrt(object area), pixels")
@@ -533,10 +675,24 @@ def plot_box_size_histogram(source, ax=None, bins: int = 40):
     return fig
 
 
-def draw_samples(dataset, n: int = 8, seed: int = 0, cols: int = 4, figure=None, size: float = 2.4):
+def _box_label(ax, box, shape, text: str, color, alpha: float) -> None:
+    """A box's label at :data:`TEXT_PT`: above its top-left corner, inside the box where that would
+    leave the image (top rows, right half), clipped to the panel so that it never reaches the next."""
+    x, y, w, h = box
+    height, width = shape
+    right = x > 0.55 * width
+    top = y < 0.15 * height
+    ax.text(x + w if right else x, y, text, color="white", fontsize=TEXT_PT, ha="right" if right else "left",
+            va="top" if top else "bottom", clip_on=True, bbox={"facecolor": color, "alpha": alpha, "pad": 0.5, "lw": 0})
+
+
+def draw_samples(dataset, n: int = 8, seed: int = 0, cols: int = 4, figure=None, size: float | None = None,
+                 title: str = ""):
     """Draw ``n`` random images of a :class:`~dynrcnn.data.datasets.CocoDetection` with their boxes and
-    class names; returns the matplotlib Figure (never shown)."""
+    class names, titled by their file names, under ``title``; returns the matplotlib Figure (never
+    shown). ``size``: a panel's side in inches (default: ``cols`` panels fill :data:`PAGE_WIDTH_IN`)."""
     n = min(n, len(dataset))
+    size = size or PAGE_WIDTH_IN / cols
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(dataset), size=n, replace=False).tolist()) if n else []
     rows = max(1, (n + cols - 1) // cols)
@@ -550,15 +706,21 @@ def draw_samples(dataset, n: int = 8, seed: int = 0, cols: int = 4, figure=None,
             x0, y0, x1, y1 = box
             c = colours[(label - 1) % len(colours)]
             ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=c, lw=1.2))
-            ax.text(x0, y0 - 1, dataset.class_names[label - 1], color="white", fontsize=6, va="bottom",
-                    bbox={"facecolor": c, "alpha": 0.8, "pad": 0.5, "lw": 0})
-        ax.set_title(f"image {target['image_id']}", fontsize=7)
+            _box_label(ax, (x0, y0, x1 - x0, y1 - y0), image.shape[1:], dataset.class_names[label - 1], c, 0.8)
+        image_id = int(target["image_id"])
+        info = dataset.coco.imgs.get(image_id, {}) if hasattr(dataset, "coco") else {}
+        ax.set_title(info.get("file_name", f"image {image_id}"), fontsize=TEXT_PT + 1)
         ax.axis("off")
-    fig.tight_layout(pad=0.3)
+    top = 1.0
+    if title:
+        sup = fig.suptitle(title, fontsize=10, va="top", y=1 - PAD_IN / fig.get_figheight())
+        top = 1 - (sup.get_window_extent(_renderer(fig)).height / fig.dpi + 3 * PAD_IN) / fig.get_figheight()
+    for _ in range(2):  # a second pass settles what the first moved
+        fig.tight_layout(pad=0.3, h_pad=0.6, rect=(0, 0, 1, top))
     return fig
 
 
-def save_sample_figure(root, path, split: str = "val", n: int = 8, seed: int = 0, dpi: int = 80,
+def save_sample_figure(root, path, split: str = "val", n: int = 8, seed: int = 0, dpi: int = DPI,
                        colours: int | None = 256) -> Path:
     """Draw :func:`draw_samples` for ``root``'s ``split`` and save it as a PNG at ``path``.
 
@@ -624,7 +786,8 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
     chosen = pick_images({i: coco.loadImgs(i)[0]["file_name"] for i in coco.getImgIds()}, n)
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
 
-    fig = Figure(figsize=(3 * (1 + len(runs)), 3 * len(chosen)))
+    side = PAGE_WIDTH_IN / (1 + len(runs))
+    fig = Figure(figsize=(PAGE_WIDTH_IN, (side + 0.35) * len(chosen)))
     axes = np.atleast_2d(fig.subplots(len(chosen), 1 + len(runs)))
     for row, img_id in zip(axes, chosen):
         info = coco.loadImgs(img_id)[0]
@@ -644,13 +807,13 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
                 label = names.get(a["category_id"], a["category_id"])
                 if "score" in a:
                     label = f"{label} {a['score']:.2f}"
-                ax.text(x, y, label, color="white", fontsize=5, va="bottom",
-                        bbox=dict(facecolor=color, alpha=0.6, pad=0.5, lw=0))
-            ax.set_title(f"{info['file_name']}: {title}", fontsize=7)
+                _box_label(ax, (x, y, w, h), img.shape[:2], label, color, 0.6)
+            ax.set_title(f"{info['file_name']}\n{title}", fontsize=TEXT_PT + 1)
             ax.axis("off")
     what = " next to ground truth" if len(runs) == 1 else ": " + " vs ".join(labels) + ", same images"
-    summary_lines = _wrap(summary, int(fig.get_figwidth() * 72 / (12 * 0.55))) if summary else []
-    return _finish(fig, f"Detections{what} (validation)\nsolid: a ground-truth box of its class at IoU >= "
-                        f"{tight_iou:g}; dashed: none" + "".join(f"\n{line}" for line in summary_lines),
+    summary_lines = _wrap(summary, int(fig.get_figwidth() * 72 / (TITLE_PT * 0.55))) if summary else []
+    return _finish(fig, "\n".join([*_wrap(f"Detections{what} (validation)", 70),
+                                    f"solid: a ground-truth box of its class at IoU >= {tight_iou:g}; dashed: none",
+                                    *summary_lines]),
                    caption(first) if len(runs) == 1 else runs_caption(runs))
 
