@@ -60,6 +60,14 @@ def test_a_scratch_study_of_two_runs_is_one_declaration(tiny_root, tmp_path):  #
     assert seen == ["scratch: 0 of 2 runs to train"]
     assert stamp == {p: p.stat().st_mtime_ns for p in stamp}  # finished runs are read, never written
 
+    # train=False (dynrcnn controls --no-train): the study is written from the complete runs, nothing trains
+    (tmp_path / "runs" / "scratch" / "dynamic" / TRAIN_DONE).rename(tmp_path / "dynamic_done.json")
+    seen.clear()
+    res = run_study(study, root=tmp_path, progress=False, log=seen.append, train=False)
+    assert seen[0] == "scratch: 1 of 2 runs to train" and "nothing trained" in seen[1]
+    assert not (tmp_path / "runs" / "scratch" / "dynamic" / TRAIN_DONE).exists()
+    assert json.loads((tmp_path / "figures" / "scratch" / RESULTS).read_text()) == res
+
 
 def test_the_three_studies_are_declarations():
     assert {"record", "controls", "mmdet"} <= set(study_names())

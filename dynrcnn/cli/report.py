@@ -120,6 +120,9 @@ def register_controls(subparsers) -> None:
     p.add_argument("--no-readme", action="store_true", help="do not write the page's generated block")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="the first N of the ten declared seeds only (default: all ten); the block says how many")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: write the results, notebook and block from the complete runs (e.g. while "
+                        "another 'dynrcnn controls' is still training the rest)")
     p.set_defaults(func=_run_controls)
 
 
@@ -130,7 +133,8 @@ def _run_controls(args) -> int:
 
     if args.seeds is not None and args.seeds < 2:
         raise DynrcnnError(f"--seeds must be >= 2 (a seed-level interval needs two seeds), got {args.seeds}")
-    res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme, seeds=args.seeds)
+    res = run_controls(root=args.root, jobs=args.jobs, readme=not args.no_readme, seeds=args.seeds,
+                       train=not args.no_train)
     print(res["interpretation"])
     return 0
 

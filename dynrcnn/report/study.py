@@ -147,7 +147,8 @@ def attribution(res: dict) -> str:
 
 
 def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progress: bool = True,
-              write_block: bool = True, out=None, figures=None, state: dict | None = None, log=print) -> dict:
+              write_block: bool = True, out=None, figures=None, state: dict | None = None, log=print,
+              train: bool = True) -> dict:
     """Run ``study`` (module docstring); returns its results (what ``results.json`` holds).
     ``out`` / ``figures`` replace the study's folders; ``state`` seeds :attr:`StudyContext.state`
     (a declaration's own settings, e.g. the report's profile)."""
@@ -162,8 +163,12 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
     if work.summary:
         log(f"{study.name}: {work.summary}")
     extra = WORK["notebook"] + WORK["render"] * (1 + len(ctx.state.get("steps", ())))
-    with ReportProgress(f"report[{study.name}]", work.units + extra, work.tracked, progress) as bar:
-        work.run(bar)
+    if not train:  # the results, notebook and block from the complete runs only (e.g. while others train)
+        log(f"{study.name}: nothing trained (train=False); the study is written from its complete runs")
+    with ReportProgress(f"report[{study.name}]", (work.units if train else 0.0) + extra,
+                        work.tracked if train else [], progress) as bar:
+        if train:
+            work.run(bar)
         bar.phase(f"{study.name}: results")
         res = study.results(ctx)
         res["wall_time_sec"] = time.perf_counter() - t0

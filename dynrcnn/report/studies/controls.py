@@ -104,13 +104,14 @@ STUDY = Study("controls", "07_controls", "figures/controls", "build/report-contr
 
 
 def run_controls(root=None, jobs: int = 2, device: str = "cpu", progress: bool = True, readme: bool = True,
-                 seeds: int | None = None) -> dict:
+                 seeds: int | None = None, train: bool = True) -> dict:
     """:func:`~dynrcnn.report.study.run_study` of :data:`STUDY`: train what is missing of the
     controls, evaluate them, write ``figures/controls/results.json``, run the notebook, write the
     block of :data:`DOC_PAGE`; returns the results. ``seeds``: the first that many of
-    :data:`~dynrcnn.report.controls.SEEDS` (default all; fewer is a smaller study, said in its block)."""
+    :data:`~dynrcnn.report.controls.SEEDS` (default all; fewer is a smaller study, said in its block);
+    ``train`` False: nothing is trained, the study is written from the complete runs."""
     return run_study(STUDY, root=root, jobs=jobs, device=device, progress=progress, write_block=readme,
-                     state={"seeds": seeds})
+                     state={"seeds": seeds}, train=train)
 
 
 __all__ = ["STUDY", "run_controls", "readme_body", "README_TAG", "DOC_PAGE"]
