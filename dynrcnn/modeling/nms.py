@@ -92,9 +92,15 @@ def suppressing_pairs(c: np.ndarray, groups: np.ndarray, threshold: float) -> tu
     corners = padded[members].astype(np.float64)
     lo, hi = np.where(real, corners, np.inf).min(1), np.where(real, corners, -np.inf).max(1)
     tile_reach = np.concatenate([reach, [0.0]])[members].max(1)
-    gap = np.maximum(lo[None] - hi[:, None], lo[:, None] - hi[None]).max(2)
-    near = (gap < np.maximum(tile_reach[:, None], tile_reach[None])) & (tile_group[:, None] == tile_group[None])
-    first, second = np.nonzero(np.triu(near))
+    first, second = [], []
+    bounds = np.searchsorted(tile_group, np.arange(tile_group[-1] + 2))
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):  # a group's tiles against each other
+        lo_g, hi_g, reach_g = lo[start:end], hi[start:end], tile_reach[start:end]
+        gap = np.maximum(lo_g[None] - hi_g[:, None], lo_g[:, None] - hi_g[None]).max(2)
+        f, s = np.nonzero(np.triu(gap < np.maximum(reach_g[:, None], reach_g[None])))
+        first.append(f + start)
+        second.append(s + start)
+    first, second = np.concatenate(first), np.concatenate(second)
     ta, tb = members[first], members[second]
     ca, cb = padded[ta], padded[tb]
     area = (padded[:, 2] - padded[:, 0]) * (padded[:, 3] - padded[:, 1])
