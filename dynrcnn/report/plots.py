@@ -817,3 +817,136 @@ def detections_figure(runs, data_root=None, n: int = 4, score_thresh: float = 0.
                                     *summary_lines]),
                    caption(first) if len(runs) == 1 else runs_caption(runs))
 
+
+
+# --------------------------------------------------------------------------------------------
+# the tree crowns (issue 33, notebook 08): at most 8 in wide, no text under 9 pt
+
+TREES_PT = 9  # the smallest text of a tree figure
+#: the detections picture's boxes: ground truth; a detection at IoU >= the tight threshold with one; any other
+TREES_BOXES = {"truth": ("yellow", "-", 1.2), "tight": ("cyan", "-", 1.8), "loose": ("red", "--", 0.9)}
+
+
+def _image_panel(ax, pixels, boxes, title: str, styles) -> None:
+    """An image without axes, its boxes (``xyxy``) drawn in ``styles`` (one (colour, line style,
+    width) per box) and a title at :data:`TREES_PT`."""
+    ax.imshow(pixels, interpolation="nearest")
+    for (x0, y0, x1, y1), (color, ls, lw) in zip(boxes, styles):
+        ax.add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, ls=ls, lw=lw))
+    ax.set_title(title, fontsize=TREES_PT)
+    ax.axis("off")
+
+
+def _tile_name(info: dict) -> str:
+    """A tile's short title: ``YELL crop2 x200 y1200`` for a tile of ``dynrcnn data trees`` (a NEON
+    source's site code and last word, the tile's origin), else its file name (its last 24 characters)."""
+    if "source" not in info:
+        return info["file_name"][-24:]
+    source = re.sub(r"^\d{4}_([A-Z]{4})_.*_([^_]+)$", r"\1 \2", info["source"])
+    return f"{source} x{info['x0']} y{info['y0']}"
+
+
+def draw_crowns(datasets: dict, per_split: int = 3, seed: int = 0, title: str = "", cap: str = "") -> Figure:
+    """``per_split`` tiles of each dataset of ``datasets`` (split name -> a
+    :class:`~dynrcnn.data.datasets.CocoDetection`) in a row, drawn at random with ``seed`` before
+    looking at them, every crown's box drawn without a label (a tile holds up to 61), each titled by
+    its file name and crown count."""
+    rows = max(1, len(datasets))
+    side = PAGE_WIDTH_IN / per_split
+    fig = Figure(figsize=(PAGE_WIDTH_IN, rows * (side + 0.45)))
+    axes = np.atleast_2d(fig.subplots(rows, per_split, squeeze=False))
+    for row, (split, ds) in zip(axes, datasets.items()):
+        picks = np.random.default_rng(seed).choice(len(ds), size=min(per_split, len(ds)), replace=False)
+        for ax in row[len(picks):]:
+            ax.set_visible(False)
+        for ax, idx in zip(row, sorted(picks.tolist())):
+            image, target = ds[idx]
+            boxes = target["boxes"].tolist()
+            name = _tile_name(ds.coco.imgs[int(target["image_id"])])
+            _image_panel(ax, image.permute(1, 2, 0).numpy(), boxes, f"{split}: {name}\n{len(boxes)} crowns",
+                         [TREES_BOXES["truth"]] * len(boxes))
+    return _finish(fig, title or "Tree-crown tiles with every annotated crown", cap)
+
+
+def plot_trees_trajectories(trajs: list[dict], authors: dict | None, cap: str, note: str = "") -> Figure:
+    """The IoU threshold and SmoothL1 beta of Dynamic R-CNN against training progress (fraction of
+    the schedule, log scale), one line per dataset (``trajs``: ``label``, ``data``, ``seeds``,
+    ``max_iter``, ``iou_threshold`` / ``beta`` as (iterations, mean over seeds); from
+    :func:`dynrcnn.report.trees.trajectories`), the authors' COCO threshold points beside them and
+    ``note`` (e.g. why a line is missing) under the legend."""
+    note = "\n".join(_wrap(note, 100)) if note else ""
+    extra = 0.2 * (note.count("\n") + 1) if note else 0.0  # room for the note, above the legend
+    fig = Figure(figsize=(PAGE_WIDTH_IN, 4.2 + extra))
+    grid = fig.add_gridspec(2, 2, height_ratios=(3.0, 1.0 + extra))
+    first = fig.add_subplot(grid[0, 0])
+    panels = (first, fig.add_subplot(grid[0, 1], sharex=first))
+    colors = {"tree crowns": "tab:green", "miniature": "tab:red"}
+    starts = list(authors["progress"]) if authors is not None else []  # the x axis shows whole decades from here
+    for i, t in enumerate(trajs):
+        for ax, key in zip(panels, ("iou_threshold", "beta")):
+            if t.get(key) is None:
+                continue
+            its, vals = (np.asarray(v, dtype=float) for v in t[key])
+            keep = np.isfinite(vals) & (its > 0)
+            starts += list(its[keep][:1] / t["max_iter"])
+            ax.step(its[keep] / t["max_iter"], vals[keep], where="post", lw=2, color=colors.get(t["data"], f"C{i}"),
+                    label=f"{t['label']} ({t['max_iter']} iterations, mean of {t['seeds']} seeds)")
+    if authors is not None:
+        panels[0].plot(authors["progress"], authors["iou_threshold"], "k*", ms=9, label=authors["label"])
+    panels[0].axhline(0.5, color="0.4", ls="--", lw=1, label="Faster R-CNN's fixed 0.5 (beta 1.0)")
+    for ax, what in zip(panels, ("R-CNN IoU threshold", "SmoothL1 beta")):
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of the schedule (log)", fontsize=TREES_PT)
+        ax.set_ylabel(what, fontsize=TREES_PT)
+        ax.tick_params(labelsize=TREES_PT)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
+        ax.grid(alpha=0.3, which="both")
+    panels[0].set_xlim(min(starts, default=1e-3) / 1.5, 1.5)
+    key = fig.add_subplot(grid[1, :])
+    key.axis("off")
+    key.legend(*panels[0].get_legend_handles_labels(), loc="upper center", fontsize=TREES_PT, frameon=False,
+               title=note or None, title_fontsize=TREES_PT)
+    return _finish(fig, "Dynamic R-CNN's threshold and beta: tree crowns, miniature, COCO", cap)
+
+
+def draw_tree_detections(runs, labels, data_root=None, n: int = 3, score_thresh: float = 0.5,
+                         tight_iou: float = 0.9, summary: str = "") -> Figure:
+    """Ground truth, then each run's detections (score >= ``score_thresh``) on the same ``n``
+    validation tiles, chosen by :func:`pick_images` (sorted file names at evenly spaced positions,
+    fixed before any detection is seen). A detection at IoU >= ``tight_iou`` with a ground-truth box
+    (:func:`dynrcnn.evaluation.coco_eval.tight_flags`) is drawn solid in cyan, any other dashed in
+    red; every title counts both. Boxes carry no labels (a tile holds dozens of crowns)."""
+    from PIL import Image
+
+    from dynrcnn.data.datasets import annotation_file, load_coco
+    from dynrcnn.evaluation.coco_eval import tight_flags
+
+    runs = list(runs)
+    data_root = Path(data_root or runs[0].config.data_root)
+    split = runs[0].config.val_split
+    coco = load_coco(annotation_file(data_root, split))
+    found = [rundir.detections_by_image(r.path, min_score=score_thresh) for r in runs]
+    chosen = pick_images({i: coco.imgs[i]["file_name"] for i in coco.getImgIds()}, n)
+    cols = 1 + len(runs)
+    side = PAGE_WIDTH_IN / cols
+    fig = Figure(figsize=(PAGE_WIDTH_IN, len(chosen) * (side + 0.45)))
+    axes = np.atleast_2d(fig.subplots(len(chosen), cols, squeeze=False))
+
+    def xyxy(items):
+        return [(x, y, x + w, y + h) for x, y, w, h in (a["bbox"] for a in items)]
+
+    for row, img_id in zip(axes, chosen):
+        info = coco.imgs[img_id]
+        pixels = np.asarray(Image.open(data_root / split / info["file_name"]).convert("RGB"))
+        truth = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None))
+        _image_panel(row[0], pixels, xyxy(truth), f"{_tile_name(info)}\nground truth: {len(truth)}",
+                     [TREES_BOXES["truth"]] * len(truth))
+        for ax, label, by_image in zip(row[1:], labels, found):
+            det = by_image.get(img_id, [])
+            tight = tight_flags(det, truth, tight_iou)
+            _image_panel(ax, pixels, xyxy(det), f"{label}: {len(det)}\n{sum(tight)} at IoU >= {tight_iou:g}",
+                         [TREES_BOXES["tight" if t else "loose"] for t in tight])
+    chars = int(fig.get_figwidth() * 72 / (TITLE_PT * 0.6))  # a title line that fits the figure's width
+    head = (f"Detections on validation tiles (score >= {score_thresh:g}); solid cyan: IoU >= {tight_iou:g} with a "
+            f"crown, dashed red: below")
+    return _finish(fig, "\n".join(_wrap(head, chars) + (_wrap(summary, chars) if summary else [])), runs_caption(runs))
