@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick report-controls smoke venv lock mmdet-env mmdet clean benchmark jupyter
+.PHONY: test report report-quick report-controls report-trees smoke venv lock mmdet-env mmdet clean benchmark jupyter
 
 # the lock (with hashes) first, then the project editable without resolving anything again; the
 # lock holds setuptools (torch needs it), so the editable build uses it instead of a fresh download
@@ -52,6 +52,11 @@ report-quick: $(STAMP)
 # fixed thresholds / betas and the sensitivity grid next to the report of record (needs make report's runs)
 report-controls: $(STAMP)
 	$(PY) -m dynrcnn controls
+
+# real photographs (docs/trees.md): data/trees from the deepforest wheel when missing, then Faster R-CNN and
+# Dynamic R-CNN at RPN NMS 0.85 with 5 paired seeds each into runs/trees, figures/trees/, notebook 08, the doc's block
+report-trees: $(STAMP)
+	$(PY) -m dynrcnn study trees
 
 smoke: $(STAMP)
 	$(PY) -m dynrcnn report --profile smoke

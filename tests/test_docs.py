@@ -104,6 +104,7 @@ def _constant(path: Path, name: str) -> str:
 @pytest.mark.parametrize("writer, tag", [
     ("dynrcnn/report/studies/mmdet.py", "RESULTS-MMDET"),
     ("dynrcnn/report/studies/controls.py", "CONTROLS"),
+    ("dynrcnn/report/studies/trees.py", "TREES"),
     ("benchmarks/step.py", "PERFORMANCE"),
 ])
 def test_each_generated_block_is_on_the_page_its_writer_targets(writer, tag):

@@ -131,6 +131,8 @@ SKIPS = {
     "OMP_NUM_THREADS=1 dynrcnn train --preset trees --method dynamic --data-root data/trees --out runs/trees/dynamic "
     "--set model.rpn_nms_thresh=0.85": "needs data/trees (the wheel from PyPI) and 8 minutes of training; "
                                        "tests/test_efficientnet.py trains a step of the same detector",
+    "make report-trees": "network when data/trees is missing (the deepforest wheel) and 40 to 90 minutes of training; "
+                         "tests/test_trees_study.py runs the same study end to end on its tiny profile",
     "dynrcnn predict runs/trees/dynamic aerial.png --out build/aerial --tile 400":
         "needs a trained trees run and an aerial image; tests/test_predict_tiled.py runs predict --tile on a tiny run",
     "python benchmarks/before_after.py /tmp/before/runs/mini /tmp/after/runs/mini":
