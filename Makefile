@@ -61,10 +61,13 @@ report-trees: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m dynrcnn report --profile smoke
 
-# the paper's overhead claim, then the training step of the report of record (docs/performance.md's block)
+# the paper's overhead claim, the training step of the report of record and the RPN's NMS (docs/performance.md's
+# blocks; the NMS also on the report's trained baseline when make report has run)
+NMS_CHECKPOINT := runs/mini/baseline/checkpoints/last.pth
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/step.py --page docs/performance.md
+	$(PY) benchmarks/nms.py $(if $(wildcard $(NMS_CHECKPOINT)),--checkpoint $(NMS_CHECKPOINT)) --page docs/performance.md
 
 # the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once); as root
 # (a container) JupyterLab refuses to start without --allow-root

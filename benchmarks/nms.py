@@ -13,7 +13,7 @@ How fast torchvision's loop is depends on the boxes: on an untrained RPN's propo
 anchors, few suppressed) it does the most work; ``--checkpoint`` measures a trained run's.
 
     python benchmarks/nms.py                        # report preset, untrained model, data/mini
-    python benchmarks/nms.py --checkpoint runs/mini/baseline/checkpoints/last.pth
+    python benchmarks/nms.py --checkpoint runs/mini/baseline/checkpoints/last.pth --page docs/performance.md
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def recording(calls: list, kind: dict):
         tv_boxes.batched_nms = original
 
 
-def capture(args) -> tuple[list, str]:
-    """The preset model's NMS inputs: RPN at training, RPN and RoI head at evaluation."""
+def capture(args, checkpoint: str | None) -> tuple[list, str]:
+    """The preset model's NMS inputs (RPN at training, RPN and RoI head at evaluation), with
+    ``checkpoint``'s weights or untrained ones."""
     cfg = get_preset(REPORT_PRESET)
     batches, _ = load_batches(args.data_root, args.batches, cfg.ims_per_batch, "cpu")
     source = f"`{args.data_root}` (train split)"
@@ -74,10 +75,10 @@ def capture(args) -> tuple[list, str]:
     num_classes = 1 + max(int(t["labels"].max()) for _, ts in batches for t in ts)
     v = build("sparse+bf16+channels_last", cfg.model.arch, "cpu", num_classes)  # torchvision's NMS in the RPN
     model, weights = v["model"], "untrained (the preset's initialisation)"
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state.get("model", state))
-        weights = f"`{Path(*Path(args.checkpoint).parts[-4:])}`"
+        weights = f"a trained run's, `{checkpoint}`"
     calls, kind = [], {}
     amp = torch.autocast("cpu", dtype=v["amp"]) if v["amp"] is not None else torch.autocast("cpu", enabled=False)
     with recording(calls, kind), amp, torch.no_grad():
@@ -95,7 +96,7 @@ def capture(args) -> tuple[list, str]:
                 model.rpn.filter_proposals = rpn_then_head
                 model(images, targets) if mode == "train" else model(images)
                 del model.rpn.filter_proposals
-    return calls, f"{source}, weights {weights}"
+    return calls, f"{weights}; batches from {source}"
 
 
 def interleaved(f, g, reps: int) -> tuple[list[float], list[float]]:
@@ -117,48 +118,55 @@ def _ms(v: list[float]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="data/mini", help="benchmark to draw batches from (default data/mini)")
-    p.add_argument("--checkpoint", default=None, help="a run's checkpoint to load (default: untrained weights)")
+    p.add_argument("--checkpoint", action="append", help="also a run's checkpoint's weights (repeatable; "
+                   "untrained weights always)")
     p.add_argument("--batches", type=int, default=2, help="batches captured per mode (default 2)")
     p.add_argument("--reps", type=int, default=40, help="timed calls per input and implementation (default 40)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the report trains)")
     p.add_argument("--page", default=None, help=f"also write the tables into this page's NMS block ({DOC_PAGE})")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    calls, source = capture(args)
-    n_calls = check(calls)
     load = os.getloadavg()[0]
     out = [f"Machine: {cpu_name()} ({os.cpu_count()} cores, load average {load:.1f} at the start), "
-           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}. Preset `{REPORT_PRESET}`, "
-           f"inputs captured from its model's forwards on {source}. `dynrcnn.modeling.nms` returned "
-           f"torchvision's indices on all {n_calls} captured calls (each group apart too).", "",
-           f"Per call and per FPN level, {args.reps} calls each, interleaved; ms as min / median / max; "
-           f"ratio: ours median / torchvision median (below 1: ours is faster). Per level: the tiled method at "
-           f"every size; per call: `batched_nms`, which takes it from {ours.MIN_BOXES} boxes per group.", "",
-           "| NMS input | boxes | torchvision ms | ours ms | ratio |", "|---|---|---|---|---|"]
-    first = {}  # one call of each kind: the RPN's at training and at evaluation, the RoI head's largest
-    for call in calls:
-        if call[0] not in first or len(call[1]) > len(first[call[0]][1]):
-            first.setdefault(call[0], call)
-            if call[0].startswith("RoI"):
-                first[call[0]] = call
-    for kind, b, s, i, t in first.values():
-        rows = [(f"{kind}, one image's `batched_nms`", b, s, i)]
-        if kind.startswith("RPN"):
-            rows += [(f"{kind}, level {k} `nms`", b[i == k], s[i == k], None) for k in torch.unique(i).tolist()]
-        for name, rb, rs, ri in rows:
-            if ri is None:
-                tv, mine = interleaved(lambda: tv_boxes.nms(rb, rs, t), lambda: ours.tiled_nms(rb, rs, t), args.reps)
-            else:
-                tv, mine = interleaved(lambda: tv_boxes.batched_nms(rb, rs, ri, t),
-                                       lambda: ours.batched_nms(rb, rs, ri, t), args.reps)
-            out.append(f"| {name} | {len(rb)} | {_ms(tv)} | {_ms(mine)} | "
-                       f"{statistics.median(mine) / statistics.median(tv):.2f} |")
+           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}. Preset `{REPORT_PRESET}`: the "
+           "inputs its model hands to `batched_nms` in training and evaluation forwards. "
+           f"{args.reps} calls each, interleaved; ms as min / median / max; ratios ours / torchvision of the "
+           "medians and of the minima (below 1: ours is faster; on a loaded machine a long call is preempted "
+           "more often than a short one, which the minima do not see). Per level: the tiled method at every size (`tiled_nms`); "
+           f"per call: what the model calls (`batched_nms`, the tiled method from {ours.MIN_BOXES} boxes per "
+           "group, torchvision's below)."]
+    for checkpoint in [None] + (args.checkpoint or []):
+        calls, source = capture(args, checkpoint)
+        n_calls = check(calls)
+        out += ["", f"Weights {source}. `dynrcnn.modeling.nms` returned torchvision's indices on all "
+                f"{n_calls} captured calls, each group apart too.", "",
+                "| NMS input | boxes | torchvision ms | ours ms | ratio of medians | ratio of minima |",
+                "|---|---|---|---|---|---|"]
+        chosen = {}  # the first call of the RPN's at training and at evaluation, the RoI head's largest
+        for call in calls:
+            if call[0] not in chosen or (call[0].startswith("RoI") and len(call[1]) > len(chosen[call[0]][1])):
+                chosen[call[0]] = call
+        for kind, b, s, i, t in chosen.values():
+            rows = [(f"{kind}, one image's `batched_nms`", b, s, i)]
+            if kind.startswith("RPN"):
+                rows += [(f"{kind}, level {k} `nms`", b[i == k], s[i == k], None) for k in torch.unique(i).tolist()]
+            for name, rb, rs, ri in rows:
+                if ri is None:
+                    tv, mine = interleaved(lambda: tv_boxes.nms(rb, rs, t), lambda: ours.tiled_nms(rb, rs, t),
+                                           args.reps)
+                else:
+                    tv, mine = interleaved(lambda: tv_boxes.batched_nms(rb, rs, ri, t),
+                                           lambda: ours.batched_nms(rb, rs, ri, t), args.reps)
+                out.append(f"| {name} | {len(rb)} | {_ms(tv)} | {_ms(mine)} | "
+                           f"{statistics.median(mine) / statistics.median(tv):.2f} | {min(mine) / min(tv):.2f} |")
     text = "\n".join(out)
     print(text)
     if args.page:
         from dynrcnn.report.text import replace_readme_block
 
-        if not replace_readme_block(args.page, "NMS", text + f"\n\nRe-measure: `python benchmarks/nms.py --page {DOC_PAGE}`."):
+        again = "".join(f" --checkpoint {c}" for c in args.checkpoint or [])
+        if not replace_readme_block(args.page, "NMS", text + f"\n\nRe-measure: `python benchmarks/nms.py{again} --page "
+                                    f"{DOC_PAGE}` (`make benchmark`)."):
             print(f"{args.page} has no NMS block markers; nothing written", file=sys.stderr)
             return 2
     return 0

@@ -12,7 +12,9 @@
    ``nms``, the RPN's exact tiled NMS of ``dynrcnn/modeling/nms.py`` on its large FPN levels
    (without it, torchvision's ``batched_nms``). The models are untrained, whose proposals make
    torchvision's NMS loop the slowest (``benchmarks/nms.py`` also measures a trained run's).
-3. Work that is not the step: decoding a batch from the benchmark's PNGs, per batch.
+3. Where the preset's step goes by stage (anchors, box coding, proposal filtering, target
+   matching, RoI sampling and pooling: the shares that bound what caching or vectorising each
+   could buy), and work that is not the step: decoding a batch from the benchmark's PNGs.
 4. Thread layout: two processes x one thread vs one process x two threads (steps per second
    of the whole machine; child processes of this script).
 
@@ -141,6 +143,41 @@ def timed_variants(variants, batches, device: str, arch: str, num_classes: int, 
     return built, times
 
 
+# the detector's stages timed apart: label -> (module path on the model, method names)
+STAGES = {
+    "RPN anchors": ("rpn.anchor_generator", ("forward",)),
+    "RPN box coding (encode + decode)": ("rpn.box_coder", ("encode", "decode")),
+    "RPN proposal filtering (top-k, clip, NMS)": ("rpn", ("filter_proposals",)),
+    "RPN anchor matching": ("rpn", ("assign_targets_to_anchors",)),
+    "RoI sampling and targets": ("roi_heads", ("select_training_samples",)),
+    "RoI pooling forward": ("roi_heads.box_roi_pool", ("forward",)),
+}
+
+
+def stage_times(v: dict, batches, device: str, steps: int) -> tuple[dict[str, float], float]:
+    """Seconds per step in each of :data:`STAGES` and in the whole step, means over ``steps`` steps."""
+    spent = dict.fromkeys(STAGES, 0.0)
+    wrapped = []
+    for label, (path, methods) in STAGES.items():
+        owner = v["model"]
+        for part in path.split("."):
+            owner = getattr(owner, part)
+        for name in methods:
+            def timed(*a, _f=getattr(owner, name), _label=label, **k):
+                t0 = time.perf_counter()
+                out = _f(*a, **k)
+                spent[_label] += time.perf_counter() - t0
+                return out
+            object.__setattr__(owner, name, timed)  # an instance attribute, removed below
+            wrapped.append((owner, name))
+    try:
+        times = [step(v, *batches[i % len(batches)], device) for i in range(steps)]
+    finally:
+        for owner, name in wrapped:
+            object.__delattr__(owner, name)
+    return {k: t / steps for k, t in spent.items()}, statistics.mean(times)
+
+
 def preset_variant(device: str) -> str:
     """The variant the report-of-record preset trains with here (read from its config)."""
     cfg = get_preset(REPORT_PRESET)
@@ -208,6 +245,7 @@ def main(argv=None) -> int:
         batches = [make_batch(n_img, size, s, args.device) for s in range(8)]
         source = f"random {size} px images"
     num_classes = 1 + max(int(t["labels"].max()) for _, ts in batches for t in ts)
+    load = os.getloadavg()[0]  # other processes share the cores when this is above 0
     built, times = timed_variants(variants, batches, args.device, args.arch, num_classes, args.steps, args.warmup)
     med = {n: statistics.median(v) for n, v in times.items()}
     if args.json:
@@ -215,7 +253,8 @@ def main(argv=None) -> int:
         return 0
     kept = preset_variant(args.device)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    out = [f"Machine: {device_name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, "
+    out = [f"Machine: {device_name} ({os.cpu_count()} cores, load average {load:.1f} when the timing began), "
+           f"{torch.get_num_threads()} threads, "
            f"torch {torch.__version__}. Preset `{REPORT_PRESET}` ({args.arch}), {n_img} images per step from "
            f"{source}; {args.steps} timed steps per variant after {args.warmup} warm-up, interleaved in one "
            f"process. The preset trains as `{kept}`.", "",
@@ -236,6 +275,13 @@ def main(argv=None) -> int:
                     "| op | ms per step | share |", "|---|---|---|"]
             for op, ms, share in profile_top(built[n], batches, args.device, steps, args.top):
                 out.append(f"| `{op}` | {ms:.2f} | {100 * share:.1f} % |")
+    if kept in built:
+        steps = min(20, args.steps)
+        spent, step_s = stage_times(built[kept], batches, args.device, steps)
+        out += ["", f"Stages of a `{kept}` step ({steps} steps, mean {step_s:.4f} s; each stage's share of "
+                "it bounds what making the stage free would save):", "",
+                "| stage | ms per step | share of the step |", "|---|---|---|"]
+        out += [f"| {label} | {1000 * t:.2f} | {100 * t / step_s:.1f} % |" for label, t in spent.items()]
     if decode_s is not None:
         out += ["", f"Decoding one batch of {n_img} PNGs: {decode_s * 1000:.1f} ms "
                 f"({decode_s / med[kept if kept in med else 'fp32']:.3f} of a `{kept if kept in med else 'fp32'}` step)."]

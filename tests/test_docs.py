@@ -118,7 +118,11 @@ def test_each_generated_block_is_on_the_page_its_writer_targets(writer, tag):
 
 def test_make_benchmark_writes_the_performance_page():
     makefile = (REPO / "Makefile").read_text()
-    assert f"benchmarks/step.py --page {_constant(REPO / 'benchmarks/step.py', 'DOC_PAGE')}" in makefile
+    page = _constant(REPO / "benchmarks/step.py", "DOC_PAGE")
+    assert f"benchmarks/step.py --page {page}" in makefile
+    assert f"--page {page}" in next(line for line in makefile.splitlines() if "benchmarks/nms.py" in line)
+    text = (REPO / page).read_text()  # benchmarks/nms.py writes step.py's page (it imports DOC_PAGE)
+    assert text.count("<!-- NMS:BEGIN -->") == 1 and text.count("<!-- NMS:END -->") == 1
 
 
 def test_readme_keeps_its_own_blocks_and_stays_a_front_page():
