@@ -129,7 +129,10 @@ def test_the_section_notebook_on_synthetic_runs(tmp_path):
     # a smaller study: the first two seeds on every side, so that every comparison pairs the same seeds
     two = controls.load_groups(tmp_path / "ref", tmp_path / "ctrl", seeds=2)
     assert {tuple(int(r.seed) for r in rs) for rs in two.runs.values() if len(rs) > 1} == {(0, 1)}
+    # ... with the final values (hence the control runs' names) of the plan, read from every reference run
+    assert two.final == final and {c["key"] for c in controls.comparisons(two)} == keys
     block = readme_body(res, "figures/controls", "build/report-controls/07_controls.html", 1.0)
-    assert "figures/controls/thresholds.png" in block
+    assert "figures/controls/thresholds.png" in block and "figures/controls/schedule.png" in block
+    assert "900 iterations (3 seeds)" in block
     assert "Runs trained on" in block and "lock" in block  # the block names the machine it came from
     assert f"| {dla['AP90']['claim']} | AP90 | 3 | {dla['AP90']['delta']:+.2f}" in block

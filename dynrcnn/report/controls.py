@@ -213,8 +213,10 @@ def load_groups(reference_root, controls_root, preset: str | None = None, seeds:
 
     preset = preset or get_profile("mini").preset
     keep = set(SEEDS[:seeds] if seeds else SEEDS)
-    reference = [r for r in find_runs(reference_root) if int(r.seed) in keep]
-    final, _, about = plan_controls(reference, preset, tuple(sorted(keep)))
+    every = find_runs(reference_root)
+    # the final values name the control runs: read them from every reference run, as the plan did
+    final, _, about = plan_controls(every, preset, tuple(sorted(keep)))
+    reference = [r for r in every if int(r.seed) in keep]
     control = [r for r in find_runs(controls_root) if int(r.seed) in keep]
     return ControlGroups.build(reference, control, final, about, get_preset(preset).max_iter)
 

@@ -62,8 +62,16 @@ def readme_body(res: dict, figures: str, notebook: str, minutes: float) -> str:
                         if c.get(f"{k} low") is not None)
         lines.append(f"| {c['claim']} | {c['metric']} | {c['seeds']} | {c['delta']:+.2f}: {ivs} | {c['status']} | "
                      f"{c.get('equivalence', '')} |")
+    sched = [r for r in res.get("schedule", []) if r["benchmark"] == "evaluation split"]
+    if sched:
+        lines += ["", "Dynamic R-CNN minus the baseline (RPN NMS 0.85) against the fine-tune's length, evaluation "
+                  "split: " + "; ".join(f"{r['iterations']} iterations ({r['seeds']} seeds) {r['AP gain']:+.2f} AP "
+                                         f"[{r['AP low']:+.2f}, {r['AP high']:+.2f}], {r['AP90 gain']:+.2f} AP90 "
+                                         f"[{r['AP90 low']:+.2f}, {r['AP90 high']:+.2f}]" for r in sched) + ".",
+                  "", f"![the gain against the schedule's length]({figures}/schedule.png)"]
     lines += ["", res["interpretation"], "", attribution(res), "",
-              f"Figures: `{figures}/` (thresholds, betas, positives per image); numbers: `{figures}/results.json`; "
+              f"Figures: `{figures}/` (thresholds, betas, positives per image, gain against the schedule's length); "
+              f"numbers: `{figures}/results.json`; "
               f"the notebook: `{notebook}`. This run took {minutes:.1f} min."]
     return "\n".join(lines)
 
