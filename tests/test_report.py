@@ -680,3 +680,32 @@ def test_variance_decomposition_splits_seed_and_image_noise():
     assert 0.2 < v["image_within_seed"] < 0.55 and 0.02 < v["image_common"] < 0.2
     assert v["se_at"]["800"] < v["se_at"]["400"] < v["se_now"] == v["se_at"]["200"]
     assert variance_decomposition({0: a[0]}, {0: b[0]}) is None
+
+
+def test_each_run_is_evaluated_as_soon_as_it_is_trained():
+    """Two workers, four runs: a run's evaluation starts before later runs' training (not after
+    the last one), so a study stopped early has its finished runs evaluated on every benchmark."""
+    import threading
+    import time
+
+    from dynrcnn.report.pipeline import Step, _run_parallel
+
+    started, lock = [], threading.Lock()
+
+    def run_step(step):
+        with lock:
+            started.append(step.output)
+        time.sleep(0.05 if step.kind == "train" else 0.01)
+        return step.output
+
+    class Bar:
+        def done(self, work, *args):
+            pass
+
+    trains = [Step("train", "03_train", f"train_{n}", {"run_dir": n}, n) for n in "abcd"]
+    evals = {n: Step("evaluate", "04_evaluate", f"evaluate_{n}", {"run_dir": n}, n) for n in "abcd"}
+    executed = []
+    _run_parallel(run_step, trains, 2, Bar(), executed, after=evals)
+    assert sorted(executed) == sorted([f"train_{n}" for n in "abcd"] + [f"evaluate_{n}" for n in "abcd"])
+    assert started.index("evaluate_a") < started.index("train_d")  # not queued behind every training
+    assert all(started.index(f"evaluate_{n}") > started.index(f"train_{n}") for n in "abcd")

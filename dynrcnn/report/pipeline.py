@@ -13,6 +13,7 @@ processes) -> ``02_method`` -> ``05_results``; then renders every executed noteb
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -310,31 +311,38 @@ def _resolve_data_root(profile: Profile, data_root, root: Path = REPO) -> Path:
 
 def _run_parallel(run_step, group: list[Step], jobs: int, bar, executed: list[Path],
                   after: dict[str, Step] | None = None) -> None:
-    """Run ``group`` ``jobs`` at a time; when a step finishes, the step ``after`` names for its
-    run directory (its evaluation) joins the queue, so a core freed at the end of training
-    evaluates finished runs instead of idling. The first failure cancels what has not started."""
+    """Run ``group`` ``jobs`` at a time, in order; when a step finishes, the step ``after`` names
+    for its run directory (its evaluation) goes to the front of the queue, so each run is
+    evaluated (on every benchmark) as soon as it is trained, not after the last training: a
+    study stopped early has its finished runs evaluated, and a core freed at the end of training
+    evaluates instead of idling. The first failure stops starting new steps."""
     after = dict(after or {})
+    queue = deque(group)
+    error = None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        pending = {pool.submit(run_step, s): s for s in group}
-        error = None
+        pending: dict = {}
+
+        def fill() -> None:
+            while queue and len(pending) < jobs and error is None:
+                step = queue.popleft()
+                pending[pool.submit(run_step, step)] = step
+
+        fill()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 step = pending.pop(f)
-                if f.cancelled():
-                    continue
                 try:
                     executed.append(f.result())
                 except ReportError as e:
                     error = error or e
-                    for g in pending:
-                        g.cancel()
                 bar.done(step.work)
                 follow = after.pop(step.params.get("run_dir"), None) if step.kind == "train" else None
                 if follow is not None and error is None:
-                    pending[pool.submit(run_step, follow)] = follow
-        if error is not None:
-            raise error
+                    queue.appendleft(follow)
+            fill()
+    if error is not None:
+        raise error
 
 
 def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path]) -> None:
