@@ -37,6 +37,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -504,11 +505,25 @@ def _foreign_files(out: Path) -> list[str]:
     return sorted(f for f in files if f not in ours)
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out`` (replacing an earlier benchmark there): a
-    reader sees the old benchmark or the new one, never a mixture."""
+def staging_folder(out: Path, what: str) -> Path:
+    """A new hidden folder next to ``out`` to write ``what`` (e.g. "the miniature benchmark")
+    into before :func:`publish_folder` moves it to ``out``; a folder that cannot be written is
+    one :class:`DataError` line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise DataError(f"cannot write {what} to {out}: {e}; "
+                        "choose another --out or fix the folder's permissions") from e
+
+
+def publish_folder(tmp: Path, out: Path) -> None:
+    """Give the finished :func:`staging_folder` ``tmp`` the permissions ``mkdir`` would have
+    (``mkdtemp`` makes it 0o700) and move it to ``out`` (replacing an earlier dataset there): a
+    reader sees the old dataset or the new one, never a mixture."""
     import shutil
 
+    os.chmod(tmp, 0o777 & ~_umask())
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
@@ -548,7 +563,6 @@ def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL
     earlier benchmark written by this function: a folder holding any other file is refused.
     """
     import shutil
-    import tempfile
 
     out = Path(out)
     if n_train < 0 or n_val < 0:
@@ -561,12 +575,7 @@ def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL
     if foreign:
         raise DataError(f"{out} holds files that 'dynrcnn data mini' did not write ({foreign[0]}, "
                         f"{len(foreign)} in all); choose an empty or new --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise DataError(f"cannot write the miniature benchmark to {out}: {e}; "
-                        "choose another --out or fix the folder's permissions") from e
+    tmp = staging_folder(out, "the miniature benchmark")
     try:
         annotation_file(tmp, SPLITS[0]).parent.mkdir()
         for split in SPLITS:
@@ -603,8 +612,7 @@ def generate_mini(out, seed: int = 0, n_train: int = N_TRAIN, n_val: int = N_VAL
             coco = _coco_dict(split, int(seed), int(image_size), results[split], settings)
             _dump_json(coco, annotation_file(tmp, split))
             summary[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> what mkdir would have given
-        _publish(tmp, out)
+        publish_folder(tmp, out)
     except OSError as e:
         raise DataError(f"cannot write the miniature benchmark to {out}: {e}; "
                         "choose another --out or fix the folder's permissions (nothing was changed)") from e

@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from dynrcnn.data.datasets import annotation_file
-from dynrcnn.data.mini import _publish, _umask
+from dynrcnn.data.mini import publish_folder, staging_folder
 from dynrcnn.errors import DataError
 from dynrcnn.io import checked_file, shown_path, write_json
 
@@ -300,12 +300,7 @@ def prepare_trees(out, wheel=None, cache=None, sha256: str = WHEEL_SHA256, sourc
     wheel = check_wheel(wheel, sha256) if wheel is not None else fetch_wheel(cache, sha256)
     images, image_sha = read_sources(wheel, sources)
     tiles = tile_split(images, val_sources)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise DataError(f"cannot write the tree dataset to {shown_path(out)}: {e}; "
-                        "choose another --out or fix the folder's permissions") from e
+    tmp = staging_folder(out, "the tree dataset")
     try:
         from tqdm import tqdm
 
@@ -334,8 +329,7 @@ def prepare_trees(out, wheel=None, cache=None, sha256: str = WHEEL_SHA256, sourc
                             "tiles": sum(t["source"] == s for sp in SPLITS for t in tiles[sp])}
                         for s in images},
         })
-        os.chmod(tmp, 0o777 & ~_umask())
-        _publish(tmp, out)
+        publish_folder(tmp, out)
     except OSError as e:
         raise DataError(f"cannot write the tree dataset to {shown_path(out)}: {e}; "
                         "choose another --out or fix the folder's permissions (nothing was changed)") from e
