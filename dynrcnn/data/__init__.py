@@ -1,0 +1,1 @@
+"""Datasets: COCO-format loading, COCO download, the generated miniature benchmark, dataset statistics."""
