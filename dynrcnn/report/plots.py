@@ -31,6 +31,7 @@ from dynrcnn.data.datastats import dataset_statistics  # noqa: E402
 from dynrcnn.reference import BASELINE_RPN_NMS  # noqa: E402
 from dynrcnn.report.analysis import share_at_least  # noqa: E402
 from dynrcnn.rundir.run_summary import rpn_nms, run_device, run_iterations, run_name, scale_label, threshold_at  # noqa: E402
+from dynrcnn.errors import DynrcnnError  # noqa: E402
 
 LOSS_KEYS = ("loss", *rundir.LOSS_KEYS)
 METHOD_COLORS = {"baseline": "tab:gray", "dla": "tab:blue", "dsl": "tab:green", "dynamic": "tab:red"}
@@ -907,6 +908,33 @@ def plot_trees_trajectories(trajs: list[dict], authors: dict | None, cap: str, n
     key.legend(*panels[0].get_legend_handles_labels(), loc="upper center", fontsize=TREES_PT, frameon=False,
                title=note or None, title_fontsize=TREES_PT)
     return _finish(fig, "Dynamic R-CNN's threshold and beta: tree crowns, miniature, COCO", cap)
+
+
+def draw_whole_image(whole: dict, wheel, cap: str = "") -> Figure:
+    """The whole held-out photograph of :func:`dynrcnn.report.trees.whole_image`, one panel per
+    method: the annotated crowns in yellow, the method's detections (merged from its tiles) solid in
+    cyan where matched one-to-one to a crown at IoU >= 0.9, dashed red otherwise. ``wheel``: the
+    pinned deepforest wheel the photograph is read from (its SHA-256 is checked against ``whole``)."""
+    from dynrcnn.data.trees import read_sources
+
+    images, shas = read_sources(Path(wheel), (whole["source"],))
+    if shas[whole["source"]] != whole["sha256"]:
+        raise DynrcnnError(f"{whole['source']} in {wheel} is not the photograph the study scored; rerun the study")
+    pixels = images[whole["source"]][0]
+    methods = list(whole["methods"].values())
+    cols = max(1, len(methods))
+    side = PAGE_WIDTH_IN / cols
+    fig = Figure(figsize=(PAGE_WIDTH_IN, side * whole["height"] / whole["width"] + 0.6))
+    axes = np.atleast_1d(fig.subplots(1, cols, squeeze=False)[0])
+    for ax, e in zip(axes, methods):
+        styles = [TREES_BOXES["truth"]] * len(whole["truth"]) + [TREES_BOXES["tight" if t else "loose"]
+                                                                 for t in e["tight"]]
+        _image_panel(ax, pixels, whole["truth"] + e["boxes"], f"{e['label']} (seed {e['seed']}): "
+                     f"{e['detections']} detections,\n{sum(e['tight'])} of {whole['crowns']} crowns at IoU >= 0.9", styles)
+    chars = int(fig.get_figwidth() * 72 / (TITLE_PT * 0.6))
+    head = (f"The whole held-out photograph ({whole['width']} x {whole['height']} px) in {whole['tile']} px tiles, "
+            f"score >= {whole['score_thresh']:g}; yellow: annotated crowns")
+    return _finish(fig, "\n".join(_wrap(head, chars)), cap)
 
 
 def draw_tree_detections(runs, labels, data_root=None, n: int = 3, score_thresh: float = 0.5,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dynrcnn.config import IOU_THRESHOLDS
+from dynrcnn.data.trees import STRIDE, TILE, VAL_SOURCES
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.report.claims import interval_verdict
 from dynrcnn.report.curves import authors_trajectory, trajectories as config_trajectories
@@ -36,6 +37,9 @@ from dynrcnn.evaluation.stats import signed
 
 SEEDS = tuple(range(5))  # the training seeds of both methods, paired (issue 33: at least five)
 LABELS = {"baseline": "Faster R-CNN", "dynamic": "Dynamic R-CNN"}
+WHOLE_IMAGE = VAL_SOURCES[0]  # the held-out YELL crop (1249 x 1035 px): the whole-photograph check
+WHOLE_SCORE = 0.5  # the score a map of crowns keeps (dynrcnn predict's default)
+WHOLE_IOUS = (0.5, 0.9)  # recall and precision on the whole photograph at these IoUs (the last: the figure's)
 MINI_ROOT = "runs/mini"  # the miniature's report of record (make report): its Dynamic R-CNN trajectory
 #: the tiny profile's settings: 4 iterations of 2 tiles at 96 px, few proposals (a pipeline check)
 TINY_OVERRIDES = ("max_iter=4", "lr_steps=3", "warmup_iters=1", "checkpoint_period=4", "log_period=1",
@@ -161,6 +165,79 @@ def comparison_text(c: dict) -> str:
     return f"{signed(c['estimate'])} {c['metric']}{bounds} ({c['seeds']}): {c['status']}, {c['equivalence']}"
 
 
+def match(boxes, truth, iou: float):
+    """``[D]`` bool: is detection ``d`` (``boxes`` ``[D, 4]`` xyxy, highest score first) matched
+    one-to-one to a crown of ``truth`` ``[G, 4]``? Each detection in turn takes the unmatched crown
+    it overlaps most, if at IoU >= ``iou``: COCO's greedy matching, for one class and one image."""
+    import torch
+    from torchvision.ops import box_iou
+
+    hits = torch.zeros(len(boxes), dtype=torch.bool)
+    if len(boxes) and len(truth):
+        overlap = box_iou(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(truth, dtype=torch.float32))
+        for d in range(len(boxes)):
+            j = int(overlap[d].argmax())
+            if overlap[d, j] >= iou:
+                hits[d] = True
+                overlap[:, j] = -1.0  # taken
+    return hits
+
+
+def whole_image(pair: dict[str, list], wheel, source: str = WHOLE_IMAGE, tile: int = TILE, stride: int = STRIDE,
+                score_thresh: float = WHOLE_SCORE) -> dict:
+    """The first seed of each method on one whole held-out photograph, as an ecologist runs it
+    (``dynrcnn predict RUN photo.png --tile 400``: :func:`~dynrcnn.evaluation.predict.detect_tiled`),
+    against the photograph's own annotation from the pinned wheel (not its tiles'): for each method
+    the detections at score >= ``score_thresh``, recall and precision at IoU 0.5 and 0.9 with
+    :func:`match`, the seconds it took, and the boxes (``xyxy``, rounded to 0.1 px) with their
+    IoU-0.9 matches for the figure."""
+    import time
+
+    import torch
+
+    from dynrcnn.data.trees import read_sources
+    from dynrcnn.evaluation.predict import Detector, detect_tiled
+
+    images, shas = read_sources(Path(wheel), (source,))
+    pixels, voc = images[source]
+    truth = torch.as_tensor(voc.boxes, dtype=torch.float32).reshape(-1, 4)
+    image = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255
+    out = {"source": source, "sha256": shas[source], "width": voc.width, "height": voc.height, "crowns": len(truth),
+           "tile": tile, "stride": stride, "score_thresh": score_thresh, "methods": {}}
+    for method, rs in pair.items():
+        if not rs:
+            continue
+        detector = Detector.from_run(rs[0].path, score_thresh=score_thresh)
+        t0 = time.perf_counter()
+        det = detect_tiled(detector, image, tile, stride)
+        seconds = time.perf_counter() - t0
+        boxes = det.boxes[det.scores.argsort(descending=True, stable=True)]
+        entry = {"label": LABELS[method], "run": rs[0].path.name, "seed": int(rs[0].seed), "detections": len(boxes),
+                 "seconds": round(seconds, 2)}
+        for iou in WHOLE_IOUS:
+            hits = int(match(boxes, truth, iou).sum())
+            entry[f"recall{iou * 100:.0f}"] = 100.0 * hits / max(1, len(truth))
+            entry[f"precision{iou * 100:.0f}"] = 100.0 * hits / max(1, len(boxes))
+        entry["boxes"] = [[round(float(v), 1) for v in b] for b in boxes]
+        entry["tight"] = match(boxes, truth, WHOLE_IOUS[-1]).tolist()
+        out["methods"][method] = entry
+    out["truth"] = [[round(float(v), 1) for v in b] for b in truth]
+    return out
+
+
+def whole_image_text(whole: dict | None) -> str:
+    """One sentence on the whole photograph from :func:`whole_image`'s numbers."""
+    if not whole or not whole["methods"]:
+        return ("The whole-photograph check did not run: the pinned wheel is not in the cache "
+                "(dynrcnn data trees puts it there).")
+    parts = [f"{e['label']} finds {e['recall50']:.0f} % of them at IoU >= 0.5 and {e['recall90']:.0f} % at IoU >= 0.9 "
+             f"(precision {e['precision50']:.0f} % / {e['precision90']:.0f} %, {e['detections']} detections, "
+             f"{e['seconds']:.0f} s)" for e in whole["methods"].values()]
+    return (f"On the whole held-out photograph {whole['source']} ({whole['width']} x {whole['height']} px, "
+            f"{whole['crowns']} annotated crowns), detected in {whole['tile']} px tiles at stride {whole['stride']} "
+            f"and merged, at score >= {whole['score_thresh']:g}: " + "; ".join(parts) + ".")
+
+
 def data_summary(data_root) -> dict:
     """Tiles and boxes of each split of the dataset (from its COCO files) and its provenance
     (``trees.json`` of ``dynrcnn data trees``, when there)."""
@@ -203,9 +280,10 @@ def readme_line(res: dict) -> str:
             f"[docs/trees.md](docs/trees.md)): Dynamic R-CNN minus Faster R-CNN at the same RPN NMS: {parts}.")
 
 
-def results(runs, mini=(), data_root=None, seeds=SEEDS, command: str = "make report-trees") -> dict:
+def results(runs, mini=(), data_root=None, seeds=SEEDS, command: str = "make report-trees", wheel=None) -> dict:
     """Everything the study reports (``figures/trees/results.json``): ``runs`` are the study's
-    run folders' runs, ``mini`` the miniature's Dynamic R-CNN runs (may be empty)."""
+    run folders' runs, ``mini`` the miniature's Dynamic R-CNN runs (may be empty); with the
+    pinned ``wheel``, the whole-photograph check (:func:`whole_image`)."""
     from dynrcnn.report.results import environment_of
 
     pair = study_runs(runs, seeds)
@@ -237,6 +315,8 @@ def results(runs, mini=(), data_root=None, seeds=SEEDS, command: str = "make rep
         "sec_per_iter": {m: float(np.nanmedian([r["sec_per_iter"] for r in rows if r["method"] == m]))
                          for m in pair if pair[m]},
     }
+    res["whole_image"] = whole_image(pair, wheel) if wheel is not None else None
+    res["whole_image_text"] = whole_image_text(res["whole_image"])
     res["interpretation"] = interpretation(res)
     res["readme_line"] = readme_line(res)
     return res
@@ -270,12 +350,14 @@ def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
               f"![AP against IoU]({figures}/ap_vs_iou.png)", "",
               f"![Threshold and beta against training progress]({figures}/trajectories.png)", "",
               f"![Detections on validation tiles]({figures}/detections.png)", "",
+              res["whole_image_text"], "",
+              *([f"![The whole held-out photograph]({figures}/whole_image.png)", ""] if res["whole_image"] else []),
               attribution(res), "",
               f"Figures: `{figures}/` (data samples, AP against IoU, trajectories, detections); numbers: "
               f"`{figures}/results.json`; the notebook: `{notebook}`. This run took {minutes:.1f} min."]
     return "\n".join(lines)
 
 
-__all__ = ["SEEDS", "LABELS", "MINI_ROOT", "PROFILES", "TINY_OVERRIDES", "trees_profile", "study_runs",
+__all__ = ["SEEDS", "LABELS", "WHOLE_IMAGE", "WHOLE_SCORE", "WHOLE_IOUS", "MINI_ROOT", "PROFILES", "TINY_OVERRIDES", "trees_profile", "study_runs",
            "mini_runs", "final_of", "trajectories", "authors_points", "run_rows", "comparisons", "comparison_text",
-           "data_summary", "interpretation", "readme_line", "results", "block"]
+           "data_summary", "match", "whole_image", "whole_image_text", "interpretation", "readme_line", "results", "block"]

@@ -129,11 +129,12 @@ def _work(ctx: StudyContext) -> Work:
 
 
 def _results(ctx: StudyContext) -> dict:
+    from dynrcnn.data.trees import cached_wheel
     from dynrcnn.rundir.runs import find_runs
 
     s = ctx.state
     return trees.results(find_runs(s["runs_root"]), trees.mini_runs(s["mini_root"]), s["data_root"], s["seeds"],
-                         command=ctx.state.get("command") or STUDY.command)
+                         command=ctx.state.get("command") or STUDY.command, wheel=cached_wheel())
 
 
 def _params(ctx: StudyContext) -> dict:
