@@ -57,6 +57,7 @@ def study(tmp_path_factory):
     data = tiny_trees(root / "data")
     (root / "docs").mkdir()
     (root / "docs" / "trees.md").write_text("# Trees\n\n<!-- TREES:BEGIN -->\n<!-- TREES:END -->\n\nafter\n")
+    (root / "README.md").write_text("# R\n\n<!-- TREES-HEADLINE:BEGIN -->\n<!-- TREES-HEADLINE:END -->\nend\n")
 
     def no_download(*a, **k):
         raise AssertionError("the tiny study must not fetch the wheel")
@@ -114,6 +115,8 @@ def test_the_tiny_study_executes_its_notebook_draws_its_figures_and_writes_the_b
     assert page.endswith("after\n") and "run_trees(profile='tiny')" in body
     assert "| AP90 |" in body and res["interpretation"] in body and "Written " in body
     assert "![Detections on validation tiles](../figures/trees/detections.png)" in body
+    readme = (root / "README.md").read_text()
+    assert f"<!-- TREES-HEADLINE:BEGIN -->\n{res['readme_line']}\n<!-- TREES-HEADLINE:END -->\nend\n" in readme
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from dynrcnn.report.progress import WORK, ReportProgress
 from dynrcnn.report.text import replace_readme_block
 
 RESULTS = "results.json"  # a study's numbers, in its figures folder
+README = "README.md"  # the front page: the report of record's blocks and each study's headline line
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Study:
     params: Callable[[StudyContext], dict]
     page: str | None = None  # the page holding the generated blocks (README.md or docs/...)
     blocks: Callable[[dict, StudyContext], dict] | None = None  # tag -> markdown body
+    readme: Callable[[dict], dict] | None = None  # tag -> a line of README.md's headline (its outcome)
     finish: Callable[[dict, StudyContext], None] | None = None  # after the notebook, inside the bar
     command: str = ""  # what a reader types to run it (named in the blocks)
 
@@ -190,6 +192,9 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
     if write_block and study.page and study.blocks is not None:
         for tag, body in study.blocks(res, ctx).items():
             replace_readme_block(root / study.page, tag, body)
+    if write_block and study.readme is not None:
+        for tag, body in study.readme(res).items():
+            replace_readme_block(root / README, tag, body)
     return res
 
 

@@ -20,12 +20,12 @@ from dynrcnn.report.pipeline import PipelineResult, _resolve_data_root, convert_
 from dynrcnn.report.profiles import Profile, get_profile
 from dynrcnn.report.progress import WORK
 from dynrcnn.report.results import results
-from dynrcnn.report.study import Study, StudyContext, Work, steps_work
+from dynrcnn.report.study import README, Study, StudyContext, Work, steps_work
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import readme_blocks
 from dynrcnn.rundir.runs import find_runs
 
-PAGE = "README.md"  # the page of the report of record's blocks
+PAGE = README  # the page of the report of record's blocks
 
 
 def _profile(ctx: StudyContext) -> Profile:

@@ -29,6 +29,7 @@ from dynrcnn.report.progress import WORK, Tracked
 from dynrcnn.report.study import Study, StudyContext, Work, run_study
 
 README_TAG = "TREES"
+HEADLINE_TAG = "TREES-HEADLINE"  # README's headline line of the study's outcome
 DOC_PAGE = "docs/trees.md"  # the page whose README_TAG block this writes (under the report's root)
 NOTEBOOK = "08_trees"
 #: the bar's units (:data:`~dynrcnn.report.progress.WORK`: 0.1 s of wall time each) of a tree run's
@@ -149,7 +150,7 @@ def _blocks(res: dict, ctx: StudyContext) -> dict:
 
 
 STUDY = Study("trees", NOTEBOOK, "figures/trees", "build/report-trees", _work, _results, _params, page=DOC_PAGE,
-              blocks=_blocks, command="make report-trees")
+              blocks=_blocks, readme=lambda res: {HEADLINE_TAG: res["readme_line"]}, command="make report-trees")
 
 
 def run_trees(root=None, jobs: int = 2, device: str = "cpu", progress: bool = True, readme: bool = True,
