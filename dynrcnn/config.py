@@ -321,8 +321,18 @@ def iou_index(iou: float) -> int:
 #: AP90's place in ``AP_per_iou``
 AP90_INDEX = iou_index(0.9)
 COCO_SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-#: the COCO evaluators ``dynrcnn eval --evaluator`` accepts (the first is the default)
-EVALUATORS = ("pycocotools", "faster-coco-eval")
+#: the COCO evaluators ``dynrcnn eval --evaluator`` accepts, the default first when it is installed
+#: (:func:`default_evaluator`): both give the same metrics (tests/test_evaluation.py), faster-coco-eval's
+#: C++ matching and accumulation in a fraction of pycocotools' time (benchmarks/eval.py)
+EVALUATORS = ("faster-coco-eval", "pycocotools")
+
+
+def default_evaluator() -> str:
+    """The COCO evaluator used when none is named: faster-coco-eval where it is installed (the
+    locked environment holds it, the ``fast`` extra), else pycocotools."""
+    import importlib.util
+
+    return EVALUATORS[0] if importlib.util.find_spec("faster_coco_eval") is not None else EVALUATORS[1]
 
 #: top-level fields the engine adds to the recorded config (not Config fields)
 CONFIG_EXTRAS = ("images_per_update", "world_size", "data")  # "data": runs.DATA_RECORD

@@ -1,11 +1,13 @@
 """COCO metrics on hand-made cases, and evaluate() end to end on a tiny trained run."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 
-from dynrcnn.config import apply_overrides
+from dynrcnn.config import apply_overrides, default_evaluator
 from dynrcnn.errors import CheckpointError, ConfigError
 from dynrcnn.evaluation.coco_eval import IOU_THRESHOLDS, ap_per_iou, coco_metrics, evaluate
 from dynrcnn.presets import get_preset
@@ -100,6 +102,62 @@ def test_unknown_or_missing_evaluator():
         assert m["AP50"] == pytest.approx(100.0) and m["AP90"] == pytest.approx(0.0)
 
 
+def scorers():
+    """pycocotools (the reference) and faster-coco-eval (skipped where it is not installed)."""
+    from dynrcnn.evaluation.coco_eval import _coco_classes
+
+    pytest.importorskip("faster_coco_eval")
+    return _coco_classes("pycocotools"), _coco_classes("faster-coco-eval")
+
+
+def noisy():
+    """Detections with localisation error, wrong classes, duplicates and tied scores (all AP terms in play)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for d in perfect() * 3:
+        x, y, w, h = d["bbox"]
+        jit = rng.normal(0, 0.15, 4) * [w, h, w, h]
+        out.append({**d, "bbox": [x + jit[0], y + jit[1], w * (1 + abs(jit[2]) / w), h * (1 + abs(jit[3]) / h)],
+                    "category_id": d["category_id"] if rng.random() < 0.8 else 10 - d["category_id"],
+                    "score": float(rng.choice([0.3, 0.6, 0.9]))})
+    return out
+
+
+@pytest.mark.parametrize("dets", [perfect, lambda: shifted(0.8), noisy], ids=["perfect", "shifted", "noisy"])
+def test_faster_coco_eval_gives_pycocotools_stats(dets):
+    # the default scorer against the reference: COCOeval's 12 summary stats and the precision
+    # array that AP per IoU threshold and per class are read from
+    results = []
+    for COCO, COCOeval in scorers():
+        gt = COCO()
+        gt.dataset = gt_dict()
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(dets()), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        results.append((np.asarray(ev.stats[:12]), np.asarray(ev.eval["precision"])))
+    (stats_py, prec_py), (stats_fast, prec_fast) = results
+    assert len(stats_py) == len(stats_fast) == 12
+    np.testing.assert_allclose(stats_fast, stats_py, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(prec_fast, prec_py, rtol=0, atol=1e-12)
+    py, fast = (coco_metrics(gt_dict(), dets(), evaluator=e) for e in ("pycocotools", "faster-coco-eval"))
+    assert fast["AP_per_iou"] == pytest.approx(py["AP_per_iou"], abs=1e-9)
+    assert [c["AP"] for c in fast["per_class"]] == pytest.approx([c["AP"] for c in py["per_class"]], abs=1e-9)
+
+
+def test_default_evaluator_is_faster_coco_eval_where_installed(monkeypatch):
+    import importlib.util
+
+    from dynrcnn import config
+
+    real = importlib.util.find_spec
+    assert config.default_evaluator() == ("faster-coco-eval" if real("faster_coco_eval") else "pycocotools")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faster_coco_eval" else real(name, *a))
+    assert config.default_evaluator() == "pycocotools"
+
+
 def test_evaluate_end_to_end(tmp_path, capsys):
     from dynrcnn.engine.trainer import train
     from dynrcnn.data.mini import generate_mini
@@ -115,7 +173,7 @@ def test_evaluate_end_to_end(tmp_path, capsys):
     for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP_per_iou", "iou_thresholds", "AP90",
               "images_per_sec", "evaluator", "checkpoint", "num_images"):
         assert k in ev, k
-    assert ev["num_images"] == 4 and ev["evaluator"] == "pycocotools" and len(ev["AP_per_iou"]) == 10
+    assert ev["num_images"] == 4 and ev["evaluator"] == default_evaluator() and len(ev["AP_per_iou"]) == 10
     assert all(np.isfinite(v) for v in ev["AP_per_iou"]) and 0 <= ev["AP"] <= 100 and ev["images_per_sec"] > 0
     dets = json.loads((run / "detections.json").read_text())
     gt = json.loads((root / "annotations" / "instances_val.json").read_text())
@@ -156,3 +214,25 @@ def test_per_class_ap_equals_cocoeval_restricted_to_that_class():
         ev.accumulate()
         ev.summarize()
     assert by["a"]["AP"] == pytest.approx(ev.stats[0] * 100) and by["a"]["AP50"] == pytest.approx(ev.stats[1] * 100)
+
+
+def test_held_evaluation_of_either_evaluator_is_reused_by_default(tmp_path):
+    # the two evaluators give the same metrics: an eval file scored by pycocotools satisfies an
+    # evaluation that names none (the default), not one that names the other evaluator
+    from dynrcnn.evaluation.coco_eval import held_evaluation
+    from dynrcnn.io import file_sha256
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    (root / "annotations").mkdir(parents=True)
+    ann = root / "annotations" / "instances_val.json"
+    ann.write_text(json.dumps(gt_dict()))
+    ckpt = run / "checkpoints" / "last.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    (run / "detections.json").write_text("[]")
+    (run / "eval.json").write_text(json.dumps({
+        "evaluator": "pycocotools", "split": "val", "data_root": str(root), "annotation_sha256": file_sha256(ann),
+        "checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt), "device": "cpu"}))
+    assert held_evaluation(run, None, ckpt, root, "val", None, "cpu")["evaluator"] == "pycocotools"
+    assert held_evaluation(run, None, ckpt, root, "val", "pycocotools", "cpu") is not None
+    assert held_evaluation(run, None, ckpt, root, "val", "faster-coco-eval", "cpu") is None

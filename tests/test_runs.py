@@ -87,7 +87,7 @@ def test_cli_defaults_and_help():
     assert parser.parse_args(["train", "--resume", "runs/x"]).resume == "runs/x"
     assert parser.parse_args(["train", "--out", "runs/x", "--resume"]).resume is True
     args = parser.parse_args(["eval", "runs/x"])
-    assert args.evaluator == "pycocotools" and args.checkpoint is None
+    assert args.evaluator is None and args.checkpoint is None  # None: config.default_evaluator()
     for action in parser._subparsers._group_actions[0].choices["train"]._actions:
         assert action.help, action.dest
 

@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from dynrcnn.evaluation.coco_eval import coco_metrics
 from dynrcnn.evaluation.seed_intervals import verdict
-from dynrcnn.evaluation.stats import ap_samples, bootstrap_delta, image_matches, weighted_ap
+from dynrcnn.evaluation.stats import ap_samples, bootstrap_delta, image_matches, image_weights, weighted_ap
 
 
 def make_gt(images):
@@ -57,22 +57,37 @@ def test_unit_weights_equal_pycocotools(seed):
     images, dets = random_case(seed)
     gt = make_gt(images)
     ours = weighted_ap(image_matches(gt, dets), np.ones(len(images)))[0]
-    ref = coco_metrics(gt, dets)["AP_per_iou"]
+    ref = coco_metrics(gt, dets, evaluator="pycocotools")["AP_per_iou"]
     assert ours == pytest.approx(ref, abs=1e-9)
 
 
 def test_integer_weights_equal_duplicated_images():
     images, dets = random_case(5, n_images=6)
     weights = np.array([2, 0, 1, 3, 1, 0])
+    ours = weighted_ap(image_matches(make_gt(images), dets), weights[None, :])[0]
+    assert ours == pytest.approx(duplicated_ap(images, dets, weights), abs=1e-9)
+
+
+def duplicated_ap(images, dets, weights):
+    """pycocotools' AP per IoU threshold on the image multiset ``weights`` (image i ``weights[i]`` times)."""
     dup_images, dup_dets = [], []
     for i, w in enumerate(weights):
-        for _ in range(w):
+        for _ in range(int(w)):
             dup_images.append(images[i])
-            new_id = len(dup_images)
-            dup_dets += [dict(d, image_id=new_id) for d in dets if d["image_id"] == i + 1]
-    ref = coco_metrics(make_gt(dup_images), dup_dets)["AP_per_iou"]
-    ours = weighted_ap(image_matches(make_gt(images), dets), weights[None, :])[0]
-    assert ours == pytest.approx(ref, abs=1e-9)
+            dup_dets += [dict(d, image_id=len(dup_images)) for d in dets if d["image_id"] == i + 1]
+    return coco_metrics(make_gt(dup_images), dup_dets, evaluator="pycocotools")["AP_per_iou"]
+
+
+def test_all_resamples_at_once_equal_pycocotools_row_by_row():
+    # weighted_ap computes every row in one pass (no loop over rows): each row must still be
+    # pycocotools' AP of its image multiset, rows where a category has no ground truth included
+    images, dets = random_case(11, n_images=8)
+    weights = image_weights(len(images), n_boot=6, seed=2)
+    weights[0] = 0
+    weights[0, 0] = len(images)  # one image drawn 8 times: some categories have no ground truth
+    ours = weighted_ap(image_matches(make_gt(images), dets), weights)
+    for row, w in zip(ours, weights):
+        assert row == pytest.approx(duplicated_ap(images, dets, w), abs=1e-9)
 
 
 def test_bootstrap_distribution_by_hand():

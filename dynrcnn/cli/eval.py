@@ -56,9 +56,9 @@ def _register_eval(subparsers, device: str) -> None:
                    help=f"store the results as {runs.eval_file('RUN_DIR', 'NAME').name} and "
                         f"{runs.detections_file('RUN_DIR', 'NAME').name} (default: {runs.EVAL} on the run's own "
                         "data; on another --data-root, that folder's name: the run's own results are never replaced)")
-    p.add_argument("--evaluator", default=EVALUATORS[0], choices=EVALUATORS,
-                   help="COCO evaluator: pycocotools (reference, default) or faster-coco-eval (faster; "
-                        "pip install faster-coco-eval)")
+    p.add_argument("--evaluator", default=None, choices=EVALUATORS,
+                   help="COCO evaluator (the same metrics; default: faster-coco-eval where installed, else "
+                        "pycocotools, the reference; an eval file made by either is reused)")
     p.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default here: {device})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary line is still printed)")
     p.add_argument("--overwrite", action="store_true",

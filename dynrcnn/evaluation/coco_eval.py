@@ -1,8 +1,8 @@
 """COCO bbox evaluation of a run: ``detections.json`` and ``eval.json``.
 
 ``evaluate(run_dir)`` loads the run's ``config.json`` and a checkpoint (``last.pth`` by
-default), runs the detector over the validation split and scores it with pycocotools (or
-faster-coco-eval, when installed and asked for). ``eval.json`` holds AP, AP50, AP75,
+default), runs the detector over the validation split and scores it with faster-coco-eval where it is
+installed, else pycocotools (:func:`dynrcnn.config.default_evaluator`; the same metrics, tested). ``eval.json`` holds AP, AP50, AP75,
 AP_S/M/L and AP at each IoU threshold 0.50:0.05:0.95, all in percent like the paper's
 tables, plus inference images/s.
 
@@ -27,7 +27,7 @@ from dynrcnn.rundir import integrity
 from dynrcnn.rundir import provenance
 from dynrcnn.rundir import runs
 from dynrcnn.checkpoint.state import load_for_eval
-from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device
+from dynrcnn.config import COCO_SUMMARY, EVALUATORS, IOU_THRESHOLDS, check_device, default_evaluator
 from dynrcnn.errors import CheckpointError, ConfigError, DataError
 from dynrcnn.io import file_sha256, read_json, shown_path
 
@@ -73,11 +73,12 @@ def ap_per_iou(precision: np.ndarray, area_index: int = 0, maxdet_index: int = -
     return out
 
 
-def coco_metrics(gt, detections: list[dict], evaluator: str = EVALUATORS[0], verbose: bool = False) -> dict:
+def coco_metrics(gt, detections: list[dict], evaluator: str | None = None, verbose: bool = False) -> dict:
     """COCO bbox metrics of ``detections`` (results format, xywh) against ``gt`` (annotation
     file path, dataset dict or COCO object). AP values in percent; undefined ones
-    (e.g. no small objects) are ``None``; no detections at all give AP 0."""
-    COCO, COCOeval = _coco_classes(evaluator)
+    (e.g. no small objects) are ``None``; no detections at all give AP 0. ``evaluator``: a name
+    in :data:`EVALUATORS` (None: :func:`~dynrcnn.config.default_evaluator`)."""
+    COCO, COCOeval = _coco_classes(evaluator or default_evaluator())
     coco_gt = _load_gt(gt, COCO)
     keys = COCO_SUMMARY
     if not detections:
@@ -181,13 +182,13 @@ def _check_num_classes(state: dict, dataset, ckpt_path) -> None:
                         f"{dataset.num_classes - 1} ({ckpt_path}); evaluate on data with the run's categories")
 
 
-def held_evaluation(run_dir, tag: str | None, ckpt_path: Path, data_root, split: str, evaluator: str,
+def held_evaluation(run_dir, tag: str | None, ckpt_path: Path, data_root, split: str, evaluator: str | None,
                     device: str) -> dict | None:
     """The evaluation ``eval[-<tag>].json`` already holds when it is this one: the same checkpoint
     (its SHA-256; an older record without it: the same file name, not modified since: a run
     directory may have moved), the same data
-    (folder, split and annotation SHA-256), evaluator and device type, with its detections file
-    present. ``None`` otherwise. The reuse rule of ``evaluate``: a finished run's results are
+    (folder, split and annotation SHA-256), evaluator (``None``: either, as they give the same
+    metrics) and device type, with its detections file present. ``None`` otherwise. The reuse rule of ``evaluate``: a finished run's results are
     not written again for the same question."""
     from dynrcnn.data.datasets import annotation_file
 
@@ -198,7 +199,7 @@ def held_evaluation(run_dir, tag: str | None, ckpt_path: Path, data_root, split:
     ann = annotation_file(data_root, split)
     same_data = (held.get("split") == split and held.get("data_root") and provenance.same_path(held["data_root"], data_root)
                  and ann.is_file() and held.get("annotation_sha256") == file_sha256(ann))
-    same_setup = (held.get("evaluator") == evaluator
+    same_setup = (evaluator in (None, held.get("evaluator"))
                   and torch.device(str(held.get("device", "cpu"))).type == torch.device(device).type)
     if not (same_data and same_setup and held.get("checkpoint")):
         return None
@@ -211,7 +212,7 @@ def held_evaluation(run_dir, tag: str | None, ckpt_path: Path, data_root, split:
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_root: str | None = None,
-             device: str = "cpu", evaluator: str = EVALUATORS[0], progress: bool = False,
+             device: str = "cpu", evaluator: str | None = None, progress: bool = False,
              name: str | None = None, allow_class_mismatch: bool = False, force: bool = False) -> dict:
     """Evaluate a run's checkpoint (default ``checkpoints/last.pth``) on its validation split.
 
@@ -226,12 +227,13 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
     ``name`` forces the tag. Every eval file records ``data_root``, ``split``, the annotation
     file's SHA-256 and the checkpoint's. An eval file that already holds this evaluation (same
     checkpoint, data, evaluator and device type: :func:`held_evaluation`) is returned as it is,
-    not written again, unless ``force``.
+    not written again, unless ``force``. ``evaluator``: a name in :data:`EVALUATORS`; ``None``
+    scores with :func:`~dynrcnn.config.default_evaluator` and reuses a held evaluation of either.
     """
     from dynrcnn.data.datasets import load_dataset
     from dynrcnn.modeling.model import build_model
 
-    _coco_classes(evaluator)  # fail early with a clear message
+    _coco_classes(evaluator or default_evaluator())  # fail early with a clear message
     check_device(device)
     run = Path(run_dir)
     cfg = runs.read_config(run)
@@ -266,10 +268,11 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, data_roo
         detections, ips = predict(model, dataset, batch_size=cfg.eval_batch_size, device=device,
                                   num_workers=min(cfg.num_workers, 2), amp=cfg.amp, progress=progress)
         runs.write_detections(run, detections, tag)
-        metrics = coco_metrics(dataset.annotation_file, detections, evaluator=evaluator)
+        scorer = evaluator or default_evaluator()
+        metrics = coco_metrics(dataset.annotation_file, detections, evaluator=scorer)
         metrics.update({
             "images_per_sec": ips,
-            "evaluator": evaluator,
+            "evaluator": scorer,
             "checkpoint": str(ckpt_path),
             "checkpoint_iteration": int(ckpt["iteration"]),
             "checkpoint_sha256": file_sha256(ckpt_path),
