@@ -15,7 +15,6 @@ recomputes each run's AP on 1000 image resamples (``dynrcnn.evaluation.stats``: 
    * scorer: faster-coco-eval against pycocotools (``coco_metrics``);
    * bootstrap matches: ``COCOeval.evaluate()`` on the area range "all" only (what
      ``image_matches`` runs) against all four ranges;
-   * bootstrap AP: ``weighted_ap``, all resamples at once, against the row-by-row loop it replaced;
    * forward: the run's ``eval_batch_size`` against batch size 2 and twice the run's; two threads
      against one; the backbone in channels-last; bf16 autocast (changes the numerics: reported, off).
 
@@ -50,30 +49,6 @@ from dynrcnn.evaluation import stats
 from dynrcnn.evaluation.coco_eval import coco_metrics, detections_to_coco
 
 BLOCK = "EVAL"  # the marked block of --page this script writes
-
-
-def rowwise_weighted_ap(m: stats.ImageMatches, weights: np.ndarray) -> np.ndarray:
-    """``stats.weighted_ap`` as it was up to commit b413321: one ``searchsorted`` per resample row,
-    category and threshold (the reference the vectorised one is timed and checked against)."""
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    rec_thrs = np.linspace(0.0, 1.0, 101)
-    total = np.zeros((weights.shape[0], m.num_thresholds))
-    defined = np.zeros((weights.shape[0], 1))
-    for c in m.categories:
-        npig = weights @ c.gt_count
-        defined[:, 0] += npig > 0
-        if c.det_image.size == 0:
-            continue
-        w = weights[:, c.det_image]
-        for t in range(m.num_thresholds):
-            tp, fp = np.cumsum(w * c.tp[t], axis=1), np.cumsum(w * c.fp[t], axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rc = tp / npig[:, None]
-            pr = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
-            for b in np.nonzero(npig > 0)[0]:
-                idx = np.searchsorted(rc[b], rec_thrs, side="left")
-                total[b, t] += pr[b, idx[idx < rc.shape[1]]].sum() / len(rec_thrs)
-    return np.where(defined > 0, 100.0 * total / np.maximum(defined, 1), 0.0)
 
 
 def interleaved(fns: dict, reps: int) -> dict:
@@ -217,13 +192,6 @@ def main(argv=None) -> int:
     rows += [_row("bootstrap matches: `COCOeval.evaluate()`, 4 area ranges (before)", t["all4"], t["all4"], ""),
              _row("bootstrap matches: area range \"all\" only", t["all"], t["all4"],
                   f"exact: per-image matches {'identical' if same else 'DIFFER'}")]
-    # bootstrap AP
-    diff = float(np.max(np.abs(stats.weighted_ap(matches, weights) - rowwise_weighted_ap(matches, weights))))
-    t = interleaved({"rows": lambda: rowwise_weighted_ap(matches, weights),
-                     "vec": lambda: stats.weighted_ap(matches, weights)}, max(1, args.reps // 2))
-    rows += [_row(f"bootstrap AP, {args.boot} resamples: row by row (before)", t["rows"], t["rows"], ""),
-             _row("bootstrap AP: all resamples at once", t["vec"], t["rows"],
-                  f"exact: AP differs by at most {diff:.1e}")]
 
     if not args.skip_forward:
         ids = [int(tg["image_id"]) for _, tg in items]

@@ -117,11 +117,6 @@ def weighted_ap(m: ImageMatches, weights: np.ndarray) -> np.ndarray:
     Row b is the image multiset in which image i appears ``weights[b, i]`` times; a row of
     ones is the evaluation set itself. Categories without ground truth in a row are left out
     of that row's mean, as pycocotools leaves them out (precision -1).
-
-    pycocotools reads the precision at each recall threshold r from the first detection whose
-    recall reaches r (``searchsorted(rc, r, "left")``). All rows at once: detection d takes the
-    thresholds in ``(rc[d-1], rc[d]]``, counted with one ``searchsorted`` of the recalls into the
-    101 thresholds, so the sum over thresholds is ``sum_d pr[d] x count[d]`` with no loop over rows.
     """
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     n_boot, n_thr = weights.shape[0], m.num_thresholds
@@ -139,12 +134,13 @@ def weighted_ap(m: ImageMatches, weights: np.ndarray) -> np.ndarray:
             tp = np.cumsum(w * c.tp[t], axis=1)
             fp = np.cumsum(w * c.fp[t], axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
-                rc = tp / npig[:, None]  # non-decreasing along each row (weights are >= 0)
+                rc = tp / npig[:, None]
             pr = tp / (fp + tp + np.spacing(1))
             pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # monotone from the right
-            reached = np.searchsorted(rec_thrs, rc, side="right")  # [B, D]: thresholds <= rc
-            count = np.diff(reached, axis=1, prepend=0)  # thresholds first reached at each detection
-            total[:, t] += np.where(has, (pr * count).sum(axis=1), 0.0) / len(rec_thrs)
+            for b in np.nonzero(has)[0]:
+                idx = np.searchsorted(rc[b], rec_thrs, side="left")
+                ok = idx < rc.shape[1]
+                total[b, t] += pr[b, idx[ok]].sum() / len(rec_thrs)
     with np.errstate(invalid="ignore"):
         return np.where(defined > 0, 100.0 * total / np.maximum(defined, 1), 0.0)
 
