@@ -122,8 +122,8 @@ def _methodology(result, profile, hw: str) -> str:
                  if gen else "COCO 2017 (train2017 / val2017)")
     return (f"<p>Preset <code>{html.escape(profile.preset)}</code> on {html.escape(data_note)}; runs\n"
             f"{html.escape(', '.join(f'{s.name} ({s.method})' for s in profile.runs))}; device {html.escape(hw)}.\n"
-            "Each run is one execution of the training notebook (papermill), evaluated with pycocotools\n"
-            f"(AP at IoU 0.50:0.05:0.95, AP90 selected by index). Pipeline wall time {result.wall_time_sec / 60:.1f} min.\n"
+            "Each run is one execution of the training notebook (papermill), evaluated with COCO's metrics\n"
+            f"(faster-coco-eval, pycocotools' numbers; AP at IoU 0.50:0.05:0.95, AP90 selected by index). Pipeline wall time {result.wall_time_sec / 60:.1f} min.\n"
             f"{html.escape(profile.description)}.</p>")
 
 
