@@ -215,11 +215,11 @@ def whole_image(pair: dict[str, list], wheel, source: str = WHOLE_IMAGE, tile: i
         entry = {"label": LABELS[method], "run": rs[0].path.name, "seed": int(rs[0].seed), "detections": len(boxes),
                  "seconds": round(seconds, 2)}
         for iou in WHOLE_IOUS:
-            hits = int(match(boxes, truth, iou).sum())
-            entry[f"recall{iou * 100:.0f}"] = 100.0 * hits / max(1, len(truth))
-            entry[f"precision{iou * 100:.0f}"] = 100.0 * hits / max(1, len(boxes))
+            matched = match(boxes, truth, iou)
+            entry[f"recall{iou * 100:.0f}"] = 100.0 * int(matched.sum()) / max(1, len(truth))
+            entry[f"precision{iou * 100:.0f}"] = 100.0 * int(matched.sum()) / max(1, len(boxes))
         entry["boxes"] = [[round(float(v), 1) for v in b] for b in boxes]
-        entry["tight"] = match(boxes, truth, WHOLE_IOUS[-1]).tolist()
+        entry["tight"] = matched.tolist()  # the last IoU of WHOLE_IOUS: the figure's
         out["methods"][method] = entry
     out["truth"] = [[round(float(v), 1) for v in b] for b in truth]
     return out
