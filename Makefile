@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test report report-quick report-controls report-trees smoke venv lock mmdet-env mmdet clean benchmark jupyter
+.PHONY: test report report-quick report-controls report-trees report-premise smoke venv lock mmdet-env mmdet clean benchmark jupyter
 
 # the lock (with hashes) first, then the project editable without resolving anything again; the
 # lock holds setuptools (torch needs it), so the editable build uses it instead of a fresh download
@@ -57,6 +57,11 @@ report-controls: $(STAMP)
 # Dynamic R-CNN at RPN NMS 0.85 with 5 paired seeds each into runs/trees, figures/trees/, notebook 08, the doc's block
 report-trees: $(STAMP)
 	$(PY) -m dynrcnn study trees
+
+# the premise (docs/premise.md): the benchmark frozen by the search (dynrcnn premise search / freeze), a fresh
+# draw into data/premise, fixed 0.5 / 0.6 / 0.7, DLA, DSL, Dynamic R-CNN x 10 paired seeds into runs/premise_test
+report-premise: $(STAMP)
+	$(PY) -m dynrcnn study premise
 
 smoke: $(STAMP)
 	$(PY) -m dynrcnn report --profile smoke

@@ -126,6 +126,10 @@ SKIPS = {
     "faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth dynamic_rcnn_r50_fpn_1x-62a3f276.pth": PUBLISHED,
     "dynrcnn premise search --jobs 2": "hours of baseline training (seven candidates x nine runs); "
                                        "tests/test_premise.py runs the search end to end on the smoke preset",
+    "dynrcnn premise freeze": "needs the search's record with a candidate that shows the paradox; "
+                              "tests/test_premise_study.py tests the rule, the draw and the declaration",
+    "make report-premise": "needs a frozen benchmark and about an hour of training (60 runs); "
+                           "tests/test_premise_study.py runs the same study end to end on a tiny draw",
     "dynrcnn data trees --out data/trees": "network: fetches the deepforest wheel from PyPI; tests/test_trees.py "
                                            "prepares a hand-made wheel through the same code",
     "OMP_NUM_THREADS=1 dynrcnn train --preset trees --method dynamic --data-root data/trees --out runs/trees/dynamic "

@@ -41,9 +41,34 @@ def _search(args) -> int:
     return 0
 
 
+def _freeze(args) -> int:
+    from dynrcnn.errors import DynrcnnError
+    from dynrcnn.report import premise_test as pt
+    from dynrcnn.report.premise import CANDIDATES, best_fixed_threshold, chosen, read_records
+    from dynrcnn.report.studies.premise import draw_test_data
+
+    args.data_root = args.data_root or pt.DATA_ROOT
+    pick = chosen(read_records(args.record))
+    if pick is None:
+        raise DynrcnnError(f"no declared candidate in {args.record} shows the paradox (a): nothing to freeze; "
+                           "docs/premise.md says what was tried")
+    name = pick["candidate"]
+    print(f"the declared rule chooses {name}: AP(0.7) - AP(0.5) interval below 0 on the search's draw; "
+          f"best fixed threshold there {best_fixed_threshold(pick):g}")
+    sha = draw_test_data(CANDIDATES[name], args.data_root)
+    frozen = pt.Frozen(name, pick["data"]["annotation_sha256"], sha)
+    print(f"test draw (data seed {pt.TEST_DATA_SEED}) in {args.data_root}: annotations sha256 {sha}")
+    if pt.FROZEN is not None and pt.FROZEN != frozen:
+        raise DynrcnnError(f"dynrcnn/report/premise_test.py freezes {pt.FROZEN}, the record and the draw give {frozen}")
+    print("frozen: dynrcnn/report/premise_test.py has it" if pt.FROZEN == frozen else
+          "to freeze it, set in dynrcnn/report/premise_test.py and commit before any Dynamic R-CNN, DLA or DSL run:\n"
+          f'FROZEN = Frozen("{frozen.candidate}", "{frozen.search_sha256}",\n                "{frozen.test_sha256}")')
+    return 0
+
+
 def register(subparsers) -> None:
     from dynrcnn.config import default_device
-    from dynrcnn.report.premise import CANDIDATES, DEFAULT_SEEDS, PAGE, RECORD
+    from dynrcnn.report.premise import CANDIDATES, DEFAULT_SEEDS, PAGE, PRESET, RECORD
 
     p = subparsers.add_parser(
         "premise", help="the paper's premise: its targets, and the search for a benchmark that shows them",
@@ -77,7 +102,7 @@ def register(subparsers) -> None:
                    "(default: %(default)s)")
     s.add_argument("--page", default=PAGE, help="page whose candidates table is rewritten ('' for none; "
                    "default: %(default)s)")
-    s.add_argument("--preset", default="mini", help="training preset of the runs (default: %(default)s)")
+    s.add_argument("--preset", default=PRESET, help="training preset of the runs (default: %(default)s)")
     s.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                    help="training seeds per threshold (default: %(default)s; at least 3)")
     s.add_argument("--train", type=int, default=None, help="training images drawn (default: the benchmark's 2000)")
@@ -87,3 +112,14 @@ def register(subparsers) -> None:
     s.add_argument("--jobs", type=int, default=1, help="runs trained at a time (default: %(default)s)")
     s.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
     s.set_defaults(func=_search)
+
+    f = sub.add_parser(
+        "freeze", help="apply the declared rule to the search's record and draw the frozen benchmark's test data",
+        description="Choose the candidate the declared rule gives (the first declared candidate whose paradox "
+                    "interval lies below 0), draw its benchmark on the test's fresh data seed and print the "
+                    "FROZEN declaration to commit before any Dynamic R-CNN, DLA or DSL run on it (or check the "
+                    "committed one). Then: make report-premise.",
+        formatter_class=HelpFormatter)
+    f.add_argument("--record", default=RECORD, help="the search's record (default: %(default)s)")
+    f.add_argument("--data-root", default=None, help="where the test draw goes (default: data/premise)")
+    f.set_defaults(func=_freeze)

@@ -611,17 +611,18 @@ def schedule_figure(table, cap: str) -> Figure:
                    legend=axes[0].get_legend_handles_labels())
 
 
-def positives_figure(curves: list[dict], cap: str) -> Figure:
+def positives_figure(curves: list[dict], cap: str,
+                     ylabel: str = "positives per image\n(proposals + ground truth)") -> Figure:
     """Positive proposals per image (before sampling) over training, per fixed threshold and DLA
-    (``curves`` from :func:`dynrcnn.report.controls.positives_curves`)."""
+    (``curves`` from :func:`dynrcnn.report.controls.positives_curves`; ``ylabel``: what they
+    count, e.g. :func:`dynrcnn.report.premise_test.positives_curves`'s per object)."""
     fig = Figure(figsize=(PAGE_WIDTH_IN, 3.0))
     ax = fig.subplots()
     fixed = [c for c in curves if c["label"] != "DLA"]
     for i, c in enumerate(curves):
         style = dict(color="black", lw=2, ls="--") if c["label"] == "DLA" else dict(color=f"C{fixed.index(c)}")
         ax.plot(c["iteration"], c["positives"], label=f"{c['label']} ({c['seeds']} seeds)", **style)
-    ax.set(xlabel="iteration", ylabel="positives per image\n(proposals + ground truth)",
-           title="positives at the training threshold")
+    ax.set(xlabel="iteration", ylabel=ylabel, title="positives at the training threshold")
     ax.grid(alpha=0.3)
     _legend_right(ax)
     return _finish(fig, "How many positives each threshold leaves", cap)
@@ -869,7 +870,8 @@ def draw_crowns(datasets: dict, per_split: int = 3, seed: int = 0, title: str = 
     return _finish(fig, title or "Tree-crown tiles with every annotated crown", cap)
 
 
-def plot_trees_trajectories(trajs: list[dict], authors: dict | None, cap: str, note: str = "") -> Figure:
+def plot_trees_trajectories(trajs: list[dict], authors: dict | None, cap: str, note: str = "",
+                            title: str = "Dynamic R-CNN's threshold and beta: tree crowns, miniature, COCO") -> Figure:
     """The IoU threshold and SmoothL1 beta of Dynamic R-CNN against training progress (fraction of
     the schedule, log scale), one line per dataset (``trajs``: ``label``, ``data``, ``seeds``,
     ``max_iter``, ``iou_threshold`` / ``beta`` as (iterations, mean over seeds); from
@@ -907,7 +909,7 @@ def plot_trees_trajectories(trajs: list[dict], authors: dict | None, cap: str, n
     key.axis("off")
     key.legend(*panels[0].get_legend_handles_labels(), loc="upper center", fontsize=TREES_PT, frameon=False,
                title=note or None, title_fontsize=TREES_PT)
-    return _finish(fig, "Dynamic R-CNN's threshold and beta: tree crowns, miniature, COCO", cap)
+    return _finish(fig, title, cap)
 
 
 def draw_whole_image(whole: dict, wheel, cap: str = "") -> Figure:

@@ -30,6 +30,7 @@ from dynrcnn.evaluation.premise import THRESHOLDS, TARGETS, measure
 #: the data seed candidate benchmarks are drawn with: not the report's 0, the pretraining's 1 or the
 #: evaluation benchmark's 2; the frozen benchmark's test (issue 32, step 3) draws a fresh one
 SEARCH_DATA_SEED = 3
+PRESET = "mini"  # the preset every candidate's runs (and the frozen benchmark's test) train
 DEFAULT_SEEDS = (0, 1, 2)
 RECORD = "docs/premise_candidates.jsonl"
 PAGE = "docs/premise.md"
@@ -113,21 +114,27 @@ def _annotation_sha256(data_root: Path) -> str:
     return h.hexdigest()
 
 
+def candidate_overrides(candidate: Candidate, preset: str = None, extra_overrides=()) -> tuple[str, ...]:
+    """Every ``--set`` override a run on ``candidate`` trains with beside its threshold or method:
+    :data:`BASE_OVERRIDES`, the candidate's, ``extra_overrides``, then a log line every
+    ``max_iter // 100`` iterations (the first 1 % of training is a window of its own) with the
+    proposal statistics (``log_stats``) and the evaluation at the end: targets (b) and (c)."""
+    from dynrcnn.presets import build_config
+
+    own = (*BASE_OVERRIDES, *candidate.overrides, *extra_overrides)
+    max_iter = build_config(preset or PRESET, "baseline", overrides=list(own)).max_iter
+    return (*own, f"log_period={max(1, max_iter // 100)}", "log_stats=true", "eval_at_end=true")
+
+
 def run_specs(candidate: Candidate, data_root, runs_root, preset: str, seeds, extra_overrides=()) -> list:
     """``(name, config)`` of the candidate's baseline runs: each fixed threshold with each seed."""
     from dynrcnn.presets import build_config
 
-    out = []
-    own = [*BASE_OVERRIDES, *candidate.overrides, *extra_overrides]
-    for t in THRESHOLDS:
-        for seed in seeds:
-            base = build_config(preset, "baseline", seed=seed, data_root=str(data_root), overrides=own)
-            log_period = max(1, base.max_iter // 100)
-            cfg = build_config(preset, "baseline", seed=seed, data_root=str(data_root),
-                               overrides=[f"model.fg_iou_thresh={t:g}", f"log_period={log_period}", "log_stats=true",
-                                          "eval_at_end=true", *own])
-            out.append((Path(runs_root) / f"fixed{round(t * 100):d}_seed{seed}", cfg))
-    return out
+    own = candidate_overrides(candidate, preset, extra_overrides)
+    return [(Path(runs_root) / f"fixed{round(t * 100):d}_seed{seed}",
+             build_config(preset, "baseline", seed=seed, data_root=str(data_root),
+                          overrides=[f"model.fg_iou_thresh={t:g}", *own]))
+            for t in THRESHOLDS for seed in seeds]
 
 
 def _train_one(job: tuple) -> str:
@@ -155,7 +162,7 @@ def _train_one(job: tuple) -> str:
     return str(out)
 
 
-def search_candidate(candidate: Candidate, root, preset: str = "mini", seeds=DEFAULT_SEEDS, jobs: int = 1,
+def search_candidate(candidate: Candidate, root, preset: str = PRESET, seeds=DEFAULT_SEEDS, jobs: int = 1,
                      device: str = "cpu", n_train: int | None = None, n_val: int | None = None,
                      extra_overrides=(), data_seed: int = SEARCH_DATA_SEED, log=print) -> dict:
     """Draw ``candidate``'s benchmark under ``root/<name>/data``, train its baseline runs under
@@ -307,6 +314,27 @@ def write_page(page=PAGE, record=RECORD) -> bool:
     return replace_readme_block(page, TAG, candidates_markdown(read_records(record)))
 
 
+def chosen(records: list[dict]) -> dict | None:
+    """The record line the declared rule freezes (docs/premise.md, "What is left"): going through
+    :data:`CANDIDATES` in their declared order (the fewest changes first), the first whose latest
+    measurement shows the paradox, (a)'s AP interval below 0; ``None`` when none does. Records
+    of candidates that are not declared (``--candidate-json``) are never chosen."""
+    latest = {}
+    for r in records:
+        latest[r["candidate"]] = r
+    return next((latest[n] for n in CANDIDATES if n in latest and latest[n]["met"].get("a") is True), None)
+
+
+def best_fixed_threshold(record: dict, metric: str = "AP") -> float:
+    """The fixed threshold of :data:`THRESHOLDS` with the highest mean ``metric`` over the seeds
+    of a search record (the best fixed control of the test, chosen on the search's draw)."""
+    means = record["measured"]["a"]["means"][metric]
+    scored = [(means[f"{t:g}"], t) for t in THRESHOLDS if means.get(f"{t:g}") is not None]
+    if not scored:
+        raise DynrcnnError(f"the record of {record.get('candidate')} has no {metric} at a fixed threshold")
+    return max(scored)[1]
+
+
 def search(names_or_candidates, root, record=RECORD, page=PAGE, **kwargs) -> list[dict]:
     """:func:`search_candidate` for each candidate (a name of :data:`CANDIDATES` or a
     :class:`Candidate`), appending each measurement to ``record`` and rewriting ``page``'s table."""
@@ -325,4 +353,5 @@ def search(names_or_candidates, root, record=RECORD, page=PAGE, **kwargs) -> lis
 
 
 __all__ = ["Candidate", "CANDIDATES", "SEARCH_DATA_SEED", "TARGETS", "search", "search_candidate", "run_specs",
-           "append_record", "read_records", "candidates_markdown", "write_page", "candidate_from_json"]
+           "append_record", "read_records", "candidates_markdown", "write_page", "candidate_from_json",
+           "candidate_overrides", "chosen", "best_fixed_threshold", "PRESET"]

@@ -19,7 +19,7 @@ from dynrcnn.reference import DYNAMIC_RPN_NMS
 
 REPO = CHECKOUT  # the checkout root, under its report name
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls", "08_trees")
+NOTEBOOKS = ("01_data", "02_method", "03_train", "04_evaluate", "05_results", "06_mmdet", "07_controls", "08_trees", "09_premise")
 #: the results notebook's figures that the summary page and README embed (file names in the figures folder)
 FIGURE_FILES = {"trend": "trend.png", "ap_vs_iou": "ap_vs_iou.png", "detections_compare": "detections_compare.png",
                 "tight_share": "tight_share.png", "seeds": "ablation_seeds.png"}

@@ -75,6 +75,21 @@ def train_and_evaluate(job: tuple) -> str:
     return str(run_dir)
 
 
+def train_in_workers(jobs: list[tuple], workers: int, done=lambda run_dir: None) -> None:
+    """:func:`train_and_evaluate` each job, ``workers`` processes at a time (spawned: each sets its
+    own torch threads), calling ``done(run_dir)`` as each finishes, in order."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            done(train_and_evaluate(job))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        for run_dir in pool.map(train_and_evaluate, jobs):
+            done(run_dir)
+
+
 def _jobs(profile: Profile, runs_root: Path, data_root: Path, device: str, threads: int) -> list[tuple]:
     from dynrcnn.presets import build_config
 
@@ -108,17 +123,7 @@ def _work(ctx: StudyContext) -> Work:
             prepare_trees(data_root)
             bar.done(UNITS["data"])
         bar.phase(f"training and evaluating {len(todo)} runs, {ctx.jobs} at a time")
-        if ctx.jobs <= 1 or len(todo) <= 1:
-            for job in todo:
-                train_and_evaluate(job)
-                bar.done(UNITS["evaluate"])
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=mp.get_context("spawn")) as pool:
-                for _ in pool.map(train_and_evaluate, todo):
-                    bar.done(UNITS["evaluate"])
+        train_in_workers(todo, ctx.jobs, lambda _: bar.done(UNITS["evaluate"]))
         bar.phase(f"bootstrap samples of {len(jobs)} runs")
         precompute([load_run(j[0]) for j in jobs], jobs=ctx.jobs)
         bar.done(WORK["bootstrap"] * len(jobs))
@@ -171,4 +176,4 @@ def run_trees(root=None, jobs: int = 2, device: str = "cpu", progress: bool = Tr
                      figures=figures, state=state)
 
 
-__all__ = ["STUDY", "run_trees", "train_and_evaluate", "README_TAG", "DOC_PAGE"]
+__all__ = ["STUDY", "run_trees", "train_and_evaluate", "train_in_workers", "README_TAG", "DOC_PAGE"]
