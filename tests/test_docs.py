@@ -105,6 +105,7 @@ def _constant(path: Path, name: str) -> str:
     ("dynrcnn/report/studies/mmdet.py", "RESULTS-MMDET"),
     ("dynrcnn/report/studies/controls.py", "CONTROLS"),
     ("dynrcnn/report/studies/trees.py", "TREES"),
+    ("dynrcnn/report/studies/premise.py", "PREMISE-TEST"),
     ("benchmarks/step.py", "PERFORMANCE"),
 ])
 def test_each_generated_block_is_on_the_page_its_writer_targets(writer, tag):
@@ -127,7 +128,8 @@ def test_make_benchmark_writes_the_performance_page():
 
 def test_readme_keeps_its_own_blocks_and_stays_a_front_page():
     readme = (REPO / "README.md").read_text()
-    for tag in ("RESULTS-HEADLINE", "RESULTS"):
+    headlines = [_constant(REPO / f"dynrcnn/report/studies/{s}.py", "HEADLINE_TAG") for s in ("trees", "premise")]
+    for tag in ("RESULTS-HEADLINE", "RESULTS", *headlines):  # each study's headline line has its place
         begin, end = _markers(tag)
         assert readme.count(begin) == 1 and readme.count(end) == 1, tag
     assert len(readme.splitlines()) <= 150
