@@ -446,18 +446,25 @@ def seed_strip_figure(configs: list[dict], cap: str) -> Figure:
     fig = Figure(figsize=(PAGE_WIDTH_IN, 2.6 * max(1, len(metrics))))
     axes = np.atleast_1d(fig.subplots(max(1, len(metrics)), 1))
     rng = np.random.default_rng(0)
+    nms = {c["nms"] for c in configs}
+
+    def tick(c) -> str:  # the RPN NMS only where the configurations differ in it
+        name = c["label"].split(" (")[0]
+        return name if len(nms) == 1 else f"{name}, NMS {c['nms']:g}"
+
     for ax, m in zip(axes, metrics):
         for i, c in enumerate(configs):
             vals = np.array(list(c["values"][m].values()), dtype=float)
             col = _group_color(c["method"], c["nms"], i)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(vals)), vals, s=18, color=col, alpha=0.8, zorder=3)
             ax.hlines(vals.mean(), i - 0.3, i + 0.3, color="k", lw=2, zorder=4)
-        ax.set_xticks(range(len(configs)), [f"{c['label'].split(' (')[0]}, NMS {c['nms']:g}\nn={len(c['values'][m])}"
-                                            for c in configs], fontsize=TEXT_PT + 1)
+        ax.set_xticks(range(len(configs)), [f"{tick(c)}\nn={len(c['values'][m])}" for c in configs],
+                      fontsize=TEXT_PT + 1)
         ax.set_ylabel(f"{m} (%)")
         ax.set_title(f"{m}: a dot per seed, bar = mean", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xlabel("configuration (method, RPN NMS) and its seeds", fontsize=9)
+    axes[-1].set_xlabel("configuration (method, RPN NMS) and its seeds" if len(nms) != 1 else
+                        f"configuration (all at RPN NMS {next(iter(nms)):g}) and its seeds", fontsize=9)
     return _finish(fig, "Seed by seed: the spread the intervals are built from", cap)
 
 
