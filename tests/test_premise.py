@@ -39,6 +39,16 @@ def test_the_page_names_every_declared_candidate():
     assert all(f"`{name}`" in text for name in CANDIDATES)
 
 
+def test_the_page_shows_the_search_record_as_committed():
+    """The candidates table is written from docs/premise_candidates.jsonl, never edited by hand."""
+    from dynrcnn.report.premise import candidates_markdown, read_records
+    from dynrcnn.report.text import readme_markers
+
+    begin, end = readme_markers("PREMISE-CANDIDATES")
+    block = PAGE.read_text().split(begin, 1)[1].split(end, 1)[0].strip()
+    assert block == candidates_markdown(read_records(REPO / "docs" / "premise_candidates.jsonl"))
+
+
 def test_the_cascade_numbers_are_those_of_its_figures():
     # Fig. 1(d) / 5(a): u=0.5 (AP=0.349) u=0.6 (AP=0.354) u=0.7 (AP=0.319); Fig. 4's first panel
     assert premise.CASCADE_FIXED_AP == {0.5: 34.9, 0.6: 35.4, 0.7: 31.9}
