@@ -341,28 +341,38 @@ def _mean(vals) -> float | None:
 
 
 def targets_rows(targets: dict | None) -> list[str]:
-    """The targets (a)-(d) measured on the test's fixed-threshold runs, as markdown table rows."""
+    """The targets (a)-(d) measured on the test's fixed-threshold runs beside COCO's reference
+    (:mod:`dynrcnn.evaluation.premise`), as markdown table rows."""
+    from dynrcnn.evaluation import premise as ref
+
     if not targets:
         return []
+    word = {True: "yes", False: "no", None: "-"}
     a = targets["a"]["diff_070_050"].get("AP", {})
     b = [r for r in targets["b"]["runs"] if r.get("ratio_0.01") is not None]
     late = [r["late"] for r in targets["c"]["runs"] if r.get("late")]
     d = targets["d"]
-    rows = ["| target | on the test's draw | met |", "|---|---|---|",
+    coco = ref.COCO_SIZE_SHARES
+    rows = ["| target | on the test's draw | COCO | met |", "|---|---|---|---|",
             f"| (a) AP(0.7) - AP(0.5), paired t [95 %] | {signed(a.get('estimate', math.nan))} "
-            f"[{signed(a.get('low', math.nan))}, {signed(a.get('high', math.nan))}] | {targets['a']['met']} |"]
+            f"[{signed(a.get('low', math.nan))}, {signed(a.get('high', math.nan))}] | "
+            f"{signed(ref.CASCADE_FIXED_AP[0.7] - ref.CASCADE_FIXED_AP[0.5])} (Cascade R-CNN) | "
+            f"{word[targets['a']['met']]} |"]
     if b:
         rows.append(f"| (b) positives per object, first 1 % / 10 % over last 10 % | "
                     f"{np.mean([r['ratio_0.01'] for r in b]):.2f} / "
-                    f"{np.mean([r['ratio_0.1'] for r in b if r.get('ratio_0.1') is not None]):.2f} | "
-                    f"{targets['b']['met']} |")
+                    f"{np.mean([r['ratio_0.1'] for r in b if r.get('ratio_0.1') is not None]):.2f} | not found | "
+                    f"{word[targets['b']['met']]} |")
     if late:
         rows.append("| (c) late share of proposals >= 0.5 / 0.6 / 0.7 (%) | "
                     + " / ".join(f"{100 * np.mean([s[u] for s in late]):.1f}" for u in ("0.5", "0.6", "0.7"))
-                    + f" | {targets['c']['met']} |")
+                    + " | " + " / ".join(f"{ref.CASCADE_RPN_SHARES[u]:.1f}" for u in ref.SHARE_IOUS)
+                    + f" | {word[targets['c']['met']]} |")
     rows.append(f"| (d) objects per image, small / medium / large (%) | {d['objects_per_image']:.1f}, "
                 f"{100 * d['relative']['small']:.0f} / {100 * d['relative']['medium']:.0f} / "
-                f"{100 * d['relative']['large']:.0f} | {d['met']} |")
+                f"{100 * d['relative']['large']:.0f} | {ref.COCO_INSTANCES_PER_IMAGE:g}, "
+                + " / ".join(f"{100 * coco[k]:.0f}" for k in ("small", "medium", "large"))
+                + f" | {word[d['met']]} |")
     return rows
 
 
