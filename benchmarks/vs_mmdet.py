@@ -14,7 +14,8 @@ peer environment (``make mmdet-env``)::
     .venv/bin/python benchmarks/vs_mmdet.py --data-root data/mini \\
         --backbone data/pretrained/backbone-mini_pretrain-<sha>.pth --rounds 3
 
-Prints the machine, each round's medians and ratio, and min / median / max of the ratios.
+Prints the machine, each round's medians and ratio, and min / median / max of the ratios; with
+``--page docs/performance.md`` also writes them into that page's ``VS-MMDET`` block.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 PEER_SCRIPT = REPO / "peer_mmdet" / "train.py"
 PEER_METHOD = {"baseline": "faster", "dynamic": "dynamic"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+BLOCK = "VS-MMDET"  # the marked block of --page this script writes
+HEADLINE = "VS-MMDET-HEADLINE"  # README's line of it (--readme)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="iterations skipped at the start of each run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--peer-python", default=str(PEER_PYTHON), metavar="PYTHON")
+    p.add_argument("--page", default=None, help=f"also write the result into this page's {BLOCK} block "
+                                                "(docs/performance.md)")
+    p.add_argument("--readme", default=None, help=f"also write the one-line summary into this file's {HEADLINE} "
+                                                  "block (README.md)")
     return p.parse_args(argv)
 
 
@@ -62,7 +69,7 @@ def per_iteration(metrics_file: Path, warmup: int) -> float:
 
 def one_round(args, work: Path, seed: int) -> tuple[float, float]:
     ours_dir, peer_dir = work / f"ours_{seed}", work / f"mmdet_{seed}"
-    common = [f"model.rpn_nms_thresh=0.85", f"model.backbone_weights={Path(args.backbone).resolve()}", "log_period=10"]
+    common = ["model.rpn_nms_thresh=0.85", f"model.backbone_weights={Path(args.backbone).resolve()}", "log_period=10"]
     ours = [sys.executable, "-m", "dynrcnn", "train", "--preset", args.preset, "--method", args.method,
             "--data-root", args.data_root, "--out", str(ours_dir), "--seed", str(seed), "--no-progress",
             "--no-build-backbone", *[a for o in (*common, f"max_iter={2 * args.iters}", "eval_at_end=false",
@@ -89,17 +96,49 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path} not found: {what} is needed")
     from dynrcnn.rundir.environment import cpu_model
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; one thread per process, "
-          f"the two side by side; preset {args.preset}, method {args.method}")
-    ratios = []
+    machine = (f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, "
+               f"{platform.platform()}")
+    print(f"machine: {machine}; one thread per process, the two side by side; preset {args.preset}, "
+          f"method {args.method}")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="vs_mmdet_") as tmp:
         for r in range(args.rounds):
             ours, theirs = one_round(args, Path(tmp), r)
-            ratios.append(ours / theirs)
+            rows.append((ours, theirs, ours / theirs))
             print(f"round {r}: ours {ours:.3f} s/iter, MMDetection {theirs:.3f} s/iter, ours / MMDetection "
                   f"x{ours / theirs:.2f}")
-    print(f"ours / MMDetection per training iteration over {len(ratios)} rounds: min x{min(ratios):.2f}, "
-          f"median x{statistics.median(ratios):.2f}, max x{max(ratios):.2f}")
+    ratios = [x[2] for x in rows]
+    summary = (f"ours / MMDetection per training iteration over {len(ratios)} rounds: min x{min(ratios):.2f}, "
+               f"median x{statistics.median(ratios):.2f}, max x{max(ratios):.2f}")
+    print(summary)
+    if args.page:
+        from dynrcnn.report.text import replace_readme_block
+
+        lines = [f"Machine: {machine}. Preset `{args.preset}`, method `{args.method}`, RPN NMS 0.85, the same data and "
+                 f"pretrained backbone; one thread per process, the two trained at the same time; per round the "
+                 f"median seconds per iteration after {args.warmup} iterations (ours trains {2 * args.iters} "
+                 f"iterations, MMDetection {args.iters}, so that both are busy for about the same time).", "",
+                 "| round | ours s / iteration | MMDetection s / iteration | ours / MMDetection |", "|---|---|---|---|",
+                 *[f"| {i} | {o:.3f} | {t:.3f} | x{q:.2f} |" for i, (o, t, q) in enumerate(rows)], "",
+                 f"{summary[0].upper()}{summary[1:]}.", "",
+                 # the command a reader of the page runs: make report's own data and backbone folders
+                 f"Re-measure: `.venv/bin/python benchmarks/vs_mmdet.py --data-root data/mini --backbone "
+                 f"data/pretrained/{Path(args.backbone).name} --rounds {args.rounds} --page {args.page}` (after "
+                 "`make report` and `make mmdet-env`)."]
+        if not replace_readme_block(args.page, BLOCK, "\n".join(lines)):
+            raise SystemExit(f"{args.page} has no <!-- {BLOCK}:BEGIN/END --> block")
+        print(f"written to {args.page}")
+    if args.readme:
+        from dynrcnn.report.text import replace_readme_block
+
+        page = args.page or "docs/performance.md"
+        line = (f"- **Speed against MMDetection**: ours / MMDetection per training iteration, the two trained side by "
+                f"side on one thread each ({args.preset}, {cpu_model()}): median x{statistics.median(ratios):.2f} "
+                f"over {len(ratios)} rounds (min x{min(ratios):.2f}, max x{max(ratios):.2f}); `benchmarks/vs_mmdet.py`, "
+                f"[{page}]({page}#ours-against-mmdetection-side-by-side).")
+        if not replace_readme_block(args.readme, HEADLINE, line):
+            raise SystemExit(f"{args.readme} has no <!-- {HEADLINE}:BEGIN/END --> block")
+        print(f"written to {args.readme}")
     return 0
 
 

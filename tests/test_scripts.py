@@ -112,3 +112,27 @@ def test_peer_scripts_import_and_answer_help_in_the_peer_environment():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in PEER_SCRIPTS:
         assert f"== {name}\nusage:" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_vs_mmdet_writes_its_rounds_to_the_page_and_one_line_to_readme(tmp_path, monkeypatch):
+    """The side-by-side speed benchmark's output, with the two trainings replaced by fixed
+    timings: each round's medians and ratio in the page's block, the median ratio in README's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vs_mmdet", REPO / "benchmarks" / "vs_mmdet.py")
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+    timings = iter([(0.16, 0.40), (0.18, 0.36), (0.17, 0.34)])
+    monkeypatch.setattr(vs, "one_round", lambda args, work, seed: next(timings))
+    page, readme = tmp_path / "performance.md", tmp_path / "README.md"
+    page.write_text(f"a\n<!-- {vs.BLOCK}:BEGIN -->\nold\n<!-- {vs.BLOCK}:END -->\nb\n")
+    readme.write_text(f"# R\n<!-- {vs.HEADLINE}:BEGIN -->\n<!-- {vs.HEADLINE}:END -->\nend\n")
+    for path in (tmp_path / "data", tmp_path / "b.pth", tmp_path / "python"):
+        path.write_text("") if path.suffix or path.name == "python" else path.mkdir()
+    assert vs.main(["--data-root", str(tmp_path / "data"), "--backbone", str(tmp_path / "b.pth"), "--rounds", "3",
+                    "--peer-python", str(tmp_path / "python"), "--page", str(page), "--readme", str(readme)]) == 0
+    text = page.read_text()
+    assert "| 0 | 0.160 | 0.400 | x0.40 |" in text and "| 2 | 0.170 | 0.340 | x0.50 |" in text
+    assert "min x0.40, median x0.50, max x0.50" in text and "old" not in text and text.endswith("b\n")
+    line = readme.read_text().splitlines()[2]
+    assert line.startswith("- **Speed against MMDetection**") and "median x0.50 over 3 rounds" in line
