@@ -95,6 +95,28 @@ def test_auto_is_sparse_on_cpu_and_torchvision_when_asked(monkeypatch):
         ra.roi_align(feat, rois, (2, 2), backward="fast")
 
 
+def test_the_pooler_is_torchvisions_multiscale_roi_align_bit_for_bit():
+    """No zero fill: every RoI row is written by its level, and the output and the features'
+    gradients equal torchvision's MultiScaleRoIAlign exactly (torchvision's backward, not aligned);
+    a NaN box, which no level claims, gives a zero row as in torchvision."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    feats = {str(k): torch.randn(2, 4, 32 >> k, 32 >> k, requires_grad=True) for k in range(4)}
+    boxes = [_boxes(1, 60, seed=s, dtype=torch.float32)[:, 1:].clamp(0, 127) for s in (3, 4)]
+    boxes = [torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:]) + 1], 1) * 2 for b in boxes]
+    boxes[1][5] = float("nan")
+    outs, grads = [], []
+    for pool in (MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
+                 RoIAlignPooler(["0", "1", "2", "3"], 7, 2, backward="torchvision")):
+        out = pool(feats, boxes, [(256, 256)] * 2)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, list(feats.values()), torch.arange(out.numel()).reshape(out.shape)
+                                         .float().sin()))
+    assert torch.equal(outs[0], outs[1]) and outs[1][60 + 5].abs().sum() == 0
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1]))
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 def test_the_pooler_gives_torchvisions_gradients(aligned):
     torch.manual_seed(0)

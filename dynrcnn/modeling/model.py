@@ -89,11 +89,19 @@ class RoIAlignPooler(MultiScaleRoIAlign):
                                                          self.canonical_level)
         rois = _convert_to_roi_format(boxes)
         levels = self.map_levels(boxes)
-        out = feats[0].new_zeros((len(rois), feats[0].shape[1]) + self.output_size)
+        # every row is written by exactly one level (the mapper clamps to the levels), so the
+        # output needs no zero fill (torchvision's: a memset of the whole [R, C, 7, 7] tensor);
+        # rows no level claims (a NaN box) are zeroed below, as torchvision leaves them
+        out = feats[0].new_empty((len(rois), feats[0].shape[1]) + self.output_size)
+        written = 0
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
+            written += len(idx)
             out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio,
                                  aligned=self.aligned, backward=self.backward).to(out.dtype)
+        if written != len(rois):
+            unclaimed = ~((levels >= 0) & (levels < len(feats)))
+            out[unclaimed] = 0
         return out
 
 
