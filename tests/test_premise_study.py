@@ -137,6 +137,7 @@ def test_the_tiny_study_writes_results_the_block_and_the_line(study):
     assert {t["run"] for t in res["trajectories"]} == {"dla", "dsl", "dynamic"}
     page = (root / "docs" / "premise.md").read_text()
     assert "run_premise(tiny)" in page and "| Dynamic R-CNN vs the baseline | primary | AP90 |" in page
+    assert "its 12 runs trained for" in page  # the runs' own training time, not only this invocation's
     readme = (root / "README.md").read_text()
     assert "**The premise**" in readme and readme.rstrip().endswith("end")
     out = root / "build" / "report-premise"
