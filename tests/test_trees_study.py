@@ -114,6 +114,7 @@ def test_the_tiny_study_executes_its_notebook_draws_its_figures_and_writes_the_b
     body = page.split("<!-- TREES:BEGIN -->")[1].split("<!-- TREES:END -->")[0]
     assert page.endswith("after\n") and "run_trees(profile='tiny')" in body
     assert "| AP90 |" in body and res["interpretation"] in body and "Written " in body
+    assert "its 4 runs trained for" in body  # the runs' own training time beside this invocation's
     assert "![Detections on validation tiles](../figures/trees/detections.png)" in body
     readme = (root / "README.md").read_text()
     assert f"<!-- TREES-HEADLINE:BEGIN -->\n{res['readme_line']}\n<!-- TREES-HEADLINE:END -->\nend\n" in readme

@@ -377,19 +377,9 @@ def targets_rows(targets: dict | None) -> list[str]:
     return rows
 
 
-def training_text(rows: list[dict]) -> str:
-    """``; its 60 runs trained for 62 run-minutes (0.9 / 1.0 / 1.2 min each)`` from the runs' own
-    ``train_done.json`` (a study that reuses finished runs takes less than their training did)."""
-    mins = [r["train_minutes"] for r in rows if math.isfinite(r.get("train_minutes", math.nan))]
-    if not mins:
-        return ""
-    return (f"; its {len(mins)} runs trained for {sum(mins):.0f} run-minutes ({min(mins):.1f} / "
-            f"{float(np.median(mins)):.1f} / {max(mins):.1f} min each, min / median / max)")
-
-
 def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
     """The ``PREMISE-TEST`` block of docs/premise.md, from ``results.json`` only."""
-    from dynrcnn.report.study import attribution
+    from dynrcnn.report.study import attribution, training_text
 
     f = res["frozen"]
     lines = [f"## The test (written by `{res['command']}`; do not edit by hand)", "",
@@ -427,4 +417,4 @@ def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
 __all__ = ["TEST_DATA_SEED", "SEEDS", "DATA_ROOT", "RUNS_ROOT", "FIGURES", "CONFIGS", "LABELS", "Comparison",
            "PRIMARY", "SECONDARY_ROWS", "Frozen", "FROZEN", "config_overrides", "premise_profile",
            "frozen_candidate", "groups", "run_rows", "config_means", "claim_rows", "claim_text", "positives_curves",
-           "trajectories", "seed_configs", "interpretation", "readme_line", "results", "targets_rows", "training_text", "block"]
+           "trajectories", "seed_configs", "interpretation", "readme_line", "results", "targets_rows", "block"]

@@ -148,6 +148,20 @@ def attribution(res: dict) -> str:
     return when + (f". {environment_line(res['environment'])}" if res.get("environment") else ".")
 
 
+def training_text(rows: list[dict]) -> str:
+    """A study block's account of its runs' training, from rows carrying ``train_minutes``:
+    ``; its 60 runs trained for 62 run-minutes (0.9 / 1.0 / 1.2 min each)`` from the runs' own
+    ``train_done.json`` (a study that reuses finished runs takes less than their training did)."""
+    import math
+    import statistics
+
+    mins = [r["train_minutes"] for r in rows if math.isfinite(r.get("train_minutes", math.nan))]
+    if not mins:
+        return ""
+    return (f"; its {len(mins)} runs trained for {sum(mins):.0f} run-minutes ({min(mins):.1f} / "
+            f"{statistics.median(mins):.1f} / {max(mins):.1f} min each, min / median / max)")
+
+
 def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progress: bool = True,
               write_block: bool = True, out=None, figures=None, state: dict | None = None, log=print,
               train: bool = True) -> dict:
@@ -221,5 +235,5 @@ def study_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(studies.__path__))
 
 
-__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
+__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "training_text", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
            "study_names"]

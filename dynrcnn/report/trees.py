@@ -139,6 +139,7 @@ def run_rows(pair: dict[str, list]) -> list[dict]:
                          **{m: float(e[m]) for m in METRICS}, "AP_per_iou": [float(v) for v in e["AP_per_iou"]],
                          "final_threshold": final_of(r, "iou_threshold"), "final_beta": final_of(r, "beta"),
                          "sec_per_iter": float((r.done or {}).get("sec_per_iter_median", math.nan)),
+                         "train_minutes": float((r.done or {}).get("wall_time_sec", math.nan)) / 60,
                          "iterations": int(r.iterations)})
     return rows
 
@@ -325,7 +326,7 @@ def results(runs, mini=(), data_root=None, seeds=SEEDS, command: str = "make rep
 def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
     """The ``TREES`` block of docs/trees.md, from ``results.json`` only (``figures``: the figures
     folder as the page links it)."""
-    from dynrcnn.report.study import attribution
+    from dynrcnn.report.study import attribution, training_text
 
     lines = [f"## The study (written by `{res['command']}`; do not edit by hand)", "",
              f"Faster R-CNN and Dynamic R-CNN, both at RPN NMS {res['rpn_nms']:g}, {res['seeds_used']} paired seeds "
@@ -354,7 +355,8 @@ def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
               *([f"![The whole held-out photograph]({figures}/whole_image.png)", ""] if res["whole_image"] else []),
               attribution(res), "",
               f"Figures: `{figures}/` (data samples, AP against IoU, trajectories, detections); numbers: "
-              f"`{figures}/results.json`; the notebook: `{notebook}`. This run took {minutes:.1f} min."]
+              f"`{figures}/results.json`; the notebook: `{notebook}`. This run took {minutes:.1f} min"
+              f"{training_text(res['runs'])}."]
     return "\n".join(lines)
 
 
