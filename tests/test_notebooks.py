@@ -263,7 +263,8 @@ def test_a_report_killed_during_training_finishes_with_the_same_numbers(smoke, t
     proc.wait()
     assert not all((r / "train_done.json").is_file() for r in runs.glob("*") if r.name != ".cache"), \
         "killed after training ended"
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    again = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert again.returncode == 0, f"the second report failed after the kill:\n{again.stderr[-3000:]}"
     killed = json.loads((base / "report-killed" / "figures" / "results.json").read_text())
     whole = json.loads((smoke.figures_dir / "results.json").read_text())
 

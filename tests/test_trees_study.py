@@ -99,7 +99,7 @@ def test_the_tiny_study_executes_its_notebook_draws_its_figures_and_writes_the_b
 
     root, _, res = study
     for name in FIGURES:
-        path = root / "figures" / "trees" / f"{name}.png"
+        path = root / "figures" / "trees" / trees.FIGURE_FILES[name]
         assert path.is_file() and path.stat().st_size > 5000, path
     out = root / "build" / "report-trees"
     nb = nbformat.read(out / "08_trees.ipynb", as_version=4)
@@ -115,7 +115,7 @@ def test_the_tiny_study_executes_its_notebook_draws_its_figures_and_writes_the_b
     assert page.endswith("after\n") and "run_trees(profile='tiny')" in body
     assert "| AP90 |" in body and res["interpretation"] in body and "Written " in body
     assert "its 4 runs trained for" in body  # the runs' own training time beside this invocation's
-    assert "![Detections on validation tiles](../figures/trees/detections.png)" in body
+    assert "![Detections on validation tiles](../figures/trees/detections.jpg)" in body
     readme = (root / "README.md").read_text()
     assert f"<!-- TREES-HEADLINE:BEGIN -->\n{res['readme_line']}\n<!-- TREES-HEADLINE:END -->\nend\n" in readme
 

@@ -41,6 +41,9 @@ WHOLE_IMAGE = VAL_SOURCES[0]  # the held-out YELL crop (1249 x 1035 px): the who
 WHOLE_SCORE = 0.5  # the score a map of crowns keeps (dynrcnn predict's default)
 WHOLE_IOUS = (0.5, 0.9)  # recall and precision on the whole photograph at these IoUs (the last: the figure's)
 MINI_ROOT = "runs/mini"  # the miniature's report of record (make report): its Dynamic R-CNN trajectory
+#: the study's figures by name: the photographs as JPEG (a tenth of their PNG size in git), the plots as PNG
+FIGURE_FILES = {"data_samples": "data_samples.jpg", "ap_vs_iou": "ap_vs_iou.png", "trajectories": "trajectories.png",
+                "detections": "detections.jpg", "whole_image": "whole_image.jpg"}
 #: the tiny profile's settings: 4 iterations of 2 tiles at 96 px, few proposals (a pipeline check)
 TINY_OVERRIDES = ("max_iter=4", "lr_steps=3", "warmup_iters=1", "checkpoint_period=4", "log_period=1",
                   "dynamic.interval=2", "ims_per_batch=2", "eval_batch_size=4", "num_workers=0",
@@ -348,11 +351,12 @@ def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
         lines.append(f"| {c['metric']} | {signed(c['estimate'])} {bounds} | {c['seeds']} | {c['status']} | "
                      f"{c['equivalence']} |")
     lines += ["", res["interpretation"], "",
-              f"![AP against IoU]({figures}/ap_vs_iou.png)", "",
-              f"![Threshold and beta against training progress]({figures}/trajectories.png)", "",
-              f"![Detections on validation tiles]({figures}/detections.png)", "",
+              f"![AP against IoU]({figures}/{FIGURE_FILES['ap_vs_iou']})", "",
+              f"![Threshold and beta against training progress]({figures}/{FIGURE_FILES['trajectories']})", "",
+              f"![Detections on validation tiles]({figures}/{FIGURE_FILES['detections']})", "",
               res["whole_image_text"], "",
-              *([f"![The whole held-out photograph]({figures}/whole_image.png)", ""] if res["whole_image"] else []),
+              *([f"![The whole held-out photograph]({figures}/{FIGURE_FILES['whole_image']})", ""]
+                if res["whole_image"] else []),
               attribution(res), "",
               f"Figures: `{figures}/` (data samples, AP against IoU, trajectories, detections); numbers: "
               f"`{figures}/results.json`; the notebook: `{notebook}`. This run took {minutes:.1f} min"
@@ -360,6 +364,6 @@ def block(res: dict, figures: str, notebook: str, minutes: float) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SEEDS", "LABELS", "WHOLE_IMAGE", "WHOLE_SCORE", "WHOLE_IOUS", "MINI_ROOT", "PROFILES", "TINY_OVERRIDES", "trees_profile", "study_runs",
+__all__ = ["SEEDS", "LABELS", "FIGURE_FILES", "WHOLE_IMAGE", "WHOLE_SCORE", "WHOLE_IOUS", "MINI_ROOT", "PROFILES", "TINY_OVERRIDES", "trees_profile", "study_runs",
            "mini_runs", "final_of", "trajectories", "authors_points", "run_rows", "comparisons", "comparison_text",
            "data_summary", "match", "whole_image", "whole_image_text", "interpretation", "readme_line", "results", "block"]
