@@ -111,9 +111,9 @@ def main(argv=None) -> int:
     summary = (f"ours / MMDetection per training iteration over {len(ratios)} rounds: min x{min(ratios):.2f}, "
                f"median x{statistics.median(ratios):.2f}, max x{max(ratios):.2f}")
     print(summary)
-    if args.page:
-        from dynrcnn.report.text import replace_readme_block
+    from dynrcnn.report.text import replace_readme_block
 
+    if args.page:
         lines = [f"Machine: {machine}. Preset `{args.preset}`, method `{args.method}`, RPN NMS 0.85, the same data and "
                  f"pretrained backbone; one thread per process, the two trained at the same time; per round the "
                  f"median seconds per iteration after {args.warmup} iterations (ours trains {2 * args.iters} "
@@ -129,8 +129,6 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.page} has no <!-- {BLOCK}:BEGIN/END --> block")
         print(f"written to {args.page}")
     if args.readme:
-        from dynrcnn.report.text import replace_readme_block
-
         page = args.page or "docs/performance.md"
         line = (f"- **Speed against MMDetection**: ours / MMDetection per training iteration, the two trained side by "
                 f"side on one thread each ({args.preset}, {cpu_model()}): median x{statistics.median(ratios):.2f} "

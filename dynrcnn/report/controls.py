@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from dynrcnn.report.claims import interval_verdict
+from dynrcnn.report.curves import mean_curve
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import ABLATION_SEEDS, NMS_085, RunSpec, seed_run_name
@@ -294,13 +295,10 @@ def positives_curves(g: ControlGroups) -> list[dict]:
     names += [(n, f"fixed {g.about[n]['threshold']:g}") for n in g.of_kind("threshold")]
     names.append(("dla", "DLA"))
     for name, label in names:
-        frames = [r.metrics[["iteration", POSITIVE_KEYS[0]]].dropna() for r in g.get(name)
-                  if r.metrics is not None and POSITIVE_KEYS[0] in r.metrics]
-        if not frames:
-            continue
-        mean = pd.concat(frames).groupby("iteration")[POSITIVE_KEYS[0]].mean()
-        out.append({"label": label, "run": name, "iteration": mean.index.astype(int).tolist(),
-                    "positives": mean.astype(float).tolist(), "seeds": len(frames)})
+        c = mean_curve(g.get(name), POSITIVE_KEYS[0])
+        if c is not None:
+            out.append({"label": label, "run": name, "iteration": c["iteration"], "positives": c["values"],
+                        "seeds": c["seeds"]})
     return out
 
 

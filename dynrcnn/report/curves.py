@@ -80,6 +80,16 @@ def _mean_trajectory(rs, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     return df.index.to_numpy(dtype=float), df.mean(axis=1, skipna=True).to_numpy(dtype=float)
 
 
+def mean_curve(runs, key: str) -> dict | None:
+    """``key`` of the runs' ``metrics.jsonl`` against the iteration, mean over the runs that log it:
+    ``{"iteration": [...], "values": [...], "seeds": n}``; None when none logs it."""
+    frames = [r.metrics[["iteration", key]].dropna() for r in runs if r.metrics is not None and key in r.metrics]
+    if not frames:
+        return None
+    mean = pd.concat(frames).groupby("iteration")[key].mean()
+    return {"iteration": mean.index.astype(int).tolist(), "values": mean.astype(float).tolist(), "seeds": len(frames)}
+
+
 def trajectories(runs) -> list[dict]:
     """Per dynamic configuration: ``label``, ``method``, ``max_iter`` and, for ``iou_threshold``,
     ``beta`` and ``fg_fraction``, the update iterations and the mean over seeds."""
@@ -126,4 +136,4 @@ def authors_trajectory() -> dict:
             "iou_threshold": np.asarray(a["iou_threshold"], dtype=float)}
 
 
-__all__ = ["tight_shares", "tight_share_line", "config_label", "ap_curves", "seed_values", "gain_curves", "trajectories", "authors_trajectory"]
+__all__ = ["mean_curve", "tight_shares", "tight_share_line", "config_label", "ap_curves", "seed_values", "gain_curves", "trajectories", "authors_trajectory"]

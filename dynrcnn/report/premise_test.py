@@ -37,6 +37,8 @@ from dynrcnn.evaluation.stats import signed
 from dynrcnn.reference import DYNAMIC_RPN_NMS
 from dynrcnn.report.claims import FAMILY_ALPHA, PRIMARY_FAMILY, SECONDARY, interval_verdict
 from dynrcnn.report.profiles import NMS_085, Profile, RunSpec, seeded_runs
+from dynrcnn.report.study import run_times
+from dynrcnn.report.trees import final_of
 
 #: the fresh draw the test runs on: not the report's 0, the pretraining's 1, the second benchmark's 2
 #: or the search's 3 (:data:`dynrcnn.report.premise.SEARCH_DATA_SEED`)
@@ -132,8 +134,8 @@ def frozen_candidate(frozen: Frozen | None = None):
 
     frozen = frozen or FROZEN
     if frozen is None:
-        raise DynrcnnError("no benchmark is frozen yet: run 'dynrcnn premise search', then freeze the candidate "
-                           "'dynrcnn premise choose' names (dynrcnn.report.premise_test.FROZEN)")
+        raise DynrcnnError("no benchmark is frozen yet: run 'dynrcnn premise search', then 'dynrcnn premise freeze' "
+                           "and commit the FROZEN it prints (dynrcnn.report.premise_test.FROZEN)")
     return CANDIDATES[frozen.candidate]
 
 
@@ -153,18 +155,10 @@ def groups(runs, seeds=SEEDS) -> dict[str, list]:
     return {n: sorted(rs, key=lambda r: int(r.seed)) for n, rs in out.items()}
 
 
-def final_of(run, key: str) -> float:
-    from dynrcnn.report.trees import final_of as final
-
-    return final(run, key)
-
-
 def run_rows(g: dict[str, list]) -> list[dict]:
     """One row per run: configuration, seed, AP, AP50, AP75, AP90, the final threshold and beta."""
     return [{"run": r.path.name, "config": name, "seed": int(r.seed), **{m: float(r.eval[m]) for m in METRICS},
-             "final_threshold": final_of(r, "iou_threshold"), "final_beta": final_of(r, "beta"),
-             "sec_per_iter": float((r.done or {}).get("sec_per_iter_median", math.nan)),
-             "train_minutes": float((r.done or {}).get("wall_time_sec", math.nan)) / 60}
+             "final_threshold": final_of(r, "iou_threshold"), "final_beta": final_of(r, "beta"), **run_times(r)}
             for name, rs in g.items() for r in rs]
 
 
@@ -224,17 +218,11 @@ def claim_text(r: dict) -> str:
 def positives_curves(g: dict[str, list], key: str = "rpn_positives_per_object") -> list[dict]:
     """RPN positives per ground-truth object (appended ground truth left out) over training, mean
     over seeds, per configuration: the shortage a fixed high threshold meets early."""
-    import pandas as pd
+    from dynrcnn.report.curves import mean_curve
 
-    out = []
-    for name, rs in g.items():
-        frames = [r.metrics[["iteration", key]].dropna() for r in rs if r.metrics is not None and key in r.metrics]
-        if not frames:
-            continue
-        mean = pd.concat(frames).groupby("iteration")[key].mean()
-        out.append({"label": LABELS[name], "run": name, "iteration": mean.index.astype(int).tolist(),
-                    "positives": mean.astype(float).tolist(), "seeds": len(frames)})
-    return out
+    curves = {name: mean_curve(rs, key) for name, rs in g.items()}
+    return [{"label": LABELS[name], "run": name, "iteration": c["iteration"], "positives": c["values"],
+             "seeds": c["seeds"]} for name, c in curves.items() if c is not None]
 
 
 def trajectories(g: dict[str, list]) -> list[dict]:

@@ -148,6 +148,14 @@ def attribution(res: dict) -> str:
     return when + (f". {environment_line(res['environment'])}" if res.get("environment") else ".")
 
 
+def run_times(run) -> dict:
+    """A run's median seconds per iteration and its training's wall minutes (``train_done.json``;
+    NaN while it has not finished): the timing columns of a study's run rows."""
+    done = run.done or {}
+    return {"sec_per_iter": float(done.get("sec_per_iter_median", float("nan"))),
+            "train_minutes": float(done.get("wall_time_sec", float("nan"))) / 60}
+
+
 def training_text(rows: list[dict]) -> str:
     """A study block's account of its runs' training, from rows carrying ``train_minutes``:
     ``; its 60 runs trained for 62 run-minutes (0.9 / 1.0 / 1.2 min each)`` from the runs' own
@@ -235,5 +243,5 @@ def study_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(studies.__path__))
 
 
-__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "training_text", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
+__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "run_times", "training_text", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
            "study_names"]

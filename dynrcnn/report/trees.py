@@ -134,6 +134,8 @@ def authors_points() -> dict:
 def run_rows(pair: dict[str, list]) -> list[dict]:
     """One row per run: its name, method, seed, AP, AP50, AP75, AP90, AP per IoU, the final
     threshold and beta, and its median time per iteration."""
+    from dynrcnn.report.study import run_times
+
     rows = []
     for method, rs in pair.items():
         for r in rs:
@@ -141,9 +143,7 @@ def run_rows(pair: dict[str, list]) -> list[dict]:
             rows.append({"run": r.path.name, "method": method, "seed": int(r.seed),
                          **{m: float(e[m]) for m in METRICS}, "AP_per_iou": [float(v) for v in e["AP_per_iou"]],
                          "final_threshold": final_of(r, "iou_threshold"), "final_beta": final_of(r, "beta"),
-                         "sec_per_iter": float((r.done or {}).get("sec_per_iter_median", math.nan)),
-                         "train_minutes": float((r.done or {}).get("wall_time_sec", math.nan)) / 60,
-                         "iterations": int(r.iterations)})
+                         **run_times(r), "iterations": int(r.iterations)})
     return rows
 
 
