@@ -84,6 +84,20 @@ def test_smoke_every_notebook_executed(smoke):
 
 
 @pytest.mark.slow
+def test_smoke_report_says_where_its_time_went(smoke):
+    from dynrcnn.report.study import MAIN_PHASES, TIMINGS, timing_line
+
+    t = json.loads((smoke.out / TIMINGS).read_text())
+    runs = len(report.get_profile("smoke").runs)
+    assert t["runs_trained"] == runs + 1  # every fine-tune and the backbone's pretraining: nothing was reused
+    assert list(t["phases_sec"])[:5] == ["planning", *MAIN_PHASES]  # in the order they ran
+    assert abs(sum(t["phases_sec"].values()) - t["wall_time_sec"]) < 1.0  # the phases cover the invocation
+    assert t["phases_sec"]["training and evaluation"] > t["phases_sec"]["bootstrap"] > 0
+    line = timing_line(t, "dynrcnn report --profile smoke")
+    assert f"{t['wall_time_sec'] / 60:.0f} min on " in line and f"{runs + 1} runs trained in it" in line
+
+
+@pytest.mark.slow
 def test_smoke_index_links_every_page(smoke):
     index = smoke.index.read_text()
     for p in smoke.executed:

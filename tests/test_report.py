@@ -453,6 +453,28 @@ def test_report_progress_counts_work_not_reuse(mini_runs, tmp_path):
     assert bar.state()["units"] == 120 + 100 + 40
 
 
+def test_report_progress_times_each_phase(monkeypatch):
+    """Each phase lasts until the next begins (a key that comes back adds up); before the first: planning."""
+    from dynrcnn.report import progress
+    from dynrcnn.report.study import timing_line
+
+    clock = iter([100.0, 103.0, 110.0, 130.0, 131.0, 200.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    bar = progress.ReportProgress("t", progress=False)  # starts at 100
+    bar.phase("train a", key="train")  # 103
+    bar.phase("data")  # 110
+    bar.done(5, "train b")  # 130: what runs next, keyed by its text
+    bar.phase("train c", key="train")  # 131
+    assert bar.phase_seconds() == {"planning": 3.0, "train": 7.0 + 69.0, "data": 20.0, "train b": 1.0}  # now: 200
+    t = {"wall_time_sec": 600.0, "phases_sec": {"planning": 6.0, "data": 30.0, "training and evaluation": 480.0,
+                                                "notebooks": 84.0}, "runs_trained": 3, "machine": "CPU X",
+         "cores": 2, "load_average_at_start": 0.25, "written_at": "2026-12-05 12:00 UTC"}
+    assert timing_line(t, "make it") == (
+        "**Time** (written by `make it`): 10 min on CPU X (2 cores, load average 0.2 at the start), 3 runs trained "
+        "in it (a pretraining counts as one; finished runs are reused); minutes per phase: data 0.5, training and "
+        "evaluation 8.0, notebooks and pages 1.5. Written 2026-12-05 12:00 UTC.")
+
+
 def test_report_progress_units_of_a_report(tmp_path):
     """Every step of a plan has its share: evaluations with results on disk and existing data cost a kernel."""
     from dynrcnn.report.pipeline import plan, report_progress

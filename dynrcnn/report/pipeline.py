@@ -158,7 +158,9 @@ def prepare_backbone(profile: Profile, data_root, device: str, bar: ReportProgre
     if find_pretrained(preset, root) is None:
         bar.track([Tracked(build_dir(preset, root), get_preset(preset).max_iter, weight=WORK["pretrain_iteration"],
                            start=WORK["pretrain_data"])])
-        bar.phase(f"pretraining the backbone ({preset})")
+        bar.phase(f"pretraining the backbone ({preset})", key="pretraining")
+    else:
+        bar.phase(f"checking the pretrained backbone ({preset})", key="pretraining")
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
@@ -352,7 +354,7 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
 
     def sequential(group: list[Step]) -> None:
         for s in group:
-            bar.phase(s.title)
+            bar.phase(s.title, key=s.kind)
             executed.append(run_step(s))
             bar.done(s.work)
 
@@ -364,7 +366,7 @@ def _run_steps(steps: list[Step], out: Path, jobs: int, bar, executed: list[Path
         trained = {s.params["run_dir"] for s in trains}
         after = {s.params["run_dir"]: s for s in evals if s.params["run_dir"] in trained}
         first = trains + [s for s in evals if s.params["run_dir"] not in trained]
-        bar.phase(f"training {len(trains)} runs and evaluating them, {jobs} at a time")
+        bar.phase(f"training {len(trains)} runs and evaluating them, {jobs} at a time", key="training and evaluation")
         _run_parallel(run_step, first, jobs, bar, executed, after=after)
     else:
         sequential(trains + evals)
@@ -379,7 +381,7 @@ def _precompute_intervals(group: list[Step], jobs: int, bar) -> None:
     from dynrcnn.report.intervals import precompute
     from dynrcnn.rundir.runs import load_run
 
-    bar.phase(f"bootstrap samples of {len(group)} runs, {jobs} at a time")
+    bar.phase(f"bootstrap samples of {len(group)} runs, {jobs} at a time", key="bootstrap")
     precompute([load_run(repo_path(s.params["run_dir"])) for s in group], jobs=jobs)
 
 

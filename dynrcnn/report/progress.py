@@ -15,6 +15,7 @@ notebooks, and the bar no longer sits at 100 % while evaluations run.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,8 @@ class ReportProgress:
         self._stop = threading.Event()
         self._thread = None
         self._bar = None
+        self._t0 = time.perf_counter()
+        self.marks: list[tuple[str, float]] = []  # (phase key, perf_counter when it began)
         self.track(tracked)
 
     # what the pipeline says
@@ -90,12 +93,14 @@ class ReportProgress:
             self.tracked.extend(todo)
 
     def done(self, units: float, phase: str | None = None) -> None:
-        """Credit ``units`` of declared work (a finished evaluation, notebook, ...)."""
+        """Credit ``units`` of declared work (a finished evaluation, notebook, ...); ``phase``: what
+        runs next (:meth:`phase`)."""
         with self._lock:
             self.credited += units
-            if phase is not None:
-                self._text = phase
-        self.refresh()
+        if phase is not None:
+            self.phase(phase)
+        else:
+            self.refresh()
 
     def write(self, message: str) -> None:
         """A line on stderr above the bar (the bar is redrawn below it)."""
@@ -105,10 +110,23 @@ class ReportProgress:
 
         tqdm.write(message, file=sys.stderr)
 
-    def phase(self, text: str) -> None:
+    def phase(self, text: str, key: str | None = None) -> None:
+        """Say what runs now; ``key`` (default ``text``) names the phase in :meth:`phase_seconds`."""
         with self._lock:
             self._text = text
+            self.marks.append((key or text, time.perf_counter()))
         self.refresh()
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall seconds per phase key, in the order the phases first began: each phase lasts until
+        the next one begins, the last until now; the time before the first phase is ``planning``
+        (a key that comes back, e.g. one per sequential notebook, adds up)."""
+        now = time.perf_counter()
+        marks = [("planning", self._t0)] + list(self.marks)
+        out: dict[str, float] = {}
+        for (key, start), (_, end) in zip(marks, marks[1:] + [("", now)]):
+            out[key] = out.get(key, 0.0) + end - start
+        return out
 
     def state(self) -> dict:
         """Runs finished / tracked, iterations done / planned, units done / total."""

@@ -139,6 +139,34 @@ def write_results(res: dict, figures: Path) -> Path:
     return path
 
 
+TIMINGS = "timings.json"  # <out>/timings.json: where one invocation of a study spent its wall time
+# the phases a timing line names; the rest (planning, the notebooks, the HTML pages, the blocks) is summed
+MAIN_PHASES = ("pretraining", "data", "training and evaluation", "bootstrap")  # the order they run in
+
+
+def timings(ctx: StudyContext) -> dict:
+    """This invocation's wall time by phase (:meth:`ReportProgress.phase_seconds`), the runs it
+    trained (a reused run is no work) and the machine, as ``<out>/timings.json`` holds them."""
+    from dynrcnn.rundir.environment import cpu_model
+
+    bar = ctx.state["bar"]
+    return {"wall_time_sec": time.perf_counter() - ctx.state["t0"], "phases_sec": bar.phase_seconds(),
+            "runs_trained": len(bar.tracked), "machine": cpu_model(), "cores": os.cpu_count(),
+            "load_average_at_start": ctx.state["load"], "written_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def timing_line(t: dict, command: str) -> str:
+    """README's account of a report's wall time from :func:`timings`: the total, the machine and its
+    load when it began, the runs it trained, and minutes per phase."""
+    phases = t["phases_sec"]
+    parts = [f"{k} {phases[k] / 60:.1f}" for k in MAIN_PHASES if k in phases]
+    parts.append(f"notebooks and pages {sum(v for k, v in phases.items() if k not in MAIN_PHASES) / 60:.1f}")
+    return (f"**Time** (written by `{command}`): {t['wall_time_sec'] / 60:.0f} min on {t['machine']} "
+            f"({t['cores']} cores, load average {t['load_average_at_start']:.1f} at the start), "
+            f"{t['runs_trained']} runs trained in it (a pretraining counts as one; finished runs are reused); "
+            f"minutes per phase: {', '.join(parts)}. Written {t['written_at']}.")
+
+
 def attribution(res: dict) -> str:
     """When and from what a study's block was written: its date, its runs' machines and the
     environment check (:func:`~dynrcnn.report.results.environment_line`), from ``results.json``."""
@@ -182,7 +210,7 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
     figures = Path(figures or (root / study.figures if study.figures else out / "figures")).resolve()
     ctx = StudyContext(root, figures, out, max(1, int(jobs)), device, state if state is not None else {})
     ctx.out.mkdir(parents=True, exist_ok=True)
-    ctx.state["t0"] = t0
+    ctx.state["t0"], ctx.state["load"] = t0, os.getloadavg()[0]
     work = study.work(ctx)
     if work.summary:
         log(f"{study.name}: {work.summary}")
@@ -191,15 +219,16 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
         log(f"{study.name}: nothing trained (train=False); the study is written from its complete runs")
     with ReportProgress(f"report[{study.name}]", (work.units if train else 0.0) + extra,
                         work.tracked if train else [], progress) as bar:
+        ctx.state["bar"] = bar
         if train:
             work.run(bar)
-        bar.phase(f"{study.name}: results")
+        bar.phase(f"{study.name}: results", key="results")
         res = study.results(ctx)
         res["wall_time_sec"] = time.perf_counter() - t0
         res["written_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # blocks date themselves
         write_results(res, ctx.figures)
         with _notebook_env(os.cpu_count() or 1):
-            bar.phase(f"{study.notebook} notebook")
+            bar.phase(f"{study.notebook} notebook", key="notebook")
             source = notebook_path(study.notebook)
             nb = execute_notebook(source, ctx.out / source.name, {**study.params(ctx), "figures_dir": str(ctx.figures)},
                                   cwd=ctx.out)
@@ -217,6 +246,7 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
     if write_block and study.readme is not None:
         for tag, body in study.readme(res).items():
             replace_readme_block(root / README, tag, body)
+    atomic_write_bytes(ctx.out / TIMINGS, (json.dumps(timings(ctx), indent=1) + "\n").encode())
     return res
 
 
@@ -243,5 +273,5 @@ def study_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(studies.__path__))
 
 
-__all__ = ["Study", "StudyContext", "Work", "RESULTS", "attribution", "run_times", "training_text", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
+__all__ = ["Study", "StudyContext", "Work", "RESULTS", "TIMINGS", "timings", "timing_line", "attribution", "run_times", "training_text", "steps_work", "notebook_work", "notebook_path", "write_results", "run_study", "get_study",
            "study_names"]

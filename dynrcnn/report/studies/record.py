@@ -20,7 +20,7 @@ from dynrcnn.report.pipeline import PipelineResult, _resolve_data_root, convert_
 from dynrcnn.report.profiles import Profile, get_profile
 from dynrcnn.report.progress import WORK
 from dynrcnn.report.results import results
-from dynrcnn.report.study import README, Study, StudyContext, Work, steps_work
+from dynrcnn.report.study import README, Study, StudyContext, Work, steps_work, timing_line, timings
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import readme_blocks
 from dynrcnn.rundir.runs import find_runs
@@ -74,8 +74,10 @@ def _finish(res: dict, ctx: StudyContext) -> None:
 
 def _blocks(res: dict, ctx: StudyContext) -> dict:
     profile, s = _profile(ctx), ctx.state
-    return readme_blocks(ctx.root / PAGE, s["runs_root"], ctx.figures, _command(ctx), tag=profile.readme,
-                         title=profile.readme_title, index=ctx.out / "index.html", evidence=s["evidence"])
+    blocks = readme_blocks(ctx.root / PAGE, s["runs_root"], ctx.figures, _command(ctx), tag=profile.readme,
+                           title=profile.readme_title, index=ctx.out / "index.html", evidence=s["evidence"])
+    blocks[f"{profile.readme}-TIME"] = timing_line(timings(ctx), _command(ctx))  # the wall time up to its blocks
+    return blocks
 
 
 def record_study(profile: str | Profile = "mini") -> Study:
