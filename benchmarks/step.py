@@ -10,7 +10,10 @@
    dynamic statistics stay float32), ``channels_last`` for the backbone + FPN,
    ``torch.compile`` of the backbone + FPN (its compile time is the first step's, apart), and
    ``nms``, the RPN's exact tiled NMS of ``dynrcnn/modeling/nms.py`` on its large FPN levels
-   (without it, torchvision's ``batched_nms``). The models are untrained, whose proposals make
+   (without it, torchvision's ``batched_nms``); two levers measured and not kept: ``fused``, torch's
+   fused CPU SGD (one pass over the parameters instead of four; not bit-identical), and ``mm``, the
+   backbone's convolutions whose output maps have at most :data:`MM_MAX_POSITIONS` positions as
+   unfold + matmul (oneDNN's bf16 convolutions are slow on 4 x 4 maps). The models are untrained, whose proposals make
    torchvision's NMS loop the slowest (``benchmarks/nms.py`` also measures a trained run's).
 3. Where the preset's step goes by stage (anchors, box coding, proposal filtering, target
    matching, RoI sampling and pooling: the shares that bound what caching or vectorising each
@@ -53,9 +56,47 @@ REPORT_PRESET = get_profile("mini").preset  # the report of record's training pr
 DOC_PAGE = "docs/performance.md"  # the page whose PERFORMANCE block make benchmark writes
 
 # each variant is fp32 eager with torchvision's RoIAlign backward ("fp32", the reference) plus levers
-LEVERS = ("sparse", "bf16", "channels_last", "compile", "nms")
+LEVERS = ("sparse", "bf16", "channels_last", "compile", "nms", "fused", "mm")
 VARIANTS = ("fp32", "bf16", "channels_last", "compile", "nms", "sparse", "sparse+bf16", "sparse+channels_last",
-            "sparse+bf16+channels_last", "sparse+compile", "sparse+bf16+channels_last+nms")
+            "sparse+bf16+channels_last", "sparse+compile", "sparse+bf16+channels_last+nms",
+            "sparse+bf16+channels_last+nms+fused", "sparse+bf16+channels_last+nms+mm")
+MM_MAX_POSITIONS = 64  # the ``mm`` lever: convolutions with output maps of at most 8 x 8
+
+
+class ConvAsMatmul(torch.nn.Module):
+    """A ``Conv2d`` computed as unfold + one matmul of its weight ((N * H' * W', C * kh * kw) x
+    (C * kh * kw, O)), returned channels-last: the ``mm`` lever (same function, another summation order)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        c, (n, _, h, w) = self.conv, x.shape
+        (kh, kw), (sh, sw), (ph, pw) = c.kernel_size, c.stride, c.padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        cols = torch.nn.functional.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # (N, C*kh*kw, L)
+        out = torch.nn.functional.linear(cols.transpose(1, 2).reshape(n * ho * wo, -1),
+                                         c.weight.reshape(c.weight.shape[0], -1), c.bias)
+        return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def small_convs_as_matmul(module: torch.nn.Module, size: int) -> int:
+    """Replace every ``Conv2d`` of ``module`` whose output map on a ``size`` px input has at most
+    :data:`MM_MAX_POSITIONS` positions by :class:`ConvAsMatmul`; returns how many."""
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.__setitem__(m, o.shape[-2] * o.shape[-1]))
+             for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    small = [name for name, m in module.named_modules() if m in outputs and outputs[m] <= MM_MAX_POSITIONS]
+    for name in small:
+        *path, last = name.split(".")
+        parent = module.get_submodule(".".join(path))
+        setattr(parent, last, ConvAsMatmul(getattr(parent, last)))
+    return len(small)
 
 
 def load_batches(root: str, n_batches: int, images: int, device: str):
@@ -89,10 +130,12 @@ def build(variant: str, arch: str, device: str, num_classes: int):
     model.rpn.exact_nms = "nms" in levers
     if "channels_last" in levers:
         model.backbone.to(memory_format=torch.channels_last)
+    if "mm" in levers:
+        small_convs_as_matmul(model.backbone.body, cfg.model.min_size)
     if "compile" in levers:
         model.backbone = torch.compile(model.backbone, dynamic=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, **({"fused": True} if "fused" in levers else {}))
     return {"model": model, "opt": opt, "amp": autocast_dtype(device, "bf16") if "bf16" in levers else None}
 
 

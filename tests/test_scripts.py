@@ -136,3 +136,75 @@ def test_vs_mmdet_writes_its_rounds_to_the_page_and_one_line_to_readme(tmp_path,
     assert "min x0.40, median x0.50, max x0.50" in text and "old" not in text and text.endswith("b\n")
     line = readme.read_text().splitlines()[2]
     assert line.startswith("- **Speed against MMDetection**") and "median x0.50 over 3 rounds" in line
+
+
+def test_step_benchmark_mm_lever_is_the_same_convolution():
+    """The ``mm`` lever of benchmarks/step.py computes each replaced convolution's function (float32,
+    strided and 1 x 1 included) and replaces exactly the small-map convolutions of the preset's backbone."""
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("step_bench", REPO / "benchmarks" / "step.py")
+        step = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(step)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    torch.manual_seed(0)
+    for conv in (torch.nn.Conv2d(16, 24, 3, 1, 1), torch.nn.Conv2d(16, 24, 3, 2, 1, bias=False),
+                 torch.nn.Conv2d(16, 24, 1, 2, 0, bias=False)):
+        x = torch.randn(2, 16, 8, 8, requires_grad=True)
+        ref = conv(x)
+        out = step.ConvAsMatmul(conv)(x)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+        g = torch.randn_like(ref)
+        (gx_ref, gw_ref), (gx, gw) = (torch.autograd.grad(y, (x, conv.weight), g) for y in (ref, out))
+        assert torch.allclose(gx, gx_ref, atol=1e-5) and torch.allclose(gw, gw_ref, atol=1e-4)
+    v = step.build("fp32+mm", step.get_preset(step.REPORT_PRESET).model.arch, "cpu", 5)
+    body = v["model"].backbone.body
+    swapped = {n for n, m in body.named_modules() if isinstance(m, step.ConvAsMatmul)}
+    size = step.get_preset(step.REPORT_PRESET).model.min_size  # 128 px: layer3 maps are 8 x 8, layer4's 4 x 4
+    assert swapped and all(n.startswith(("layer3.", "layer4.")) for n in swapped), (size, swapped)
+    assert len(swapped) == 6
+
+
+def test_before_after_says_identical_equivalent_or_different_with_the_declared_margins(tmp_path):
+    """benchmarks/before_after.py: the same runs again are ``identical`` on every row; a change that
+    makes Dynamic R-CNN localise worse is ``different`` on its rows and its gain's, with the
+    baseline's rows still ``identical``; its SPEED-CHECK block holds the table and the summary."""
+    import importlib.util
+
+    import math
+
+    from dynrcnn.rundir.runs import find_runs
+    from tests.test_plots import write_gt, write_run
+
+    spec = importlib.util.spec_from_file_location("before_after", REPO / "benchmarks" / "before_after.py")
+    ba = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ba)
+    data = tmp_path / "data"
+    write_gt(data, n_images=40)
+    for folder, dyn_jitter in (("before", 1.0), ("same", 1.0), ("worse", 3.5)):
+        for seed in (0, 1, 2):
+            suffix = "" if seed == 0 else f"_seed{seed}"
+            write_run(tmp_path / folder, "baseline" + suffix, "baseline", seed=seed, jitter=3.0, data_root=str(data))
+            write_run(tmp_path / folder, "dynamic" + suffix, "dynamic", seed=seed, jitter=dyn_jitter,
+                      data_root=str(data))
+    before = find_runs(tmp_path / "before")
+    same = ba.rows(before, find_runs(tmp_path / "same"), n_boot=50)
+    assert len(same) == 6 and {r["verdict"] for r in same} == {"identical"}  # 2 configurations + gain, AP and AP90
+    assert all(abs(r["delta"]) < 1e-9 and math.isclose(r["before"], r["after"]) for r in same)
+    worse = {(r["what"], r["metric"]): r for r in ba.rows(before, find_runs(tmp_path / "worse"), n_boot=50)}
+    assert worse[("baseline (RPN NMS 0.7)", "AP")]["verdict"] == "identical"
+    dyn = worse[("dynamic (RPN NMS 0.7)", "AP")]
+    assert dyn["verdict"] == "different" and dyn["high"] < 0 and dyn["seeds"] == "3 vs 3, paired"
+    gain = worse[("gain of dynamic over baseline (RPN NMS 0.7)", "AP")]
+    assert gain["verdict"] == "different" and math.isclose(gain["delta"], gain["after"] - gain["before"])
+    page = tmp_path / "speed_check.md"
+    page.write_text(f"# c\n<!-- {ba.BLOCK}:BEGIN -->\n<!-- {ba.BLOCK}:END -->\n")
+    assert ba.main([str(tmp_path / "before"), str(tmp_path / "same"), "--n-boot", "50", "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "| eval split | dynamic (RPN NMS 0.7) | AP90 |" in text
+    assert "6 of 6 rows identical or equivalent within their declared margins (6 identical); the change is kept" in text
