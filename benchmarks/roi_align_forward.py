@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import warnings
 
 import torch
 from torchvision.ops import roi_align as tv_roi_align
+
+BLOCK = "ROI-ALIGN-FORWARD"  # the block of the page --page writes (docs/performance.md)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--preset", default="mini_long", help="the preset whose shapes are timed (default mini_long)")
     p.add_argument("--reps", type=int, default=40, help="timed calls per variant (default 40)")
+    p.add_argument("--page", default=None, help=f"also write the lines into this page's {BLOCK} block")
     return p.parse_args(argv)
 
 
@@ -79,6 +83,7 @@ def main(argv=None) -> int:
         "product": lambda: sparse_forward(x, built, r, size),
     }
     diff = float((variants["sparse"]() - variants["torchvision"]()).abs().max())
+    load = os.getloadavg()[0]
     times = {k: [] for k in variants}
     for i in range(args.reps + 5):
         for name in list(variants)[i % len(variants):] + list(variants)[: i % len(variants)]:
@@ -86,13 +91,23 @@ def main(argv=None) -> int:
             variants[name]()
             if i >= 5:
                 times[name].append(1000 * (time.perf_counter() - t0))
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, 1 thread, "
-          f"torch {torch.__version__}; {args.preset}: {r} RoIs on {n} x {c} x {side} x {side}, {args.reps} calls each")
-    print(f"sparse forward vs torchvision's: max abs difference {diff:.2e}")
     ref = statistics.median(times["torchvision"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:12s} {min(ts):7.2f} / {med:7.2f} / {max(ts):7.2f} ms   ratio to torchvision {med / ref:.2f}")
+    lines = [f"Machine: {cpu_model()} ({os.cpu_count()} cores, load average {load:.1f} at the start), 1 thread, "
+             f"torch {torch.__version__}. Preset `{args.preset}`: {r} RoIs on {n} x {c} x {side} x {side} features, "
+             f"{args.reps} calls per variant, interleaved. The sparse forward's largest difference from "
+             f"torchvision's: {diff:.1e}.", "", "| variant | min ms | median ms | max ms | ratio to torchvision |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {min(ts):.2f} | {statistics.median(ts):.2f} | {max(ts):.2f} | "
+              f"{statistics.median(ts) / ref:.2f} |" for name, ts in times.items()]
+    text = "\n".join(lines)
+    print(text)
+    if args.page:
+        from dynrcnn.report.text import replace_readme_block
+
+        body = text + "\n\nRe-measure: `python benchmarks/roi_align_forward.py --page docs/performance.md`."
+        if not replace_readme_block(args.page, BLOCK, body):
+            print(f"{args.page} has no {BLOCK} block markers; nothing written", file=sys.stderr)
+            return 2
     return 0
 
 
