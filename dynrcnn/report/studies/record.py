@@ -76,7 +76,9 @@ def _blocks(res: dict, ctx: StudyContext) -> dict:
     profile, s = _profile(ctx), ctx.state
     blocks = readme_blocks(ctx.root / PAGE, s["runs_root"], ctx.figures, _command(ctx), tag=profile.readme,
                            title=profile.readme_title, index=ctx.out / "index.html", evidence=s["evidence"])
-    blocks[f"{profile.readme}-TIME"] = timing_line(timings(ctx), _command(ctx))  # the wall time up to its blocks
+    t = timings(ctx)  # the wall time up to its blocks
+    if t["runs_trained"]:  # a report that only reused finished runs keeps the line of the one that trained them
+        blocks[f"{profile.readme}-TIME"] = timing_line(t, _command(ctx))
     return blocks
 
 
