@@ -22,7 +22,7 @@ import sys
 
 from dynrcnn.evaluation.seed_intervals import equivalence, seed_contrast
 from dynrcnn.evaluation.stats import DEFAULT_BOOT, signed
-from dynrcnn.report.consistency import IDENTICAL
+from dynrcnn.report.consistency import IDENTICAL, identical
 from dynrcnn.report.evidence import group_runs
 from dynrcnn.report.intervals import MARGINS, extra_datasets, run_samples
 from dynrcnn.rundir.runs import find_runs
@@ -41,11 +41,12 @@ def _row(groups: list[dict], weights, metric: str) -> dict:
     """One contrast's estimate, 95 % interval, per-side means and verdict (module docstring)."""
     delta = seed_contrast(groups, weights)
     est, lo, hi = delta.metrics[metric]
-    half = len(groups) // 2  # the first half of the groups is "after", the second "before"
-    same = all(delta.group_values[metric][k] == delta.group_values[metric][k + half] for k in range(half))
+    half = len(groups) // 2  # the first half of the groups is "after", the second "before" (weights negated)
+    values = delta.group_values[metric]
+    same = all(identical(values[k], values[k + half]) for k in range(half))
     word = IDENTICAL if same else equivalence(*delta.stats(metric), MARGINS[metric])
-    means = [sum(g.values()) / len(g) for g in delta.group_values[metric]]
-    return {"before": sum(w * m for w, m in zip(weights[half:], means[half:])) * -1,
+    means = [sum(g.values()) / len(g) for g in values]
+    return {"before": sum(w * m for w, m in zip(weights[:half], means[half:])),
             "after": sum(w * m for w, m in zip(weights[:half], means[:half])),
             "delta": est, "low": lo, "high": hi, "verdict": word,
             "seeds": (f"{delta.seeds[0]} vs {delta.seeds[1]}" if half == 1 else f"{min(delta.seeds)} per group")

@@ -31,7 +31,7 @@ import warnings
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-BLOCK = "ROI-ALIGN-FORWARD"  # the block of the page --page writes (docs/performance.md)
+BLOCK = "ROI-ALIGN-FORWARD"  # the block of the page --page writes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if args.page:
         from dynrcnn.report.text import replace_readme_block
 
-        body = text + "\n\nRe-measure: `python benchmarks/roi_align_forward.py --page docs/performance.md`."
+        body = text + f"\n\nRe-measure: `python benchmarks/roi_align_forward.py --page {args.page}`."
         if not replace_readme_block(args.page, BLOCK, body):
             print(f"{args.page} has no {BLOCK} block markers; nothing written", file=sys.stderr)
             return 2

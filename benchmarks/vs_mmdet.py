@@ -31,6 +31,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from step import DOC_PAGE  # noqa: E402  (the performance page, named once in the sibling benchmark)
+
 PEER_PYTHON = REPO / ".venv-mmdet" / "bin" / "python"
 PEER_SCRIPT = REPO / "peer_mmdet" / "train.py"
 PEER_METHOD = {"baseline": "faster", "dynamic": "dynamic"}
@@ -50,8 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="iterations skipped at the start of each run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--peer-python", default=str(PEER_PYTHON), metavar="PYTHON")
-    p.add_argument("--page", default=None, help=f"also write the result into this page's {BLOCK} block "
-                                                "(docs/performance.md)")
+    p.add_argument("--page", default=None, help=f"also write the result into this page's {BLOCK} block ({DOC_PAGE})")
     p.add_argument("--readme", default=None, help=f"also write the one-line summary into this file's {HEADLINE} "
                                                   "block (README.md)")
     return p.parse_args(argv)
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{args.page} has no <!-- {BLOCK}:BEGIN/END --> block")
         print(f"written to {args.page}")
     if args.readme:
-        page = args.page or "docs/performance.md"
+        page = args.page or DOC_PAGE
         line = (f"- **Speed against MMDetection**: ours / MMDetection per training iteration, the two trained side by "
                 f"side on one thread each ({args.preset}, {cpu_model()}): median x{statistics.median(ratios):.2f} "
                 f"over {len(ratios)} rounds (min x{min(ratios):.2f}, max x{max(ratios):.2f}); `benchmarks/vs_mmdet.py`, "

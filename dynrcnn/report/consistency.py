@@ -34,6 +34,11 @@ def per_seed(results: dict) -> dict[str, dict[str, dict[int, float]]]:
     return out
 
 
+def identical(a: dict[int, float], b: dict[int, float], tol: float = 1e-9) -> bool:
+    """The same seeds with the same values (to ``tol``): the word :data:`IDENTICAL`."""
+    return set(a) == set(b) and all(abs(a[s] - b[s]) < tol for s in a)
+
+
 def welch(fresh: list[float], committed: list[float]) -> tuple[float, float, float]:
     """``(estimate, seed_var, df)`` of ``mean(fresh) - mean(committed)``: the unpaired seed part of
     :func:`~dynrcnn.evaluation.seed_intervals.seed_part` (Welch); NaN parts when a side has one value."""
@@ -53,7 +58,7 @@ def compare_results(fresh: dict, committed: dict) -> pd.DataFrame:
             f, c = new[name][m], old[name][m]
             if not f or not c:
                 continue
-            same = set(f) == set(c) and all(abs(f[s] - c[s]) < 1e-9 for s in f)
+            same = identical(f, c)
             est, var, df = welch(list(f.values()), list(c.values()))
             low, high = seed_interval(est, var, 0.0, df) if np.isfinite(var) else (float("nan"), float("nan"))
             word = IDENTICAL if same else (equivalence(est, var, 0.0, df, MARGINS[m]) if np.isfinite(var)
@@ -78,4 +83,4 @@ def summary(table: pd.DataFrame) -> str:
             f"{int(table['shared seeds'].sum())}")
 
 
-__all__ = ["IDENTICAL", "CHECKED_METRICS", "per_seed", "welch", "compare_results", "summary"]
+__all__ = ["IDENTICAL", "CHECKED_METRICS", "identical", "per_seed", "welch", "compare_results", "summary"]

@@ -240,13 +240,14 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
             if study.finish is not None:
                 study.finish(res, ctx)
             bar.done(0.0, "done")
+    ctx.state["timings"] = timings(ctx)  # once: the blocks (README's Time line) and timings.json say the same
     if write_block and study.page and study.blocks is not None:
         for tag, body in study.blocks(res, ctx).items():
             replace_readme_block(root / study.page, tag, body)
     if write_block and study.readme is not None:
         for tag, body in study.readme(res).items():
             replace_readme_block(root / README, tag, body)
-    atomic_write_bytes(ctx.out / TIMINGS, (json.dumps(timings(ctx), indent=1) + "\n").encode())
+    atomic_write_bytes(ctx.out / TIMINGS, (json.dumps(ctx.state["timings"], indent=1) + "\n").encode())
     return res
 
 

@@ -20,7 +20,7 @@ from dynrcnn.report.pipeline import PipelineResult, _resolve_data_root, convert_
 from dynrcnn.report.profiles import Profile, get_profile
 from dynrcnn.report.progress import WORK
 from dynrcnn.report.results import results
-from dynrcnn.report.study import README, Study, StudyContext, Work, steps_work, timing_line, timings
+from dynrcnn.report.study import README, Study, StudyContext, Work, steps_work, timing_line
 from dynrcnn.report.tables import notebook_durations
 from dynrcnn.report.text import readme_blocks
 from dynrcnn.rundir.runs import find_runs
@@ -76,7 +76,7 @@ def _blocks(res: dict, ctx: StudyContext) -> dict:
     profile, s = _profile(ctx), ctx.state
     blocks = readme_blocks(ctx.root / PAGE, s["runs_root"], ctx.figures, _command(ctx), tag=profile.readme,
                            title=profile.readme_title, index=ctx.out / "index.html", evidence=s["evidence"])
-    t = timings(ctx)  # the wall time up to its blocks
+    t = ctx.state["timings"]  # run_study's, the wall time up to the blocks
     if t["runs_trained"]:  # a report that only reused finished runs keeps the line of the one that trained them
         blocks[f"{profile.readme}-TIME"] = timing_line(t, _command(ctx))
     return blocks
