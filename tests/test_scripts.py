@@ -208,3 +208,47 @@ def test_before_after_says_identical_equivalent_or_different_with_the_declared_m
     text = page.read_text()
     assert "| eval split | dynamic (RPN NMS 0.7) | AP90 |" in text
     assert "6 of 6 rows identical or equivalent within their declared margins (6 identical); the change is kept" in text
+
+
+def test_footprint_measures_the_peak_of_a_suite_and_writes_readme(tmp_path):
+    """benchmarks/footprint.py: a suite whose one test writes 3 MB into its tmp_path and passes
+    peaks at >= 3 MB in its temp folder and leaves nothing there (a passing test's folder is
+    deleted); pytest's summary is read; a folder's size counts a hard-linked file once (a run's
+    last.pth) and no symbolic link;
+    README's block holds the figures, and a README without the block is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("footprint", REPO / "benchmarks" / "footprint.py")
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    suite_dir = tmp_path / "suite"
+    suite_dir.mkdir()
+    (suite_dir / "test_writes.py").write_text(
+        "import time\n\ndef test_writes(tmp_path):\n"
+        "    (tmp_path / 'blob').write_bytes(b'x' * 3_000_000)\n    time.sleep(2.5)\n")
+    suite = fp.run_suite(sys.executable, tmp_path / "scratch",
+                         [str(suite_dir), "--rootdir", str(suite_dir), "-o", "tmp_path_retention_policy=failed"])
+    assert suite["returncode"] == 0 and suite["counts"] == "1 passed"
+    assert 3_000_000 <= suite["peak"] < 4_000_000 and suite["left"] == 0
+    assert list((tmp_path / "scratch").iterdir()) == []  # its temp folder is gone too
+
+    runs = tmp_path / "runs" / "a"
+    runs.mkdir(parents=True)
+    (runs / "model_final.pth").write_bytes(b"x" * 1000)
+    (runs / "last.pth").hardlink_to(runs / "model_final.pth")
+    (runs / "link.pth").symlink_to(runs / "model_final.pth")
+    (runs / "eval.json").write_bytes(b"x" * 10)
+    assert fp.tree_bytes(tmp_path / "runs") == 1010 and fp.tree_bytes(tmp_path / "nope") == 0
+    sizes = {".venv": 6 * fp.GIB, ".venv-mmdet": 0.4 * fp.GIB, "runs": 3.3 * fp.GIB, "data": None}
+    text = fp.block_text(sizes, suite | {"seconds": 456.0, "peak": 2.34 * fp.GIB}, "a CPU")
+    assert "`.venv` 6.0 GiB" in text and "`data/` not measured (absent)" in text and "`runs/mini` 3.3 GiB" in text
+    assert "9.7 GiB in all" in text and "`make test`: 1 passed in 7.6 min; its temporary files peak at 2.3 GiB" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n<!-- {fp.BLOCK}:BEGIN -->\nold\n<!-- {fp.BLOCK}:END -->\n")
+    assert fp.main(["--readme", str(readme), "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "nope"),
+                    "--scratch", str(tmp_path / "scratch"), "--",
+                    str(suite_dir), "--rootdir", str(suite_dir)]) == 0
+    assert "**Disk and test time**" in readme.read_text() and "\nold\n" not in readme.read_text()
+    (tmp_path / "plain.md").write_text("no block\n")
+    assert fp.main(["--readme", str(tmp_path / "plain.md"), "--scratch", str(tmp_path / "scratch"), "--",
+                    str(suite_dir), "--rootdir", str(suite_dir)]) == 2
