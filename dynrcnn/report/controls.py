@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from dynrcnn.report.claims import interval_verdict
-from dynrcnn.report.curves import mean_curve
+from dynrcnn.report.curves import labelled_mean_curves
 from dynrcnn.report.evidence import Evidence
 from dynrcnn.report.tables import json_records
 from dynrcnn.report.profiles import ABLATION_SEEDS, NMS_085, RunSpec, seed_run_name
@@ -290,16 +290,10 @@ def sensitivity_table(g: ControlGroups) -> pd.DataFrame:
 def positives_curves(g: ControlGroups) -> list[dict]:
     """Positives per image (before sampling) over training, mean over seeds, for the fixed
     thresholds and DLA: the mechanism the paper names."""
-    out = []
     names = [("baseline_nms085", f"fixed {REFERENCE_THRESHOLD:g}")]
     names += [(n, f"fixed {g.about[n]['threshold']:g}") for n in g.of_kind("threshold")]
     names.append(("dla", "DLA"))
-    for name, label in names:
-        c = mean_curve(g.get(name), POSITIVE_KEYS[0])
-        if c is not None:
-            out.append({"label": label, "run": name, "iteration": c["iteration"], "positives": c["values"],
-                        "seeds": c["seeds"]})
-    return out
+    return labelled_mean_curves([(label, name, g.get(name)) for name, label in names], POSITIVE_KEYS[0])
 
 
 def _best(g: ControlGroups, names: list[str], metric: str = "AP") -> str | None:

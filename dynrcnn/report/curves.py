@@ -90,6 +90,19 @@ def mean_curve(runs, key: str) -> dict | None:
     return {"iteration": mean.index.astype(int).tolist(), "values": mean.astype(float).tolist(), "seeds": len(frames)}
 
 
+def labelled_mean_curves(configurations, key: str) -> list[dict]:
+    """:func:`mean_curve` of ``key`` per ``(label, run name, runs)`` of ``configurations``, as the rows
+    the positives plot reads: ``{"label", "run", "iteration", "positives", "seeds"}``; a
+    configuration whose runs do not log ``key`` is left out."""
+    rows = []
+    for label, name, runs in configurations:
+        c = mean_curve(runs, key)
+        if c is not None:
+            rows.append({"label": label, "run": name, "iteration": c["iteration"], "positives": c["values"],
+                         "seeds": c["seeds"]})
+    return rows
+
+
 def trajectories(runs) -> list[dict]:
     """Per dynamic configuration: ``label``, ``method``, ``max_iter`` and, for ``iou_threshold``,
     ``beta`` and ``fg_fraction``, the update iterations and the mean over seeds."""

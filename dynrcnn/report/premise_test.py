@@ -218,11 +218,9 @@ def claim_text(r: dict) -> str:
 def positives_curves(g: dict[str, list], key: str = "rpn_positives_per_object") -> list[dict]:
     """RPN positives per ground-truth object (appended ground truth left out) over training, mean
     over seeds, per configuration: the shortage a fixed high threshold meets early."""
-    from dynrcnn.report.curves import mean_curve
+    from dynrcnn.report.curves import labelled_mean_curves
 
-    curves = {name: mean_curve(rs, key) for name, rs in g.items()}
-    return [{"label": LABELS[name], "run": name, "iteration": c["iteration"], "positives": c["values"],
-             "seeds": c["seeds"]} for name, c in curves.items() if c is not None]
+    return labelled_mean_curves([(LABELS[name], name, rs) for name, rs in g.items()], key)
 
 
 def trajectories(g: dict[str, list]) -> list[dict]:
