@@ -252,3 +252,35 @@ def test_footprint_measures_the_peak_of_a_suite_and_writes_readme(tmp_path):
     (tmp_path / "plain.md").write_text("no block\n")
     assert fp.main(["--readme", str(tmp_path / "plain.md"), "--scratch", str(tmp_path / "scratch"), "--",
                     str(suite_dir), "--rootdir", str(suite_dir)]) == 2
+
+
+@pytest.mark.slow
+def test_device_check_runs_its_steps_on_the_cpu_and_writes_the_page(tmp_path):
+    """benchmarks/device_check.py --smoke on the CPU: every step ends with exit 0, the three
+    trainings are evaluated with finite losses, only Dynamic R-CNN moves its threshold and beta,
+    the step benchmark answers; --page turns its JSON into the page's table."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("device_check", REPO / "benchmarks" / "device_check.py")
+    dc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dc)
+    out = tmp_path / "out"
+    assert dc.main(["--device", "cpu", "--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    data = json.loads((out / dc.RESULT).read_text())
+    assert data["environment"]["smoke"] is True and data["environment"]["device"] == "cpu"
+    assert all(data[k]["exit"] == 0 for k in ("data", "pretrain", "step"))
+    runs = {(m, a): data[f"train {m} {a}"] for m, a in dc.TRAININGS}
+    assert all(r["exit"] == 0 and r["iterations"] == 6 and r["losses_finite"] and r["AP"] is not None
+               for r in runs.values())
+    assert runs[("baseline", "bf16")]["iou_threshold"] == 0.5 and runs[("baseline", "bf16")]["beta"] == 1.0
+    assert runs[("dynamic", "bf16")]["beta"] < 1.0
+    assert set(data["step"]["median_s"]) == {"fp32"}
+    page = tmp_path / "gpu.md"
+    page.write_text(f"# g\n<!-- {dc.BLOCK}:BEGIN -->\n<!-- {dc.BLOCK}:END -->\n")
+    assert dc.main(["--page", str(page), "--from", str(out / dc.RESULT)]) == 0
+    text = page.read_text()
+    assert "| dynamic | fp16 | 0 | 6 |" in text and "(smoke: 24 images, 6 iterations; numbers meaningless)" in text
+    assert "| fp32 |" in text and "| 1.000 |" in text
+    (tmp_path / "plain.md").write_text("no block\n")
+    assert dc.main(["--page", str(tmp_path / "plain.md"), "--from", str(out / dc.RESULT)]) == 2
