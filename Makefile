@@ -69,9 +69,11 @@ smoke: $(STAMP)
 # the paper's overhead claim, the training step of the report of record and the RPN's NMS (docs/performance.md's
 # blocks; the NMS also on the report's trained baseline when make report has run)
 NMS_CHECKPOINT := runs/mini/baseline/checkpoints/last.pth
+# the levers docs/performance.md's PERFORMANCE block compares (the others: git show f0e119b:docs/performance.md)
+STEP_VARIANTS := fp32,nms,sparse+bf16+channels_last,sparse+bf16+channels_last+nms,sparse+bf16+channels_last+nms+fused,sparse+bf16+channels_last+nms+mm
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/step.py --page docs/performance.md
+	$(PY) benchmarks/step.py --variants $(STEP_VARIANTS) --skip-layout --threads 1 --data-root data/mini --page docs/performance.md
 	$(PY) benchmarks/nms.py $(if $(wildcard $(NMS_CHECKPOINT)),--checkpoint $(NMS_CHECKPOINT)) --page docs/performance.md
 
 # the notebooks in JupyterLab, in the project's venv (the notebook extra is installed once); as root

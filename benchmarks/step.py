@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,7 @@ def layout(args, variant: str) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)  # kept for the page's Re-measure line
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=get_preset(REPORT_PRESET).model.arch, choices=list(ARCHS))
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -337,7 +339,7 @@ def main(argv=None) -> int:
     if args.page:
         from dynrcnn.report.text import replace_readme_block
 
-        body = text + f"\n\nRe-measure: `python benchmarks/step.py --page {DOC_PAGE}` (`make benchmark`)."
+        body = text + f"\n\nRe-measure: `python benchmarks/step.py {shlex.join(argv)}`."
         if not replace_readme_block(args.page, "PERFORMANCE", body):
             print(f"{args.page} has no PERFORMANCE block markers; nothing written", file=sys.stderr)
             return 2

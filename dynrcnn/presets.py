@@ -54,9 +54,10 @@ def _mini(**over) -> Config:
         num_workers=1,
         eval_batch_size=8,
         tf32=False,
-        # bf16 autocast and channels-last: 0.53x the float32 step time with the sparse RoIAlign
-        # backward on a 2-core AVX512-BF16 CPU (benchmarks/step.py); a CPU without bf16 trains
-        # in float32 (model.autocast_dtype)
+        # bf16 autocast, channels-last and the sparse RoIAlign backward together: about 0.55x the
+        # fp32 eager step on a 2-core bf16 CPU; without bf16 (the other two kept) a step is about
+        # 1.2x longer (benchmarks/step.py, docs/performance.md); a CPU without bf16 trains in
+        # float32 (model.autocast_dtype)
         amp="bf16",
         channels_last=True,
         model=ModelConfig(
@@ -85,7 +86,7 @@ def _mini(**over) -> Config:
 def _mini_long() -> Config:
     # The mini preset with a three times longer fine-tune (900 iterations, lr steps at the same
     # fractions). Baseline AP90 grows with the fine-tune's length (docs/regime.md),
-    # and this is the length at which it passes 10; 'make report-long' runs it (~3x the time).
+    # and this is the length at which it passes 10; 'make report' runs it (~3x the time of 'make report-quick').
     return _mini(preset="mini_long", max_iter=900, lr_steps=(675, 810), checkpoint_period=300)
 
 

@@ -115,7 +115,7 @@ SKIPS = {
     "srun torchrun --nnodes=$SLURM_NNODES --nproc-per-node=8 --rdzv-backend=c10d "
     "--rdzv-endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29400 --rdzv-id=$SLURM_JOB_ID "
     "-m dynrcnn train --preset coco_r50_fpn_1x --method dynamic --data-root /shared/coco --out "
-    "/shared/runs/coco_dyn": "SLURM on several machines; " + GPU,
+    "/shared/runs/coco_dyn --set model.rpn_nms_thresh=0.85": "SLURM on several machines; " + GPU,
     "dynrcnn convert faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth --from mmdet --out "
     "runs/published/faster_rcnn": PUBLISHED,
     "dynrcnn convert dynamic_rcnn_r50_fpn_1x-62a3f276.pth --from mmdet --out runs/published/dynamic_rcnn": PUBLISHED,
