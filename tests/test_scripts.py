@@ -284,3 +284,31 @@ def test_device_check_runs_its_steps_on_the_cpu_and_writes_the_page(tmp_path):
     assert "| fp32 |" in text and "| 1.000 |" in text
     (tmp_path / "plain.md").write_text("no block\n")
     assert dc.main(["--page", str(tmp_path / "plain.md"), "--from", str(out / dc.RESULT)]) == 2
+
+
+def test_anchor_variants_switch_exactly_the_piece_they_name():
+    """benchmarks/anchor_variants.py: the rounded-anchor variant keeps MMDetection's strides and
+    rounds only the base anchors; the inferred-stride variant keeps the fractional base anchors and
+    moves only P6 (61 px instead of 64 on an 800 x 1088 input); the kept share is the hand count."""
+    import importlib.util
+
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    spec = importlib.util.spec_from_file_location("anchor_variants", REPO / "benchmarks" / "anchor_variants.py")
+    av = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(av)
+    sizes, ratios = ((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5
+    images = ImageList(torch.zeros(1, 3, 800, 1088), [(800, 1067)])
+    feats = [torch.zeros(1, 1, 800 // s, -(-1088 // s)) for s in (4, 8, 16, 32)] + [torch.zeros(1, 1, 13, 17)]
+    mm, rounded, inferred = (cls(sizes, ratios)(images, feats)[0] for cls in
+                             (av.MMDetAnchorGenerator, av.RoundedAnchors, av.InferredStrides))
+    assert not torch.equal(mm, rounded) and torch.equal(rounded, rounded.round())  # base anchors rounded
+    n_p6 = 13 * 17 * 3
+    assert torch.equal(mm[:-n_p6], inferred[:-n_p6]) and not torch.equal(mm[-n_p6:], inferred[-n_p6:])
+    step = inferred[-n_p6:].view(13, 17, 3, 4)[1, 0, 0, 1] - inferred[-n_p6:].view(13, 17, 3, 4)[0, 0, 0, 1]
+    assert step.item() == 61 and (mm[-n_p6:].view(13, 17, 3, 4)[1, 0, 0, 1] - mm[-n_p6:].view(13, 17, 3, 4)[0, 0, 0, 1]).item() == 64
+    ref = {"boxes": torch.tensor([[0., 0., 10., 10.], [20., 20., 40., 40.]]), "labels": torch.tensor([1, 2])}
+    same = {"boxes": torch.tensor([[20., 20., 40., 40.], [0., 0., 10., 10.5]]), "labels": torch.tensor([2, 1])}
+    assert av.kept_share(ref, same) == 0.5  # the second box matches; the first is at IoU 0.95
+    assert av.kept_share(ref, {**same, "labels": torch.tensor([1, 2])}) == 0.0
