@@ -123,12 +123,9 @@ def main(argv=None) -> int:
     text = block_text(rows, about, args.height, args.width)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
-        if not replace_readme_block(args.page, BLOCK, text):
-            print(f"{args.page} has no <!-- {BLOCK}:BEGIN/END --> block", file=sys.stderr)
-            return 2
-        print(f"written to {args.page}")
+        return write_page_block(args.page, BLOCK, text)
     return 0
 
 

@@ -115,13 +115,11 @@ def main(argv=None) -> int:
     text = markdown(table) + "\n\n" + summary(table)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
         head = (f"{args.label}\n\n" if args.label else "") + (
             "Written by `python benchmarks/before_after.py BEFORE AFTER --page PAGE` (runs folders of the two reports).\n\n")
-        if not replace_readme_block(args.page, BLOCK, head + text):
-            print(f"{args.page} has no {BLOCK} block markers; nothing written", file=sys.stderr)
-            return 2
+        return write_page_block(args.page, BLOCK, head + text)
     return 0
 
 

@@ -200,14 +200,9 @@ def page_text(data: dict) -> str:
 
 
 def write_page(page: str, source: str) -> int:
-    from dynrcnn.report.text import replace_readme_block
+    from dynrcnn.report.text import write_page_block
 
-    data = json.loads(Path(source).read_text())
-    if not replace_readme_block(page, BLOCK, page_text(data)):
-        print(f"{page} has no <!-- {BLOCK}:BEGIN/END --> block", file=sys.stderr)
-        return 2
-    print(f"written to {page}")
-    return 0
+    return write_page_block(page, BLOCK, page_text(json.loads(Path(source).read_text())))
 
 
 def main(argv=None) -> int:

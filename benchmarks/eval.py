@@ -238,12 +238,10 @@ def main(argv=None) -> int:
     text = "\n".join(out)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
         again = f"python benchmarks/eval.py --run {shown_run} --images {args.images} --reps {args.reps} --page {DOC_PAGE}"
-        if not replace_readme_block(args.page, BLOCK, text + f"\n\nRe-measure: `{again}`."):
-            print(f"{args.page} has no {BLOCK} block markers; nothing written", file=sys.stderr)
-            return 2
+        return write_page_block(args.page, BLOCK, text + f"\n\nRe-measure: `{again}`.")
     return 0
 
 

@@ -146,7 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from dynrcnn.report.text import replace_readme_block
+    from dynrcnn.report.text import write_page_block
     from dynrcnn.rundir.environment import cpu_model
 
     machine = f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start"
@@ -158,12 +158,7 @@ def main(argv=None) -> int:
     if suite is not None and suite["returncode"] != 0:
         print(f"the suite failed (exit {suite['returncode']}): nothing written", file=sys.stderr)
         return 1
-    if args.readme:
-        if not replace_readme_block(args.readme, BLOCK, text):
-            print(f"{args.readme} has no <!-- {BLOCK}:BEGIN/END --> block", file=sys.stderr)
-            return 2
-        print(f"written to {args.readme}")
-    return 0
+    return write_page_block(args.readme, BLOCK, text) if args.readme else 0
 
 
 if __name__ == "__main__":

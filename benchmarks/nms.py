@@ -162,13 +162,11 @@ def main(argv=None) -> int:
     text = "\n".join(out)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
         again = "".join(f" --checkpoint {c}" for c in args.checkpoint or [])
-        if not replace_readme_block(args.page, "NMS", text + f"\n\nRe-measure: `python benchmarks/nms.py{again} --page "
-                                    f"{DOC_PAGE}` (`make benchmark`)."):
-            print(f"{args.page} has no NMS block markers; nothing written", file=sys.stderr)
-            return 2
+        return write_page_block(args.page, "NMS", text + f"\n\nRe-measure: `python benchmarks/nms.py{again} --page "
+                                f"{DOC_PAGE}` (`make benchmark`).")
     return 0
 
 

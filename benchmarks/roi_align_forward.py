@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 import warnings
 
@@ -102,12 +101,10 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
-        body = text + f"\n\nRe-measure: `python benchmarks/roi_align_forward.py --page {args.page}`."
-        if not replace_readme_block(args.page, BLOCK, body):
-            print(f"{args.page} has no {BLOCK} block markers; nothing written", file=sys.stderr)
-            return 2
+        return write_page_block(args.page, BLOCK, text + f"\n\nRe-measure: `python benchmarks/roi_align_forward.py "
+                                                         f"--page {args.page}`.")
     return 0
 
 

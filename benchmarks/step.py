@@ -337,12 +337,10 @@ def main(argv=None) -> int:
     text = "\n".join(out)
     print(text)
     if args.page:
-        from dynrcnn.report.text import replace_readme_block
+        from dynrcnn.report.text import write_page_block
 
-        body = text + f"\n\nRe-measure: `python benchmarks/step.py {shlex.join(argv)}`."
-        if not replace_readme_block(args.page, "PERFORMANCE", body):
-            print(f"{args.page} has no PERFORMANCE block markers; nothing written", file=sys.stderr)
-            return 2
+        return write_page_block(args.page, "PERFORMANCE", text + f"\n\nRe-measure: `python benchmarks/step.py "
+                                                               f"{shlex.join(argv)}`.")
     return 0
 
 

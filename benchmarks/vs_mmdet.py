@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     summary = (f"ours / MMDetection per training iteration over {len(ratios)} rounds: min x{min(ratios):.2f}, "
                f"median x{statistics.median(ratios):.2f}, max x{max(ratios):.2f}")
     print(summary)
-    from dynrcnn.report.text import replace_readme_block
+    from dynrcnn.report.text import write_page_block
 
     if args.page:
         lines = [f"Machine: {machine}. Preset `{args.preset}`, method `{args.method}`, RPN NMS 0.85, the same data and "
@@ -127,18 +127,16 @@ def main(argv=None) -> int:
                  f"Re-measure: `.venv/bin/python benchmarks/vs_mmdet.py --data-root data/mini --backbone "
                  f"data/pretrained/{Path(args.backbone).name} --rounds {args.rounds} --page {args.page}` (after "
                  "`make report` and `make mmdet-env`)."]
-        if not replace_readme_block(args.page, BLOCK, "\n".join(lines)):
-            raise SystemExit(f"{args.page} has no <!-- {BLOCK}:BEGIN/END --> block")
-        print(f"written to {args.page}")
+        if write_page_block(args.page, BLOCK, "\n".join(lines)):
+            return 2
     if args.readme:
         page = args.page or DOC_PAGE
         line = (f"- **Speed against MMDetection**: ours / MMDetection per training iteration, the two trained side by "
                 f"side on one thread each ({args.preset}, {cpu_model()}): median x{statistics.median(ratios):.2f} "
                 f"over {len(ratios)} rounds (min x{min(ratios):.2f}, max x{max(ratios):.2f}); `benchmarks/vs_mmdet.py`, "
                 f"[{page}]({page}#ours-against-mmdetection-side-by-side).")
-        if not replace_readme_block(args.readme, HEADLINE, line):
-            raise SystemExit(f"{args.readme} has no <!-- {HEADLINE}:BEGIN/END --> block")
-        print(f"written to {args.readme}")
+        if write_page_block(args.readme, HEADLINE, line):
+            return 2
     return 0
 
 

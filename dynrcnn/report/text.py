@@ -4,6 +4,7 @@ interpretation sentences the notebooks and the index page print."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -91,6 +92,16 @@ def replace_readme_block(readme, tag: str, body: str) -> bool:
     tail = rest.split(end, 1)[1]
     readme.write_text(head + f"{begin}\n{body.rstrip()}\n{end}" + tail)
     return True
+
+
+def write_page_block(page, tag: str, body: str) -> int:
+    """The scripts' ``--page`` / ``--readme``: ``body`` into ``page``'s ``tag`` block, said on
+    stdout; 0, or 2 (one line on stderr, the page untouched) when the page has no such block."""
+    if not replace_readme_block(page, tag, body):
+        print(f"{page} has no <!-- {tag}:BEGIN/END --> block markers; nothing written", file=sys.stderr)
+        return 2
+    print(f"written to {page}")
+    return 0
 
 
 def readme_blocks(readme, runs_root, figures_dir, command: str = "make report", tag: str = _MAIN.readme,
@@ -249,5 +260,5 @@ def ap_sentence(runs) -> str:
             f"0.90; the largest gain ({diff[i]:+.1f}) is at IoU {ious[i]:.2f} [{scale}].")
 
 
-__all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "markdown", "readme_table", "readme_blocks", "update_readme", "trend_sentence",
+__all__ = ["README_BEGIN", "README_END", "readme_markers", "replace_readme_block", "write_page_block", "markdown", "readme_table", "readme_blocks", "update_readme", "trend_sentence",
            "ap_sentence", "why_sentence", "headline", "summary_lines"]
