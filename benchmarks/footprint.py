@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO))
 from dynrcnn.report.profiles import default_run_dir, get_profile, repo_path  # noqa: E402
 
 MAIN = "mini"  # make report's profile
+RUNS = default_run_dir(MAIN, "baseline").parent  # where make report keeps its runs
+DATA = repo_path(get_profile(MAIN).data_root).parent  # its benchmarks and pretrained backbone
 BLOCK = "FOOTPRINT"  # README's marked block this script writes
 GIB = 2 ** 30  # sizes in GiB, as `du -h` prints them
 # pytest's own summary line, e.g. "624 passed, 2 skipped in 457.12s (0:07:37)"
@@ -123,10 +125,6 @@ def block_text(sizes: dict, suite: dict | None, machine: str) -> str:
         parts.append(f"`make test`: {suite['counts']} in {suite['seconds'] / 60:.1f} min; its temporary files peak at "
                      f"{gb(suite['peak'])} in the temp folder (`TMPDIR`), and {gb(suite['left'])} is left once it passes.")
     return " ".join(parts)
-
-
-RUNS = default_run_dir(MAIN, "baseline").parent  # where make report keeps its runs
-DATA = repo_path(get_profile(MAIN).data_root).parent  # its benchmarks and pretrained backbone
 
 
 def parse_args(argv=None) -> argparse.Namespace:
