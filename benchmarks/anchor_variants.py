@@ -18,6 +18,7 @@ show; what they show is that neither difference is invisible.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -87,16 +88,15 @@ def measure(height: int, width: int, seed: int = 0) -> tuple[list[tuple[str, flo
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         ref = model([image])[0]
-        feats = model.backbone(model.transform([image])[0].tensors)
-        about = {"detections": len(ref["boxes"]), "p6": tuple(feats["pool"].shape[-2:]),
-                 "padded": tuple(model.transform([image])[0].tensors.shape[-2:])}
+        padded = tuple(model.transform([image])[0].tensors.shape[-2:])
+        # P6 is P5 (padded / 32) max-pooled at stride 2
+        about = {"detections": len(ref["boxes"]), "padded": padded, "p6": tuple(-(-s // 64) for s in padded)}
         ref = {k: v[:TOP] for k, v in ref.items()}
         rows = []
         for name, apply in VARIANTS.items():
-            variant = build_model(cfg, 81)
-            variant.load_state_dict(model.state_dict())
+            variant = copy.deepcopy(model)
             apply(variant)
-            rows.append((name, kept_share(ref, variant.eval()([image])[0])))
+            rows.append((name, kept_share(ref, variant([image])[0])))
     return rows, about
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 from dynrcnn.evaluation.seed_intervals import equivalence, seed_contrast
 from dynrcnn.evaluation.stats import DEFAULT_BOOT, signed
@@ -91,9 +92,7 @@ def markdown(table: list[dict]) -> str:
 
 def summary(table: list[dict]) -> str:
     """How many rows keep the change, by verdict."""
-    counts: dict[str, int] = {}
-    for r in table:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    counts = Counter(r["verdict"] for r in table)
     kept = sum(n for w, n in counts.items() if w.split()[0] in KEPT)
     return (f"{kept} of {len(table)} rows identical or equivalent within their declared margins ("
             + ", ".join(f"{n} {w}" for w, n in sorted(counts.items())) + ")"

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_name  # the sibling benchmarks' helpers
+from dynrcnn.rundir.environment import machine_line
 from step import DOC_PAGE
 
 from dynrcnn.config import COCO_SUMMARY
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
                                         [int(t["image_id"]) for _, t in items], ds.label_to_cat_id)
     n_all = len(ds)
     shown_run, shown_data = f"runs/{run.parent.name}/{run.name}", f"data/{Path(data_root).name}"  # no machine paths
-    out = [(f"Machine: {cpu_name()} ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start), "
+    out = [(f"Machine: {machine_line(os.getloadavg()[0])}, "
            f"1 thread unless a row says otherwise, torch {torch.__version__}. Run `{shown_run}` on `{shown_data}` "
            f"({n_all} images, {len(detections)} stored detections); forward on the first {len(items)} images. "
            f"{args.reps} interleaved repetitions per lever; seconds as min / median / max; ratios to the first row "

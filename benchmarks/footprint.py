@@ -145,9 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from dynrcnn.report.text import write_page_block
-    from dynrcnn.rundir.environment import cpu_model
+    from dynrcnn.rundir.environment import machine_line
 
-    machine = f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start"
+    machine = machine_line(os.getloadavg()[0])
     print(f"machine: {machine}")
     sizes = folder_sizes(Path(args.runs), Path(args.data))
     suite = None if args.skip_tests else run_suite(args.python, Path(args.scratch), args.pytest_args)

@@ -30,7 +30,8 @@ import torch
 import torchvision.ops.boxes as tv_boxes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_name, make_batch  # noqa: E402  (the sibling benchmarks' helpers)
+from overhead import make_batch  # noqa: E402  (the sibling benchmarks' helpers)
+from dynrcnn.rundir.environment import machine_line  # noqa: E402
 from step import DOC_PAGE, REPORT_PRESET, build, load_batches  # noqa: E402
 
 from dynrcnn.modeling import nms as ours  # noqa: E402
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    out = [f"Machine: {cpu_name()} ({os.cpu_count()} cores, load average {load:.1f} at the start), "
+    out = [f"Machine: {machine_line(load)}, "
            f"{torch.get_num_threads()} thread(s), torch {torch.__version__}. Preset `{REPORT_PRESET}`: the "
            "inputs its model hands to `batched_nms` in training and evaluation forwards. "
            f"{args.reps} calls each, interleaved; ms as min / median / max; ratios ours / torchvision of the "

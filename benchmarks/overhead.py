@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -22,19 +21,9 @@ import torch
 from dynrcnn.config import ARCHS
 from dynrcnn.modeling.model import build_model
 from dynrcnn.presets import get_preset
+from dynrcnn.rundir.environment import cpu_model
 
 MINI = get_preset("mini")  # the slim model and image size the miniature report trains
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_batch(n: int, size: int, seed: int, device: str):
@@ -106,7 +95,7 @@ def main(argv=None) -> int:
             if i >= args.warmup:
                 times[m].append(t)
     med = {m: statistics.median(v) for m, v in times.items()}
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
     print(f"machine: {device_name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     print(f"model: {args.arch}, {args.images} images x {size} px, C={args.interval}, {args.steps} steps each")

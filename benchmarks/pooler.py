@@ -71,13 +71,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from dynrcnn.modeling.model import RoIAlignPooler, build_model, cpu_has_bf16
     from dynrcnn.presets import get_preset
-    from dynrcnn.rundir.environment import cpu_model
+    from dynrcnn.rundir.environment import machine_line
 
     cfg = get_preset(args.preset)
     channels = build_model(cfg, 7).backbone.out_channels
     variants = {"before (zero-filled)": zero_filled(RoIAlignPooler), "after (empty)": RoIAlignPooler}
     amp = cpu_has_bf16()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+    print(f"machine: {machine_line(os.getloadavg()[0])}, "
           f"{platform.platform()}; 1 thread, torch {torch.__version__}; preset {args.preset}, {channels} channels")
     for name, feats, boxes, shapes, train in cases(cfg, channels):
         pools = {v: cls(["0", "1", "2", "3"], 7, cfg.model.roi_sampling_ratio) for v, cls in variants.items()}

@@ -62,7 +62,7 @@ def sparse_forward(x: torch.Tensor, s: torch.Tensor, r: int, size) -> torch.Tens
 def main(argv=None) -> int:
     args = parse_args(argv)
     from dynrcnn.presets import get_preset
-    from dynrcnn.rundir.environment import cpu_model
+    from dynrcnn.rundir.environment import machine_line
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
             if i >= 5:
                 times[name].append(1000 * (time.perf_counter() - t0))
     ref = statistics.median(times["torchvision"])
-    lines = [f"Machine: {cpu_model()} ({os.cpu_count()} cores, load average {load:.1f} at the start), 1 thread, "
+    lines = [f"Machine: {machine_line(load)}, 1 thread, "
              f"torch {torch.__version__}. Preset `{args.preset}`: {r} RoIs on {n} x {c} x {side} x {side} features, "
              f"{args.reps} calls per variant, interleaved. The sparse forward's largest difference from "
              f"torchvision's: {diff:.1e}.", "", "| variant | min ms | median ms | max ms | ratio to torchvision |",

@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_name, make_batch  # noqa: E402  (the sibling benchmark's helpers)
+from overhead import make_batch  # noqa: E402  (the sibling benchmark's helpers)
+from dynrcnn.rundir.environment import machine_line  # noqa: E402
 
 from dynrcnn.config import ARCHS  # noqa: E402
 from dynrcnn.modeling.model import autocast_dtype  # noqa: E402
@@ -74,8 +75,8 @@ class ConvAsMatmul(torch.nn.Module):
 
     def forward(self, x):
         c, (n, _, h, w) = self.conv, x.shape
-        (kh, kw), (sh, sw), (ph, pw) = c.kernel_size, c.stride, c.padding
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = c.kernel_size, c.stride, c.padding, c.dilation
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = torch.nn.functional.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # (N, C*kh*kw, L)
         out = torch.nn.functional.linear(cols.transpose(1, 2).reshape(n * ho * wo, -1),
                                          c.weight.reshape(c.weight.shape[0], -1), c.bias)
@@ -297,8 +298,8 @@ def main(argv=None) -> int:
         print(json.dumps({"median_s": med}))
         return 0
     kept = preset_variant(args.device)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    out = [f"Machine: {device_name} ({os.cpu_count()} cores, load average {load:.1f} when the timing began), "
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else None
+    out = [f"Machine: {machine_line(load, device_name)}, "
            f"{torch.get_num_threads()} threads, "
            f"torch {torch.__version__}. Preset `{REPORT_PRESET}` ({args.arch}), {n_img} images per step from "
            f"{source}; {args.steps} timed steps per variant after {args.warmup} warm-up, interleaved in one "

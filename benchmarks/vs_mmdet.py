@@ -96,9 +96,9 @@ def main(argv=None) -> int:
                        (Path(args.backbone), "the backbone file"), (Path(args.data_root), "the data root")):
         if not path.exists():
             raise SystemExit(f"{path} not found: {what} is needed")
-    from dynrcnn.rundir.environment import cpu_model
+    from dynrcnn.rundir.environment import cpu_model, machine_line
 
-    machine = (f"{cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start, "
+    machine = (f"{machine_line(os.getloadavg()[0])}, "
                f"{platform.platform()}")
     print(f"machine: {machine}; one thread per process, the two side by side; preset {args.preset}, "
           f"method {args.method}")

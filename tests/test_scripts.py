@@ -140,7 +140,7 @@ def test_vs_mmdet_writes_its_rounds_to_the_page_and_one_line_to_readme(tmp_path,
 
 def test_step_benchmark_mm_lever_is_the_same_convolution():
     """The ``mm`` lever of benchmarks/step.py computes each replaced convolution's function (float32,
-    strided and 1 x 1 included) and replaces exactly the small-map convolutions of the preset's backbone."""
+    strided, 1 x 1 and dilated included) and replaces exactly the small-map convolutions of the preset's backbone."""
     import importlib.util
 
     import torch
@@ -154,7 +154,7 @@ def test_step_benchmark_mm_lever_is_the_same_convolution():
         sys.path.remove(str(REPO / "benchmarks"))
     torch.manual_seed(0)
     for conv in (torch.nn.Conv2d(16, 24, 3, 1, 1), torch.nn.Conv2d(16, 24, 3, 2, 1, bias=False),
-                 torch.nn.Conv2d(16, 24, 1, 2, 0, bias=False)):
+                 torch.nn.Conv2d(16, 24, 1, 2, 0, bias=False), torch.nn.Conv2d(16, 24, 3, 1, 2, dilation=2)):
         x = torch.randn(2, 16, 8, 8, requires_grad=True)
         ref = conv(x)
         out = step.ConvAsMatmul(conv)(x)

@@ -139,6 +139,11 @@ def write_results(res: dict, figures: Path) -> Path:
     return path
 
 
+def utc_minute() -> str:
+    """Now, as a block dates itself: ``2026-12-05 14:30 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 TIMINGS = "timings.json"  # <out>/timings.json: where one invocation of a study spent its wall time
 # the phases a timing line names; the rest (planning, the notebooks, the HTML pages, the blocks) is summed
 MAIN_PHASES = ("pretraining", "data", "training and evaluation", "bootstrap")  # the order they run in
@@ -152,7 +157,7 @@ def timings(ctx: StudyContext) -> dict:
     bar = ctx.state["bar"]
     return {"wall_time_sec": time.perf_counter() - ctx.state["t0"], "phases_sec": bar.phase_seconds(),
             "runs_trained": len(bar.tracked), "machine": cpu_model(), "cores": os.cpu_count(),
-            "load_average_at_start": ctx.state["load"], "written_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "load_average_at_start": ctx.state["load"], "written_at": utc_minute()}
 
 
 def timing_line(t: dict, command: str) -> str:
@@ -161,8 +166,10 @@ def timing_line(t: dict, command: str) -> str:
     phases = t["phases_sec"]
     parts = [f"{k} {phases[k] / 60:.1f}" for k in MAIN_PHASES if k in phases]
     parts.append(f"notebooks and pages {sum(v for k, v in phases.items() if k not in MAIN_PHASES) / 60:.1f}")
-    return (f"**Time** (written by `{command}`): {t['wall_time_sec'] / 60:.0f} min on {t['machine']} "
-            f"({t['cores']} cores, load average {t['load_average_at_start']:.1f} at the start), "
+    from dynrcnn.rundir.environment import machine_line
+
+    return (f"**Time** (written by `{command}`): {t['wall_time_sec'] / 60:.0f} min on "
+            f"{machine_line(t['load_average_at_start'], t['machine'], t['cores'])}, "
             f"{t['runs_trained']} runs trained in it (a pretraining counts as one; finished runs are reused); "
             f"minutes per phase: {', '.join(parts)}. Written {t['written_at']}.")
 
@@ -225,7 +232,7 @@ def run_study(study: Study, root=None, jobs: int = 2, device: str = "cpu", progr
         bar.phase(f"{study.name}: results", key="results")
         res = study.results(ctx)
         res["wall_time_sec"] = time.perf_counter() - t0
-        res["written_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # blocks date themselves
+        res["written_at"] = utc_minute()  # blocks date themselves
         write_results(res, ctx.figures)
         with _notebook_env(os.cpu_count() or 1):
             bar.phase(f"{study.notebook} notebook", key="notebook")

@@ -18,6 +18,7 @@ lock check imports nothing; only the numeric path imports torch.
 
 from __future__ import annotations
 
+import os
 import re
 from importlib import metadata
 from pathlib import Path
@@ -121,6 +122,13 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine() or "cpu"
 
 
+def machine_line(load: float, name: str | None = None, cores: int | None = None) -> str:
+    """How a measurement names the machine it ran on: ``"<CPU> (<n> cores, load average <l> at the
+    start)"``; ``load``: ``os.getloadavg()[0]`` when the measurement began (above 0: other work
+    shared the cores). ``name`` and ``cores`` default to this machine's (a record's, when given)."""
+    return f"{name or cpu_model()} ({cores or os.cpu_count()} cores, load average {load:.1f} at the start)"
+
+
 def numeric_path(device, amp_dtype) -> str:
     """The numeric path a forward runs on, which decides a run's numbers bit for bit (what
     ``env.json`` records): ``fp32``; ``bf16 (AMX)`` or ``bf16 (AVX512-BF16)`` on a CPU (oneDNN takes
@@ -198,6 +206,6 @@ def environment_record(lock_path=None, amp: str = "bf16") -> dict:
             "sentence": environment_sentence(mismatches, path.name)}
 
 
-__all__ = ["NUMERIC_PACKAGES", "TORCHVISION_FOR_TORCH", "Mismatch", "canonical_name", "default_lock_path",
+__all__ = ["machine_line", "NUMERIC_PACKAGES", "TORCHVISION_FOR_TORCH", "Mismatch", "canonical_name", "default_lock_path",
            "parse_lock", "installed_version", "torchvision_matches", "cpu_model", "numeric_path", "cpu_numeric_path", "numeric_versions",
            "lock_mismatches", "environment_sentence", "environment_record"]
