@@ -140,6 +140,33 @@ def test_resume_after_kill_during_checkpoint_write(full_run, tiny_root, tmp_path
     assert [m["iteration"] for m in read_jsonl(out / "metrics.jsonl")] == [2, 4, 6, 8]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again(full_run, tiny_root, tmp_path):
+    """What a kill at iteration 3 leaves (its config, env and first logs; no checkpoint): the notebooks'
+    rule restarts it (same config) and the restart equals the uninterrupted run; another config's
+    start is not taken over."""
+    from dynrcnn.rundir.integrity import train_action
+
+    out = tmp_path / "killed-early"
+    shutil.copytree(full_run.run_dir, out)
+    shutil.rmtree(out / "checkpoints")
+    (out / "train_done.json").unlink()
+    for name in ("metrics.jsonl", "dynamic.jsonl", "stats.jsonl", "proposal_ious.jsonl"):
+        lines = (out / name).read_text().splitlines(keepends=True)
+        (out / name).write_text("".join(line for line in lines if json.loads(line)["iteration"] <= 2))
+    cfg = tiny_cfg(tiny_root, "log_stats=true")
+    action, why = train_action(out, cfg)
+    assert action == "resume" and "before its first checkpoint" in why
+    assert train_action(out, tiny_cfg(tiny_root, "log_stats=true", "max_iter=10"))[0] == "train"
+    result = train_model(cfg, out, resume=True, progress=False)
+    assert result.finished and result.iteration == 8
+    assert_state_equal(full_run.model.state_dict(), result.model.state_dict())
+    for name in ("metrics.jsonl", "dynamic.jsonl", "stats.jsonl"):
+        got, want = read_jsonl(out / name), read_jsonl(full_run.run_dir / name)
+        assert [(r["iteration"], r.get("loss"), r.get("iou_threshold")) for r in got] == \
+            [(r["iteration"], r.get("loss"), r.get("iou_threshold")) for r in want], name
+    assert train_action(out, cfg)[0] == "reuse"
+
+
 def test_refuses_checkpoint_of_other_method(full_run, tiny_root, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(full_run.run_dir, out)

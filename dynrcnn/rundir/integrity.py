@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dynrcnn.errors import DynrcnnError
 from dynrcnn.rundir.provenance import same_path
-from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, LAST_CHECKPOINT_PATH, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_evaluated, is_finished, is_run_dir, last_checkpoint
+from dynrcnn.rundir.runs import CHECKPOINTS, CONFIG, DATA_RECORD, LOCK, TRAIN_DONE, artefacts, has_checkpoints, is_evaluated, is_finished, is_run_dir
 from dynrcnn.io import read_json, shown_path
 from dynrcnn.config import flat_dict
 
@@ -222,18 +222,22 @@ def _mismatch(run_dir: Path, cfg) -> str | None:
 def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
     """What the train notebook does with ``run_dir``: ``reuse`` a finished run of the same
     config (read only: nothing of it is written again, a missing evaluation is the evaluation
-    step's), ``resume`` an interrupted one (same config, ``checkpoints/last.pth`` present) or
-    ``train`` from scratch; the second element says why."""
+    step's), ``resume`` an interrupted one of the same config (from its newest readable
+    checkpoint; one killed before its first checkpoint starts again, as ``--resume`` does, since
+    it holds nothing but its own start) or ``train`` from scratch; the second element says why."""
     run_dir = Path(run_dir)
     if force:
         return "train", f"force=True: training {run_dir} from scratch"
     finished = is_finished(run_dir) and is_run_dir(run_dir)
-    resumable = last_checkpoint(run_dir).is_file() and is_run_dir(run_dir)
-    mismatch = _mismatch(run_dir, cfg) if finished or resumable else None  # hashes the annotations once
+    interrupted = not is_finished(run_dir) and is_run_dir(run_dir)
+    mismatch = _mismatch(run_dir, cfg) if finished or interrupted else None  # hashes the annotations once
     if finished and mismatch is None:
         return "reuse", (f"reusing the finished run {shown_path(run_dir)} (same config; read only; pass force=True "
                          "to retrain)")
-    if resumable and mismatch is None:
-        return "resume", f"resuming the interrupted run {shown_path(run_dir)} from {LAST_CHECKPOINT_PATH}"
+    if interrupted and mismatch is None and has_checkpoints(run_dir):
+        return "resume", f"resuming the interrupted run {shown_path(run_dir)} from its newest checkpoint"
+    if interrupted and mismatch is None:
+        return "resume", (f"restarting the interrupted run {shown_path(run_dir)}: it stopped before its first "
+                          "checkpoint (same config)")
     why = mismatch or f"{shown_path(run_dir)} is not finished (no {TRAIN_DONE})"
     return "train", why + ": training from scratch"
