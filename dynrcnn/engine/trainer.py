@@ -330,11 +330,11 @@ class Trainer:
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ckpt_dir.mkdir(exist_ok=True)
         runs.prepare_logs(self.out, self.start_iter if self.ckpt is not None else None,
                           finished=self.start_iter >= self.cfg.max_iter)
         if self.ckpt is None or not runs.is_run_dir(self.out):  # a resume keeps the recorded config
             runs.write_config(self.out, self.cfg, self.world, data=self.data)
+        self.ckpt_dir.mkdir(exist_ok=True)  # after config.json: a run killed here is still known as one
         self.write_env()
         print(self.lr_message)
 
