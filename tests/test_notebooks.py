@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -54,6 +55,53 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
     msg = str(e.value)
     assert "broken.ipynb" in msg and "ValueError: boom in cell" in msg and re.search(r"cell \d+", msg)
     assert out.is_file()  # the partial executed notebook is kept
+
+
+def test_kernels_talk_over_private_unix_sockets(tmp_path):
+    """No TCP port for a kernel (a port taken between its choice and the kernel's bind hung a
+    smoke report for 60 s): the channels are Unix sockets in a folder of this notebook's own,
+    removed when it ends."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from ipykernel import get_connection_info\n"
+                                  "info = get_connection_info(unpack=True)\nprint(info['transport'], info['ip'])"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "where.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    report.execute_notebook(src, out, {"x": 2})
+    transport, ip = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].split()
+    assert transport == "ipc" and Path(ip).parent.name.startswith("dynrcnn-kernel-")
+    assert not Path(ip).parent.exists()
+
+
+def test_a_notebook_runs_in_its_folder_and_the_process_stays_where_it_was(tmp_path):
+    """The kernel works in ``cwd``, and this process's working directory does not move while the
+    notebook runs (papermill's own ``cwd=`` moves it; in the report's threads that left the
+    caller in a report folder)."""
+    import os
+    import threading
+    import time
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("pause = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import os, time\ntime.sleep(pause)\nprint(os.getcwd())"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out, work = tmp_path / "cwd.ipynb", tmp_path / "out" / "cwd.ipynb", tmp_path / "work"
+    out.parent.mkdir()
+    work.mkdir()
+    nbformat.write(nb, src)
+    before = os.getcwd()
+    runner = threading.Thread(target=report.execute_notebook, args=(src, out, {"pause": 3}), kwargs={"cwd": work})
+    runner.start()
+    seen = set()
+    while runner.is_alive():
+        seen.add(os.getcwd())
+        time.sleep(0.05)
+    runner.join()
+    assert seen == {before} and os.getcwd() == before
+    assert nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].strip() == str(work.resolve())
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ processes) -> ``02_method`` -> ``05_results``; then renders every executed noteb
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -25,9 +26,23 @@ from dynrcnn.report.profiles import NOTEBOOK_DIR, REPO, Profile, param_path, rep
 from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
-# the kernels log only errors: ipykernel warns "Kernel is running over TCP without encryption"
-# at every start (loopback only here), which flooded the terminal with one line per notebook
+# the kernels log only errors (ipykernel's start-up warnings flooded the terminal with a line per notebook)
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+def kernel_config(folder: Path):
+    """A kernel whose channels are Unix sockets in ``folder`` (private to one notebook), not
+    TCP ports. jupyter_client picks free ports, closes them and lets the kernel bind them later;
+    a port taken in between (by a kernel started beside it, by any outgoing connection) fails
+    the notebook before its first cell: the kernel dies, or, when it is the output channel's
+    port, stays alive and never answers, and papermill gives up after 60 s ("Kernel didn't
+    respond"). Two notebooks started side by side did the latter in a smoke report. Windows
+    keeps TCP (zmq has no ``ipc://`` there)."""
+    from traitlets.config import Config
+
+    if os.name == "nt":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
 
 
 class ReportError(DynrcnnError):
@@ -231,15 +246,24 @@ def report_progress(desc: str, steps: list[Step], progress: bool, extra_work: fl
 
 
 def execute_notebook(source: Path, output: Path, params: dict, cwd=None) -> Path:
-    """Run one notebook with papermill; on a failing cell raise :class:`ReportError` naming the
-    notebook and the cell (the partial executed notebook is kept at ``output``)."""
+    """Run one notebook with papermill, its kernel in ``cwd`` (default: ``output``'s folder); on a
+    failing cell raise :class:`ReportError` naming the notebook and the cell (the partial
+    executed notebook is kept at ``output``).
+
+    The kernel is started in ``cwd`` (nbclient's ``resources`` path), not through papermill's
+    ``cwd=``, which changes the working directory of this whole process while the notebook runs:
+    with notebooks run side by side in threads (:func:`_run_parallel`) one thread's restore
+    undid another's, and the report left its caller in a report folder."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    source, output = Path(source).resolve(), Path(output).resolve()
     try:
-        pm.execute_notebook(str(source), str(output), parameters=params, kernel_name="python3",
-                            progress_bar=False, log_output=False, cwd=str(cwd or output.parent),
-                            extra_arguments=KERNEL_ARGUMENTS)
+        with tempfile.TemporaryDirectory(prefix="dynrcnn-kernel-") as sockets:
+            pm.execute_notebook(str(source), str(output), parameters=params, kernel_name="python3",
+                                progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGUMENTS,
+                                config=kernel_config(Path(sockets)),
+                                resources={"metadata": {"path": str(Path(cwd or output.parent).resolve())}})
     except PapermillExecutionError as e:
         first = str(e.evalue).splitlines()[0] if e.evalue else ""
         raise ReportError(
