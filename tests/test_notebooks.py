@@ -73,6 +73,11 @@ def test_kernels_talk_over_private_unix_sockets(tmp_path):
     transport, ip = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].split()
     assert transport == "ipc" and Path(ip).parent.name.startswith("dynrcnn-kernel-")
     assert not Path(ip).parent.exists()
+    # a temp folder too deep for a socket's name keeps TCP rather than failing every kernel
+    from dynrcnn.report.pipeline import MAX_SOCKET_PREFIX, kernel_config
+
+    assert kernel_config(tmp_path)["KernelManager"]["transport"] == "ipc"
+    assert "KernelManager" not in kernel_config(Path("/" + "d" * MAX_SOCKET_PREFIX))
 
 
 def test_a_notebook_runs_in_its_folder_and_the_process_stays_where_it_was(tmp_path):

@@ -28,6 +28,8 @@ from dynrcnn.report.progress import WORK, ReportProgress, Tracked
 STEP_KINDS = ("data", "train", "evaluate", "method", "results")
 # the kernels log only errors (ipykernel's start-up warnings flooded the terminal with a line per notebook)
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# the longest socket path prefix an ipc kernel gets: jupyter_client appends "-<n>" per channel
+MAX_SOCKET_PREFIX = 96
 
 
 def kernel_config(folder: Path):
@@ -36,13 +38,15 @@ def kernel_config(folder: Path):
     a port taken in between (by a kernel started beside it, by any outgoing connection) fails
     the notebook before its first cell: the kernel dies, or, when it is the output channel's
     port, stays alive and never answers, and papermill gives up after 60 s ("Kernel didn't
-    respond"). Two notebooks started side by side did the latter in a smoke report. Windows
-    keeps TCP (zmq has no ``ipc://`` there)."""
+    respond"). Two notebooks started side by side did the latter in a smoke report. TCP stays
+    where ipc cannot serve: Windows (zmq has no ``ipc://`` there) and a temp folder whose path
+    leaves no room for a socket's name (at most 104 bytes on macOS, 108 on Linux)."""
     from traitlets.config import Config
 
-    if os.name == "nt":
+    prefix = str(Path(folder) / "kernel")
+    if os.name == "nt" or len(os.fsencode(prefix)) > MAX_SOCKET_PREFIX:
         return Config()
-    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
+    return Config({"KernelManager": {"transport": "ipc", "ip": prefix}})
 
 
 class ReportError(DynrcnnError):
