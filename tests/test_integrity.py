@@ -276,6 +276,24 @@ def test_report_force_retrains_over_an_existing_run(done_run, data_root, tmp_pat
     assert "overwrite=force" in source
 
 
+def test_the_notebooks_and_studies_never_replace_a_run_of_other_settings(done_run, data_root, tmp_path):
+    """refuse_replacing, the rule of the train notebook and the trees study: a run of another
+    config is refused with its difference and the caller's remedy; the same config (reuse,
+    resume) and an empty folder pass."""
+    out = tmp_path / "run"
+    shutil.copytree(done_run, out)
+    other = tiny_cfg(data_root, "max_iter=5", "eval_at_end=true")
+    action, why = integrity.train_action(out, other)
+    with pytest.raises(DynrcnnError, match=r"run already holds a run that this one would replace "
+                                           r"\(.*another config \(max_iter: 4 -> 5\)\); move it away$"):
+        integrity.refuse_replacing(out, action, why, "move it away")
+    same = runs.read_config(out)
+    integrity.refuse_replacing(out, *integrity.train_action(out, same), "move it away")
+    empty = tmp_path / "empty"
+    integrity.refuse_replacing(empty, *integrity.train_action(empty, other), "move it away")
+    assert snapshot(out) == snapshot(done_run)
+
+
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "last.pth"
     target.mkdir()  # the final rename fails

@@ -1,6 +1,7 @@
 """The integrity of a run directory: no silent overwrite (:func:`check_out_dir`,
 :func:`clear_run`), one writer at a time (:class:`RunLock`), the immutable training record
-(:func:`check_resume`) and the reuse rule of the notebooks (:func:`train_action`). What a run
+(:func:`check_resume`) and the reuse rule of the notebooks (:func:`train_action`,
+:func:`refuse_replacing`). What a run
 records of its data is :mod:`dynrcnn.rundir.provenance`.
 
 File names come from :mod:`dynrcnn.rundir.runs`; this module spells none.
@@ -241,3 +242,12 @@ def train_action(run_dir, cfg, force: bool = False) -> tuple[str, str]:
                           "checkpoint (same config)")
     why = mismatch or f"{shown_path(run_dir)} is not finished (no {TRAIN_DONE})"
     return "train", why + ": training from scratch"
+
+
+def refuse_replacing(run_dir, action: str, why: str, remedy: str) -> None:
+    """Refuse :func:`train_action`'s ``train`` over a folder that holds run files (a run of
+    another config or data): the notebooks and studies never replace a run unasked. ``why`` is
+    ``train_action``'s reason; ``remedy`` says what the caller may pass instead."""
+    if action == "train" and artefacts(run_dir):
+        raise DynrcnnError(f"{shown_path(run_dir)} already holds a run that this one would replace "
+                           f"({why.rsplit(': training', 1)[0]}); {remedy}")

@@ -49,26 +49,23 @@ def _seeds(profile: Profile) -> tuple[int, ...]:
 
 def train_and_evaluate(job: tuple) -> str:
     """Train (or resume, or reuse) one run and evaluate it: ``(run_dir, config, device, threads)``.
-    A folder holding a finished or checkpointed run of another config is refused, never replaced
-    (:func:`dynrcnn.rundir.integrity.train_action`, the train notebook's rule); one interrupted
-    before its first checkpoint starts again."""
+    A folder holding a run of another config is refused, never replaced; one of the same config
+    interrupted before its first checkpoint starts again (:func:`dynrcnn.rundir.integrity.train_action`
+    and :func:`~dynrcnn.rundir.integrity.refuse_replacing`, the train notebook's rule)."""
     import torch
 
     from dynrcnn.engine.trainer import train
     from dynrcnn.evaluation.coco_eval import ensure_evaluated
-    from dynrcnn.rundir import integrity, runs
+    from dynrcnn.rundir import integrity
 
     run_dir, cfg, device, threads = job
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         action, why = integrity.train_action(run_dir, cfg)
-        if action == "train" and (runs.is_finished(run_dir) or runs.has_checkpoints(run_dir)):
-            raise DynrcnnError(f"{shown_path(run_dir)} holds a run this study would replace ({why}); move it away "
-                               "or give the study another runs folder")
+        integrity.refuse_replacing(run_dir, action, why, "move it away or give the study another runs folder")
         if action != "reuse":
-            train(cfg, run_dir, resume=action == "resume", device=device, progress=False,
-                  overwrite=action == "train" and bool(runs.artefacts(run_dir)))
+            train(cfg, run_dir, resume=action == "resume", device=device, progress=False)
         ensure_evaluated(run_dir, device=device)
     finally:
         torch.set_num_threads(before)
