@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -139,13 +138,15 @@ def run(cmd: list[str], cwd: Path, env: dict) -> tuple[int, float, str]:
 
 
 def environment(device: str) -> dict:
+    """What a run's ``env.json`` records of this machine (:func:`dynrcnn.engine.trainer.environment`),
+    with CUDA's version and, on a GPU, its compute capability."""
     import torch
-    import torchvision
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "device": device, "cuda": torch.version.cuda}
+    from dynrcnn.engine.trainer import environment as run_environment
+
+    info = run_environment(torch.device(device), 1) | {"cuda": torch.version.cuda}
     if device.startswith("cuda"):
-        info.update(name=torch.cuda.get_device_name(), capability=".".join(map(str, torch.cuda.get_device_capability())))
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
     return info
 
 
@@ -172,7 +173,7 @@ def _num(v, fmt: str) -> str:
 def page_text(data: dict) -> str:
     """The page's block from a ``device_check.json``: the device, one row per training, the steps."""
     e = data.get("environment", {})
-    lines = [f"Measured by `benchmarks/device_check.py` on {e.get('name', e.get('device', '?'))} (torch "
+    lines = [f"Measured by `benchmarks/device_check.py` on {e.get('device_name', e.get('device', '?'))} (torch "
              f"{e.get('torch', '?')}, torchvision {e.get('torchvision', '?')}, CUDA {e.get('cuda', '?')}); the "
              f"miniature benchmark drawn there, `mini_long` at RPN NMS {RPN_NMS}, seed 0, the runs side by side"
              f"{' (smoke: 24 images, 6 iterations; numbers meaningless)' if e.get('smoke') else ''}.", "",

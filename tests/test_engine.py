@@ -12,8 +12,8 @@ from dynrcnn.engine.trainer import train, train_model
 from dynrcnn.errors import CheckpointError, DynrcnnError
 from dynrcnn.modeling.model import dynamic_head
 from dynrcnn.presets import get_preset
-from dynrcnn.rundir.runs import load_run
-from dynrcnn.io import read_jsonl
+from dynrcnn.rundir.runs import LOG_FILES, load_run
+from dynrcnn.io import read_jsonl, truncate_jsonl
 
 TINY = ["max_iter=8", "dynamic.interval=2", "checkpoint_period=4", "log_period=2", "model.min_size=64",
         "model.max_size=64", "ims_per_batch=2", "num_workers=0", "eval_at_end=false", "warmup_iters=2",
@@ -150,9 +150,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(full_run, tiny_ro
     shutil.copytree(full_run.run_dir, out)
     shutil.rmtree(out / "checkpoints")
     (out / "train_done.json").unlink()
-    for name in ("metrics.jsonl", "dynamic.jsonl", "stats.jsonl", "proposal_ious.jsonl"):
-        lines = (out / name).read_text().splitlines(keepends=True)
-        (out / name).write_text("".join(line for line in lines if json.loads(line)["iteration"] <= 2))
+    for name in LOG_FILES:
+        truncate_jsonl(out / name, 2)
     cfg = tiny_cfg(tiny_root, "log_stats=true")
     action, why = train_action(out, cfg)
     assert action == "resume" and "before its first checkpoint" in why

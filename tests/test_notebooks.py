@@ -40,14 +40,17 @@ def test_source_notebook_is_clean(path):
     assert nb.cells[0].cell_type == "markdown"
 
 
-def test_failing_cell_names_notebook_and_cell(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("raise ValueError('boom in cell')"),
-    ])
+def write_notebook(path, parameters: str, *cells: str):
+    """A python3 notebook at ``path``: a tagged ``parameters`` cell, then ``cells``."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                                         *(nbformat.v4.new_code_cell(c) for c in cells)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    src = tmp_path / "broken.ipynb"
-    nbformat.write(nb, src)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failing_cell_names_notebook_and_cell(tmp_path):
+    src = write_notebook(tmp_path / "broken.ipynb", "x = 1", "raise ValueError('boom in cell')")
     out = tmp_path / "out" / "broken.ipynb"
     out.parent.mkdir()
     with pytest.raises(report.ReportError) as e:
@@ -61,28 +64,22 @@ def test_kernels_talk_over_private_unix_sockets(tmp_path):
     """No TCP port for a kernel (a port taken between its choice and the kernel's bind hung a
     smoke report for 60 s): the channels are Unix sockets in a folder of this notebook's own,
     removed when it ends."""
-    import os
     import tempfile
 
     from dynrcnn.report.pipeline import MAX_SOCKET_PREFIX, kernel_config
 
-    if os.name == "nt" or len(os.fsencode(tempfile.gettempdir())) > MAX_SOCKET_PREFIX - 32:
-        pytest.skip("TCP by design: Windows, or a temp folder too deep for a socket's name")
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("from ipykernel import get_connection_info\n"
-                                  "info = get_connection_info(unpack=True)\nprint(info['transport'], info['ip'])"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    src, out = tmp_path / "where.ipynb", tmp_path / "out.ipynb"
-    nbformat.write(nb, src)
+    if "KernelManager" not in kernel_config(Path(tempfile.gettempdir()) / "dynrcnn-kernel-abcdefgh"):
+        pytest.skip("TCP by design here: Windows, or a temp folder too deep for a socket's name")
+    # a temp folder too deep for a socket's name keeps TCP rather than failing every kernel
+    assert kernel_config(Path("/tmp/k"))["KernelManager"]["transport"] == "ipc"
+    assert "KernelManager" not in kernel_config(Path("/" + "d" * MAX_SOCKET_PREFIX))
+    src = write_notebook(tmp_path / "where.ipynb", "x = 1", "from ipykernel import get_connection_info\n"
+                         "info = get_connection_info(unpack=True)\nprint(info['transport'], info['ip'])")
+    out = tmp_path / "out.ipynb"
     report.execute_notebook(src, out, {"x": 2})
     transport, ip = nbformat.read(out, as_version=4).cells[-1].outputs[0]["text"].split()
     assert transport == "ipc" and Path(ip).parent.name.startswith("dynrcnn-kernel-")
     assert not Path(ip).parent.exists()
-    # a temp folder too deep for a socket's name keeps TCP rather than failing every kernel
-    assert kernel_config(tmp_path)["KernelManager"]["transport"] == "ipc"
-    assert "KernelManager" not in kernel_config(Path("/" + "d" * MAX_SOCKET_PREFIX))
 
 
 def test_a_notebook_runs_in_its_folder_and_the_process_stays_where_it_was(tmp_path):
@@ -93,15 +90,10 @@ def test_a_notebook_runs_in_its_folder_and_the_process_stays_where_it_was(tmp_pa
     import threading
     import time
 
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("pause = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import os, time\ntime.sleep(pause)\nprint(os.getcwd())"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    src, out, work = tmp_path / "cwd.ipynb", tmp_path / "out" / "cwd.ipynb", tmp_path / "work"
+    src = write_notebook(tmp_path / "cwd.ipynb", "pause = 0", "import os, time\ntime.sleep(pause)\nprint(os.getcwd())")
+    out, work = tmp_path / "out" / "cwd.ipynb", tmp_path / "work"
     out.parent.mkdir()
     work.mkdir()
-    nbformat.write(nb, src)
     before = os.getcwd()
     runner = threading.Thread(target=report.execute_notebook, args=(src, out, {"pause": 3}), kwargs={"cwd": work})
     runner.start()

@@ -282,6 +282,7 @@ def test_device_check_runs_its_steps_on_the_cpu_and_writes_the_page(tmp_path):
     text = page.read_text()
     assert "| dynamic | fp16 | 0 | 6 |" in text and "(smoke: 24 images, 6 iterations; numbers meaningless)" in text
     assert "| fp32 |" in text and "| 1.000 |" in text
+    assert f"on {data['environment']['device_name']} (torch" in text  # the run record's machine name
     (tmp_path / "plain.md").write_text("no block\n")
     assert dc.main(["--page", str(tmp_path / "plain.md"), "--from", str(out / dc.RESULT)]) == 2
 
